@@ -1,0 +1,207 @@
+// The SQLite index (better-sqlite3, WAL). Synchronous on purpose: each call is a few
+// microseconds, and a transaction can never interleave with another request's.
+import Database from 'better-sqlite3';
+import { SCHEMA, SCHEMA_VERSION } from './schema.js';
+
+export interface ManifestRow {
+  digest: string;
+  media_type: string;
+  size: number;
+  artifact_type: string | null;
+  subject: string | null;
+  annotations: string | null;
+}
+
+export interface NewManifest {
+  digest: string;
+  mediaType: string;
+  size: number;
+  artifactType?: string | undefined;
+  subject?: string | undefined;
+  annotations?: Record<string, string> | undefined;
+}
+
+export interface LayerRow {
+  digest: string;
+  diff_id: string;
+  size: number;
+}
+
+const now = () => Date.now();
+
+export class Index {
+  readonly db: Database.Database;
+  private s;
+
+  constructor(path: string) {
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    // NORMAL is durable across process crashes in WAL mode; only an OS crash can lose
+    // the last transactions, and reconciliation then drops rows-without-files.
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    if (version > SCHEMA_VERSION) throw new Error(`index schema ${version} is newer than this nixreg (${SCHEMA_VERSION})`);
+    this.db.exec(SCHEMA);
+    this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    const db = this.db;
+    this.s = {
+      getBlob: db.prepare<[string], { size: number }>('SELECT size FROM blobs WHERE digest = ?'),
+      insertBlob: db.prepare('INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)'),
+      deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
+      blobInUse: db.prepare<[string, string, string], { n: number }>(
+        `SELECT (SELECT count(*) FROM repo_blobs WHERE digest = ?) + (SELECT count(*) FROM manifests WHERE digest = ?)
+              + (SELECT count(*) FROM layers WHERE digest = ?) AS n`),
+      allBlobs: db.prepare<[], { digest: string; size: number }>('SELECT digest, size FROM blobs'),
+      repoId: db.prepare<[string], { id: number }>('SELECT id FROM repositories WHERE name = ?'),
+      insertRepo: db.prepare('INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?, ?)'),
+      listRepos: db.prepare<[string, number], { name: string }>(
+        `SELECT name FROM repositories r WHERE name > ?
+           AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id) OR EXISTS (SELECT 1 FROM repo_blobs b WHERE b.repo_id = r.id))
+         ORDER BY name LIMIT ?`),
+      link: db.prepare('INSERT OR IGNORE INTO repo_blobs (repo_id, digest) VALUES (?, ?)'),
+      unlink: db.prepare('DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ?'),
+      linkedSize: db.prepare<[string, string], { size: number }>(
+        `SELECT b.size FROM repo_blobs l JOIN repositories r ON r.id = l.repo_id JOIN blobs b ON b.digest = l.digest
+          WHERE r.name = ? AND l.digest = ?`),
+      getManifest: db.prepare<[string, string], ManifestRow>(
+        `SELECT m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations FROM manifests m
+           JOIN repositories r ON r.id = m.repo_id WHERE r.name = ? AND m.digest = ?`),
+      insertManifest: db.prepare(
+        // Not INSERT OR REPLACE: a replace is a delete, and the delete would cascade to tags.
+        `INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, annotations, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (repo_id, digest) DO UPDATE SET media_type = excluded.media_type, size = excluded.size,
+           artifact_type = excluded.artifact_type, subject = excluded.subject, annotations = excluded.annotations`),
+      deleteManifest: db.prepare('DELETE FROM manifests WHERE repo_id = ? AND digest = ?'),
+      getTag: db.prepare<[string, string], { digest: string }>(
+        'SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repo_id WHERE r.name = ? AND t.name = ?'),
+      putTag: db.prepare(`INSERT INTO tags (repo_id, name, digest, updated_at) VALUES (?, ?, ?, ?)
+        ON CONFLICT (repo_id, name) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`),
+      deleteTag: db.prepare('DELETE FROM tags WHERE repo_id = ? AND name = ?'),
+      tagsOf: db.prepare<[number, string], { name: string }>('SELECT name FROM tags WHERE repo_id = ? AND digest = ?'),
+      listTags: db.prepare<[number, string, number], { name: string }>(
+        'SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?'),
+      referrers: db.prepare<[number, string], ManifestRow>(
+        `SELECT digest, media_type, size, artifact_type, subject, annotations FROM manifests
+          WHERE repo_id = ? AND subject = ? ORDER BY digest`),
+      insertUpload: db.prepare('INSERT INTO uploads (id, repo_id, started_at, updated_at) VALUES (?, ?, ?, ?)'),
+      getUpload: db.prepare<[string], { repo: string; started_at: number }>(
+        'SELECT r.name AS repo, u.started_at FROM uploads u JOIN repositories r ON r.id = u.repo_id WHERE u.id = ?'),
+      touchUpload: db.prepare('UPDATE uploads SET updated_at = ? WHERE id = ?'),
+      deleteUpload: db.prepare('DELETE FROM uploads WHERE id = ?'),
+      allUploads: db.prepare<[], { id: string; updated_at: number }>('SELECT id, updated_at FROM uploads'),
+      getLayer: db.prepare<[string], LayerRow>(
+        'SELECT l.digest, l.diff_id, l.size FROM layers l JOIN blobs b ON b.digest = l.digest WHERE l.key = ?'),
+      putLayer: db.prepare('INSERT OR REPLACE INTO layers (key, digest, diff_id, size, created_at) VALUES (?, ?, ?, ?, ?)'),
+    };
+  }
+
+  close() { this.db.close(); }
+
+  blobSize(digest: string): number | undefined { return this.s.getBlob.get(digest)?.size; }
+  allBlobs() { return this.s.allBlobs.all(); }
+
+  repoId(name: string): number | undefined { return this.s.repoId.get(name)?.id; }
+  ensureRepo(name: string): number {
+    this.s.insertRepo.run(name, now());
+    return this.s.repoId.get(name)!.id;
+  }
+  listRepos(last: string, n: number): string[] { return this.s.listRepos.all(last, n).map((r) => r.name); }
+
+  /** Records a durable blob file and links it into a repository, atomically. */
+  addBlob(repo: string, digest: string, size: number): void {
+    this.db.transaction(() => {
+      this.s.insertBlob.run(digest, size, now());
+      this.s.link.run(this.ensureRepo(repo), digest);
+    })();
+  }
+  /** Links an already-stored blob; false if the blob is not stored. */
+  linkBlob(repo: string, digest: string): boolean {
+    return this.db.transaction(() => {
+      if (!this.s.getBlob.get(digest)) return false;
+      this.s.link.run(this.ensureRepo(repo), digest);
+      return true;
+    })();
+  }
+  linkedBlobSize(repo: string, digest: string): number | undefined { return this.s.linkedSize.get(repo, digest)?.size; }
+
+  /**
+   * Removes a link. Returns true when the blob is then used by nothing, in which case its
+   * row is gone too and the caller must remove the file (under the digest's lock).
+   */
+  unlinkBlob(repo: string, digest: string): { removed: boolean; orphaned: boolean } {
+    return this.db.transaction(() => {
+      const id = this.repoId(repo);
+      if (id === undefined) return { removed: false, orphaned: false };
+      const removed = this.s.unlink.run(id, digest).changes > 0;
+      return { removed, orphaned: removed && this.dropBlobIfUnused(digest) };
+    })();
+  }
+  /** Deletes the row of a blob nothing uses; the caller removes the file. */
+  dropBlobIfUnused(digest: string): boolean {
+    if (this.s.blobInUse.get(digest, digest, digest)!.n > 0) return false;
+    return this.s.deleteBlob.run(digest).changes > 0;
+  }
+  forgetBlob(digest: string): void {
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM tags WHERE digest = ?').run(digest);
+      this.db.prepare('DELETE FROM manifests WHERE digest = ?').run(digest);
+      this.db.prepare('DELETE FROM repo_blobs WHERE digest = ?').run(digest);
+      this.db.prepare('DELETE FROM layers WHERE digest = ?').run(digest);
+      this.s.deleteBlob.run(digest);
+    })();
+  }
+
+  getManifest(repo: string, digest: string): ManifestRow | undefined { return this.s.getManifest.get(repo, digest); }
+  /** Records a manifest whose body file is already durably stored, and optionally tags it. */
+  putManifest(repo: string, m: NewManifest, tag?: string): void {
+    this.db.transaction(() => {
+      const id = this.ensureRepo(repo);
+      this.s.insertBlob.run(m.digest, m.size, now());
+      this.s.insertManifest.run(id, m.digest, m.mediaType, m.size, m.artifactType ?? null, m.subject ?? null,
+        m.annotations ? JSON.stringify(m.annotations) : null, now());
+      if (tag !== undefined) this.s.putTag.run(id, tag, m.digest, now());
+    })();
+  }
+  /** Deletes a manifest and (by cascade) its tags; returns the tags it had. */
+  deleteManifest(repo: string, digest: string): { deleted: boolean; tags: string[]; orphaned: boolean } {
+    return this.db.transaction(() => {
+      const id = this.repoId(repo);
+      if (id === undefined) return { deleted: false, tags: [], orphaned: false };
+      const tags = this.s.tagsOf.all(id, digest).map((t) => t.name);
+      const deleted = this.s.deleteManifest.run(id, digest).changes > 0;
+      return { deleted, tags, orphaned: deleted && this.dropBlobIfUnused(digest) };
+    })();
+  }
+  resolveTag(repo: string, tag: string): string | undefined { return this.s.getTag.get(repo, tag)?.digest; }
+  putTag(repo: string, tag: string, digest: string): void {
+    this.s.putTag.run(this.ensureRepo(repo), tag, digest, now());
+  }
+  deleteTag(repo: string, tag: string): boolean {
+    const id = this.repoId(repo);
+    return id !== undefined && this.s.deleteTag.run(id, tag).changes > 0;
+  }
+  listTags(repo: string, last: string, n: number): string[] | undefined {
+    const id = this.repoId(repo);
+    if (id === undefined) return undefined;
+    return this.s.listTags.all(id, last, n).map((t) => t.name);
+  }
+  referrers(repo: string, subject: string): ManifestRow[] {
+    const id = this.repoId(repo);
+    return id === undefined ? [] : this.s.referrers.all(id, subject);
+  }
+
+  createUpload(id: string, repo: string): void {
+    const t = now();
+    this.db.transaction(() => { this.s.insertUpload.run(id, this.ensureRepo(repo), t, t); })();
+  }
+  getUpload(id: string) { return this.s.getUpload.get(id); }
+  touchUpload(id: string) { this.s.touchUpload.run(now(), id); }
+  deleteUpload(id: string) { this.s.deleteUpload.run(id); }
+  allUploads() { return this.s.allUploads.all(); }
+
+  getLayer(key: string): LayerRow | undefined { return this.s.getLayer.get(key); }
+  putLayer(key: string, l: LayerRow): void { this.s.putLayer.run(key, l.digest, l.diff_id, l.size, now()); }
+}

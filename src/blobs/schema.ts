@@ -1,0 +1,73 @@
+// The SQLite schema of the index: the one place that says what is recorded.
+//
+// Blob *files* are the truth for content; this index is the truth for what is visible.
+// A blob row is written only after its file is durably in place, and removed before its
+// file is unlinked, so the index never names a file that is not there (startup
+// reconciliation in storage.ts repairs the one window a crash can leave).
+export const SCHEMA_VERSION = 1;
+
+export const SCHEMA = `
+CREATE TABLE IF NOT EXISTS blobs (
+  digest      TEXT PRIMARY KEY,
+  size        INTEGER NOT NULL,
+  created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS repositories (
+  id          INTEGER PRIMARY KEY,
+  name        TEXT NOT NULL UNIQUE,
+  created_at  INTEGER NOT NULL
+);
+
+-- A blob is visible in a repository only through a link: this is what makes
+-- cross-repository reads impossible without an explicit mount.
+CREATE TABLE IF NOT EXISTS repo_blobs (
+  repo_id     INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+  digest      TEXT NOT NULL REFERENCES blobs(digest),
+  PRIMARY KEY (repo_id, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS repo_blobs_digest ON repo_blobs(digest);
+
+-- Manifest bodies are blobs (stored byte for byte in the blob store); this row says the
+-- manifest exists in a repository and caches what the API needs without parsing it.
+CREATE TABLE IF NOT EXISTS manifests (
+  repo_id       INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+  digest        TEXT NOT NULL REFERENCES blobs(digest),
+  media_type    TEXT NOT NULL,
+  size          INTEGER NOT NULL,
+  artifact_type TEXT,
+  subject       TEXT,
+  annotations   TEXT,
+  created_at    INTEGER NOT NULL,
+  PRIMARY KEY (repo_id, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS manifests_subject ON manifests(repo_id, subject) WHERE subject IS NOT NULL;
+CREATE INDEX IF NOT EXISTS manifests_digest ON manifests(digest);
+
+CREATE TABLE IF NOT EXISTS tags (
+  repo_id     INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+  name        TEXT NOT NULL,
+  digest      TEXT NOT NULL,
+  updated_at  INTEGER NOT NULL,
+  PRIMARY KEY (repo_id, name),
+  FOREIGN KEY (repo_id, digest) REFERENCES manifests(repo_id, digest) ON DELETE CASCADE
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS uploads (
+  id          TEXT PRIMARY KEY,
+  repo_id     INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+  started_at  INTEGER NOT NULL,
+  updated_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Build-on-pull: the layer built for one set of store paths, reused by every image
+-- and rebuild that contains the same set. key = hash of the sorted store paths and
+-- the layer format version.
+CREATE TABLE IF NOT EXISTS layers (
+  key         TEXT PRIMARY KEY,
+  digest      TEXT NOT NULL REFERENCES blobs(digest),
+  diff_id     TEXT NOT NULL,
+  size        INTEGER NOT NULL,
+  created_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+`;

@@ -1,0 +1,72 @@
+// The Express application: common headers, the endpoint table, and OCI error bodies.
+import express, { type NextFunction, type Request, type Response } from 'express';
+import type { Logger } from 'pino';
+import type { Storage } from '../blobs/storage.js';
+import { RegistryError } from './errors.js';
+import { endpoints } from './routes.js';
+import type { ImageSource } from './source.js';
+
+export interface AppOptions {
+  storage: Storage;
+  source?: ImageSource | undefined;
+  log: Logger;
+}
+
+export function createApp({ storage, source, log }: AppOptions) {
+  const app = express();
+  app.disable('x-powered-by');
+  app.disable('etag');
+  app.set('query parser', 'simple');
+
+  app.use((_req, res, next) => {
+    res.set('Docker-Distribution-API-Version', 'registry/2.0');
+    next();
+  });
+
+  const ctx = { storage, source };
+  for (const e of endpoints) {
+    const h = e.handler(ctx);
+    for (const m of e.methods) app[m](e.path, h);
+  }
+  if (source?.routes) app.use(source.routes());
+
+  // A known path with a method the table lacks is 405; anything else under /v2 is 404.
+  app.use((req, _res, next) => {
+    const known = endpoints.some((e) => e.path.test(req.path));
+    next(known
+      ? new RegistryError('UNSUPPORTED', `${req.method} is not supported on ${req.path.slice(0, 300)}`)
+      : new RegistryError('NAME_UNKNOWN', `no such endpoint: ${req.path.slice(0, 300)}`, undefined, 404));
+  });
+
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    if (res.headersSent) {
+      // Mid-stream failure: the only honest signal left is to cut the connection.
+      log.warn({ err, path: req.path }, 'response failed after headers were sent');
+      res.destroy();
+      return;
+    }
+    let e: RegistryError;
+    if (err instanceof RegistryError) {
+      e = err;
+    } else if (isClientAbort(err)) {
+      log.debug({ path: req.path }, 'client went away');
+      res.destroy();
+      return;
+    } else {
+      log.error({ err, method: req.method, path: req.path }, 'internal error');
+      e = new RegistryError('INTERNAL', 'internal server error');
+    }
+    if (e.status >= 500) log.warn({ code: e.code, message: e.message, path: req.path }, 'request failed');
+    // An error before the body was read must not leave the client writing into a void.
+    if (!req.complete) req.resume();
+    const body = JSON.stringify(e.toJSON());
+    res.status(e.status).set({ 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)) });
+    res.end(req.method === 'HEAD' ? undefined : body);
+  });
+  return app;
+}
+
+function isClientAbort(err: unknown): boolean {
+  const code = (err as { code?: string } | null)?.code;
+  return code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ECONNABORTED';
+}

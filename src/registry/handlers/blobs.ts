@@ -1,0 +1,49 @@
+// end-2 (GET/HEAD blob) and end-10 (DELETE blob).
+import { createReadStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import type { Request, Response } from 'express';
+import { RegistryError } from '../errors.js';
+import { checkDigest } from '../grammar.js';
+import { parseRange } from '../http.js';
+import { checkWritable, repoOf, type Ctx } from './context.js';
+
+export function getBlob(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    const digest = checkDigest(String(req.params.digest));
+    const size = ctx.storage.blobSize(repo, digest);
+    if (size === undefined) throw new RegistryError('BLOB_UNKNOWN', `blob unknown to repository ${repo}`, { digest });
+    const etag = `"${digest}"`;
+    res.set({
+      'Docker-Content-Digest': digest,
+      ETag: etag,
+      'Accept-Ranges': 'bytes',
+      'Content-Type': 'application/octet-stream',
+      'Cache-Control': 'max-age=31536000',
+    });
+    if (req.headers['if-none-match'] === etag) { res.status(304).end(); return; }
+    const range = parseRange(req.headers.range, size);
+    if (range === 'unsatisfiable') {
+      res.set('Content-Range', `bytes */${size}`);
+      throw new RegistryError('RANGE_INVALID', 'requested range not satisfiable', { size });
+    }
+    const start = range?.start ?? 0;
+    const end = range?.end ?? size - 1;
+    res.status(range ? 206 : 200).set('Content-Length', String(end - start + 1));
+    if (range) res.set('Content-Range', `bytes ${start}-${end}/${size}`);
+    if (req.method === 'HEAD' || size === 0) { res.end(); return; }
+    await pipeline(createReadStream(ctx.storage.blobPath(digest), { start, end, highWaterMark: 1024 * 1024 }), res);
+  };
+}
+
+export function deleteBlob(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    const digest = checkDigest(String(req.params.digest));
+    checkWritable(ctx, repo);
+    if (!(await ctx.storage.deleteBlob(repo, digest))) {
+      throw new RegistryError('BLOB_UNKNOWN', `blob unknown to repository ${repo}`, { digest });
+    }
+    res.status(202).set('Content-Length', '0').end();
+  };
+}

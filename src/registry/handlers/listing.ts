@@ -1,0 +1,59 @@
+// end-8a/8b (tags), the catalog, and end-12a/12b (referrers).
+import type { Request, Response } from 'express';
+import { RegistryError } from '../errors.js';
+import { MAX_PAGE, checkDigest, parsePage } from '../grammar.js';
+import { MediaTypes } from '../manifest.js';
+import { repoOf, type Ctx } from './context.js';
+
+/** Answers one page of a sorted listing, with a Link header when more follow. */
+function page(req: Request, res: Response, path: string, n: number | undefined, items: string[], key: string, extra: object) {
+  if (n !== undefined && items.length > n) {
+    items = items.slice(0, n);
+    const last = items[items.length - 1]!;
+    res.set('Link', `<${path}?n=${n}&last=${encodeURIComponent(last)}>; rel="next"`);
+  }
+  res.status(200).json({ ...extra, [key]: items });
+}
+
+export function listTags(ctx: Ctx) {
+  return (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    const { n, last } = parsePage(req.query);
+    // Expression-backed repositories exist before their first build.
+    if (!ctx.storage.repositoryExists(repo) && !ctx.source?.owns(repo)) {
+      throw new RegistryError('NAME_UNKNOWN', `repository ${repo} not known to registry`, { name: repo });
+    }
+    const tags = n === 0 ? [] : ctx.storage.listTags(repo, last ?? '', (n ?? MAX_PAGE) + 1);
+    page(req, res, `/v2/${repo}/tags/list`, n, tags ?? [], 'tags', { name: repo });
+  };
+}
+
+export function catalog(ctx: Ctx) {
+  return (req: Request, res: Response) => {
+    const { n, last } = parsePage(req.query);
+    const repos = n === 0 ? [] : ctx.storage.catalog(last ?? '', (n ?? MAX_PAGE) + 1);
+    page(req, res, '/v2/_catalog', n, repos, 'repositories', {});
+  };
+}
+
+export function referrers(ctx: Ctx) {
+  return (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    const subject = checkDigest(String(req.params.digest));
+    const filter = req.query.artifactType;
+    if (filter !== undefined && typeof filter !== 'string') throw new RegistryError('MANIFEST_INVALID', 'artifactType given more than once');
+    let rows = ctx.storage.referrers(repo, subject);
+    if (filter !== undefined) {
+      rows = rows.filter((r) => r.artifact_type === filter);
+      res.set('OCI-Filters-Applied', 'artifactType');
+    }
+    const manifests = rows.map((r) => ({
+      mediaType: r.media_type,
+      digest: r.digest,
+      size: r.size,
+      ...(r.artifact_type ? { artifactType: r.artifact_type } : {}),
+      ...(r.annotations ? { annotations: JSON.parse(r.annotations) as Record<string, string> } : {}),
+    }));
+    res.status(200).type(MediaTypes.ociIndex).send(JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests }));
+  };
+}

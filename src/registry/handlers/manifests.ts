@@ -1,0 +1,81 @@
+// end-3 (GET/HEAD manifest), end-7 (PUT manifest), end-9 (DELETE manifest or tag).
+import type { Request, Response } from 'express';
+import { digestOf } from '../../blobs/digest.js';
+import type { ManifestDescriptor } from '../../blobs/storage.js';
+import { RegistryError } from '../errors.js';
+import { checkReference, parseDigest } from '../grammar.js';
+import { readBody } from '../http.js';
+import { MAX_MANIFEST_BYTES, accepts, parseManifest } from '../manifest.js';
+import { checkWritable, repoOf, type Ctx } from './context.js';
+
+function refOf(req: Request) {
+  return checkReference(String(req.params.reference));
+}
+
+export function getManifest(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    const ref = refOf(req);
+    const accept = req.headers.accept;
+    const ok = (mt: string) => accepts(accept, mt);
+    let d: ManifestDescriptor | undefined;
+    if (ctx.source?.owns(repo)) d = await ctx.source.resolve(repo, ref, ok);
+    d ??= ctx.storage.resolveManifest(repo, ref);
+    if (!d) {
+      if (!ctx.storage.repositoryExists(repo) && !ctx.source?.owns(repo)) {
+        throw new RegistryError('NAME_UNKNOWN', `repository ${repo} not known to registry`, { name: repo });
+      }
+      throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${ref.tag ?? ref.digest} not found in ${repo}`, ref);
+    }
+    if (!ok(d.mediaType)) {
+      throw new RegistryError('MANIFEST_UNKNOWN',
+        `manifest ${ref.tag ?? ref.digest} is ${d.mediaType}, which the client's Accept header does not allow`,
+        { mediaType: d.mediaType });
+    }
+    const etag = `"${d.digest}"`;
+    res.set({
+      'Content-Type': d.mediaType,
+      'Content-Length': String(d.size),
+      'Docker-Content-Digest': d.digest,
+      ETag: etag,
+    });
+    if (req.headers['if-none-match'] === etag) { res.status(304).end(); return; }
+    if (req.method === 'HEAD') { res.status(200).end(); return; }
+    res.status(200).end(await ctx.storage.readManifest(d));
+  };
+}
+
+export function putManifest(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    const ref = refOf(req);
+    checkWritable(ctx, repo);
+    const body = await readBody(req, MAX_MANIFEST_BYTES);
+    const parsed = parseManifest(body, req.headers['content-type']);
+    const digest = digestOf(body, ref.digest ? parseDigest(ref.digest)!.algorithm : 'sha256');
+    if (ref.digest && ref.digest !== digest) {
+      throw new RegistryError('DIGEST_INVALID', 'manifest digest does not match the reference', { expected: ref.digest, actual: digest });
+    }
+    await ctx.storage.putManifest(repo, body, parsed, ref.tag, digest);
+    res.status(201).set({
+      Location: `/v2/${repo}/manifests/${digest}`,
+      'Docker-Content-Digest': digest,
+      'Content-Length': '0',
+    });
+    if (parsed.subject) res.set('OCI-Subject', parsed.subject);
+    res.end();
+  };
+}
+
+export function deleteManifest(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    const ref = refOf(req);
+    checkWritable(ctx, repo);
+    const found = ref.tag !== undefined
+      ? ctx.storage.deleteTag(repo, ref.tag)
+      : await ctx.storage.deleteManifest(repo, ref.digest!);
+    if (!found) throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${ref.tag ?? ref.digest} not found in ${repo}`, ref);
+    res.status(202).set('Content-Length', '0').end();
+  };
+}

@@ -1,0 +1,115 @@
+// Blob uploads: end-4a/4b (POST), end-11 (mount), end-5 (PATCH), end-6 (PUT),
+// end-13 (GET status) and DELETE of a session.
+import type { Request, Response } from 'express';
+import { RegistryError } from '../errors.js';
+import { checkDigest, checkName, isUploadId } from '../grammar.js';
+import { contentLength, hasBody, parseContentRange, uploadRange } from '../http.js';
+import { checkWritable, repoOf, type Ctx } from './context.js';
+
+function uploadIdOf(req: Request): string {
+  const id = String(req.params.id);
+  if (!isUploadId(id)) throw new RegistryError('BLOB_UPLOAD_UNKNOWN', 'upload unknown', { id: id.slice(0, 100) });
+  return id;
+}
+
+function queryString(req: Request, key: string): string | undefined {
+  const v = req.query[key];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string') throw new RegistryError('BLOB_UPLOAD_INVALID', `query parameter ${key} given more than once`);
+  return v;
+}
+
+function created(res: Response, repo: string, digest: string) {
+  res.status(201).set({
+    Location: `/v2/${repo}/blobs/${digest}`,
+    'Docker-Content-Digest': digest,
+    'Content-Length': '0',
+  }).end();
+}
+
+function inProgress(res: Response, repo: string, id: string, offset: number, status = 202) {
+  res.status(status).set({
+    Location: `/v2/${repo}/blobs/uploads/${id}`,
+    Range: uploadRange(offset),
+    'Docker-Upload-UUID': id,
+    'Content-Length': '0',
+  }).end();
+}
+
+export function startUpload(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    checkWritable(ctx, repo);
+    const mount = queryString(req, 'mount');
+    const from = queryString(req, 'from');
+    const digest = queryString(req, 'digest');
+    if (mount !== undefined && from !== undefined) {
+      checkDigest(mount);
+      checkName(from);
+      // Only from a repository the caller may read: with no auth configured that is any
+      // repository, but the blob must really be linked there. Otherwise: a normal upload.
+      if (ctx.storage.mountBlob(repo, from, mount) !== undefined) { created(res, repo, mount); return; }
+    }
+    if (digest !== undefined) {
+      checkDigest(digest);
+      const declared = contentLength(req);
+      const { size } = await ctx.storage.writeBlob(repo, req, digest);
+      if (declared !== undefined && declared !== size) {
+        throw new RegistryError('SIZE_INVALID', `body has ${size} bytes, Content-Length said ${declared}`);
+      }
+      created(res, repo, digest);
+      return;
+    }
+    req.resume();
+    const id = ctx.storage.startUpload(repo);
+    inProgress(res, repo, id, 0);
+  };
+}
+
+export function patchUpload(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    const id = uploadIdOf(req);
+    const range = parseContentRange(req.headers['content-range'] as string | undefined);
+    const length = contentLength(req);
+    if (range && length !== undefined && length !== range.end - range.start + 1) {
+      throw new RegistryError('RANGE_INVALID', 'Content-Range and Content-Length disagree');
+    }
+    const offset = await ctx.storage.appendUpload(repo, id, req, range?.start, length);
+    inProgress(res, repo, id, offset);
+  };
+}
+
+export function finishUpload(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    const id = uploadIdOf(req);
+    const digest = queryString(req, 'digest');
+    if (digest === undefined) throw new RegistryError('DIGEST_INVALID', 'digest query parameter is required');
+    checkDigest(digest);
+    if (hasBody(req)) {
+      const range = parseContentRange(req.headers['content-range'] as string | undefined);
+      await ctx.storage.appendUpload(repo, id, req, range?.start, contentLength(req));
+    } else {
+      req.resume();
+    }
+    await ctx.storage.finishUpload(repo, id, digest);
+    created(res, repo, digest);
+  };
+}
+
+export function uploadStatus(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    const id = uploadIdOf(req);
+    inProgress(res, repo, id, await ctx.storage.uploadOffset(repo, id), 204);
+  };
+}
+
+export function cancelUpload(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const repo = repoOf(req);
+    await ctx.storage.cancelUpload(repo, uploadIdOf(req));
+    res.status(204).end();
+  };
+}

@@ -1,0 +1,43 @@
+// The endpoint table: every route of the OCI distribution-spec v1.1, by its spec id.
+// Names may contain slashes, so each pattern anchors the suffix and lets the name be
+// the greedy rest; the name is then checked against the spec grammar in the handler.
+import type { Request, Response } from 'express';
+import { catalog, listTags, referrers } from './handlers/listing.js';
+import { deleteBlob, getBlob } from './handlers/blobs.js';
+import { deleteManifest, getManifest, putManifest } from './handlers/manifests.js';
+import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } from './handlers/uploads.js';
+import type { Ctx } from './handlers/context.js';
+
+type Method = 'get' | 'head' | 'put' | 'post' | 'patch' | 'delete';
+type Handler = (req: Request, res: Response) => unknown;
+
+export interface Endpoint {
+  id: string;
+  methods: Method[];
+  path: RegExp;
+  handler: (ctx: Ctx) => Handler;
+}
+
+const NAME = '(?<name>.+)';
+const ID = '(?<id>[^/]+)';
+const DIGEST = '(?<digest>[^/]+)';
+const REF = '(?<reference>[^/]+)';
+
+const base = (_ctx: Ctx) => (_req: Request, res: Response) => { res.status(200).json({}); };
+
+export const endpoints: Endpoint[] = [
+  { id: 'end-1', methods: ['get', 'head'], path: /^\/v2\/?$/, handler: base },
+  { id: 'catalog', methods: ['get'], path: /^\/v2\/_catalog$/, handler: catalog },
+  { id: 'end-4a/4b/11', methods: ['post'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/?$`), handler: startUpload },
+  { id: 'end-13', methods: ['get', 'head'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: uploadStatus },
+  { id: 'end-5', methods: ['patch'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: patchUpload },
+  { id: 'end-6', methods: ['put'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: finishUpload },
+  { id: 'upload-delete', methods: ['delete'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: cancelUpload },
+  { id: 'end-2', methods: ['get', 'head'], path: new RegExp(`^/v2/${NAME}/blobs/${DIGEST}$`), handler: getBlob },
+  { id: 'end-10', methods: ['delete'], path: new RegExp(`^/v2/${NAME}/blobs/${DIGEST}$`), handler: deleteBlob },
+  { id: 'end-3', methods: ['get', 'head'], path: new RegExp(`^/v2/${NAME}/manifests/${REF}$`), handler: getManifest },
+  { id: 'end-7', methods: ['put'], path: new RegExp(`^/v2/${NAME}/manifests/${REF}$`), handler: putManifest },
+  { id: 'end-9', methods: ['delete'], path: new RegExp(`^/v2/${NAME}/manifests/${REF}$`), handler: deleteManifest },
+  { id: 'end-8a/8b', methods: ['get'], path: new RegExp(`^/v2/${NAME}/tags/list$`), handler: listTags },
+  { id: 'end-12a/12b', methods: ['get'], path: new RegExp(`^/v2/${NAME}/referrers/${DIGEST}$`), handler: referrers },
+];

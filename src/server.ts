@@ -1,0 +1,55 @@
+// Starts and stops the registry: storage, the optional image source, and the HTTP server.
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Storage } from './blobs/storage.js';
+import type { Logger } from './log.js';
+import { createApp } from './registry/app.js';
+import type { ImageSource } from './registry/source.js';
+
+export interface RunningRegistry {
+  server: Server;
+  storage: Storage;
+  url: string;
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  host: string;
+  port: number;
+  data: string;
+  log: Logger;
+  /** Builds the image source once storage is open (build-on-pull). */
+  source?: (storage: Storage) => ImageSource | undefined;
+}
+
+export async function startRegistry(opts: StartOptions): Promise<RunningRegistry> {
+  const storage = await Storage.open(opts.data);
+  const source = opts.source?.(storage);
+  const app = createApp({ storage, source, log: opts.log });
+  const server = createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, app);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => { server.off('error', reject); resolve(); });
+  });
+  const addr = server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  let closing: Promise<void> | undefined;
+  return {
+    server,
+    storage,
+    url: `http://${host}:${addr.port}`,
+    close() {
+      closing ??= (async () => {
+        // In-flight requests finish; idle keep-alive sockets are closed so close() returns.
+        const done = new Promise<void>((r) => server.close(() => r()));
+        server.closeIdleConnections();
+        const force = setTimeout(() => server.closeAllConnections(), 30_000);
+        force.unref();
+        await done;
+        clearTimeout(force);
+        storage.close();
+      })();
+      return closing;
+    },
+  };
+}
