@@ -1,5 +1,33 @@
-// Shared shapes of the build pipeline (request → resolve → evaluate → realise → layer → store → serve).
+// Shared shapes of the build pipeline:
+// request → resolve (resolve.ts) → evaluate + realise (nix.ts) → layer (layers.ts)
+// → tar + store (assemble.ts) → serve (source.ts via the registry's ImageSource seam).
 import type { ManifestDescriptor } from '../blobs/storage.js';
+
+/** One store path of a closure, as `nix-store --query` reports it. */
+export interface StorePathInfo {
+  path: string;
+  /** NAR size in bytes: the size-first layering sorts on this. */
+  narSize: number;
+  /** Store paths this path references (may include itself). */
+  references: string[];
+}
+
+/** An image spec after evaluation and realisation: everything assembly needs. */
+export interface ImageSpec {
+  /** Image name, for the config's history and annotations. */
+  name: string;
+  /** Realised store paths of `contents` (the roots linked into / by the top layer). */
+  contents: string[];
+  /** OCI image config's `config` object (Cmd, Entrypoint, Env, …), already validated. */
+  config: Record<string, unknown>;
+  /** Upper bound on layers, including the top (root filesystem) layer. */
+  maxLayers: number;
+  /** RFC 3339 creation time (default 1970-01-01T00:00:01Z). */
+  created: string;
+  /** OCI architecture and os, e.g. amd64 / linux (mapped from the Nix system). */
+  architecture: string;
+  os: string;
+}
 
 /** What a finished build leaves in the blob store for one image. */
 export interface BuiltImage {
