@@ -1,31 +1,58 @@
 #!/usr/bin/env node
 // `nixreg`: the command line.
 import { Command } from 'commander';
-import { serveConfig } from './config.js';
+import { buildConfig, serveConfig, type BuildFlags } from './config.js';
+import { runBuild, withBuildOptions } from './build/command.js';
+import { NixImageSource } from './build/source.js';
 import { log } from './log.js';
 import { startRegistry } from './server.js';
 
 const program = new Command('nixreg').description('A container registry that builds images from Nix expressions on pull');
 
-program
-  .command('serve')
+withBuildOptions(program
+  .command('serve'))
   .description('run the registry')
   .option('--listen <host:port>', 'address to listen on (env NIXREG_LISTEN, default 127.0.0.1:5000)')
   .option('--data <dir>', 'blob store and index (env NIXREG_DATA, default ./data)')
   .option('--images <dir>', 'Nix expressions served as images (env NIXREG_IMAGES, default ./examples)')
-  .action(async (flags: { listen?: string; data?: string; images?: string }) => {
-    const cfg = serveConfig(flags);
-    const reg = await startRegistry({ host: cfg.host, port: cfg.port, data: cfg.data, log });
+  .option('--upload-max-age <seconds>', 'purge blob uploads untouched this long (env NIXREG_UPLOAD_MAX_AGE, default 86400)')
+  .action(async (flags: { listen?: string; data?: string; images?: string; uploadMaxAge?: string } & BuildFlags, cmd: Command) => {
+    let cfg, bcfg;
+    try { cfg = serveConfig(flags); bcfg = buildConfig(flags); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
+    let source: NixImageSource | undefined;
+    const reg = await startRegistry({
+      host: cfg.host, port: cfg.port, data: cfg.data, log, storage: { uploadMaxAgeMs: cfg.uploadMaxAgeMs },
+      source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, log })),
+    });
+    // Build failure messages link to the build log on this server.
+    if (source) source.builder.publicUrl = reg.url;
     log.info({ url: reg.url, data: cfg.data, images: cfg.images }, 'nixreg listening');
+    let stopping = false;
     const stop = (signal: string) => {
+      // A repeated signal (Ctrl-C under `npm start` reaches npm and node both) must not
+      // fall through to the default action and cut the requests still finishing.
+      if (stopping) return;
+      stopping = true;
       log.info({ signal }, 'shutting down: finishing requests in flight');
       reg.close().then(() => { log.info('stopped'); process.exit(0); }, (err: unknown) => { log.error({ err }); process.exit(1); });
     };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+
+withBuildOptions(program
+  .command('build <name[:tag]>')
+  .description('build an image ahead of time; prints its hash tag and manifest digest')
+  .option('--data <dir>', 'blob store and index (env NIXREG_DATA, default ./data)')
+  .option('--images <dir>', 'Nix expressions served as images (env NIXREG_IMAGES, default ./examples)'))
+  .action(async (ref: string, flags: { data?: string; images?: string } & BuildFlags) => {
+    const cfg = serveConfig({ ...flags, listen: '127.0.0.1:0' });
+    await runBuild(ref, { ...flags, data: cfg.data, images: cfg.images });
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   log.error({ err }, (err as Error).message);
+  // The JSON log is for machines; whoever started the command also gets a plain line.
+  process.stderr.write(`nixreg: ${(err as Error).message}\n`);
   process.exit(1);
 });

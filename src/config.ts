@@ -6,9 +6,16 @@ export interface ServeConfig {
   port: number;
   data: string;
   images: string;
+  /** Uploads untouched this long are purged (--upload-max-age seconds, env NIXREG_UPLOAD_MAX_AGE). */
+  uploadMaxAgeMs: number;
 }
 
-export const DEFAULTS = { listen: '127.0.0.1:5000', data: './data', images: './examples' } as const;
+export const DEFAULTS = { listen: '127.0.0.1:5000', data: './data', images: './examples', uploadMaxAge: '86400' } as const;
+
+export function parseSeconds(v: string, what: string): number {
+  if (!/^\d{1,10}$/.test(v.trim()) || Number(v) < 1) throw new Error(`${what} must be a whole number of seconds >= 1, got ${JSON.stringify(v)}`);
+  return Number(v) * 1000;
+}
 
 export function parseListen(v: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(v);
@@ -18,11 +25,42 @@ export function parseListen(v: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-export function serveConfig(flags: { listen?: string; data?: string; images?: string }, env = process.env): ServeConfig {
+export function serveConfig(flags: { listen?: string; data?: string; images?: string; uploadMaxAge?: string }, env = process.env): ServeConfig {
   const listen = flags.listen ?? env.NIXREG_LISTEN ?? DEFAULTS.listen;
   return {
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),
+    uploadMaxAgeMs: parseSeconds(flags.uploadMaxAge ?? env.NIXREG_UPLOAD_MAX_AGE ?? DEFAULTS.uploadMaxAge, '--upload-max-age'),
+  };
+}
+
+/** Build-on-pull settings, shared by `serve` and `build`. */
+export interface BuildConfig {
+  buildTimeoutMs: number;
+  maxBuilds: number;
+  evalTtlMs: number;
+  negativeTtlMs: number;
+}
+
+export interface BuildFlags { buildTimeout?: string; maxBuilds?: string; evalTtl?: string; negativeTtl?: string }
+
+export const BUILD_DEFAULTS = { buildTimeout: '600', maxBuilds: '2', evalTtl: '10', negativeTtl: '30' } as const;
+
+export function buildConfig(flags: BuildFlags, env = process.env): BuildConfig {
+  const secs = (v: string, what: string) => {
+    // 0 is allowed for the TTLs: it turns the cache off.
+    if (!/^\d{1,7}(\.\d{1,3})?$/.test(v.trim())) throw new Error(`${what} must be a number of seconds, got ${JSON.stringify(v)}`);
+    return Math.round(Number(v) * 1000);
+  };
+  const maxBuilds = flags.maxBuilds ?? env.NIXREG_MAX_BUILDS ?? BUILD_DEFAULTS.maxBuilds;
+  if (!/^\d{1,3}$/.test(maxBuilds.trim()) || Number(maxBuilds) < 1) throw new Error(`--max-builds must be a whole number >= 1, got ${JSON.stringify(maxBuilds)}`);
+  const buildTimeoutMs = secs(flags.buildTimeout ?? env.NIXREG_BUILD_TIMEOUT ?? BUILD_DEFAULTS.buildTimeout, '--build-timeout');
+  if (buildTimeoutMs < 1000) throw new Error('--build-timeout must be at least 1 second');
+  return {
+    buildTimeoutMs,
+    maxBuilds: Number(maxBuilds),
+    evalTtlMs: secs(flags.evalTtl ?? env.NIXREG_EVAL_TTL ?? BUILD_DEFAULTS.evalTtl, '--eval-ttl'),
+    negativeTtlMs: secs(flags.negativeTtl ?? env.NIXREG_NEGATIVE_TTL ?? BUILD_DEFAULTS.negativeTtl, '--negative-ttl'),
   };
 }

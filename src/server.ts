@@ -1,7 +1,7 @@
 // Starts and stops the registry: storage, the optional image source, and the HTTP server.
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Storage } from './blobs/storage.js';
+import { Storage, type StorageOptions } from './blobs/storage.js';
 import type { Logger } from './log.js';
 import { createApp } from './registry/app.js';
 import type { ImageSource } from './registry/source.js';
@@ -18,12 +18,14 @@ export interface StartOptions {
   port: number;
   data: string;
   log: Logger;
+  /** Storage tuning (upload max age, cache sizes). */
+  storage?: StorageOptions;
   /** Builds the image source once storage is open (build-on-pull). */
   source?: (storage: Storage) => ImageSource | undefined;
 }
 
 export async function startRegistry(opts: StartOptions): Promise<RunningRegistry> {
-  const storage = await Storage.open(opts.data);
+  const storage = await Storage.open(opts.data, opts.storage);
   const source = opts.source?.(storage);
   const app = createApp({ storage, source, log: opts.log });
   const server = createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, app);

@@ -204,4 +204,29 @@ export class Index {
 
   getLayer(key: string): LayerRow | undefined { return this.s.getLayer.get(key); }
   putLayer(key: string, l: LayerRow): void { this.s.putLayer.run(key, l.digest, l.diff_id, l.size, now()); }
+
+  getBuild(repo: string, hash: string): BuildRow | undefined {
+    return this.db.prepare<[string, string], BuildRow>(
+      `SELECT repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path
+         FROM builds WHERE repo = ? AND hash = ?`).get(repo, hash);
+  }
+  putBuild(b: Omit<BuildRow, 'created_at'>): void {
+    this.db.prepare(`INSERT OR REPLACE INTO builds
+      (repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path, created_at)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(b.repo, b.hash, b.manifest, b.media_type, b.size,
+      b.alt_manifest, b.alt_media_type, b.alt_size, b.store_path, now());
+  }
+}
+
+/** One image built from an expression (see the builds table). */
+export interface BuildRow {
+  repo: string;
+  hash: string;
+  manifest: string;
+  media_type: string;
+  size: number;
+  alt_manifest: string | null;
+  alt_media_type: string | null;
+  alt_size: number | null;
+  store_path: string;
 }

@@ -70,4 +70,21 @@ CREATE TABLE IF NOT EXISTS layers (
   size        INTEGER NOT NULL,
   created_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Build-on-pull: each image built from an expression, by its hash tag (the hash part of
+-- the image's store path), so a request by hash is served without running Nix, and the
+-- Docker schema2 encoding can be found for clients that do not accept OCI.
+CREATE TABLE IF NOT EXISTS builds (
+  repo        TEXT NOT NULL,
+  hash        TEXT NOT NULL,
+  manifest    TEXT NOT NULL,
+  media_type  TEXT NOT NULL,
+  size        INTEGER NOT NULL,
+  alt_manifest TEXT,
+  alt_media_type TEXT,
+  alt_size    INTEGER,
+  store_path  TEXT NOT NULL,
+  created_at  INTEGER NOT NULL,
+  PRIMARY KEY (repo, hash)
+) WITHOUT ROWID;
 `;

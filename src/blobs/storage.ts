@@ -75,7 +75,9 @@ export class Storage {
     }
     const s = new Storage(root, opts);
     await s.reconcile();
-    s.purgeTimer = setInterval(() => { void s.purgeStaleUploads(); }, Math.min(s.uploadMaxAgeMs, 3600_000));
+    // At least every second (a tiny max age must not become a busy loop), at most hourly.
+    s.purgeTimer = setInterval(() => { void s.purgeStaleUploads().catch(() => {}); },
+      Math.max(1000, Math.min(s.uploadMaxAgeMs, 3600_000)));
     s.purgeTimer.unref();
     return s;
   }
@@ -196,7 +198,8 @@ export class Storage {
   mountBlob(repo: string, from: string, digest: string): number | undefined {
     const size = this.index.linkedBlobSize(from, digest);
     if (size === undefined) return undefined;
-    this.index.linkBlob(repo, digest);
+    // The blob may have been dropped since the lookup (a delete finishing its unlink).
+    if (!this.index.linkBlob(repo, digest)) return undefined;
     this.bump(repo);
     return size;
   }
@@ -308,8 +311,12 @@ export class Storage {
         this.index.deleteUpload(id);
         throw new RegistryError('BLOB_UPLOAD_UNKNOWN', 'upload unknown', { id });
       }
-      st = { hash: null, offset, busy: false };
-      this.uploads.set(id, st);
+      // A concurrent request may have set the state while this one awaited stat.
+      st = this.uploads.get(id);
+      if (!st) {
+        st = { hash: null, offset, busy: false };
+        this.uploads.set(id, st);
+      }
     }
     return st;
   }
@@ -349,23 +356,40 @@ export class Storage {
     tag?: string,
     digest = digestOf(body),
   ): Promise<ManifestDescriptor> {
-    const missing = [
-      ...info.blobs.filter((b) => this.index.linkedBlobSize(repo, b) === undefined),
-      ...info.manifests.filter((m) => !this.index.getManifest(repo, m)),
-    ];
-    if (missing.length) {
-      throw new RegistryError('MANIFEST_BLOB_UNKNOWN', `manifest references unknown blobs: ${missing.slice(0, 5).join(', ')}`,
-        { missing: missing.slice(0, 50) });
-    }
+    const checkReferences = () => {
+      const missing = [
+        ...info.blobs.filter((b) => this.index.linkedBlobSize(repo, b) === undefined),
+        ...info.manifests.filter((m) => !this.index.getManifest(repo, m)),
+      ];
+      if (missing.length) {
+        throw new RegistryError('MANIFEST_BLOB_UNKNOWN', `manifest references unknown blobs: ${missing.slice(0, 5).join(', ')}`,
+          { missing: missing.slice(0, 50) });
+      }
+    };
+    // Checked once up front (so a bad push writes nothing) and again in the same
+    // synchronous step as the index insert, so a concurrent delete cannot slip between.
+    checkReferences();
     await this.locks.run(digest, async () => {
-      if (this.index.blobSize(digest) === undefined) {
+      const fresh = this.index.blobSize(digest) === undefined;
+      const dest = this.layout.blobPath(digest);
+      if (fresh) {
         const tmp = join(this.layout.tmpDir, randomUUID());
-        const fh = await fs.open(tmp, 'w');
-        try { await fh.writeFile(body); await fh.sync(); } finally { await fh.close(); }
-        const dest = this.layout.blobPath(digest);
-        await fs.mkdir(dirname(dest), { recursive: true });
-        await fs.rename(tmp, dest);
+        try {
+          const fh = await fs.open(tmp, 'w');
+          try { await fh.writeFile(body); await fh.sync(); } finally { await fh.close(); }
+          await fs.mkdir(dirname(dest), { recursive: true });
+          await fs.rename(tmp, dest);
+        } finally {
+          await fs.rm(tmp, { force: true });
+        }
         await fsyncDir(dirname(dest));
+      }
+      try {
+        checkReferences();
+      } catch (err) {
+        // Nothing records the file just written: take it back rather than leave an orphan.
+        if (fresh) await fs.rm(dest, { force: true });
+        throw err;
       }
       this.index.putManifest(repo, { ...info, digest, size: body.length }, tag);
     });

@@ -18,8 +18,16 @@ export function createApp({ storage, source, log }: AppOptions) {
   app.disable('etag');
   app.set('query parser', 'simple');
 
-  app.use((_req, res, next) => {
+  app.use((req, res, next) => {
     res.set('Docker-Distribution-API-Version', 'registry/2.0');
+    // Nothing valid in a /v2 path is ever percent-encoded in a way that changes its
+    // structure: an encoded slash, backslash or NUL, or broken encoding, is refused here
+    // before any route can decode it into a name, digest or upload id.
+    if (/%(?:2f|5c|00)/i.test(req.path) || !decodes(req.path)) {
+      next(new RegistryError('NAME_INVALID', 'malformed or encoded path separator in request path',
+        { path: req.path.slice(0, 300) }));
+      return;
+    }
     next();
   });
 
@@ -48,6 +56,9 @@ export function createApp({ storage, source, log }: AppOptions) {
     let e: RegistryError;
     if (err instanceof RegistryError) {
       e = err;
+    } else if (isHttpClientError(err)) {
+      // Errors raised by express or Node for a malformed request (bad encoding, …).
+      e = new RegistryError('UNSUPPORTED', (err as Error).message.slice(0, 300), undefined, (err as { status: number }).status);
     } else if (isClientAbort(err)) {
       log.debug({ path: req.path }, 'client went away');
       res.destroy();
@@ -69,4 +80,13 @@ export function createApp({ storage, source, log }: AppOptions) {
 function isClientAbort(err: unknown): boolean {
   const code = (err as { code?: string } | null)?.code;
   return code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE' || code === 'ECONNABORTED';
+}
+
+function isHttpClientError(err: unknown): boolean {
+  const status = (err as { status?: unknown } | null)?.status;
+  return typeof status === 'number' && status >= 400 && status < 500;
+}
+
+function decodes(path: string): boolean {
+  try { decodeURIComponent(path); return true; } catch { return false; }
 }

@@ -74,3 +74,12 @@ export function parseRange(v: string | undefined, size: number): { start: number
 export function uploadRange(offset: number): string {
   return `0-${Math.max(0, offset - 1)}`;
 }
+
+/** If-None-Match against one strong ETag: `*`, a list, and weak forms all count. */
+export function etagMatches(header: string | undefined, etag: string): boolean {
+  if (!header) return false;
+  return header.split(',').some((t) => {
+    const v = t.trim();
+    return v === '*' || v === etag || v === `W/${etag}`;
+  });
+}

@@ -131,8 +131,10 @@ export function parseManifest(body: Buffer, contentType: string | undefined): Pa
 export function accepts(acceptHeader: string | undefined, mediaType: string): boolean {
   if (!acceptHeader) return true;
   for (const part of acceptHeader.split(',')) {
+    // "q=0" means "not acceptable" (RFC 9110 §12.4.2).
+    if (/;\s*q\s*=\s*0(?:\.0{0,3})?\s*(?:;|$)/i.test(part)) continue;
     const t = bareType(part);
-    if (t === mediaType || t === '*/*' || t === 'application/*' || t === '') return true;
+    if (t === mediaType || t === '*/*' || t === 'application/*') return true;
   }
   return false;
 }

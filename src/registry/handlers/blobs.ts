@@ -4,7 +4,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Request, Response } from 'express';
 import { RegistryError } from '../errors.js';
 import { checkDigest } from '../grammar.js';
-import { parseRange } from '../http.js';
+import { etagMatches, parseRange } from '../http.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';
 
 export function getBlob(ctx: Ctx) {
@@ -21,7 +21,7 @@ export function getBlob(ctx: Ctx) {
       'Content-Type': 'application/octet-stream',
       'Cache-Control': 'max-age=31536000',
     });
-    if (req.headers['if-none-match'] === etag) { res.status(304).end(); return; }
+    if (etagMatches(req.headers['if-none-match'], etag)) { res.status(304).end(); return; }
     const range = parseRange(req.headers.range, size);
     if (range === 'unsatisfiable') {
       res.set('Content-Range', `bytes */${size}`);

@@ -6,11 +6,14 @@ import { MediaTypes } from '../manifest.js';
 import { repoOf, type Ctx } from './context.js';
 
 /** Answers one page of a sorted listing, with a Link header when more follow. */
-function page(req: Request, res: Response, path: string, n: number | undefined, items: string[], key: string, extra: object) {
-  if (n !== undefined && items.length > n) {
-    items = items.slice(0, n);
+function page(res: Response, path: string, n: number | undefined, items: string[], key: string, extra: object) {
+  // Without n the page is MAX_PAGE long: a listing is never unbounded in memory, and
+  // the Link header tells the client there is more.
+  const size = n ?? MAX_PAGE;
+  if (items.length > size) {
+    items = items.slice(0, size);
     const last = items[items.length - 1]!;
-    res.set('Link', `<${path}?n=${n}&last=${encodeURIComponent(last)}>; rel="next"`);
+    res.set('Link', `<${path}?n=${size}&last=${encodeURIComponent(last)}>; rel="next"`);
   }
   res.status(200).json({ ...extra, [key]: items });
 }
@@ -24,7 +27,7 @@ export function listTags(ctx: Ctx) {
       throw new RegistryError('NAME_UNKNOWN', `repository ${repo} not known to registry`, { name: repo });
     }
     const tags = n === 0 ? [] : ctx.storage.listTags(repo, last ?? '', (n ?? MAX_PAGE) + 1);
-    page(req, res, `/v2/${repo}/tags/list`, n, tags ?? [], 'tags', { name: repo });
+    page(res, `/v2/${repo}/tags/list`, n, tags ?? [], 'tags', { name: repo });
   };
 }
 
@@ -32,7 +35,7 @@ export function catalog(ctx: Ctx) {
   return (req: Request, res: Response) => {
     const { n, last } = parsePage(req.query);
     const repos = n === 0 ? [] : ctx.storage.catalog(last ?? '', (n ?? MAX_PAGE) + 1);
-    page(req, res, '/v2/_catalog', n, repos, 'repositories', {});
+    page(res, '/v2/_catalog', n, repos, 'repositories', {});
   };
 }
 
@@ -54,6 +57,9 @@ export function referrers(ctx: Ctx) {
       ...(r.artifact_type ? { artifactType: r.artifact_type } : {}),
       ...(r.annotations ? { annotations: JSON.parse(r.annotations) as Record<string, string> } : {}),
     }));
-    res.status(200).type(MediaTypes.ociIndex).send(JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests }));
+    // A Buffer, not a string: express would append "; charset=utf-8" to a string's type,
+    // and clients compare this Content-Type exactly.
+    const body = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests }));
+    res.status(200).set({ 'Content-Type': MediaTypes.ociIndex, 'Content-Length': String(body.length) }).end(body);
   };
 }

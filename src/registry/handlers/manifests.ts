@@ -3,8 +3,8 @@ import type { Request, Response } from 'express';
 import { digestOf } from '../../blobs/digest.js';
 import type { ManifestDescriptor } from '../../blobs/storage.js';
 import { RegistryError } from '../errors.js';
-import { checkReference, parseDigest } from '../grammar.js';
-import { readBody } from '../http.js';
+import { checkReference, isTag, parseDigest } from '../grammar.js';
+import { etagMatches, readBody } from '../http.js';
 import { MAX_MANIFEST_BYTES, accepts, parseManifest } from '../manifest.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';
 
@@ -12,10 +12,24 @@ function refOf(req: Request) {
   return checkReference(String(req.params.reference));
 }
 
+/**
+ * The reference of a read or delete. A string that is not a valid tag names nothing
+ * that could exist, so it is MANIFEST_UNKNOWN (404), as conformance expects; a
+ * malformed digest stays DIGEST_INVALID.
+ */
+function lookupRefOf(req: Request) {
+  const reference = String(req.params.reference);
+  if (!isTag(reference) && !reference.includes(':')) {
+    throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${reference.slice(0, 200)} is not a valid tag and cannot exist`,
+      { reference: reference.slice(0, 200) });
+  }
+  return checkReference(reference);
+}
+
 export function getManifest(ctx: Ctx) {
   return async (req: Request, res: Response) => {
     const repo = repoOf(req);
-    const ref = refOf(req);
+    const ref = lookupRefOf(req);
     const accept = req.headers.accept;
     const ok = (mt: string) => accepts(accept, mt);
     let d: ManifestDescriptor | undefined;
@@ -39,9 +53,17 @@ export function getManifest(ctx: Ctx) {
       'Docker-Content-Digest': d.digest,
       ETag: etag,
     });
-    if (req.headers['if-none-match'] === etag) { res.status(304).end(); return; }
+    if (etagMatches(req.headers['if-none-match'], etag)) { res.status(304).end(); return; }
     if (req.method === 'HEAD') { res.status(200).end(); return; }
-    res.status(200).end(await ctx.storage.readManifest(d));
+    let body: Buffer;
+    try {
+      body = await ctx.storage.readManifest(d);
+    } catch (err) {
+      // Deleted between lookup and read: the manifest is simply gone now.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${ref.tag ?? ref.digest} not found in ${repo}`, ref);
+    }
+    res.status(200).end(body);
   };
 }
 
@@ -70,7 +92,7 @@ export function putManifest(ctx: Ctx) {
 export function deleteManifest(ctx: Ctx) {
   return async (req: Request, res: Response) => {
     const repo = repoOf(req);
-    const ref = refOf(req);
+    const ref = lookupRefOf(req);
     checkWritable(ctx, repo);
     const found = ref.tag !== undefined
       ? ctx.storage.deleteTag(repo, ref.tag)

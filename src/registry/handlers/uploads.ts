@@ -36,6 +36,22 @@ function inProgress(res: Response, repo: string, id: string, offset: number, sta
   }).end();
 }
 
+/**
+ * A rejected chunk (416) still tells the client where the upload stands, so it can
+ * resume from the right offset instead of starting over.
+ */
+async function withUploadHeaders<T>(res: Response, repo: string, id: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    const offset = (err as RegistryError).detail as { offset?: unknown } | undefined;
+    if (err instanceof RegistryError && err.code === 'RANGE_INVALID' && typeof offset?.offset === 'number') {
+      res.set({ Location: `/v2/${repo}/blobs/uploads/${id}`, Range: uploadRange(offset.offset), 'Docker-Upload-UUID': id });
+    }
+    throw err;
+  }
+}
+
 export function startUpload(ctx: Ctx) {
   return async (req: Request, res: Response) => {
     const repo = repoOf(req);
@@ -75,7 +91,7 @@ export function patchUpload(ctx: Ctx) {
     if (range && length !== undefined && length !== range.end - range.start + 1) {
       throw new RegistryError('RANGE_INVALID', 'Content-Range and Content-Length disagree');
     }
-    const offset = await ctx.storage.appendUpload(repo, id, req, range?.start, length);
+    const offset = await withUploadHeaders(res, repo, id, () => ctx.storage.appendUpload(repo, id, req, range?.start, length));
     inProgress(res, repo, id, offset);
   };
 }
@@ -89,7 +105,7 @@ export function finishUpload(ctx: Ctx) {
     checkDigest(digest);
     if (hasBody(req)) {
       const range = parseContentRange(req.headers['content-range'] as string | undefined);
-      await ctx.storage.appendUpload(repo, id, req, range?.start, contentLength(req));
+      await withUploadHeaders(res, repo, id, () => ctx.storage.appendUpload(repo, id, req, range?.start, contentLength(req)));
     } else {
       req.resume();
     }

@@ -1,0 +1,267 @@
+// bench/serve: nixreg against CNCF Distribution 2.8 as a plain registry, side by side on
+// this machine, with the same content pushed by the same client.
+//
+//   npm run bench:serve [-- --seconds 5 --rounds 3 ...]
+//
+// Prints a markdown table of absolute numbers, ratios nixreg / Distribution, and
+// pass/fail against the goals. Everything runs on 127.0.0.1 with bounded loops; both
+// servers and all temporary files are removed at the end, also on Ctrl-C.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { call, closeClient, pushBlob, putManifest, timeDownload } from './serve/client.js';
+import { bufferBlob, syntheticBlob, type BlobSpec } from './serve/content.js';
+import { memoryOf, sampleRss } from './serve/rss.js';
+import { startDistribution, startNixreg, type Server } from './serve/servers.js';
+import { runHeadLoad } from './serve/headload.js';
+import { runWrk, type WrkResult } from './serve/wrk.js';
+
+const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+const MB = 1e6;
+const MiB = 1024 * 1024;
+
+/** What `docker pull` (20.10) sends, folded into one header (wrk keeps one per name). */
+const DOCKER_ACCEPT = [
+  'application/vnd.docker.distribution.manifest.v2+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v1+prettyjws',
+  'application/json',
+].join(', ');
+
+const { values: opt } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '5' },
+    rounds: { type: 'string', default: '3' },
+    threads: { type: 'string', default: '1' },
+    connections: { type: 'string', default: '32' },
+    'blob-mib': { type: 'string', default: '256' },
+    'rss-mib': { type: 'string', default: '1024' },
+    downloads: { type: 'string', default: '5' },
+    pushes: { type: 'string', default: '3' },
+    distribution: { type: 'string', default: '/usr/bin/docker-registry' },
+    json: { type: 'string' },
+  },
+});
+const int = (k: keyof typeof opt) => {
+  const n = Number(opt[k]);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${k} must be a positive integer`);
+  return n;
+};
+const cfg = {
+  seconds: int('seconds'), rounds: int('rounds'), threads: int('threads'), connections: int('connections'),
+  blobBytes: int('blob-mib') * MiB, rssBytes: int('rss-mib') * MiB, downloads: int('downloads'), pushes: int('pushes'),
+};
+
+interface Stat { median: number; min: number; max: number; samples: number[] }
+function stat(samples: number[]): Stat {
+  const s = [...samples].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  const median = s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+  return { median, min: s[0]!, max: s[s.length - 1]!, samples };
+}
+
+function log(msg: string) { process.stderr.write(`[bench/serve] ${msg}\n`); }
+
+function requireBinary(cmd: string) {
+  try { execFileSync('sh', ['-c', 'command -v "$1"', 'sh', cmd], { stdio: 'ignore' }); } catch {
+    throw new Error(`${cmd} is not installed (apt-get install ${cmd === 'wrk' ? 'wrk' : 'docker-registry'})`);
+  }
+}
+
+/** Runs `fn` for each server, alternating who goes first per round to spread drift and noise. */
+async function alternate<T>(servers: Server[], rounds: number, fn: (s: Server) => Promise<T>): Promise<Map<Server, T[]>> {
+  const out = new Map<Server, T[]>(servers.map((s) => [s, []]));
+  for (let r = 0; r < rounds; r++) {
+    for (const s of r % 2 ? [...servers].reverse() : servers) out.get(s)!.push(await fn(s));
+  }
+  return out;
+}
+
+async function main() {
+  requireBinary('wrk');
+  requireBinary(opt.distribution!);
+  const cli = join(ROOT, 'dist/src/cli.js');
+  if (!existsSync(cli)) throw new Error(`${cli} missing: run "npx tsc -p ." first`);
+
+  const tmp = mkdtempSync(join(tmpdir(), 'nixreg-bench-serve-'));
+  const servers: Server[] = [];
+  const cleanup = async () => {
+    await Promise.allSettled(servers.map((s) => s.stop()));
+    closeClient();
+    rmSync(tmp, { recursive: true, force: true });
+  };
+  const onSignal = () => { void cleanup().finally(() => process.exit(130)); };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    for (const d of ['nixreg', 'distribution']) mkdirSync(join(tmp, d));
+    servers.push(await startNixreg(cli, join(tmp, 'nixreg')));
+    servers.push(await startDistribution(opt.distribution!, join(tmp, 'distribution')));
+    const [nix, dist] = servers as [Server, Server];
+    const distVersion = execFileSync(opt.distribution!, ['--version']).toString().trim();
+    log(`nixreg at ${nix.url} (pid ${nix.pid}), ${distVersion} at ${dist.url} (pid ${dist.pid})`);
+
+    // ------------------------------------------------------------ the same content in both
+    const layers = [1024, 64 * 1024, 2 * MiB].map((n) => syntheticBlob(n));
+    const config = bufferBlob(Buffer.from(JSON.stringify({
+      architecture: 'amd64', os: 'linux',
+      config: { Cmd: ['/bin/sh'] },
+      rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) },
+    })));
+    const manifestType = 'application/vnd.docker.distribution.manifest.v2+json';
+    const manifest = Buffer.from(JSON.stringify({
+      schemaVersion: 2,
+      mediaType: manifestType,
+      config: { mediaType: 'application/vnd.docker.container.image.v1+json', size: config.size, digest: config.digest },
+      layers: layers.map((l) => ({ mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', size: l.size, digest: l.digest })),
+    }));
+    const repo = 'bench/app';
+    let manifestDigest = '';
+    for (const s of servers) {
+      for (const b of [config, ...layers]) await pushBlob(s.url, repo, b);
+      manifestDigest = await putManifest(s.url, repo, 'v1', manifestType, manifest);
+    }
+    for (const s of servers) {
+      const r = await call('GET', `${s.url}/v2/${repo}/manifests/v1`, { Accept: DOCKER_ACCEPT });
+      if (r.status !== 200 || !r.body.equals(manifest) || r.headers['docker-content-digest'] !== manifestDigest) {
+        throw new Error(`${s.name} does not serve the manifest it was given (status ${r.status})`);
+      }
+    }
+    log(`pushed ${repo}:v1 (${manifestDigest}) to both`);
+
+    const big = syntheticBlob(cfg.blobBytes);
+    const bigRepo = 'bench/big';
+    for (const s of servers) await pushBlob(s.url, bigRepo, big);
+    log(`pushed a ${cfg.blobBytes / MiB} MiB blob ${big.digest} to both`);
+
+    // ------------------------------------------------------------ memory during a big push
+    const huge = syntheticBlob(cfg.rssBytes);
+    const memory = new Map<Server, { before: number; peak: number; hwm: number; mbps: number }>();
+    for (const s of servers) {
+      const before = memoryOf(s.pid).rssKiB;
+      const sampler = sampleRss(s.pid);
+      const ms = await pushBlob(s.url, 'bench/huge', huge);
+      const peak = sampler.stop();
+      memory.set(s, { before, peak, hwm: memoryOf(s.pid).hwmKiB, mbps: cfg.rssBytes / MB / (ms / 1000) });
+      log(`${s.name}: ${cfg.rssBytes / MiB} MiB push, RSS ${before} → peak ${peak} KiB, VmHWM ${memoryOf(s.pid).hwmKiB} KiB`);
+    }
+
+    // ------------------------------------------------------------ manifest requests (wrk)
+    const wrkCase = (path: string, method: 'GET' | 'HEAD', seconds = cfg.seconds) => (s: Server) => (method === 'HEAD'
+      ? runHeadLoad({ url: `${s.url}${path}`, headers: { Accept: DOCKER_ACCEPT }, seconds, connections: cfg.connections })
+      : runWrk({ url: `${s.url}${path}`, headers: { Accept: DOCKER_ACCEPT }, seconds, threads: cfg.threads, connections: cfg.connections }));
+    const cases: { name: string; path: string; method: 'GET' | 'HEAD' }[] = [
+      { name: 'manifest GET by tag', path: `/v2/${repo}/manifests/v1`, method: 'GET' },
+      { name: 'manifest GET by digest', path: `/v2/${repo}/manifests/${manifestDigest}`, method: 'GET' },
+      { name: 'manifest HEAD by tag', path: `/v2/${repo}/manifests/v1`, method: 'HEAD' },
+    ];
+    const wrkResults = new Map<string, Map<Server, WrkResult[]>>();
+    for (const c of cases) {
+      // Warm-up: JIT, caches, connection setup; not recorded.
+      for (const s of servers) await wrkCase(c.path, c.method, 2)(s);
+      const r = await alternate(servers, cfg.rounds, wrkCase(c.path, c.method));
+      wrkResults.set(c.name, r);
+      for (const s of servers) log(`${c.name} ${s.name}: ${r.get(s)!.map((x) => x.rps.toFixed(0)).join(', ')} req/s`);
+    }
+
+    // ------------------------------------------------------------ blob download
+    const blobPath = `/v2/${bigRepo}/blobs/${big.digest}`;
+    for (const s of servers) await timeDownload(`${s.url}${blobPath}`);
+    const downloads = await alternate(servers, cfg.downloads, async (s) => {
+      const [n, ms] = await timeDownload(`${s.url}${blobPath}`);
+      if (n !== big.size) throw new Error(`${s.name} sent ${n} of ${big.size} bytes`);
+      return n / MB / (ms / 1000);
+    });
+    for (const s of servers) log(`blob GET ${s.name}: ${downloads.get(s)!.map((x) => x.toFixed(0)).join(', ')} MB/s`);
+
+    // ------------------------------------------------------------ monolithic push
+    // A new blob per repetition, so that neither server can skip work for known content.
+    const pushes = new Map<Server, number[]>(servers.map((s) => [s, []]));
+    for (let r = 0; r < cfg.pushes; r++) {
+      const blob: BlobSpec = syntheticBlob(cfg.blobBytes);
+      for (const s of r % 2 ? [...servers].reverse() : servers) {
+        const ms = await pushBlob(s.url, `bench/push${r}`, blob);
+        pushes.get(s)!.push(cfg.blobBytes / MB / (ms / 1000));
+      }
+    }
+    for (const s of servers) log(`push ${s.name}: ${pushes.get(s)!.map((x) => x.toFixed(0)).join(', ')} MB/s`);
+
+    // ------------------------------------------------------------ report
+    const rows: Row[] = [];
+    for (const c of cases) {
+      const r = wrkResults.get(c.name)!;
+      rows.push(row(`${c.name} (req/s)`, stat(r.get(nix)!.map((x) => x.rps)), stat(r.get(dist)!.map((x) => x.rps)), 'higher', 1.5, 0));
+      rows.push(row(`${c.name} p99 (ms)`, stat(r.get(nix)!.map((x) => x.p99ms)), stat(r.get(dist)!.map((x) => x.p99ms)), 'lower', undefined, 2));
+    }
+    rows.push(row(`blob GET ${cfg.blobBytes / MiB} MiB (MB/s)`, stat(downloads.get(nix)!), stat(downloads.get(dist)!), 'higher', 1.0, 0));
+    rows.push(row(`blob push POST+PUT ${cfg.blobBytes / MiB} MiB (MB/s)`, stat(pushes.get(nix)!), stat(pushes.get(dist)!), 'higher', 1.0, 0));
+    const mn = memory.get(nix)!;
+    const md = memory.get(dist)!;
+    const one = (v: number) => stat([v]);
+    rows.push(row(`blob push ${cfg.rssBytes / MiB} MiB (MB/s, single run)`, one(mn.mbps), one(md.mbps), 'higher', undefined, 0));
+    const rssRow = row(`peak RSS during ${cfg.rssBytes / MiB} MiB push (MB)`, one(mn.peak * 1024 / MB), one(md.peak * 1024 / MB), 'lower', undefined, 1);
+    rssRow.goal = '< 150 MB';
+    rssRow.pass = mn.peak * 1024 / MB < 150;
+    rows.push(rssRow);
+    const hwmRow = row('VmHWM after that push (MB)', one(mn.hwm * 1024 / MB), one(md.hwm * 1024 / MB), 'lower', undefined, 1);
+    hwmRow.goal = '< 150 MB';
+    hwmRow.pass = mn.hwm * 1024 / MB < 150;
+    rows.push(hwmRow);
+
+    const head = [
+      `nixreg ${gitRev()} (node ${process.version}) vs ${distVersion}; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'};`,
+      `load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')};`,
+      `wrk -t${cfg.threads} -c${cfg.connections} -d${cfg.seconds}s × ${cfg.rounds} rounds alternating; ${cfg.downloads} downloads, ${cfg.pushes} pushes;`,
+      'median (min–max); MB = 10^6 bytes.',
+    ].join(' ');
+    const table = renderTable(rows);
+    process.stdout.write(`${head}\n\n${table}\n`);
+    if (opt.json) writeFileSync(opt.json, JSON.stringify({ cfg, head, rows }, null, 2));
+    const failed = rows.filter((r) => r.pass === false);
+    if (failed.length) log(`goals missed: ${failed.map((r) => r.metric).join('; ')}`);
+  } finally {
+    await cleanup();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+interface Row { metric: string; nix: Stat; dist: Stat; ratio: number; better: 'higher' | 'lower'; digits: number; goal?: string; pass?: boolean }
+
+function row(metric: string, nix: Stat, dist: Stat, better: 'higher' | 'lower', minRatio: number | undefined, digits: number): Row {
+  const ratio = nix.median / dist.median;
+  const r: Row = { metric, nix, dist, ratio, better, digits };
+  if (minRatio !== undefined) { r.goal = `≥ ${minRatio.toFixed(1)}×`; r.pass = ratio >= minRatio; }
+  return r;
+}
+
+function fmt(s: Stat, digits: number): string {
+  const f = (v: number) => v.toFixed(digits);
+  return s.samples.length > 1 ? `${f(s.median)} (${f(s.min)}–${f(s.max)})` : f(s.median);
+}
+
+function renderTable(rows: Row[]): string {
+  const lines = [
+    '| metric | nixreg | Distribution 2.8 | nixreg / Distribution | goal | result |',
+    '|---|---:|---:|---:|---|---|',
+  ];
+  for (const r of rows) {
+    const result = r.pass === undefined ? '' : r.pass ? 'PASS' : '**FAIL**';
+    lines.push(`| ${r.metric} | ${fmt(r.nix, r.digits)} | ${fmt(r.dist, r.digits)} | ${r.ratio.toFixed(2)}× (${r.better} is better) | ${r.goal ?? ''} | ${result} |`);
+  }
+  return lines.join('\n');
+}
+
+function gitRev(): string {
+  try { return execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim(); } catch { return '(unknown revision)'; }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`[bench/serve] failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});

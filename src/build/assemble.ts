@@ -1,0 +1,151 @@
+// Assembly of a built image: closure → layer groups (layers.ts) → reproducible tar
+// (tar.ts) → parallel gzip (gzip.ts) → blob store, then config and manifests (image.ts)
+// written through Storage exactly like a pushed image.
+//
+// Each layer is streamed once from the Nix store into a temporary file in the store's
+// tmp dir while both digests (diff_id of the tar, digest of the gzip) are computed, and
+// committed with Storage.commitFile: nothing is copied to a staging tree, no tarball is
+// written to the Nix store, nothing half-written is ever visible. A layer is identified
+// by what it contains (LAYER_FORMAT + its sorted store paths, or the ordered contents
+// for the root filesystem layer); store paths are immutable, so a key once built is
+// reused by every later build and image in any repository without reading the store.
+import { createHash, randomUUID } from 'node:crypto';
+import { createWriteStream, promises as fs } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Digester } from '../blobs/digest.js';
+import type { LayerRow } from '../blobs/index.js';
+import type { Storage } from '../blobs/storage.js';
+import { RegistryError } from '../registry/errors.js';
+import { MediaTypes, parseManifest } from '../registry/manifest.js';
+import { ParallelGzip } from './gzip.js';
+import { dockerManifest, imageConfig, ociManifest, type LayerDescriptor } from './image.js';
+import { groupStorePaths } from './layers.js';
+import { rootfsEntries, storePathEntries, tarStream, type TarEntry } from './tar.js';
+import type { BuiltImage, ImageSpec, StorePathInfo } from './types.js';
+
+/**
+ * Names everything that decides a layer's bytes besides its paths: tar conventions
+ * (tar.ts), the gzip block scheme (gzip.ts). Bump it when either changes, so that old
+ * layers are not reused under a new format.
+ */
+export const LAYER_FORMAT = 'nixreg-layer-v1 tar(mtime=1,root,hardlinks) pgzip(6,1MiB)';
+
+/** What one layer is made of, before it is built. */
+interface LayerPlan {
+  key: string;
+  paths: string[];
+  rootfs: boolean;
+  entries: () => AsyncIterable<TarEntry> | Iterable<TarEntry>;
+}
+
+/** Builds of the same layer key already under way, per store (single flight). */
+const inflight = new Map<string, Promise<LayerRow>>();
+
+export interface AssembleStats {
+  /** Layers built in this call (the rest were reused). */
+  built: number;
+  reused: number;
+  /** Uncompressed bytes written by this call. */
+  tarBytes: number;
+}
+
+/**
+ * Lays out `closure` as image layers, stores them (reusing any layer already built for
+ * the same set of store paths) and stores an OCI manifest plus a Docker schema2
+ * manifest of the image in `repo`, untagged. `hash` is passed through as the image tag
+ * the caller will use.
+ */
+export async function assembleImage(
+  storage: Storage, repo: string, spec: ImageSpec, closure: StorePathInfo[], hash: string,
+  stats?: AssembleStats,
+): Promise<BuiltImage> {
+  if (!Number.isInteger(spec.maxLayers) || spec.maxLayers < 1) {
+    throw new RegistryError('MANIFEST_INVALID', `maxLayers must be a positive integer, not ${String(spec.maxLayers)}`);
+  }
+  const plans = planLayers(spec, closure);
+  const rows = await mapLimited(plans, availableParallelism(), (p) => layerFor(storage, repo, p, stats));
+  const layers: LayerDescriptor[] = plans.map((p, i) => ({
+    digest: rows[i]!.digest, diffId: rows[i]!.diff_id, size: rows[i]!.size, paths: p.paths, rootfs: p.rootfs,
+  }));
+
+  const configBody = imageConfig(spec, layers);
+  const config = await storage.writeBlob(repo, configBody);
+  const store = async (body: Buffer, mediaType: string) => storage.putManifest(repo, body, parseManifest(body, mediaType));
+  const manifest = await store(ociManifest(config, layers), MediaTypes.ociManifest);
+  const alternate = await store(dockerManifest(config, layers), MediaTypes.dockerManifest);
+  return { hash, manifest, alternate };
+}
+
+function layerKey(kind: string, items: string[]): string {
+  return createHash('sha256').update(`${LAYER_FORMAT}\n${kind}\n${items.join('\n')}`).digest('hex');
+}
+
+/** Store-path groups bottom up, then the root filesystem layer (merged when maxLayers is 1). */
+function planLayers(spec: ImageSpec, closure: StorePathInfo[]): LayerPlan[] {
+  const contents = [...spec.contents];
+  if (spec.maxLayers === 1) {
+    const paths = [...new Set(closure.map((p) => p.path))].sort();
+    return [{
+      key: layerKey('single', [...paths, '', ...contents]), paths, rootfs: true,
+      entries: async function* () { yield* storePathEntries(paths); yield* await rootfsEntries(contents); },
+    }];
+  }
+  const groups = groupStorePaths(closure, spec.maxLayers - 1);
+  return [
+    ...groups.map((g): LayerPlan => ({
+      key: layerKey('store', g.paths), paths: g.paths, rootfs: false, entries: () => storePathEntries(g.paths),
+    })),
+    // The farm depends only on the contents (immutable store paths) and their order.
+    { key: layerKey('rootfs', contents), paths: [], rootfs: true, entries: async function* () { yield* await rootfsEntries(contents); } },
+  ];
+}
+
+async function layerFor(storage: Storage, repo: string, plan: LayerPlan, stats?: AssembleStats): Promise<LayerRow> {
+  const known = storage.index.getLayer(plan.key);
+  if (known && storage.index.linkBlob(repo, known.digest)) {
+    if (stats) stats.reused++;
+    return known;
+  }
+  const flightKey = `${storage.layout.root}\0${plan.key}`;
+  let p = inflight.get(flightKey);
+  if (!p) {
+    p = buildLayer(storage, repo, plan, stats).finally(() => inflight.delete(flightKey));
+    inflight.set(flightKey, p);
+    return p;
+  }
+  const row = await p;
+  storage.index.linkBlob(repo, row.digest);
+  return row;
+}
+
+async function buildLayer(storage: Storage, repo: string, plan: LayerPlan, stats?: AssembleStats): Promise<LayerRow> {
+  const tmp = join(storage.layout.tmpDir, randomUUID());
+  try {
+    const diff = new Digester();
+    const compressed = new Digester();
+    await pipeline(tarStream(plan.entries()), diff, new ParallelGzip(6), compressed, createWriteStream(tmp));
+    const row: LayerRow = { digest: compressed.digest(), diff_id: diff.digest(), size: compressed.bytes };
+    await storage.commitFile(repo, tmp, row.digest, row.size);
+    storage.index.putLayer(plan.key, row);
+    if (stats) { stats.built++; stats.tarBytes += diff.bytes; }
+    return row;
+  } finally {
+    await fs.rm(tmp, { force: true });
+  }
+}
+
+/** Like Promise.all over `items`, with at most `limit` calls of `fn` running at once. */
+async function mapLimited<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}

@@ -1,0 +1,279 @@
+// The build pipeline: image file → evaluation (cached briefly, single-flight) →
+// realisation under GC roots (bounded concurrency, timeout) → closure → assembly or
+// ingestion → recorded and tagged by hash. Any number of concurrent requests for the
+// same image share one evaluation and one build; failures are remembered briefly.
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Storage } from '../blobs/storage.js';
+import type { ManifestDescriptor } from '../blobs/storage.js';
+import { RegistryError } from '../registry/errors.js';
+import { assembleImage } from './assemble.js';
+import { ingestImageOutput, isImageOutput } from './ingest.js';
+import { BuildLogs, type BuildLog } from './logs.js';
+import { NixError, closureOf, evaluateFile, hashPart, outputsOf, realise, type EvalJSON } from './nix.js';
+import { resolveImageFile, type ImageFile } from './resolve.js';
+import { validateSpec } from './spec.js';
+import type { BuiltImage, ImageSpec } from './types.js';
+
+export interface BuilderOptions {
+  /** Directory of image expressions. */
+  images: string;
+  /** Kill a realisation after this long (default 10 min). */
+  buildTimeoutMs?: number | undefined;
+  /** Builds running at once; more wait in a queue (default 2). */
+  maxBuilds?: number | undefined;
+  /** An evaluation is reused this long while its file is unchanged (default 10 s). */
+  evalTtlMs?: number | undefined;
+  /** A failed evaluation or build is answered from memory this long (default 30 s). */
+  negativeTtlMs?: number | undefined;
+  /** Build records and logs kept (default 100). */
+  keepLogs?: number | undefined;
+  /** Environment of Nix processes (tests pass offline settings; users' own apply otherwise). */
+  nixEnv?: NodeJS.ProcessEnv | undefined;
+  log?: Logger | undefined;
+  /** Progress for a terminal: stage lines and Nix's own output. */
+  progress?: ((text: string) => void) | undefined;
+}
+
+/** An evaluated image file: what to build and the tag it will have. */
+export interface Evaluation {
+  repo: string;
+  file: ImageFile;
+  /** Hash part of the image's identity path (eval.nix); the hash tag. */
+  hash: string;
+  /** For a bare derivation: the hash part of its own output, the tag if it is an image archive. */
+  outHash?: string | undefined;
+  raw: EvalJSON;
+  spec: Omit<ImageSpec, 'contents'>;
+}
+
+interface EvalEntry { key: string; expires: number; value: Promise<Evaluation> }
+interface Failure { key: string; expires: number; error: RegistryError }
+
+const SYSTEMS: Record<string, [string, string]> = {
+  'x86_64-linux': ['amd64', 'linux'],
+  'aarch64-linux': ['arm64', 'linux'],
+  'i686-linux': ['386', 'linux'],
+  'armv7l-linux': ['arm', 'linux'],
+  'armv6l-linux': ['arm', 'linux'],
+  'riscv64-linux': ['riscv64', 'linux'],
+  'powerpc64le-linux': ['ppc64le', 'linux'],
+  's390x-linux': ['s390x', 'linux'],
+  'x86_64-darwin': ['amd64', 'darwin'],
+  'aarch64-darwin': ['arm64', 'darwin'],
+};
+
+/** OCI architecture and os of a Nix system double. */
+export function platformOf(system: string): { architecture: string; os: string } {
+  const p = SYSTEMS[system];
+  if (p) return { architecture: p[0], os: p[1] };
+  const [cpu = system, os = 'linux'] = system.split('-');
+  return { architecture: cpu, os };
+}
+
+class Semaphore {
+  private active = 0;
+  private readonly waiting: (() => void)[] = [];
+  constructor(private readonly max: number) {}
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.active >= this.max) await new Promise<void>((r) => this.waiting.push(r));
+    else this.active++;
+    try { return await fn(); } finally {
+      const next = this.waiting.shift();
+      if (next) next(); else this.active--;
+    }
+  }
+  get queued() { return this.waiting.length; }
+}
+
+export class Builder {
+  readonly logs: BuildLogs;
+  /** Pipelines started (each realises and assembles once); for tests and metrics. */
+  buildsStarted = 0;
+  evaluationsStarted = 0;
+  /** Base of log URLs in error messages (set once the server knows its address). */
+  publicUrl = '';
+  private readonly evals = new Map<string, EvalEntry>();
+  private readonly inflight = new Map<string, Promise<BuiltImage>>();
+  private readonly failures = new Map<string, Failure>();
+  private readonly sem: Semaphore;
+  private readonly o: Required<Omit<BuilderOptions, 'log' | 'progress' | 'nixEnv'>> & Pick<BuilderOptions, 'log' | 'progress' | 'nixEnv'>;
+
+  constructor(readonly storage: Storage, opts: BuilderOptions) {
+    this.o = {
+      buildTimeoutMs: 600_000, maxBuilds: 2, evalTtlMs: 10_000, negativeTtlMs: 30_000, keepLogs: 100,
+      ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
+    } as typeof this.o;
+    this.sem = new Semaphore(Math.max(1, this.o.maxBuilds));
+    this.logs = new BuildLogs(storage.layout, this.o.keepLogs);
+  }
+
+  /** The image file of `repo`, if an expression backs it. */
+  file(repo: string): ImageFile | undefined {
+    return resolveImageFile(this.o.images, repo);
+  }
+
+  /**
+   * Evaluates `repo`'s file, reusing a recent evaluation (or failure) of the same file
+   * content; concurrent callers share one nix-instantiate.
+   */
+  evaluate(repo: string): Promise<Evaluation> {
+    const file = this.file(repo);
+    if (!file) return Promise.reject(new RegistryError('NAME_UNKNOWN', `no image expression for ${repo}`, { name: repo }));
+    const hit = this.evals.get(repo);
+    if (hit && hit.key === file.key && Date.now() < hit.expires) return hit.value;
+    const entry: EvalEntry = { key: file.key, expires: Infinity, value: this.runEval(repo, file) };
+    this.evals.set(repo, entry);
+    entry.value.then(
+      () => { entry.expires = Date.now() + this.o.evalTtlMs; },
+      () => { entry.expires = Date.now() + this.o.negativeTtlMs; },
+    );
+    return entry.value;
+  }
+
+  private async runEval(repo: string, file: ImageFile): Promise<Evaluation> {
+    this.evaluationsStarted++;
+    this.o.progress?.(`evaluating ${file.path}\n`);
+    let raw: EvalJSON;
+    try {
+      raw = await evaluateFile(file.path, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs });
+    } catch (e) {
+      const msg = e instanceof NixError ? e.message : String(e);
+      this.o.log?.info({ repo, file: file.path, error: msg }, 'evaluation failed');
+      throw new RegistryError('MANIFEST_UNKNOWN', `evaluating ${repo} failed:\n${msg}`, { file: file.path });
+    }
+    const spec = validateSpec(repo, raw);
+    const plat = platformOf(raw.system);
+    return {
+      repo, file, raw,
+      hash: hashPart(raw.imagePath),
+      outHash: raw.kind === 'derivation' ? hashPart(raw.contents[0]!.out) : undefined,
+      spec: { ...spec, architecture: spec.architecture ?? plat.architecture, os: plat.os },
+    };
+  }
+
+  /** An image already built for `hash`, from the index alone (no Nix). */
+  lookup(repo: string, hash: string): BuiltImage | undefined {
+    const row = this.storage.index.getBuild(repo, hash);
+    if (!row) return undefined;
+    const manifest = this.storage.resolveManifest(repo, { digest: row.manifest });
+    if (!manifest) return undefined;
+    const alternate = row.alt_manifest ? this.storage.resolveManifest(repo, { digest: row.alt_manifest }) : undefined;
+    return { hash: row.hash, manifest, alternate };
+  }
+
+  /** The built image of an evaluation: from storage, or built now (once for all callers). */
+  async ensureBuilt(ev: Evaluation): Promise<BuiltImage> {
+    const done = this.lookup(ev.repo, ev.hash);
+    if (done) return done;
+    const key = `${ev.repo}\0${ev.hash}`;
+    const failed = this.failures.get(key);
+    if (failed && failed.key === ev.file.key && Date.now() < failed.expires) throw failed.error;
+    let p = this.inflight.get(key);
+    if (!p) {
+      p = this.sem.run(() => this.runBuild(ev));
+      this.inflight.set(key, p);
+      p.then(() => { this.failures.delete(key); }, (e: unknown) => {
+        if (e instanceof RegistryError) this.failures.set(key, { key: ev.file.key, expires: Date.now() + this.o.negativeTtlMs, error: e });
+      }).finally(() => { this.inflight.delete(key); });
+    }
+    return p;
+  }
+
+  private async runBuild(ev: Evaluation): Promise<BuiltImage> {
+    // Another caller may have finished this image while we queued.
+    const done = this.lookup(ev.repo, ev.hash);
+    if (done) return done;
+    this.buildsStarted++;
+    const log = this.logs.start(ev.repo, ev.hash);
+    const rec = log.record;
+    const roots = join(this.storage.layout.gcrootsDir, rec.id);
+    const started = Date.now();
+    const { raw } = ev;
+    rec.drv = raw.contents[0]?.drv;
+    try {
+      await fs.mkdir(roots, { recursive: true });
+      log.line(`image ${ev.repo} from ${ev.file.path}: ${raw.imagePath}`);
+      this.o.progress?.(`building ${ev.repo} (${raw.contents.length} contents)\n`);
+      const drvs = [...new Set([...raw.contents.map((c) => c.drv), ...raw.configRefs])];
+      await realise(drvs, join(roots, 'root'), {
+        env: this.o.nixEnv,
+        timeoutMs: this.o.buildTimeoutMs,
+        onStderr: (c) => { log.write(c); this.o.progress?.(c.toString()); },
+      });
+      const outs = raw.contents.map((c) => c.out);
+      const cfgOuts = [
+        ...raw.configRefs.filter((r) => !r.endsWith('.drv')),
+        ...await outputsOf(raw.configRefs.filter((r) => r.endsWith('.drv')), { env: this.o.nixEnv }),
+      ];
+      let built: BuiltImage;
+      if (raw.kind === 'derivation' && await isImageOutput(outs[0]!)) {
+        log.line(`${outs[0]} is an image archive: ingesting`);
+        this.o.progress?.('ingesting image archive\n');
+        built = await ingestImageOutput(this.storage, ev.repo, outs[0]!, {
+          hash: ev.outHash!, timeoutMs: Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started)),
+        });
+      } else {
+        const closure = await closureOf([...new Set([...outs, ...cfgOuts])], { env: this.o.nixEnv });
+        log.line(`closure: ${closure.length} store paths, ${closure.reduce((n, p) => n + p.narSize, 0)} bytes`);
+        this.o.progress?.(`assembling ${closure.length} store paths\n`);
+        built = await assembleImage(this.storage, ev.repo, { ...ev.spec, contents: outs }, closure, ev.hash);
+      }
+      this.record(ev, built);
+      rec.status = 'succeeded';
+      rec.digest = built.manifest.digest;
+      log.line(`stored ${built.manifest.digest} as ${ev.repo}:${built.hash}`);
+      this.o.log?.info({ repo: ev.repo, hash: built.hash, digest: built.manifest.digest, ms: Date.now() - started }, 'image built');
+      return built;
+    } catch (e) {
+      const err = this.buildError(ev, e, log);
+      rec.status = 'failed';
+      rec.error = err.message;
+      log.line(`failed: ${err.message}`);
+      this.o.log?.warn({ repo: ev.repo, hash: ev.hash, error: err.message }, 'image build failed');
+      throw err;
+    } finally {
+      rec.finished = new Date().toISOString();
+      await log.close();
+      // The layers are stored: the closure may be collected from now on.
+      await fs.rm(roots, { recursive: true, force: true });
+    }
+  }
+
+  private record(ev: Evaluation, built: BuiltImage): void {
+    const row = (hash: string, m: ManifestDescriptor, a?: ManifestDescriptor) => ({
+      repo: ev.repo, hash, manifest: m.digest, media_type: m.mediaType, size: m.size,
+      alt_manifest: a?.digest ?? null, alt_media_type: a?.mediaType ?? null, alt_size: a?.size ?? null,
+      store_path: ev.raw.imagePath,
+    });
+    this.storage.index.putBuild(row(built.hash, built.manifest, built.alternate));
+    // An ingested archive is tagged by its own output hash; the evaluation's hash maps
+    // to it too so that `latest` finds it without asking Nix again.
+    if (built.hash !== ev.hash) this.storage.index.putBuild(row(ev.hash, built.manifest, built.alternate));
+    this.storage.tag(ev.repo, built.hash, built.manifest.digest);
+  }
+
+  private buildError(ev: Evaluation, e: unknown, log: BuildLog): RegistryError {
+    const url = `${this.publicUrl}${log.record.log}`;
+    if (e instanceof NixError) {
+      const failedDrv = /builder for '([^']+\.drv)' failed/.exec(e.stderr)?.[1]
+        ?? /derivation '([^']+\.drv)'/.exec(e.stderr)?.[1] ?? ev.raw.contents[0]?.drv;
+      log.record.drv = failedDrv;
+      const why = e.timedOut ? e.message : e.message.split('\n')[0]!.replace(/^error: /, '');
+      const what = failedDrv && !why.includes(failedDrv) ? `${failedDrv}: ${why}` : why;
+      return new RegistryError('MANIFEST_UNKNOWN',
+        `building ${ev.repo} failed: ${what}; build log: ${url}`,
+        { drv: failedDrv, log: url });
+    }
+    if (e instanceof RegistryError) {
+      return new RegistryError(e.code, `${e.message}; build log: ${url}`, e.detail, e.status);
+    }
+    this.o.log?.error({ err: e, repo: ev.repo }, 'image assembly failed');
+    return new RegistryError('MANIFEST_UNKNOWN', `building ${ev.repo} failed: ${(e as Error).message}; build log: ${url}`, { log: url });
+  }
+
+  stats() {
+    return { buildsStarted: this.buildsStarted, evaluationsStarted: this.evaluationsStarted, queued: this.sem.queued, inflight: this.inflight.size };
+  }
+}

@@ -1,0 +1,104 @@
+// Deterministic parallel gzip, the way pigz does it: the input is cut at fixed 1 MiB
+// offsets, each block is raw-deflated on libuv's threadpool with the previous block's
+// last 32 KiB as preset dictionary, non-final blocks end on a sync flush (byte-aligned,
+// no final bit), and the results are concatenated in order into ONE gzip member with the
+// CRC-32 and length of the whole input. The output depends only on the input bytes and
+// the zlib version (never on timing, chunking of the input or the number of cores), and
+// one big layer no longer bounds the wall time of a build to one core.
+//
+// Compressions in flight are limited process-wide (not per stream), so memory stays
+// bounded however many layers are built at once: about 2 × BLOCK per slot.
+import { availableParallelism } from 'node:os';
+import { Transform, type TransformCallback } from 'node:stream';
+import { promisify } from 'node:util';
+import { constants, crc32, deflateRaw } from 'node:zlib';
+
+const BLOCK = 1 << 20;
+const WINDOW = 32 * 1024;
+const deflateRawAsync = promisify(deflateRaw) as (buf: Buffer, opts: object) => Promise<Buffer>;
+// gzip header: magic, CM=deflate, no flags, MTIME=0, XFL=0, OS=3 (Unix): fixed bytes.
+const HEADER = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]);
+
+/** A counting semaphore for the process-wide compression slots. */
+class Slots {
+  private waiting: (() => void)[] = [];
+  constructor(private free: number) {}
+  async take(): Promise<void> {
+    if (this.free > 0) { this.free--; return; }
+    await new Promise<void>((r) => this.waiting.push(r));
+  }
+  give(): void {
+    const next = this.waiting.shift();
+    if (next) next(); else this.free++;
+  }
+}
+
+// One slot per core plus one, so a core is never idle while the main thread queues.
+const slots = new Slots(availableParallelism() + 1);
+
+export class ParallelGzip extends Transform {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private dict: Buffer | undefined;
+  private crc = 0;
+  private length = 0;
+  /** Compressed blocks in input order, possibly still running. */
+  private queue: Promise<Buffer>[] = [];
+
+  constructor(private readonly level = 6, private readonly maxQueued = availableParallelism() + 1) {
+    super();
+    this.push(HEADER);
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.crc = crc32(chunk, this.crc);
+    this.length += chunk.length;
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    this.pump(false).then(() => cb(), cb);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.pump(true).then(() => {
+      const trailer = Buffer.alloc(8);
+      trailer.writeUInt32LE(this.crc >>> 0, 0);
+      trailer.writeUInt32LE(this.length % 2 ** 32, 4);
+      this.push(trailer);
+      cb();
+    }, cb);
+  }
+
+  /**
+   * Starts every full block that is known not to be the last (a byte beyond it exists),
+   * and at the end the last block, possibly empty; emits results in order.
+   */
+  private async pump(final: boolean): Promise<void> {
+    while (this.pendingBytes > BLOCK) {
+      const all = Buffer.concat(this.pending, this.pendingBytes);
+      this.pending = [all.subarray(BLOCK)];
+      this.pendingBytes = all.length - BLOCK;
+      this.start(all.subarray(0, BLOCK), false);
+      while (this.queue.length >= this.maxQueued) this.push(await this.queue.shift()!);
+    }
+    if (final) {
+      this.start(Buffer.concat(this.pending, this.pendingBytes), true);
+      this.pending = [];
+      this.pendingBytes = 0;
+      while (this.queue.length) this.push(await this.queue.shift()!);
+    }
+  }
+
+  private start(block: Buffer, last: boolean): void {
+    const dict = this.dict;
+    this.dict = Buffer.from(block.subarray(Math.max(0, block.length - WINDOW)));
+    const opts = {
+      level: this.level,
+      ...(dict && dict.length ? { dictionary: dict } : {}),
+      finishFlush: last ? constants.Z_FINISH : constants.Z_SYNC_FLUSH,
+    };
+    const p = slots.take().then(() => deflateRawAsync(block, opts).finally(() => slots.give()));
+    // Errors surface when the block is awaited in order; keep Node from flagging them early.
+    p.catch(() => {});
+    this.queue.push(p);
+  }
+}

@@ -1,0 +1,72 @@
+// Records of recent builds and their logs, served at /nixreg/builds and
+// /nixreg/builds/<id>/log. The last `keep` builds are kept (records in memory, log
+// files under <data>/logs); older logs are deleted.
+import { createReadStream, createWriteStream, promises as fs, type WriteStream } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { Router, type Request, type Response } from 'express';
+import type { Layout } from '../blobs/layout.js';
+import { RegistryError } from '../registry/errors.js';
+
+export type BuildStatus = 'queued' | 'running' | 'succeeded' | 'failed';
+
+export interface BuildRecord {
+  id: string;
+  repo: string;
+  tag: string;
+  status: BuildStatus;
+  started: string;
+  finished?: string | undefined;
+  /** The derivation that failed, or the first one of the image. */
+  drv?: string | undefined;
+  error?: string | undefined;
+  digest?: string | undefined;
+  log: string;
+}
+
+export class BuildLog {
+  private stream: WriteStream;
+  constructor(readonly record: BuildRecord, path: string) {
+    this.stream = createWriteStream(path, { flags: 'w' });
+    this.stream.on('error', () => { /* a lost log line must not fail the build */ });
+  }
+  write(chunk: string | Buffer): void { this.stream.write(chunk); }
+  line(s: string): void { this.stream.write(`[nixreg] ${s}\n`); }
+  close(): Promise<void> {
+    return new Promise((r) => this.stream.end(() => r()));
+  }
+}
+
+export class BuildLogs {
+  private readonly records: BuildRecord[] = [];
+
+  constructor(private readonly layout: Layout, private readonly keep = 100) {}
+
+  start(repo: string, tag: string): BuildLog {
+    // Sortable by time, unguessable enough that ids do not collide across restarts.
+    const id = `${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+    const record: BuildRecord = { id, repo, tag, status: 'running', started: new Date().toISOString(), log: `/nixreg/builds/${id}/log` };
+    this.records.push(record);
+    while (this.records.length > this.keep) {
+      const old = this.records.shift()!;
+      void fs.rm(this.layout.logPath(old.id), { force: true });
+    }
+    return new BuildLog(record, this.layout.logPath(id));
+  }
+
+  list(): BuildRecord[] { return [...this.records].reverse(); }
+  get(id: string): BuildRecord | undefined { return this.records.find((r) => r.id === id); }
+
+  routes(): Router {
+    const r = Router();
+    r.get('/nixreg/builds', (_req: Request, res: Response) => { res.json({ builds: this.list() }); });
+    r.get('/nixreg/builds/:id/log', (req: Request, res: Response, next) => {
+      const rec = this.get(String(req.params.id));
+      if (!rec) { next(new RegistryError('NAME_UNKNOWN', `no build ${String(req.params.id).slice(0, 100)} among the recent builds`, undefined, 404)); return; }
+      res.status(200).type('text/plain; charset=utf-8');
+      const s = createReadStream(this.layout.logPath(rec.id));
+      s.on('error', () => { if (!res.headersSent) res.end(''); else res.destroy(); });
+      s.pipe(res);
+    });
+    return r;
+  }
+}

@@ -1,0 +1,176 @@
+// The one Nix adapter: every nix-instantiate / nix-store process nixreg starts is spawned
+// here, with argv arrays only (never a shell), so request data cannot reach Nix source
+// or a command line, and so the processes can be counted (tests assert that serving an
+// already-built hash starts none).
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import type { StorePathInfo } from './types.js';
+
+/**
+ * The helper expression ships as a source file (tsc does not copy .nix files): from
+ * dist/src/build it is three levels up, then src/build; from src/build (ts-node style
+ * runs) it is beside this module.
+ */
+export const EVAL_NIX = [
+  new URL('../../../src/build/eval.nix', import.meta.url),
+  new URL('./eval.nix', import.meta.url),
+].map((u) => fileURLToPath(u)).find((p) => existsSync(p)) ?? fileURLToPath(new URL('../../../src/build/eval.nix', import.meta.url));
+
+let spawned = 0;
+/** Number of Nix processes started by this process so far. */
+export function nixProcessCount(): number { return spawned; }
+
+export class NixError extends Error {
+  constructor(message: string, readonly stderr: string, readonly code: number | null, readonly timedOut = false) {
+    super(message);
+  }
+}
+
+export interface NixRunOptions {
+  env?: NodeJS.ProcessEnv | undefined;
+  timeoutMs?: number | undefined;
+  /** Receives stderr as it arrives (build logs, progress). */
+  onStderr?: ((chunk: Buffer) => void) | undefined;
+}
+
+/** Runs one Nix command; resolves with stdout, rejects with NixError carrying stderr. */
+export function runNix(cmd: 'nix-instantiate' | 'nix-store', args: string[], opts: NixRunOptions = {}): Promise<string> {
+  spawned++;
+  return new Promise((resolve, reject) => {
+    // detached: a timeout kills the whole process group (nix-store's builders too).
+    const child = spawn(cmd, args, { env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let errBytes = 0;
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stderr.on('data', (c: Buffer) => {
+      opts.onStderr?.(c);
+      // Keep the tail only: a chatty build must not grow memory without bound.
+      err.push(c);
+      errBytes += c.length;
+      while (errBytes > 1 << 20 && err.length > 1) errBytes -= err.shift()!.length;
+    });
+    let timedOut = false;
+    let killer: NodeJS.Timeout | undefined;
+    const signal = (sig: NodeJS.Signals) => { try { process.kill(-child.pid!, sig); } catch { child.kill(sig); } };
+    // SIGINT first: Nix then kills its builders (which run in sessions of their own, out
+    // of reach of our process group) and releases its locks; SIGKILL if it lingers.
+    const timer = opts.timeoutMs ? setTimeout(() => {
+      timedOut = true;
+      signal('SIGINT');
+      killer = setTimeout(() => signal('SIGKILL'), 5000);
+    }, opts.timeoutMs) : undefined;
+    child.on('error', (e) => {
+      if (timer) clearTimeout(timer);
+      reject(new NixError(`cannot run ${cmd}: ${e.message}`, '', null));
+    });
+    child.on('close', (code) => {
+      if (timer) clearTimeout(timer);
+      if (killer) clearTimeout(killer);
+      const stderr = Buffer.concat(err).toString();
+      if (timedOut) reject(new NixError(`${cmd} timed out after ${Math.round(opts.timeoutMs! / 1000)} s`, stderr, code, true));
+      else if (code !== 0) reject(new NixError(essentialError(stderr) || `${cmd} exited with code ${code}`, stderr, code));
+      else resolve(Buffer.concat(out).toString());
+    });
+  });
+}
+
+const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
+
+/**
+ * The part of Nix's stderr a user needs: from the last `error:` line, at most a dozen
+ * lines (the message and its source excerpt), without colours or trailing blanks.
+ */
+export function essentialError(stderr: string): string {
+  const lines = stderr.replace(ANSI, '').split('\n');
+  let i = -1;
+  for (let j = lines.length - 1; j >= 0; j--) if (/^error:/.test(lines[j]!)) { i = j; break; }
+  if (i < 0) return lines.filter((l) => l.trim() && !l.startsWith('warning:')).slice(-6).join('\n').trim();
+  return lines.slice(i, i + 12).join('\n').replace(/\s+$/, '');
+}
+
+/** The raw result of eval.nix (see there). */
+export interface EvalJSON {
+  kind: 'spec' | 'derivation' | 'list';
+  keys: string[];
+  config: unknown;
+  configType: string;
+  configRefs: string[];
+  name: unknown;
+  maxLayers: unknown;
+  created: unknown;
+  architecture: unknown;
+  system: string;
+  contents: { drv: string; out: string; name: string }[];
+  imagePath: string;
+}
+
+/** Evaluates an image file (absolute path) with the helper expression. */
+export async function evaluateFile(file: string, opts: NixRunOptions = {}): Promise<EvalJSON> {
+  const stdout = await runNix('nix-instantiate',
+    ['--eval', '--strict', '--json', '--read-write-mode', EVAL_NIX, '--argstr', 'file', file], opts);
+  return JSON.parse(stdout) as EvalJSON;
+}
+
+/**
+ * Builds derivations, each output registered as an (indirect) GC root under `rootBase`
+ * (Nix names them rootBase, rootBase-1, …) so a concurrent garbage collection cannot
+ * delete the closure while it is being read.
+ */
+export async function realise(drvs: string[], rootBase: string, opts: NixRunOptions = {}): Promise<void> {
+  if (!drvs.length) return;
+  // Nix's own --timeout stops a builder that runs too long even if nix-store is killed.
+  const t = opts.timeoutMs ? ['--timeout', String(Math.max(1, Math.ceil(opts.timeoutMs / 1000)))] : [];
+  await runNix('nix-store', ['--realise', ...t, '--add-root', rootBase, '--indirect', ...drvs], opts);
+}
+
+/** Output paths of derivations. */
+export async function outputsOf(drvs: string[], opts: NixRunOptions = {}): Promise<string[]> {
+  if (!drvs.length) return [];
+  return lines(await runNix('nix-store', ['--query', '--outputs', ...drvs], opts));
+}
+
+/**
+ * The closure of `roots` with sizes and references: two processes whatever its size
+ * (`--query --requisites`, then `--dump-db` for the registration of every path).
+ */
+export async function closureOf(roots: string[], opts: NixRunOptions = {}): Promise<StorePathInfo[]> {
+  if (!roots.length) return [];
+  const paths = lines(await runNix('nix-store', ['--query', '--requisites', ...roots], opts));
+  return parseDumpDb(await runNix('nix-store', ['--dump-db', ...paths], opts));
+}
+
+/** Parses the registration format: path, hash, narSize, deriver, count, references. */
+export function parseDumpDb(text: string): StorePathInfo[] {
+  const l = text.split('\n');
+  const out: StorePathInfo[] = [];
+  let i = 0;
+  while (i < l.length && l[i] !== '') {
+    const path = l[i++]!;
+    i++; // nar hash
+    const narSize = Number(l[i++]);
+    i++; // deriver (may be empty)
+    const n = Number(l[i++]);
+    if (!path.startsWith('/') || !Number.isSafeInteger(narSize) || !Number.isSafeInteger(n)) {
+      throw new Error(`unexpected nix-store --dump-db output near ${JSON.stringify(path)}`);
+    }
+    out.push({ path, narSize, references: l.slice(i, i + n) });
+    i += n;
+  }
+  return out;
+}
+
+function lines(s: string): string[] {
+  return s.split('\n').map((x) => x.trim()).filter(Boolean);
+}
+
+/** The 32-character base32 hash part of a store path. */
+export function hashPart(storePath: string): string {
+  const m = /^\/nix\/store\/([0-9a-df-np-sv-z]{32})-/.exec(storePath) ?? /\/([0-9a-df-np-sv-z]{32})-[^/]*$/.exec(storePath);
+  if (!m) throw new Error(`not a store path: ${storePath}`);
+  return m[1]!;
+}
+
+/** Nix base32 hash part syntax (the alphabet omits e, o, t, u). */
+export const HASH_TAG = /^[0-9a-df-np-sv-z]{32}$/;

@@ -1,0 +1,69 @@
+// Build-on-pull behind the registry's ImageSource seam. Tags of an expression-backed
+// repository: `latest` (evaluate now, build if new) and hash tags (the image's store path
+// hash: served from storage without Nix when built, else built if the expression still
+// yields it). Digests are plain storage.
+import { Router } from 'express';
+import type { Storage, ManifestDescriptor } from '../blobs/storage.js';
+import { RegistryError } from '../registry/errors.js';
+import type { ImageSource } from '../registry/source.js';
+import { Builder, type BuilderOptions } from './builder.js';
+import { HASH_TAG, nixProcessCount } from './nix.js';
+import type { BuiltImage } from './types.js';
+
+export class NixImageSource implements ImageSource {
+  readonly builder: Builder;
+
+  constructor(private readonly storage: Storage, opts: BuilderOptions) {
+    this.builder = new Builder(storage, opts);
+  }
+
+  owns(repo: string): boolean {
+    return this.builder.file(repo) !== undefined;
+  }
+
+  async resolve(
+    repo: string,
+    ref: { tag?: string | undefined; digest?: string | undefined },
+    accepts: (mediaType: string) => boolean,
+  ): Promise<ManifestDescriptor | undefined> {
+    const tag = ref.tag;
+    if (tag === undefined) return undefined;
+    return pick(await this.image(repo, tag), accepts);
+  }
+
+  /** The built image for `tag`, building it if needed. */
+  async image(repo: string, tag: string): Promise<BuiltImage> {
+    const b = this.builder;
+    if (HASH_TAG.test(tag)) {
+      const done = b.lookup(repo, tag);
+      if (done) return done;
+      const ev = await b.evaluate(repo);
+      if (tag !== ev.hash && tag !== ev.outHash) {
+        throw new RegistryError('MANIFEST_UNKNOWN',
+          `image ${repo}:${tag} was never built here and ${repo} now evaluates to ${ev.outHash ?? ev.hash}; pull ${repo}:latest or ${repo}:${ev.hash}`,
+          { hash: tag, current: ev.hash });
+      }
+      return b.ensureBuilt(ev);
+    }
+    if (tag !== 'latest') {
+      throw new RegistryError('MANIFEST_UNKNOWN',
+        `${repo} is built from a Nix expression: its tags are latest and the hashes of built images, not ${tag}`, { tag });
+    }
+    const ev = await b.evaluate(repo);
+    const built = await b.ensureBuilt(ev);
+    if (this.storage.index.resolveTag(repo, 'latest') !== built.manifest.digest) this.storage.tag(repo, 'latest', built.manifest.digest);
+    return built;
+  }
+
+  routes(): Router {
+    const r = this.builder.logs.routes();
+    r.get('/nixreg/stats', (_req, res) => { res.json({ ...this.builder.stats(), nixProcesses: nixProcessCount() }); });
+    return r;
+  }
+}
+
+/** OCI by default; the second encoding for a client whose Accept excludes the first. */
+function pick(b: BuiltImage, accepts: (mediaType: string) => boolean): ManifestDescriptor {
+  if (!accepts(b.manifest.mediaType) && b.alternate && accepts(b.alternate.mediaType)) return b.alternate;
+  return b.manifest;
+}

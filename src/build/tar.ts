@@ -1,0 +1,206 @@
+// Reproducible tar streams of store paths and of the root filesystem, read straight from
+// the Nix store (never copied): the same paths always give the same bytes.
+//
+// What makes it reproducible: entries in a fixed order (depth first, names sorted by
+// their UTF-8 bytes), mtime 1, uid/gid 0 with names root/root, permission bits as in the
+// store (which Nix has already normalised to 0444/0555), PAX headers exactly where ustar
+// cannot hold a name (tar-stream decides that from the name alone). Parent directories of
+// every entry are emitted before it, so any unpacker recreates the tree with the right
+// modes; /nix and /nix/store are 0555 as in nixpkgs' dockerTools.
+import { promises as fs, createReadStream, type Stats } from 'node:fs';
+import { join, posix } from 'node:path';
+import { Readable } from 'node:stream';
+import * as tar from 'tar-stream';
+
+export type TarEntry =
+  | { type: 'directory'; name: string; mode: number }
+  | { type: 'symlink'; name: string; target: string }
+  /** A regular file whose content is read from `source` when the entry is written. */
+  | { type: 'file'; name: string; mode: number; size: number; source: string }
+  /** A hard link to an earlier entry `target` of the same archive. */
+  | { type: 'link'; name: string; target: string };
+
+export const MTIME = new Date(1000);
+const OWNER = { uid: 0, gid: 0, uname: 'root', gname: 'root' } as const;
+const STORE_DIR_MODE = 0o555;
+const ROOT_DIR_MODE = 0o755;
+
+const byUtf8 = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+
+/** Refuses what a tar name cannot carry faithfully, instead of writing something else. */
+function checkName(dir: string, name: Buffer): string {
+  const s = name.toString('utf8');
+  if (!Buffer.from(s).equals(name)) {
+    throw new Error(`cannot archive ${JSON.stringify(join(dir, name.toString('latin1')))}: the file name is not valid UTF-8`);
+  }
+  return s;
+}
+
+async function sortedDir(dir: string): Promise<string[]> {
+  const names = await fs.readdir(dir, { encoding: 'buffer' });
+  return names.map((n) => checkName(dir, n)).sort(byUtf8);
+}
+
+/** `a/b/c` → `a/`, `a/b/` (the directories above a relative path). */
+function parentsOf(rel: string): string[] {
+  const parts = rel.split('/');
+  return parts.slice(0, -1).map((_, i) => parts.slice(0, i + 1).join('/'));
+}
+
+/**
+ * The entries of a layer holding `storePaths` (absolute, e.g. /nix/store/…-x), in order:
+ * the store's parent directories, then each path depth first. Files with the same inode
+ * become hard links to their first occurrence in this layer.
+ */
+export async function* storePathEntries(storePaths: string[]): AsyncGenerator<TarEntry> {
+  const emitted = new Set<string>();
+  const inodes = new Map<string, string>();
+  for (const abs of [...storePaths].sort(byUtf8)) {
+    if (!posix.isAbsolute(abs) || abs.split('/').includes('..')) throw new Error(`not an absolute store path: ${abs}`);
+    const rel = posix.normalize(abs).slice(1);
+    for (const p of parentsOf(rel)) {
+      if (!emitted.has(p)) { emitted.add(p); yield { type: 'directory', name: p, mode: STORE_DIR_MODE }; }
+    }
+    yield* walk(abs, rel, inodes);
+  }
+}
+
+async function* walk(abs: string, rel: string, inodes: Map<string, string>): AsyncGenerator<TarEntry> {
+  const st = await fs.lstat(abs);
+  yield* entryFor(abs, rel, st, inodes);
+  if (st.isDirectory()) {
+    for (const name of await sortedDir(abs)) yield* walk(join(abs, name), `${rel}/${name}`, inodes);
+  }
+}
+
+async function* entryFor(abs: string, rel: string, st: Stats, inodes: Map<string, string>): AsyncGenerator<TarEntry> {
+  const mode = st.mode & 0o7777;
+  if (st.isDirectory()) yield { type: 'directory', name: rel, mode };
+  else if (st.isSymbolicLink()) yield { type: 'symlink', name: rel, target: await fs.readlink(abs) };
+  else if (st.isFile()) {
+    if (st.nlink > 1) {
+      const key = `${st.dev}:${st.ino}`;
+      const first = inodes.get(key);
+      if (first !== undefined) { yield { type: 'link', name: rel, target: first }; return; }
+      inodes.set(key, rel);
+    }
+    yield { type: 'file', name: rel, mode, size: st.size, source: abs };
+  } else {
+    // The Nix store holds only these three kinds (NAR cannot represent others).
+    throw new Error(`cannot archive ${abs}: not a regular file, directory or symlink`);
+  }
+}
+
+interface FarmDir { kind: 'dir'; mode: number; children: Map<string, FarmNode> }
+interface FarmLink { kind: 'link'; target: string; /** a directory that may still need merging */ dir: boolean }
+type FarmNode = FarmDir | FarmLink;
+
+/**
+ * The root filesystem as a symlink farm of `contents`, like nixpkgs' buildEnv: each
+ * entry of a content links to its store path; where several contents provide the same
+ * directory it becomes a real directory and their entries are merged into it, at any
+ * depth; for any other clash the earlier content wins. Top-level directories (/bin,
+ * /etc, …) are always real, so that a container can add files next to the links (Docker
+ * bind-mounts /etc/hosts). /tmp is a real directory with mode 1777.
+ */
+export async function rootfsEntries(contents: string[]): Promise<TarEntry[]> {
+  const root: FarmDir = { kind: 'dir', mode: ROOT_DIR_MODE, children: new Map() };
+  root.children.set('tmp', { kind: 'dir', mode: 0o1777, children: new Map() });
+  for (const c of contents) {
+    let st: Stats;
+    try { st = await fs.stat(c); } catch { throw new Error(`content ${c} does not exist`); }
+    // A content that is a single file has nothing to link into /; it is in the store layers.
+    if (!st.isDirectory()) continue;
+    for (const name of await sortedDir(c)) {
+      if (name === 'nix') continue; // never shadow the store's parents
+      await addToFarm(root, name, join(c, name), true);
+    }
+  }
+  const out: TarEntry[] = [];
+  const emit = (dir: FarmDir, prefix: string) => {
+    for (const name of [...dir.children.keys()].sort(byUtf8)) {
+      const node = dir.children.get(name)!;
+      const rel = prefix ? `${prefix}/${name}` : name;
+      if (node.kind === 'dir') { out.push({ type: 'directory', name: rel, mode: node.mode }); emit(node, rel); }
+      else out.push({ type: 'symlink', name: rel, target: node.target });
+    }
+  };
+  emit(root, '');
+  return out;
+}
+
+async function isDir(p: string): Promise<boolean> {
+  try { return (await fs.stat(p)).isDirectory(); } catch { return false; }
+}
+
+async function addToFarm(parent: FarmDir, name: string, source: string, forceDir: boolean): Promise<void> {
+  const existing = parent.children.get(name);
+  const dir = await isDir(source);
+  if (!existing) {
+    if (dir && forceDir) {
+      const d: FarmDir = { kind: 'dir', mode: ROOT_DIR_MODE, children: new Map() };
+      parent.children.set(name, d);
+      for (const n of await sortedDir(source)) await addToFarm(d, n, join(source, n), false);
+    } else {
+      parent.children.set(name, { kind: 'link', target: source, dir });
+    }
+    return;
+  }
+  if (!dir) return; // first wins
+  let d: FarmDir;
+  if (existing.kind === 'dir') d = existing;
+  else if (existing.dir) {
+    // Unfold the earlier content's directory link so both can be merged.
+    d = { kind: 'dir', mode: ROOT_DIR_MODE, children: new Map() };
+    parent.children.set(name, d);
+    for (const n of await sortedDir(existing.target)) await addToFarm(d, n, join(existing.target, n), false);
+  } else return; // a file came first: it wins
+  for (const n of await sortedDir(source)) await addToFarm(d, n, join(source, n), false);
+}
+
+/**
+ * Packs `entries` into an uncompressed tar stream. Files are streamed from disk one at a
+ * time with backpressure, so memory stays small whatever the layer size.
+ */
+export function tarStream(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): Readable {
+  const pack = tar.pack();
+  const fill = async () => {
+    for await (const e of entries) {
+      const base = { name: e.name, mtime: MTIME, ...OWNER };
+      switch (e.type) {
+        case 'directory':
+          await entry(pack, { ...base, type: 'directory', mode: e.mode });
+          break;
+        case 'symlink':
+          await entry(pack, { ...base, type: 'symlink', linkname: e.target, mode: 0o777 });
+          break;
+        case 'link':
+          await entry(pack, { ...base, type: 'link', linkname: e.target, mode: 0o644 });
+          break;
+        case 'file': {
+          let sink!: NodeJS.WritableStream;
+          const done = new Promise<void>((res, rej) => {
+            sink = pack.entry({ ...base, type: 'file', mode: e.mode, size: e.size }, (err) => (err ? rej(err) : res()));
+          });
+          let got = 0;
+          for await (const chunk of createReadStream(e.source)) {
+            got += (chunk as Buffer).length;
+            if (got > e.size) throw new Error(`${e.source} grew while being archived`);
+            if (!sink.write(chunk as Buffer)) await new Promise((r) => sink.once('drain', r));
+          }
+          if (got !== e.size) throw new Error(`${e.source} shrank while being archived`);
+          sink.end();
+          await done;
+          break;
+        }
+      }
+    }
+    pack.finalize();
+  };
+  fill().catch((err: Error) => pack.destroy(err));
+  return Readable.from(pack, { objectMode: false });
+}
+
+function entry(pack: tar.Pack, header: Parameters<tar.Pack["entry"]>[0]): Promise<void> {
+  return new Promise((res, rej) => { pack.entry(header, (err) => (err ? rej(err) : res())); });
+}

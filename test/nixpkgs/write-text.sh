@@ -1,0 +1,2 @@
+# builder of writeText: $text verbatim into $out.
+printf '%s' "$text" > "$out"
