@@ -26,7 +26,6 @@ withBuildOptions(program
     });
     // Build failure messages link to the build log on this server.
     if (source) source.builder.publicUrl = reg.url;
-    log.info({ url: reg.url, data: cfg.data, images: cfg.images }, 'nixreg listening');
     let stopping = false;
     const stop = (signal: string) => {
       // A repeated signal (Ctrl-C under `npm start` reaches npm and node both) must not
@@ -38,6 +37,8 @@ withBuildOptions(program
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    // Announced only once signals are handled: whoever waits for this line may stop us at once.
+    log.info({ url: reg.url, data: cfg.data, images: cfg.images }, 'nixreg listening');
   });
 
 withBuildOptions(program

@@ -45,10 +45,15 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
         // In-flight requests finish; idle keep-alive sockets are closed so close() returns.
         const done = new Promise<void>((r) => server.close(() => r()));
         server.closeIdleConnections();
+        // A response the client has read in full may not have ended yet on this side
+        // (a file sent chunk by chunk ends after its last write), so its keep-alive
+        // connection turns idle only after the call above: keep closing what turns idle.
+        const sweep = setInterval(() => server.closeIdleConnections(), 100);
         const force = setTimeout(() => server.closeAllConnections(), 30_000);
         force.unref();
         await done;
         clearTimeout(force);
+        clearInterval(sweep);
         storage.close();
       })();
       return closing;

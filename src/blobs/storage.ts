@@ -89,7 +89,11 @@ export class Storage {
 
   // ---------------------------------------------------------------- reconciliation
 
-  /** Brings index and disk back into agreement after a crash. */
+  /**
+   * Brings index and disk back into agreement after a crash. Runs at open, before any
+   * request: at run time it could take a blob renamed into place whose row is not yet
+   * written for an orphan.
+   */
   async reconcile(): Promise<{ rowsDropped: number; filesRemoved: number; uploadsPurged: number }> {
     let rowsDropped = 0;
     let filesRemoved = 0;
@@ -134,7 +138,11 @@ export class Storage {
       }
     }
     for (const name of await readdirSafe(this.layout.uploadsDir)) {
-      if (!rows.has(name)) await fs.rm(join(this.layout.uploadsDir, name), { force: true, recursive: true });
+      // Re-checked now, not against the snapshot: an upload started while this purge
+      // awaited has a row (inserted before its file) but is not in `rows`.
+      if (!rows.has(name) && !this.index.getUpload(name)) {
+        await fs.rm(join(this.layout.uploadsDir, name), { force: true, recursive: true });
+      }
     }
     return purged;
   }
@@ -182,7 +190,7 @@ export class Storage {
         const fh = await fs.open(file, 'r+');
         try { await fh.sync(); } finally { await fh.close(); }
         const dest = this.layout.blobPath(digest);
-        await fs.mkdir(dirname(dest), { recursive: true });
+        await ensureDir(dirname(dest));
         await fs.rename(file, dest);
         await fsyncDir(dirname(dest));
         this.index.addBlob(repo, digest, size);
@@ -377,7 +385,7 @@ export class Storage {
         try {
           const fh = await fs.open(tmp, 'w');
           try { await fh.writeFile(body); await fh.sync(); } finally { await fh.close(); }
-          await fs.mkdir(dirname(dest), { recursive: true });
+          await ensureDir(dirname(dest));
           await fs.rename(tmp, dest);
         } finally {
           await fs.rm(tmp, { force: true });
@@ -442,6 +450,19 @@ export class Storage {
 
 async function readdirSafe(dir: string): Promise<string[]> {
   try { return await fs.readdir(dir); } catch { return []; }
+}
+
+/**
+ * mkdir -p that also makes the new directory entries durable: a renamed blob is only
+ * as durable as the chain of directories that leads to it.
+ */
+async function ensureDir(dir: string): Promise<void> {
+  const first = await fs.mkdir(dir, { recursive: true });
+  if (first === undefined) return;
+  for (let d = dir; ; d = dirname(d)) {
+    await fsyncDir(dirname(d));
+    if (d === first) break;
+  }
 }
 
 async function fsyncDir(dir: string): Promise<void> {

@@ -7,8 +7,9 @@ import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGunzip, createGzip } from 'node:zlib';
+import { createGunzip } from 'node:zlib';
 import { Digester } from '../blobs/digest.js';
+import { ParallelGzip } from './gzip.js';
 
 export type Compression = 'gzip' | 'zstd' | 'tar' | 'other';
 
@@ -109,7 +110,7 @@ export async function processEntry(source: AsyncIterable<Buffer>, file: string, 
   const diff = new Digester();
   const packed = new Digester();
   if (kind === 'tar') {
-    await pipeline(stream, raw, diff, createGzip(), packed, createWriteStream(file));
+    await pipeline(stream, raw, diff, new ParallelGzip(6), packed, createWriteStream(file));
     const diffId = diff.digest();
     return { rawDigest: diffId, rawSize: raw.bytes, layer: { file, digest: packed.digest(), size: packed.bytes, diffId, recompressed: true } };
   }
@@ -118,7 +119,7 @@ export async function processEntry(source: AsyncIterable<Buffer>, file: string, 
   try {
     await Promise.all([
       pipeline(stream, raw, z.stdin),
-      pipeline(z.stdout, diff, createGzip(), packed, createWriteStream(file)),
+      pipeline(z.stdout, diff, new ParallelGzip(6), packed, createWriteStream(file)),
       z.done,
     ]);
   } catch (e) {

@@ -101,8 +101,9 @@ export async function readArchive(path: string, contents: ArchiveContents, opts:
   let scriptExit: Promise<ArchiveError | undefined> = Promise.resolve(undefined);
   let input: Readable;
   if (opts.script) {
-    // argv only: the script is a store path, run without a shell and without arguments.
-    const c = spawn(path, [], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // argv only: the script is a store path, run without a shell and without arguments,
+    // in its own process group so that a timeout kills whatever it started too.
+    const c = spawn(path, [], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     child = c;
     let stderr = '';
     c.stderr.on('data', (b: Buffer) => { stderr = (stderr + b.toString()).slice(-4000); });
@@ -117,10 +118,13 @@ export async function readArchive(path: string, contents: ArchiveContents, opts:
   }
 
   const extract = tar.extract();
+  // Its errors surface through the entry iterator; this keeps one that comes before the
+  // iteration starts (a timeout during the first read) from being an uncaught exception.
+  extract.on('error', () => {});
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
-    child?.kill('SIGKILL');
+    killGroup(child);
     input.destroy();
     extract.destroy(new Error('timeout'));
   }, opts.timeoutMs);
@@ -195,10 +199,16 @@ export async function readArchive(path: string, contents: ArchiveContents, opts:
     throw malformed(`cannot read it (truncated or corrupt?): ${(e as Error).message}`);
   } finally {
     clearTimeout(timer);
-    if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    if (child && child.exitCode === null && child.signalCode === null) killGroup(child);
+    child?.stderr?.destroy();
     filter?.kill();
     input.destroy();
   }
+}
+
+function killGroup(child: ChildProcess | undefined): void {
+  if (!child?.pid) return;
+  try { process.kill(-child.pid, 'SIGKILL'); } catch { child.kill('SIGKILL'); }
 }
 
 async function drain(entry: AsyncIterable<unknown>): Promise<void> {

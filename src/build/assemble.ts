@@ -32,6 +32,14 @@ import type { BuiltImage, ImageSpec, StorePathInfo } from './types.js';
  */
 export const LAYER_FORMAT = 'nixreg-layer-v1 tar(mtime=1,root,hardlinks) pgzip(6,1MiB)';
 
+/**
+ * Layers built at once. Each layer stream already compresses on all cores (gzip.ts, whose
+ * global slots also bound memory); several at once keep the cores busy while one layer
+ * waits on file reads, its last block or the fsync of its commit. Measured on 2 cores
+ * with 100 layers of ~8 MB: 2 at once left a core idle a third of the time.
+ */
+const LAYERS_AT_ONCE = Math.min(Math.max(4, availableParallelism()), 8);
+
 /** What one layer is made of, before it is built. */
 interface LayerPlan {
   key: string;
@@ -65,7 +73,7 @@ export async function assembleImage(
     throw new RegistryError('MANIFEST_INVALID', `maxLayers must be a positive integer, not ${String(spec.maxLayers)}`);
   }
   const plans = planLayers(spec, closure);
-  const rows = await mapLimited(plans, availableParallelism(), (p) => layerFor(storage, repo, p, stats));
+  const rows = await mapLimited(plans, LAYERS_AT_ONCE, (p) => layerFor(storage, repo, p, stats));
   const layers: LayerDescriptor[] = plans.map((p, i) => ({
     digest: rows[i]!.digest, diffId: rows[i]!.diff_id, size: rows[i]!.size, paths: p.paths, rootfs: p.rootfs,
   }));

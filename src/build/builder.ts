@@ -98,6 +98,8 @@ export class Builder {
   private readonly inflight = new Map<string, Promise<BuiltImage>>();
   private readonly failures = new Map<string, Failure>();
   private readonly sem: Semaphore;
+  /** Evaluations of large package sets take much memory: bounded like builds. */
+  private readonly evalSem: Semaphore;
   private readonly o: Required<Omit<BuilderOptions, 'log' | 'progress' | 'nixEnv'>> & Pick<BuilderOptions, 'log' | 'progress' | 'nixEnv'>;
 
   constructor(readonly storage: Storage, opts: BuilderOptions) {
@@ -106,7 +108,25 @@ export class Builder {
       ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
     } as typeof this.o;
     this.sem = new Semaphore(Math.max(1, this.o.maxBuilds));
+    this.evalSem = new Semaphore(Math.max(2, this.o.maxBuilds));
     this.logs = new BuildLogs(storage.layout, this.o.keepLogs);
+    void this.removeStaleRoots();
+  }
+
+  /**
+   * GC roots left by a build that a crash interrupted. Only old ones: a `nixreg build`
+   * may share the data directory with a running server whose builds are under way.
+   */
+  private async removeStaleRoots(): Promise<void> {
+    const dir = this.storage.layout.gcrootsDir;
+    const cutoff = Date.now() - 2 * this.o.buildTimeoutMs - 60_000;
+    let names: string[] = [];
+    try { names = await fs.readdir(dir); } catch { return; }
+    for (const n of names) {
+      try {
+        if ((await fs.lstat(join(dir, n))).mtimeMs < cutoff) await fs.rm(join(dir, n), { recursive: true, force: true });
+      } catch { /* gone already */ }
+    }
   }
 
   /** The image file of `repo`, if an expression backs it. */
@@ -137,7 +157,7 @@ export class Builder {
     this.o.progress?.(`evaluating ${file.path}\n`);
     let raw: EvalJSON;
     try {
-      raw = await evaluateFile(file.path, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs });
+      raw = await this.evalSem.run(() => evaluateFile(file.path, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs }));
     } catch (e) {
       const msg = e instanceof NixError ? e.message : String(e);
       this.o.log?.info({ repo, file: file.path, error: msg }, 'evaluation failed');
@@ -160,7 +180,9 @@ export class Builder {
     const manifest = this.storage.resolveManifest(repo, { digest: row.manifest });
     if (!manifest) return undefined;
     const alternate = row.alt_manifest ? this.storage.resolveManifest(repo, { digest: row.alt_manifest }) : undefined;
-    return { hash: row.hash, manifest, alternate };
+    // The row of an ingested archive may be filed under the evaluation's hash too; its tag
+    // is always the hash part of the store path it records.
+    return { hash: hashPart(row.store_path), manifest, alternate };
   }
 
   /** The built image of an evaluation: from storage, or built now (once for all callers). */
@@ -175,7 +197,10 @@ export class Builder {
       p = this.sem.run(() => this.runBuild(ev));
       this.inflight.set(key, p);
       p.then(() => { this.failures.delete(key); }, (e: unknown) => {
-        if (e instanceof RegistryError) this.failures.set(key, { key: ev.file.key, expires: Date.now() + this.o.negativeTtlMs, error: e });
+        if (!(e instanceof RegistryError)) return;
+        const now = Date.now();
+        if (this.failures.size > 1000) for (const [k, f] of this.failures) if (f.expires <= now) this.failures.delete(k);
+        this.failures.set(key, { key: ev.file.key, expires: now + this.o.negativeTtlMs, error: e });
       }).finally(() => { this.inflight.delete(key); });
     }
     return p;
@@ -220,7 +245,7 @@ export class Builder {
         this.o.progress?.(`assembling ${closure.length} store paths\n`);
         built = await assembleImage(this.storage, ev.repo, { ...ev.spec, contents: outs }, closure, ev.hash);
       }
-      this.record(ev, built);
+      this.record(ev, built, built.hash === ev.hash ? raw.imagePath : outs[0]!);
       rec.status = 'succeeded';
       rec.digest = built.manifest.digest;
       log.line(`stored ${built.manifest.digest} as ${ev.repo}:${built.hash}`);
@@ -241,11 +266,11 @@ export class Builder {
     }
   }
 
-  private record(ev: Evaluation, built: BuiltImage): void {
+  private record(ev: Evaluation, built: BuiltImage, storePath: string): void {
     const row = (hash: string, m: ManifestDescriptor, a?: ManifestDescriptor) => ({
       repo: ev.repo, hash, manifest: m.digest, media_type: m.mediaType, size: m.size,
       alt_manifest: a?.digest ?? null, alt_media_type: a?.mediaType ?? null, alt_size: a?.size ?? null,
-      store_path: ev.raw.imagePath,
+      store_path: storePath,
     });
     this.storage.index.putBuild(row(built.hash, built.manifest, built.alternate));
     // An ingested archive is tagged by its own output hash; the evaluation's hash maps

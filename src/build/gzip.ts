@@ -6,8 +6,9 @@
 // the zlib version (never on timing, chunking of the input or the number of cores), and
 // one big layer no longer bounds the wall time of a build to one core.
 //
-// Compressions in flight are limited process-wide (not per stream), so memory stays
-// bounded however many layers are built at once: about 2 × BLOCK per slot.
+// Compressions running are limited process-wide (a slot is taken before a block is
+// started), and each stream keeps at most `maxQueued` blocks between start and output, so
+// memory stays bounded however many layers are built at once.
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';
@@ -45,7 +46,7 @@ export class ParallelGzip extends Transform {
   /** Compressed blocks in input order, possibly still running. */
   private queue: Promise<Buffer>[] = [];
 
-  constructor(private readonly level = 6, private readonly maxQueued = availableParallelism() + 1) {
+  constructor(private readonly level = 6, private readonly maxQueued = Math.min(availableParallelism() + 1, 16)) {
     super();
     this.push(HEADER);
   }
@@ -74,13 +75,17 @@ export class ParallelGzip extends Transform {
    */
   private async pump(final: boolean): Promise<void> {
     while (this.pendingBytes > BLOCK) {
-      const all = Buffer.concat(this.pending, this.pendingBytes);
+      // One buffer is sliced, not copied, so a huge write costs no quadratic copying.
+      const all = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
       this.pending = [all.subarray(BLOCK)];
       this.pendingBytes = all.length - BLOCK;
-      this.start(all.subarray(0, BLOCK), false);
       while (this.queue.length >= this.maxQueued) this.push(await this.queue.shift()!);
+      // Waiting for a slot before starting is what bounds memory across all streams.
+      await slots.take();
+      this.start(all.subarray(0, BLOCK), false);
     }
     if (final) {
+      await slots.take();
       this.start(Buffer.concat(this.pending, this.pendingBytes), true);
       this.pending = [];
       this.pendingBytes = 0;
@@ -93,10 +98,12 @@ export class ParallelGzip extends Transform {
     this.dict = Buffer.from(block.subarray(Math.max(0, block.length - WINDOW)));
     const opts = {
       level: this.level,
+      // Room for the whole output: one threadpool job per block instead of one per 16 KiB.
+      chunkSize: BLOCK + 64 * 1024,
       ...(dict && dict.length ? { dictionary: dict } : {}),
       finishFlush: last ? constants.Z_FINISH : constants.Z_SYNC_FLUSH,
     };
-    const p = slots.take().then(() => deflateRawAsync(block, opts).finally(() => slots.give()));
+    const p = deflateRawAsync(block, opts).finally(() => slots.give());
     // Errors surface when the block is awaited in order; keep Node from flagging them early.
     p.catch(() => {});
     this.queue.push(p);

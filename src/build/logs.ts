@@ -3,6 +3,7 @@
 // files under <data>/logs); older logs are deleted.
 import { createReadStream, createWriteStream, promises as fs, type WriteStream } from 'node:fs';
 import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import { Router, type Request, type Response } from 'express';
 import type { Layout } from '../blobs/layout.js';
 import { RegistryError } from '../registry/errors.js';
@@ -39,7 +40,20 @@ export class BuildLog {
 export class BuildLogs {
   private readonly records: BuildRecord[] = [];
 
-  constructor(private readonly layout: Layout, private readonly keep = 100) {}
+  constructor(private readonly layout: Layout, private readonly keep = 100) {
+    void this.prune();
+  }
+
+  /** Logs of earlier runs: records are in memory only, so keep just the newest files. */
+  private async prune(): Promise<void> {
+    try {
+      const dir = this.layout.logsDir;
+      const files = await Promise.all((await fs.readdir(dir)).filter((n) => n.endsWith('.log'))
+        .map(async (n) => ({ n, t: (await fs.stat(join(dir, n))).mtimeMs })));
+      files.sort((a, b) => b.t - a.t);
+      for (const f of files.slice(this.keep)) await fs.rm(join(dir, f.n), { force: true });
+    } catch { /* nothing to prune */ }
+  }
 
   start(repo: string, tag: string): BuildLog {
     // Sortable by time, unguessable enough that ids do not collide across restarts.

@@ -23,6 +23,8 @@ export type TarEntry =
 export const MTIME = new Date(1000);
 const OWNER = { uid: 0, gid: 0, uname: 'root', gname: 'root' } as const;
 const STORE_DIR_MODE = 0o555;
+/** Large reads: one threadpool round trip per MiB instead of per 64 KiB. */
+const READ_CHUNK = 1 << 20;
 const ROOT_DIR_MODE = 0o755;
 
 const byUtf8 = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
@@ -183,7 +185,7 @@ export function tarStream(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>)
             sink = pack.entry({ ...base, type: 'file', mode: e.mode, size: e.size }, (err) => (err ? rej(err) : res()));
           });
           let got = 0;
-          for await (const chunk of createReadStream(e.source)) {
+          for await (const chunk of createReadStream(e.source, { highWaterMark: READ_CHUNK })) {
             got += (chunk as Buffer).length;
             if (got > e.size) throw new Error(`${e.source} grew while being archived`);
             if (!sink.write(chunk as Buffer)) await new Promise((r) => sink.once('drain', r));

@@ -113,7 +113,8 @@ export async function putManifest(base: string, repo: string, ref: string, body:
 export async function pushImage(base: string, repo: string, tag: string, opts: { salt?: string; type?: 'oci' | 'docker'; pretty?: boolean } = {}) {
   const docker = opts.type === 'docker';
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, salt: opts.salt ?? tag }));
-  const layer = Buffer.from(`layer of ${repo}:${tag}:${opts.salt ?? ''}`);
+  // Content depends only on tag and salt, so equal arguments give equal digests in any repository.
+  const layer = Buffer.from(`layer of ${tag}:${opts.salt ?? ''}`);
   await pushBlob(base, repo, config);
   await pushBlob(base, repo, layer);
   const m = {

@@ -1,10 +1,12 @@
 // Build on pull against the real Nix CLI, through the registry's HTTP API (in process):
 // tags, caching, single flight, errors, logs, reproducibility, layer sharing.
 import assert from 'node:assert/strict';
-import { utimesSync } from 'node:fs';
+import { readdirSync, utimesSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { nixProcessCount } from '../../src/build/nix.js';
 import { requireTool } from '../helpers/exec.js';
+import { dockerArchive, layerTar, tarOf } from '../ingest/archives.js';
 import { DOCKER, Images, OCI, PKGS, errorOf, get, nonce, startNixRegistry } from './helpers.js';
 
 type Reg = Awaited<ReturnType<typeof startNixRegistry>>;
@@ -60,6 +62,8 @@ describe('tags', () => {
     assert.deepEqual(cfg.config.Cmd, ['/bin/hello']);
     assert.equal(cfg.os, 'linux');
     assert.equal(cfg.architecture, process.arch === 'arm64' ? 'arm64' : 'amd64');
+    // The GC roots that protected the closure during the build are gone.
+    assert.deepEqual(readdirSync(join(r.reg.data, 'gcroots')), []);
   });
 
   test('an unknown hash names the hash the expression yields now; other tags are refused', async () => {
@@ -222,6 +226,32 @@ describe('images', () => {
     const shared = b.layers.filter((l) => la.has(l.digest));
     assert.ok(shared.length >= 1, 'busybox is in both closures: its layer is one blob');
     assert.ok(shared.length < b.layers.length, 'and the images still differ');
+  });
+});
+
+describe('image archives', () => {
+  test('a derivation whose output is a docker archive is ingested and tagged with its own hash', async () => {
+    const n = nonce();
+    const archive = join(images.dir, 'archive.tar');
+    writeFileSync(archive, await tarOf(dockerArchive([await layerTar({ 'hello.txt': `hi ${n}\n` })]).members));
+    images.write('archived.nix', `derivation {
+  name = "archived.tar"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin";
+  src = ${archive}; args = [ "-c" "cp $src $out" ];
+}
+`);
+    const res = await get(`${r.url}/v2/archived/manifests/latest`);
+    assert.equal(res.status, 200, res.text);
+    const tags = hashTags((await get(`${r.url}/v2/archived/tags/list`)).json().tags);
+    assert.equal(tags.length, 1);
+    const rec = (await get(`${r.url}/nixreg/builds`)).json().builds.find((x: { repo: string }) => x.repo === 'archived');
+    const log = await get(`${r.url}${rec.log}`);
+    // The tag is the hash part of the derivation's own output path.
+    assert.match(log.text, new RegExp(`/nix/store/${tags[0]}-archived\\.tar is an image archive`));
+    const before = nixProcessCount();
+    const again = await get(`${r.url}/v2/archived/manifests/${tags[0]}`);
+    assert.equal(again.headers.get('docker-content-digest'), res.headers.get('docker-content-digest'));
+    assert.equal(nixProcessCount(), before);
+    assert.equal((await r.source.image('archived', 'latest')).hash, tags[0], 'latest reports the archive\'s tag');
   });
 });
 

@@ -145,3 +145,10 @@ test('root filesystem: buildEnv-like farm, merged directories, first content win
   // Deterministic: the same contents give the same entries.
   assert.deepEqual(await rootfsEntries([c1, c2]), entries);
 });
+
+test('a file name that is not UTF-8 is refused with a clear error, not mangled', async () => {
+  const src = join(temp(), 'p');
+  mkdirSync(src);
+  writeFileSync(Buffer.from(`${src}/bad-\xff-name`, 'latin1'), 'x');
+  await assert.rejects(writeTar(storePathEntries([src]), join(temp(), 'l.tar'), false), /not valid UTF-8/);
+});

@@ -46,7 +46,7 @@ function pushedDigest(out: string): string {
 let multiRef = '';
 let multiDigest = '';
 
-test('docker: push a multi-layer image, pull it by tag and by digest, run it', async () => {
+test('docker: push a multi-layer image, pull it by tag and by digest, run it', { timeout: 180_000 }, async () => {
   multiRef = `${reg.host}/e2e/multi:v1`;
   await build(multiRef, 'hello from a multi-layer image');
   const push = await dockerd.docker(['push', multiRef]);
@@ -72,7 +72,7 @@ test('docker: push a multi-layer image, pull it by tag and by digest, run it', a
   await dockerd.docker(['tag', byDigestRef, multiRef]);
 });
 
-test('docker: pushing again uploads nothing ("Layer already exists")', async () => {
+test('docker: pushing again uploads nothing ("Layer already exists")', { timeout: 180_000 }, async () => {
   assert.ok(multiRef, 'needs the first test');
   const again = await dockerd.docker(['push', multiRef]);
   assert.equal((again.stdout.match(/Layer already exists/g) ?? []).length, 3, again.stdout);
@@ -80,7 +80,7 @@ test('docker: pushing again uploads nothing ("Layer already exists")', async () 
   assert.equal(pushedDigest(again.stdout), multiDigest, 'same manifest, same digest');
 });
 
-test('docker: a push to a second repository mounts the layers across repositories', async () => {
+test('docker: a push to a second repository mounts the layers across repositories', { timeout: 180_000 }, async () => {
   assert.ok(multiRef, 'needs the first test');
   const other = `${reg.host}/e2e/other:copy`;
   await dockerd.docker(['tag', multiRef, other]);
@@ -100,7 +100,7 @@ test('docker: a push to a second repository mounts the layers across repositorie
   assert.equal(new Set(names).size, names.length);
 });
 
-test('docker: after the manifest is deleted, pull fails with a clear error', async () => {
+test('docker: after the manifest is deleted, pull fails with a clear error', { timeout: 180_000 }, async () => {
   const ref = `${reg.host}/e2e/doomed:v1`;
   await build(ref, 'doomed');
   const digest = pushedDigest((await dockerd.docker(['push', ref])).stdout);
@@ -122,7 +122,7 @@ test('docker: after the manifest is deleted, pull fails with a clear error', asy
   assert.equal((await getManifest(reg.url, 'e2e/multi', 'v1')).status, 200);
 });
 
-test('docker import, push, pull, run: a single-layer image from a tarball', async () => {
+test('docker import, push, pull, run: a single-layer image from a tarball', { timeout: 180_000 }, async () => {
   const root = busyboxRoot();
   const tarDir = tempDir();
   cleanups.push(() => { rmSync(root, { recursive: true, force: true }); rmSync(tarDir, { recursive: true, force: true }); });
@@ -137,7 +137,7 @@ test('docker import, push, pull, run: a single-layer image from a tarball', asyn
   assert.equal(out.stdout.trim(), 'hello from nixreg');
 });
 
-test('containerd: ctr pulls the multi-layer image over plain HTTP and runs it', async () => {
+test('containerd: ctr pulls the multi-layer image over plain HTTP and runs it', { timeout: 180_000 }, async () => {
   assert.ok(multiRef, 'needs the first test');
   await containerd.ctr(['image', 'pull', '--plain-http', multiRef]);
   const list = await containerd.ctr(['image', 'ls']);

@@ -141,7 +141,7 @@ async function pushChunked(p: Pattern, chunk: number): Promise<string> {
 
 const uploadFile = (location: string) => join(data, 'uploads', location.slice(location.lastIndexOf('/') + 1).split('?')[0]!);
 
-test('kill -9 with a finished, a chunked half-way and a monolithic mid-stream upload, then restart', async () => {
+test('kill -9 with a finished, a chunked half-way and a monolithic mid-stream upload, then restart', { timeout: 240_000 }, async () => {
   await start();
   // Finished: monolithic, chunked, and a tagged manifest over them.
   const layer = await pushMonolithic(new Pattern(MiB + 17));
@@ -171,9 +171,13 @@ test('kill -9 with a finished, a chunked half-way and a monolithic mid-stream up
     { 'Content-Type': 'application/octet-stream', 'Content-Length': String(mono.size) });
   await waitUntil('the monolithic upload to reach the disk', () => filesIn(join(data, 'tmp')).some((f) => statSync(f).size > 0));
 
+  // A manifest mid-stream: half of its body sent under a new tag.
+  const halfManifest = await openRequest(url(`/v2/${REPO}/manifests/v2`), 'PUT', manifest.subarray(0, manifest.length >> 1),
+    { 'Content-Type': 'application/vnd.oci.image.manifest.v1+json', 'Content-Length': String(manifest.length) });
+  await new Promise((r) => setTimeout(r, 100));
+
   await crash();
-  third.destroy();
-  half.destroy();
+  for (const req of [third, half, halfManifest]) req.destroy();
   await checkDisk('after kill -9');
 
   await start();
@@ -184,6 +188,12 @@ test('kill -9 with a finished, a chunked half-way and a monolithic mid-stream up
   assert.equal(m.status, 200);
   assert.equal(m.headers['docker-content-digest'], manifestDigest);
   assert.equal(m.body, manifest.toString());
+
+  const noTag = await send(url(`/v2/${REPO}/manifests/v2`), 'GET');
+  assert.equal(noTag.status, 404, 'the half-sent manifest did not create its tag');
+  assert.equal((JSON.parse(noTag.body) as { errors: { code: string }[] }).errors[0]!.code, 'MANIFEST_UNKNOWN');
+  const tags = await send(url(`/v2/${REPO}/tags/list`), 'GET');
+  assert.deepEqual((JSON.parse(tags.body) as { tags: string[] }).tags, ['v1']);
 
   const lost = await send(url(`/v2/${REPO}/blobs/${monoDigest}`), 'HEAD');
   assert.equal(lost.status, 404, 'the interrupted monolithic upload is not a blob');
@@ -240,7 +250,7 @@ async function beginCommit(how: 'monolithic' | 'chunked', p: Pattern): Promise<{
   return { loc, done };
 }
 
-test('kill -9 during the commit of a large blob, at several moments', async (t: TestContext) => {
+test('kill -9 during the commit of a large blob, at several moments', { timeout: 240_000 }, async (t: TestContext) => {
   const outcomes: string[] = [];
   for (const how of ['monolithic', 'chunked'] as const) {
     // Calibrate: how long does a commit take here? Kill at fractions of that.
@@ -260,7 +270,9 @@ test('kill -9 during the commit of a large blob, at several moments', async (t: 
       await start();
       const p = new Pattern(16 * MiB);
       const digest = p.digest();
-      const { loc } = await beginCommit(how, p);
+      const { loc, done } = await beginCommit(how, p);
+      let acknowledged = false;
+      void done.then((status) => { acknowledged = status === 201; });
       if (delay) await new Promise((r) => setTimeout(r, delay));
       await crash();
       await checkDisk(`${how}, killed ${delay} ms into the commit`);
@@ -275,6 +287,7 @@ test('kill -9 during the commit of a large blob, at several moments', async (t: 
         committed.set(digest, p.size);
       } else {
         assert.equal(head.status, 404);
+        assert.ok(!acknowledged, 'a blob acknowledged with 201 before the kill was lost');
         outcome = 'absent';
         if (loc) {
           // Not committed: the session either still holds every byte (and finishes now)
@@ -305,7 +318,7 @@ test('kill -9 during the commit of a large blob, at several moments', async (t: 
   await crash();
 });
 
-test('stale uploads are purged after --upload-max-age: at startup after a crash, and while running', async () => {
+test('stale uploads are purged after --upload-max-age: at startup after a crash, and while running', { timeout: 240_000 }, async () => {
   await start(['--upload-max-age', '1']);
   const p = new Pattern(MiB);
   const crashed = await patch(await startUpload(), p, 0, MiB);

@@ -35,7 +35,7 @@ async function sampled<T>(fn: () => Promise<T>): Promise<{ result: T; maxRss: nu
   }
 }
 
-test('a 1 GiB blob is pushed (one streaming PATCH) and pulled back with the registry under 150 MB RSS', async (t: TestContext) => {
+test('a 1 GiB blob is pushed (one streaming PATCH) and pulled back with the registry under 150 MB RSS', { timeout: 240_000 }, async (t: TestContext) => {
   const p = new Pattern(1024 * MiB);
   const repo = 'mem/big';
   const before = memoryMB(reg.child.pid!);

@@ -78,7 +78,7 @@ after(async () => {
   for (const d of [work, root, reg?.data]) if (d) rmSync(d, { recursive: true, force: true });
 });
 
-test('skopeo copy oci: → nixreg keeps the manifest digest; skopeo inspect reads it back', async () => {
+test('skopeo copy oci: → nixreg keeps the manifest digest; skopeo inspect reads it back', { timeout: 120_000 }, async () => {
   await push(`oci:${layout}:amd`, 'sk/oci:amd');
   const info = await inspect('sk/oci:amd');
   assert.equal(info.Digest, refs.amd);
@@ -91,7 +91,7 @@ test('skopeo copy oci: → nixreg keeps the manifest digest; skopeo inspect read
   assert.deepEqual(Buffer.from(await r.arrayBuffer()), ociBlob(layout, refs.amd!));
 });
 
-test('skopeo copy nixreg → oci: and → docker-archive:, and docker-archive: → nixreg', async () => {
+test('skopeo copy nixreg → oci: and → docker-archive:, and docker-archive: → nixreg', { timeout: 120_000 }, async () => {
   await push(`oci:${layout}:amd`, 'sk/out:amd');
   const out = join(work, 'out');
   await pull('sk/out:amd', `oci:${out}:copy`);
@@ -122,7 +122,7 @@ test('skopeo copy nixreg → oci: and → docker-archive:, and docker-archive: �
   assert.deepEqual(againManifest.layers.map((l) => l.digest), firstManifest.layers.map((l) => l.digest));
 });
 
-test('skopeo copy --all: a multi-arch OCI index goes in and comes out with the same digests', async () => {
+test('skopeo copy --all: a multi-arch OCI index goes in and comes out with the same digests', { timeout: 120_000 }, async () => {
   await push(`oci:${layout}:multi`, 'sk/multi:v1', true);
   const idx = await getManifest(reg.url, 'sk/multi', 'v1');
   assert.equal(idx.status, 200);
@@ -141,7 +141,7 @@ test('skopeo copy --all: a multi-arch OCI index goes in and comes out with the s
   for (const d of [refs.amd!, refs.arm!]) assert.deepEqual(ociBlob(out, d), ociBlob(layout, d));
 });
 
-test('skopeo inspect of a missing repository or tag fails with the OCI error', async () => {
+test('skopeo inspect of a missing repository or tag fails with the OCI error', { timeout: 120_000 }, async () => {
   const probe = (ref: string) => run('skopeo', ['--insecure-policy', 'inspect', '--tls-verify=false', `docker://${reg.host}/${ref}`], { check: false });
   const noRepo = await probe('sk/nothing:here');
   assert.notEqual(noRepo.code, 0);

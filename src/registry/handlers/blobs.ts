@@ -1,10 +1,9 @@
 // end-2 (GET/HEAD blob) and end-10 (DELETE blob).
-import { createReadStream } from 'node:fs';
-import { pipeline } from 'node:stream/promises';
 import type { Request, Response } from 'express';
 import { RegistryError } from '../errors.js';
 import { checkDigest } from '../grammar.js';
 import { etagMatches, parseRange } from '../http.js';
+import { sendFileRange } from '../send-file.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';
 
 export function getBlob(ctx: Ctx) {
@@ -32,7 +31,16 @@ export function getBlob(ctx: Ctx) {
     res.status(range ? 206 : 200).set('Content-Length', String(end - start + 1));
     if (range) res.set('Content-Range', `bytes ${start}-${end}/${size}`);
     if (req.method === 'HEAD' || size === 0) { res.end(); return; }
-    await pipeline(createReadStream(ctx.storage.blobPath(digest), { start, end, highWaterMark: 1024 * 1024 }), res);
+    try {
+      await sendFileRange(ctx.storage.blobPath(digest), start, end, res);
+    } catch (err) {
+      // Deleted between the lookup and the open: gone, not an internal error.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !res.headersSent) {
+        for (const h of ['Docker-Content-Digest', 'ETag', 'Content-Range', 'Accept-Ranges', 'Cache-Control']) res.removeHeader(h);
+        throw new RegistryError('BLOB_UNKNOWN', `blob unknown to repository ${repo}`, { digest });
+      }
+      throw err;
+    }
   };
 }
 

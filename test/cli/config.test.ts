@@ -1,0 +1,31 @@
+// The resolved configuration: defaults, environment variables, and flags over both.
+import assert from 'node:assert/strict';
+import { resolve } from 'node:path';
+import { test } from 'node:test';
+import { parseListen, serveConfig } from '../../src/config.js';
+
+test('defaults: 127.0.0.1:5000, ./data, ./examples (resolved against the working directory)', () => {
+  const c = serveConfig({}, {});
+  assert.equal(c.host, '127.0.0.1');
+  assert.equal(c.port, 5000);
+  assert.equal(c.data, resolve('data'));
+  assert.equal(c.images, resolve('examples'));
+});
+
+test('each flag has its environment variable; a flag wins over the variable', () => {
+  const env = { NIXREG_LISTEN: '0.0.0.0:6000', NIXREG_DATA: '/srv/reg', NIXREG_IMAGES: '/srv/images' };
+  const fromEnv = serveConfig({}, env);
+  assert.deepEqual([fromEnv.host, fromEnv.port, fromEnv.data, fromEnv.images], ['0.0.0.0', 6000, '/srv/reg', '/srv/images']);
+  const fromFlags = serveConfig({ listen: '127.0.0.2:7000', data: 'd', images: '/x' }, env);
+  assert.deepEqual([fromFlags.host, fromFlags.port, fromFlags.data, fromFlags.images], ['127.0.0.2', 7000, resolve('d'), '/x']);
+});
+
+test('--listen accepts HOST:PORT, [IPv6]:PORT and :PORT; rejects everything else', () => {
+  assert.deepEqual(parseListen('localhost:5000'), { host: 'localhost', port: 5000 });
+  assert.deepEqual(parseListen('[::1]:5001'), { host: '::1', port: 5001 });
+  assert.deepEqual(parseListen(':5002'), { host: '0.0.0.0', port: 5002 });
+  for (const bad of ['5000', 'host', 'host:', 'host:port', 'host:99999', '::1:5000', 'a:1:2', '']) {
+    assert.throws(() => parseListen(bad), /--listen must be HOST:PORT|port out of range/, bad);
+  }
+  assert.throws(() => serveConfig({}, { NIXREG_LISTEN: 'nonsense' }), /--listen must be HOST:PORT/);
+});

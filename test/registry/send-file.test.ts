@@ -1,0 +1,94 @@
+// sendFileRange against a real node:http server and client: whole files, ranges across
+// the reuse boundary of its buffers, and a client that goes away mid-body.
+import { randomBytes } from 'node:crypto';
+import { readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, get, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { sendFileRange } from '../../src/registry/send-file.js';
+import { tempDir } from '../helpers/registry.js';
+
+const MiB = 1024 * 1024;
+const dir = tempDir('nixreg-send-file-');
+const file = join(dir, 'blob');
+// Not a multiple of the 1 MiB buffers, so the last read is short.
+const content = randomBytes(5 * MiB + 12345);
+let server: Server;
+let base = '';
+let lastOutcome: Promise<unknown> = Promise.resolve();
+
+before(async () => {
+  writeFileSync(file, content);
+  server = createServer((req, res) => {
+    const u = new URL(req.url!, 'http://x');
+    const start = Number(u.searchParams.get('start'));
+    const end = Number(u.searchParams.get('end'));
+    res.writeHead(200, { 'Content-Length': String(end - start + 1) });
+    lastOutcome = sendFileRange(u.searchParams.get('path') ?? file, start, end, res).then(() => 'ok', (e: Error) => e);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+after(async () => {
+  server.closeAllConnections();
+  await new Promise((r) => server.close(r));
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function fetchBody(start: number, end: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    get(`${base}/?start=${start}&end=${end}`, (res) => {
+      const parts: Buffer[] = [];
+      res.on('data', (c: Buffer) => parts.push(c));
+      res.on('end', () => resolve(Buffer.concat(parts)));
+      res.on('error', reject);
+    }).on('error', reject);
+  });
+}
+
+const openFds = () => readdirSync('/proc/self/fd').length;
+
+test('sends a whole file byte for byte', async () => {
+  const body = await fetchBody(0, content.length - 1);
+  assert.equal(body.length, content.length);
+  assert.ok(body.equals(content));
+  assert.equal(await lastOutcome, 'ok');
+});
+
+test('sends ranges that cross buffer boundaries, and single bytes', async () => {
+  for (const [s, e] of [[MiB - 7, 3 * MiB + 9], [0, 0], [content.length - 1, content.length - 1], [2 * MiB, 4 * MiB - 1]] as const) {
+    const body = await fetchBody(s, e);
+    assert.ok(body.equals(content.subarray(s, e + 1)), `range ${s}-${e}`);
+  }
+});
+
+test('a client that leaves mid-body ends the send and closes the file', async () => {
+  const big = join(dir, 'big');
+  writeFileSync(big, Buffer.alloc(64 * MiB, 1));
+  const fds = openFds();
+  await new Promise<void>((resolve, reject) => {
+    const req = get(`${base}/?start=0&end=${64 * MiB - 1}&path=${encodeURIComponent(big)}`, (res) => {
+      // Read a little, then go away while the server still has most of the file to send.
+      res.once('data', () => { req.destroy(); resolve(); });
+    });
+    req.on('error', () => {});
+    req.setTimeout(10_000, () => reject(new Error('no data')));
+  });
+  const outcome = await Promise.race([lastOutcome, new Promise((r) => setTimeout(() => r('still running'), 10_000))]);
+  assert.ok(outcome instanceof Error, `expected the send to fail, got ${String(outcome)}`);
+  // The server side of the aborted connection may close a moment later than the send.
+  for (let i = 0; i < 50 && openFds() > fds; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(openFds() <= fds, 'the file handle was left open');
+});
+
+test('a file shorter than the range fails instead of hanging', async () => {
+  const body = fetchBody(0, content.length + 100).catch((e: Error) => e);
+  const outcome = await Promise.race([lastOutcome.then(() => lastOutcome), new Promise((r) => setTimeout(() => r('timeout'), 5000))]);
+  void outcome;
+  await body;
+  const result = await lastOutcome;
+  assert.ok(result instanceof Error && /ends at byte/.test(result.message), `got ${String(result)}`);
+});
