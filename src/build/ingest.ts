@@ -34,23 +34,23 @@ const STREAM_SCRIPT = /^[0-9a-df-np-sv-z]{32}-stream-/;
  * than a package to be layered.
  */
 export async function isImageOutput(outPath: string): Promise<boolean> {
-  let head: Buffer;
-  let mode: number;
-  try {
-    const st = await fs.stat(outPath);
-    if (!st.isFile()) return false;
-    mode = st.mode;
-    const fh = await fs.open(outPath, 'r');
-    try {
-      const { buffer, bytesRead } = await fh.read(Buffer.alloc(512), 0, 512, 0);
-      head = buffer.subarray(0, bytesRead);
-    } finally { await fh.close(); }
-  } catch {
-    return false;
-  }
+  const f = await fileHead(outPath).catch(() => undefined);
+  if (!f) return false;
+  const { head, mode } = f;
   if (isStreamScript(outPath, mode, head)) return true;
   const kind = sniff(head);
   return kind === 'gzip' || kind === 'zstd' || kind === 'tar';
+}
+
+/** The first 512 bytes and the mode of a regular file; undefined for anything else. */
+async function fileHead(path: string): Promise<{ head: Buffer; mode: number } | undefined> {
+  const fh = await fs.open(path, 'r');
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) return undefined;
+    const { buffer, bytesRead } = await fh.read(Buffer.alloc(512), 0, 512, 0);
+    return { head: buffer.subarray(0, bytesRead), mode: st.mode };
+  } finally { await fh.close(); }
 }
 
 function isStreamScript(outPath: string, mode: number, head: Buffer): boolean {
@@ -59,20 +59,14 @@ function isStreamScript(outPath: string, mode: number, head: Buffer): boolean {
 
 /** Streams the archive at (or produced by) `outPath` into `repo`. */
 export async function ingestImageOutput(storage: Storage, repo: string, outPath: string, opts: IngestOptions): Promise<BuiltImage> {
-  const st = await fs.stat(outPath).catch(() => undefined);
-  if (!st?.isFile()) throw new ArchiveError(`${outPath} is not an image archive file`);
-  const fh = await fs.open(outPath, 'r');
-  let head: Buffer;
-  try {
-    const { buffer, bytesRead } = await fh.read(Buffer.alloc(512), 0, 512, 0);
-    head = buffer.subarray(0, bytesRead);
-  } finally { await fh.close(); }
+  const f = await fileHead(outPath).catch(() => undefined);
+  if (!f) throw new ArchiveError(`${outPath} is not an image archive file`);
 
   const contents = new ArchiveContents(join(storage.layout.tmpDir, `ingest-${randomUUID()}`));
   await fs.mkdir(contents.dir, { recursive: true });
   try {
     try {
-      await readArchive(outPath, contents, { script: isStreamScript(outPath, st.mode, head), timeoutMs: opts.timeoutMs });
+      await readArchive(outPath, contents, { script: isStreamScript(outPath, f.mode, f.head), timeoutMs: opts.timeoutMs });
       const image = contents.entries.has('manifest.json') || contents.links.has('manifest.json')
         ? await fromDockerArchive(contents)
         : contents.entries.has('index.json') ? await fromOciLayout(contents)
