@@ -127,7 +127,14 @@ const putManifest = (ref: string, b: Blob, type = OCI_MANIFEST) =>
   req('PUT', `/v2/<name>/manifests/${ref}`, { headers: { 'Content-Type': type }, body: b.content });
 const tagList = (r: Res): string[] => (r.json() as { tags: string[] }).tags;
 
-before(async () => { reg = await startReg(); });
+// CONFORMANCE_URL runs the same specs against another registry (e.g. Distribution),
+// to compare; by default they run against an in-process nixreg.
+before(async () => {
+  const external = process.env.CONFORMANCE_URL;
+  reg = external
+    ? { url: external, data: '', storage: undefined as never, close: async () => {}, destroy: async () => {} }
+    : await startReg();
+});
 after(async () => { await reg?.destroy(); });
 
 describe('Pull', () => {

@@ -48,7 +48,7 @@ pkgs.dockerTools.${fn} {
 
 after(async () => {
   await Promise.allSettled([dockerd?.stop(), reg?.stop()]);
-  if (images) rmSync(images, { recursive: true, force: true });
+  for (const d of [images, reg?.data]) if (d) rmSync(d, { recursive: true, force: true });
 });
 
 async function nixBuild(file: string): Promise<string> {

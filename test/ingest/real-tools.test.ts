@@ -61,7 +61,7 @@ before(async () => {
 
 after(async () => {
   await Promise.allSettled([dockerd?.stop(), reg?.stop()]);
-  for (const d of [images, work]) if (d) rmSync(d, { recursive: true, force: true });
+  for (const d of [images, work, reg?.data]) if (d) rmSync(d, { recursive: true, force: true });
 });
 
 async function pullAndRun(name: string): Promise<string> {
