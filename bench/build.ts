@@ -10,8 +10,9 @@
 // (b) rebuild after changing one small path at the top of the closure.
 // (c) warm pull by the first build's hash tag: Nix processes started (from /nixreg/stats).
 // (d) peak RSS of the server process (VmHWM) over the whole run.
-// Also: the cold build with UV_THREADPOOL_SIZE=1 (one compression thread), which shows
-// what the parallel gzip buys.
+// Also (unless --no-single): the cold build with UV_THREADPOOL_SIZE=1 (one compression
+// thread), which shows what the parallel gzip buys, and with maxLayers 2 (one store layer
+// of 800 MB), which shows that one big layer does not fall back to one core.
 //
 // The closure is built once with nix-build (derivation names are fixed, so later runs
 // find it in the store); the generated store paths stay in /nix/store.
@@ -116,8 +117,8 @@ async function main() {
   mkdirSync(images);
   const gen = join(work, 'gen.nix');
   writeFileSync(gen, GEN);
-  const writeImage = (rev: string) => writeFileSync(join(images, 'bench.nix'),
-    `{ contents = [ (import ${gen} { rev = ${JSON.stringify(rev)}; }) ]; config = { Cmd = [ "/bin/top" ]; }; maxLayers = ${MAX_LAYERS}; }\n`);
+  const writeImage = (rev: string, maxLayers = MAX_LAYERS) => writeFileSync(join(images, 'bench.nix'),
+    `{ contents = [ (import ${gen} { rev = ${JSON.stringify(rev)}; }) ]; config = { Cmd = [ "/bin/top" ]; }; maxLayers = ${maxLayers}; }\n`);
   const rows: Row[] = [];
   const servers: RegistryProcess[] = [];
   try {
@@ -182,11 +183,23 @@ async function main() {
       await one.stop();
     }
 
+    // One store layer holding the whole closure: only the parallel gzip of one stream
+    // can use more than one core here.
+    let tOneLayer: number | undefined;
+    if (!args['no-single']) {
+      writeImage('1', 2);
+      const big = await spawnRegistry({ images, data: join(work, 'data-one-layer'), env: NIX_TEST_ENV });
+      servers.push(big);
+      [tOneLayer] = await timeIt(() => pull(big, 'latest'));
+      await big.stop();
+    }
+
     rows.push(
       { what: `tar \\| pigz -6 -p ${CORES} (best of ${RUNS})`, seconds: tPigz, note: `${(pigzSize / 1e6).toFixed(0)} MB out` },
       { what: 'tar \\| gzip -6', seconds: tGzip },
       { what: `(a) nixreg cold build (pull latest, empty data dir; best of ${RUNS})`, seconds: tCold, note: `${manifest.layers.length} layers, ${(stored / 1e6).toFixed(0)} MB stored; runs: ${colds.join(', ')} s` },
       ...(tSingle !== undefined ? [{ what: '(a′) same, UV_THREADPOOL_SIZE=1 (one gzip thread)', seconds: tSingle }] : []),
+      ...(tOneLayer !== undefined ? [{ what: '(a″) same, maxLayers 2 (one store layer of the whole closure)', seconds: tOneLayer }] : []),
       { what: '(b) rebuild after changing the small top path', seconds: tRebuild },
       { what: '(c) warm pull by hash', seconds: tWarm, note: `${nixDuringWarm} Nix processes started` },
     );

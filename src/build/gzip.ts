@@ -34,12 +34,25 @@ class Slots {
   }
 }
 
-// One slot per core plus one, so a core is never idle while the main thread queues.
-const slots = new Slots(availableParallelism() + 1);
+// One slot per core plus one, so a core is never idle while the main thread queues; but
+// one libuv thread stays free for file reads and writes, which share the same pool
+// (UV_THREADPOOL_SIZE, default 4, fixed when the process starts).
+const POOL = Math.min(1024, Math.max(1, Number(process.env.UV_THREADPOOL_SIZE) || 4));
+const slots = new Slots(Math.max(1, Math.min(availableParallelism() + 1, POOL - 1)));
+
+/**
+ * Input blocks are recycled: allocating a fresh MiB per block makes V8 run a full garbage
+ * collection every few MB of throughput (external memory pressure), which cost a third of
+ * the main thread in a server process.
+ */
+const freeBlocks: Buffer[] = [];
+const takeBlock = () => freeBlocks.pop() ?? Buffer.allocUnsafeSlow(BLOCK);
+const giveBlock = (b: Buffer) => { if (freeBlocks.length < 32) freeBlocks.push(b); };
 
 export class ParallelGzip extends Transform {
-  private pending: Buffer[] = [];
-  private pendingBytes = 0;
+  /** The block being filled, and how much of it is. */
+  private block: Buffer | undefined;
+  private fill = 0;
   private dict: Buffer | undefined;
   private crc = 0;
   private length = 0;
@@ -54,13 +67,11 @@ export class ParallelGzip extends Transform {
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     this.crc = crc32(chunk, this.crc);
     this.length += chunk.length;
-    this.pending.push(chunk);
-    this.pendingBytes += chunk.length;
-    this.pump(false).then(() => cb(), cb);
+    this.absorb(chunk).then(() => cb(), cb);
   }
 
   override _flush(cb: TransformCallback): void {
-    this.pump(true).then(() => {
+    this.finish().then(() => {
       const trailer = Buffer.alloc(8);
       trailer.writeUInt32LE(this.crc >>> 0, 0);
       trailer.writeUInt32LE(this.length % 2 ** 32, 4);
@@ -70,30 +81,39 @@ export class ParallelGzip extends Transform {
   }
 
   /**
-   * Starts every full block that is known not to be the last (a byte beyond it exists),
-   * and at the end the last block, possibly empty; emits results in order.
+   * Copies `chunk` into blocks. A full block is started only once a byte beyond it
+   * exists, so the block compressed as the last one always is the last.
    */
-  private async pump(final: boolean): Promise<void> {
-    while (this.pendingBytes > BLOCK) {
-      // One buffer is sliced, not copied, so a huge write costs no quadratic copying.
-      const all = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
-      this.pending = [all.subarray(BLOCK)];
-      this.pendingBytes = all.length - BLOCK;
-      while (this.queue.length >= this.maxQueued) this.push(await this.queue.shift()!);
-      // Waiting for a slot before starting is what bounds memory across all streams.
-      await slots.take();
-      this.start(all.subarray(0, BLOCK), false);
-    }
-    if (final) {
-      await slots.take();
-      this.start(Buffer.concat(this.pending, this.pendingBytes), true);
-      this.pending = [];
-      this.pendingBytes = 0;
-      while (this.queue.length) this.push(await this.queue.shift()!);
+  private async absorb(chunk: Buffer): Promise<void> {
+    let off = 0;
+    while (off < chunk.length) {
+      if (this.fill === BLOCK) {
+        const full = this.block!;
+        this.block = undefined;
+        this.fill = 0;
+        while (this.queue.length >= this.maxQueued) this.push(await this.queue.shift()!);
+        // Waiting for a slot before starting is what bounds memory across all streams.
+        await slots.take();
+        this.start(full, full, false);
+      }
+      this.block ??= takeBlock();
+      const n = Math.min(BLOCK - this.fill, chunk.length - off);
+      chunk.copy(this.block, this.fill, off, off + n);
+      this.fill += n;
+      off += n;
     }
   }
 
-  private start(block: Buffer, last: boolean): void {
+  /** Starts the last block (possibly empty) and emits everything in order. */
+  private async finish(): Promise<void> {
+    await slots.take();
+    const block = this.block ?? takeBlock();
+    this.block = undefined;
+    this.start(block, block.subarray(0, this.fill), true);
+    while (this.queue.length) this.push(await this.queue.shift()!);
+  }
+
+  private start(buffer: Buffer, block: Buffer, last: boolean): void {
     const dict = this.dict;
     this.dict = Buffer.from(block.subarray(Math.max(0, block.length - WINDOW)));
     const opts = {
@@ -103,7 +123,8 @@ export class ParallelGzip extends Transform {
       ...(dict && dict.length ? { dictionary: dict } : {}),
       finishFlush: last ? constants.Z_FINISH : constants.Z_SYNC_FLUSH,
     };
-    const p = deflateRawAsync(block, opts).finally(() => slots.give());
+    // zlib is done with its input when the callback runs: the buffer can be reused.
+    const p = deflateRawAsync(block, opts).finally(() => { slots.give(); giveBlock(buffer); });
     // Errors surface when the block is awaited in order; keep Node from flagging them early.
     p.catch(() => {});
     this.queue.push(p);

@@ -166,33 +166,45 @@ async function addToFarm(parent: FarmDir, name: string, source: string, forceDir
  */
 export function tarStream(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): Readable {
   const pack = tar.pack();
+  const out = Readable.from(pack, { objectMode: false });
+  // When the consumer goes away (a failed pipeline), stop reading files at once instead of
+  // waiting forever for a drain that will not come.
+  let stopped = false;
+  const stop = new Promise<void>((r) => out.once('close', () => { stopped = true; r(); }));
+  const until = (p: Promise<unknown>) => Promise.race([p, stop]);
   const fill = async () => {
     for await (const e of entries) {
+      if (stopped) return;
       const base = { name: e.name, mtime: MTIME, ...OWNER };
       switch (e.type) {
         case 'directory':
-          await entry(pack, { ...base, type: 'directory', mode: e.mode });
+          await until(entry(pack, { ...base, type: 'directory', mode: e.mode }));
           break;
         case 'symlink':
-          await entry(pack, { ...base, type: 'symlink', linkname: e.target, mode: 0o777 });
+          await until(entry(pack, { ...base, type: 'symlink', linkname: e.target, mode: 0o777 }));
           break;
         case 'link':
-          await entry(pack, { ...base, type: 'link', linkname: e.target, mode: 0o644 });
+          await until(entry(pack, { ...base, type: 'link', linkname: e.target, mode: 0o644 }));
           break;
         case 'file': {
           let sink!: NodeJS.WritableStream;
           const done = new Promise<void>((res, rej) => {
             sink = pack.entry({ ...base, type: 'file', mode: e.mode, size: e.size }, (err) => (err ? rej(err) : res()));
           });
+          done.catch(() => {});
           let got = 0;
-          for await (const chunk of createReadStream(e.source, { highWaterMark: READ_CHUNK })) {
+          // Sized to the file: a read stream allocates a full highWaterMark buffer per
+          // read, and most store files are small.
+          const reads = e.size === 0 ? [] : createReadStream(e.source, { highWaterMark: Math.min(READ_CHUNK, e.size), end: e.size - 1 });
+          for await (const chunk of reads) {
+            if (stopped) return;
             got += (chunk as Buffer).length;
             if (got > e.size) throw new Error(`${e.source} grew while being archived`);
-            if (!sink.write(chunk as Buffer)) await new Promise((r) => sink.once('drain', r));
+            if (!sink.write(chunk as Buffer)) await until(new Promise((r) => sink.once('drain', r)));
           }
           if (got !== e.size) throw new Error(`${e.source} shrank while being archived`);
           sink.end();
-          await done;
+          await until(done);
           break;
         }
       }
@@ -200,9 +212,9 @@ export function tarStream(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>)
     pack.finalize();
   };
   fill().catch((err: Error) => pack.destroy(err));
-  return Readable.from(pack, { objectMode: false });
+  return out;
 }
 
-function entry(pack: tar.Pack, header: Parameters<tar.Pack["entry"]>[0]): Promise<void> {
+function entry(pack: tar.Pack, header: Parameters<tar.Pack['entry']>[0]): Promise<void> {
   return new Promise((res, rej) => { pack.entry(header, (err) => (err ? rej(err) : res())); });
 }

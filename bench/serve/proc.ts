@@ -1,4 +1,4 @@
-// Memory of a server process, from /proc/<pid>/status (Linux only).
+// Memory and CPU time of a server process, from /proc/<pid> (Linux only).
 import { readFileSync } from 'node:fs';
 
 export interface Memory { rssKiB: number; hwmKiB: number }
@@ -26,4 +26,14 @@ export function sampleRss(pid: number, everyMs = 20): { stop(): number } {
       return peak;
     },
   };
+}
+
+const TICK_MS = 10; // USER_HZ is 100 on Linux
+
+/** CPU time (user + system, all threads, ms) a process has used so far. */
+export function cpuMsOf(pid: number): number {
+  // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) * TICK_MS;
 }
