@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // `nixreg`: the command line.
+import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { buildConfig, serveConfig, type BuildFlags } from './config.js';
 import { runBuild, withBuildOptions } from './build/command.js';
@@ -16,7 +17,8 @@ withBuildOptions(program
   .option('--data <dir>', 'blob store and index (env NIXREG_DATA, default ./data)')
   .option('--images <dir>', 'Nix expressions served as images (env NIXREG_IMAGES, default ./examples)')
   .option('--upload-max-age <seconds>', 'purge blob uploads untouched this long (env NIXREG_UPLOAD_MAX_AGE, default 86400)')
-  .action(async (flags: { listen?: string; data?: string; images?: string; uploadMaxAge?: string } & BuildFlags, cmd: Command) => {
+  .option('--public-url <url>', 'URL users reach this server at, for build-log links (env NIXREG_PUBLIC_URL, default: the listen address; the host name when listening on all addresses)')
+  .action(async (flags: { listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string } & BuildFlags, cmd: Command) => {
     let cfg, bcfg;
     try { cfg = serveConfig(flags); bcfg = buildConfig(flags); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
     let source: NixImageSource | undefined;
@@ -25,7 +27,7 @@ withBuildOptions(program
       source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, log })),
     });
     // Build failure messages link to the build log on this server.
-    if (source) source.builder.publicUrl = reg.url;
+    if (source) source.builder.publicUrl = cfg.publicUrl ?? reachableUrl(reg.url);
     let stopping = false;
     const stop = (signal: string) => {
       // A repeated signal (Ctrl-C under `npm start` reaches npm and node both) must not
@@ -50,6 +52,13 @@ withBuildOptions(program
     const cfg = serveConfig({ ...flags, listen: '127.0.0.1:0' });
     await runBuild(ref, { ...flags, data: cfg.data, images: cfg.images });
   });
+
+/** A wildcard listen address is no place to send a user: name this host instead. */
+function reachableUrl(url: string): string {
+  const u = new URL(url);
+  if (u.hostname === '0.0.0.0' || u.hostname === '[::]') u.hostname = hostname();
+  return u.origin;
+}
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   log.error({ err }, (err as Error).message);

@@ -8,6 +8,8 @@ export interface ServeConfig {
   images: string;
   /** Uploads untouched this long are purged (--upload-max-age seconds, env NIXREG_UPLOAD_MAX_AGE). */
   uploadMaxAgeMs: number;
+  /** Base URL that users reach this server at, for links in messages (--public-url, env NIXREG_PUBLIC_URL). */
+  publicUrl: string | undefined;
 }
 
 export const DEFAULTS = { listen: '127.0.0.1:5000', data: './data', images: './examples', uploadMaxAge: '86400' } as const;
@@ -25,9 +27,14 @@ export function parseListen(v: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-export function serveConfig(flags: { listen?: string; data?: string; images?: string; uploadMaxAge?: string }, env = process.env): ServeConfig {
+export function serveConfig(flags: { listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string }, env = process.env): ServeConfig {
   const listen = flags.listen ?? env.NIXREG_LISTEN ?? DEFAULTS.listen;
+  const publicUrl = flags.publicUrl ?? env.NIXREG_PUBLIC_URL;
+  if (publicUrl !== undefined && !/^https?:\/\/[^\s/]+$/.test(publicUrl)) {
+    throw new Error(`--public-url must be http(s)://host[:port] with no path, got ${JSON.stringify(publicUrl)}`);
+  }
   return {
+    publicUrl,
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),

@@ -55,6 +55,10 @@ export class NixImageSource implements ImageSource {
     return built;
   }
 
+  standingTags(): string[] {
+    return ['latest'];
+  }
+
   routes(): Router {
     const r = this.builder.logs.routes();
     r.get('/nixreg/stats', (_req, res) => { res.json({ ...this.builder.stats(), nixProcesses: nixProcessCount() }); });

@@ -17,6 +17,8 @@ export interface ImageSource {
     ref: { tag?: string | undefined; digest?: string | undefined },
     accepts: (mediaType: string) => boolean,
   ): Promise<ManifestDescriptor | undefined>;
+  /** Tags `repo` always answers, built or not (listed by tags/list before any build). */
+  standingTags?(repo: string): string[];
   /** Extra routes (build logs and the like), mounted beside the distribution API. */
   routes?(): import('express').Router;
 }

@@ -32,6 +32,10 @@ const hashTags = (tags: string[]) => tags.filter((t) => /^[0-9a-df-np-sv-z]{32}$
 describe('tags', () => {
   test('latest builds and serves OCI, the hash tag is listed and served without Nix, Docker clients get schema2', async () => {
     images.image('hello.nix', { nonce: nonce(), greeting: 'tags test' });
+    // Before any build, the repository exists and answers latest.
+    const unbuilt = await get(`${r.url}/v2/hello/tags/list`);
+    assert.equal(unbuilt.status, 200, unbuilt.text);
+    assert.deepEqual(unbuilt.json().tags, ['latest']);
     const latest = await get(`${r.url}/v2/hello/manifests/latest`);
     assert.equal(latest.status, 200, latest.text);
     assert.equal(latest.headers.get('content-type'), OCI);

@@ -29,3 +29,12 @@ test('--listen accepts HOST:PORT, [IPv6]:PORT and :PORT; rejects everything else
   }
   assert.throws(() => serveConfig({}, { NIXREG_LISTEN: 'nonsense' }), /--listen must be HOST:PORT/);
 });
+
+test('--public-url / NIXREG_PUBLIC_URL: an origin, flag over variable; anything else is refused', () => {
+  assert.equal(serveConfig({}, {}).publicUrl, undefined);
+  assert.equal(serveConfig({}, { NIXREG_PUBLIC_URL: 'https://reg.example:443' }).publicUrl, 'https://reg.example:443');
+  assert.equal(serveConfig({ publicUrl: 'http://a:5000' }, { NIXREG_PUBLIC_URL: 'http://b' }).publicUrl, 'http://a:5000');
+  for (const bad of ['reg.example', 'http://a/path', 'ftp://a', 'http://a b']) {
+    assert.throws(() => serveConfig({ publicUrl: bad }, {}), /--public-url must be/, bad);
+  }
+});

@@ -26,8 +26,10 @@ export function listTags(ctx: Ctx) {
     if (!ctx.storage.repositoryExists(repo) && !ctx.source?.owns(repo)) {
       throw new RegistryError('NAME_UNKNOWN', `repository ${repo} not known to registry`, { name: repo });
     }
-    const tags = n === 0 ? [] : ctx.storage.listTags(repo, last ?? '', (n ?? MAX_PAGE) + 1);
-    page(res, `/v2/${repo}/tags/list`, n, tags ?? [], 'tags', { name: repo });
+    let tags = n === 0 ? [] : ctx.storage.listTags(repo, last ?? '', (n ?? MAX_PAGE) + 1) ?? [];
+    const standing = n === 0 ? [] : (ctx.source?.standingTags?.(repo) ?? []).filter((t) => t > (last ?? '') && !tags.includes(t));
+    if (standing.length) tags = [...tags, ...standing].sort();
+    page(res, `/v2/${repo}/tags/list`, n, tags, 'tags', { name: repo });
   };
 }
 
