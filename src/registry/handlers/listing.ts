@@ -23,11 +23,12 @@ export function listTags(ctx: Ctx) {
     const repo = repoOf(req);
     const { n, last } = parsePage(req.query);
     // Expression-backed repositories exist before their first build.
-    if (!ctx.storage.repositoryExists(repo) && !ctx.source?.owns(repo)) {
+    const owned = ctx.source?.owns(repo) ?? false;
+    if (!owned && !ctx.storage.repositoryExists(repo)) {
       throw new RegistryError('NAME_UNKNOWN', `repository ${repo} not known to registry`, { name: repo });
     }
     let tags = n === 0 ? [] : ctx.storage.listTags(repo, last ?? '', (n ?? MAX_PAGE) + 1) ?? [];
-    const standing = n === 0 ? [] : (ctx.source?.standingTags?.(repo) ?? []).filter((t) => t > (last ?? '') && !tags.includes(t));
+    const standing = n === 0 || !owned ? [] : (ctx.source?.standingTags?.(repo) ?? []).filter((t) => t > (last ?? '') && !tags.includes(t));
     if (standing.length) tags = [...tags, ...standing].sort();
     page(res, `/v2/${repo}/tags/list`, n, tags, 'tags', { name: repo });
   };
