@@ -24,6 +24,8 @@ after(async () => {
 });
 
 async function start(args: string[] = []): Promise<RegistryProcess> {
+  // A test that failed half-way leaves its process running: never leak it into the next.
+  if (reg) { reg.child.kill('SIGKILL'); await reg.stop(); }
   reg = await spawnRegistry({ data, args });
   return reg;
 }
