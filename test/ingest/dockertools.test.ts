@@ -2,6 +2,7 @@
 // over the offline nixpkgs stand-in (test/nixpkgs), pulled from a real nixreg process by a
 // real Docker engine, against `nix-build` + `docker load` of the same file.
 import assert from 'node:assert/strict';
+import Database from 'better-sqlite3';
 import { after, before, test } from 'node:test';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -129,7 +130,15 @@ test('a derivation whose archive is malformed: an OCI error that says why, and n
   assert.match(pull.stderr, /malformed image archive/, 'docker shows the reason');
   t.diagnostic(`$ docker pull ${reg.host}/broken:latest`);
   t.diagnostic(pull.stderr.trim());
+  // `latest` is listed for every expression-backed repository; no other tag may appear.
   const tags = await (await fetch(`${reg.url}/v2/broken/tags/list`)).json() as { tags?: string[] };
-  assert.deepEqual(tags.tags ?? [], []);
+  assert.deepEqual(tags.tags, ['latest']);
+  const db = new Database(join(reg.data, 'index.db'), { readonly: true, fileMustExist: true });
+  try {
+    const stored = db.prepare(`SELECT (SELECT count(*) FROM manifests m JOIN repositories r ON r.id = m.repo_id WHERE r.name = 'broken')
+      + (SELECT count(*) FROM repo_blobs b JOIN repositories r ON r.id = b.repo_id WHERE r.name = 'broken')
+      + (SELECT count(*) FROM tags t JOIN repositories r ON r.id = t.repo_id WHERE r.name = 'broken') AS n`).get() as { n: number };
+    assert.equal(stored.n, 0, 'no manifest, blob link or tag was stored for the broken image');
+  } finally { db.close(); }
   assert.deepEqual(readdirSync(join(reg.data, 'tmp')), [], 'no temporary files left');
 });
