@@ -41,6 +41,12 @@ interface UploadState {
   busy: boolean;
 }
 
+/**
+ * Socket reads arrive in 64 KiB chunks; letting up to 1 MiB queue before the file
+ * stream pushes back lets it write them in one writev, a tenth of the syscalls.
+ */
+const WRITE_BUFFER = 1024 * 1024;
+
 export class Storage {
   readonly layout: Layout;
   readonly index: Index;
@@ -168,7 +174,7 @@ export class Storage {
     try {
       const d = new Digester(createHash(alg), alg);
       const src = Buffer.isBuffer(source) ? Readable.from([source]) : source;
-      await pipeline(src, d, createWriteStream(tmp));
+      await pipeline(src, d, createWriteStream(tmp, { highWaterMark: WRITE_BUFFER }));
       const digest = d.digest();
       if (expected && digest !== expected) {
         throw new RegistryError('DIGEST_INVALID', 'provided digest did not match uploaded content', { expected, actual: digest });
@@ -253,7 +259,7 @@ export class Storage {
       const hash = st.hash;
       const counter = new Digester(hash ?? createHash('sha256'));
       try {
-        await pipeline(source, counter, createWriteStream(this.layout.uploadPath(id), { flags: 'a' }));
+        await pipeline(source, counter, createWriteStream(this.layout.uploadPath(id), { flags: 'a', highWaterMark: WRITE_BUFFER }));
       } catch (err) {
         // The file may hold part of the chunk: the file is the truth from here on.
         st.hash = null;
