@@ -30,5 +30,5 @@ COPY examples /images
 VOLUME /data
 EXPOSE 5000
 # Node handles SIGTERM itself (graceful shutdown), so it can be PID 1.
-ENTRYPOINT ["node", "/app/dist/src/cli.js"]
+ENTRYPOINT ["node", "/app/dist/src/main.cjs"]
 CMD ["serve", "--listen", "0.0.0.0:5000", "--data", "/data", "--images", "/images"]

@@ -112,7 +112,7 @@ async function main() {
   requireBinary('wrk');
   requireBinary('curl');
   requireBinary(opt.distribution!);
-  const cli = join(ROOT, 'dist/src/cli.js');
+  const cli = join(ROOT, 'dist/src/main.cjs');
   if (!existsSync(cli)) throw new Error(`${cli} missing: run "npx tsc -p ." first`);
 
   const tmp = mkdtempSync(join(tmpdir(), 'nixreg-bench-serve-'));

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 // `nixreg`: the command line.
 import { hostname } from 'node:os';
 import { Command } from 'commander';

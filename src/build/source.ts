@@ -61,7 +61,13 @@ export class NixImageSource implements ImageSource {
 
   routes(): Router {
     const r = this.builder.logs.routes();
-    r.get('/nixreg/stats', (_req, res) => { res.json({ ...this.builder.stats(), nixProcesses: nixProcessCount() }); });
+    r.get('/nixreg/stats', (_req, res) => { res.json({
+      ...this.builder.stats(),
+      nixProcesses: nixProcessCount(),
+      // Threads that compress layers, as libuv read them at start-up (src/main.cts sets
+      // them); null means libuv's default of 4, i.e. the pool was not sized.
+      threadPool: process.env.UV_THREADPOOL_SIZE ?? null,
+    }); });
     return r;
   }
 }

@@ -4,10 +4,11 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import Database from 'better-sqlite3';
-import { ROOT, tempDir } from '../helpers/registry.js';
+import { ROOT, spawnRegistry, tempDir } from '../helpers/registry.js';
 import { cleanEnv, freePort, reap, spawnCli, spawnCommand, type CliProcess } from './spawn.js';
 
 const dirs: string[] = [];
@@ -184,3 +185,16 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     assert.equal(await stopped(again, signal), 0);
   });
 }
+
+test('the executable sizes the thread pool to the machine (layers gzip on all cores), unless UV_THREADPOOL_SIZE is set', { timeout: 60_000 }, async () => {
+  const cases: [string | undefined, string][] = [[undefined, String(Math.max(4, availableParallelism() + 2))], ['3', '3']];
+  for (const [given, want] of cases) {
+    const r = await spawnRegistry({ data: dir(), env: { UV_THREADPOOL_SIZE: given } });
+    try {
+      const stats = await (await fetch(`${r.url}/nixreg/stats`)).json() as { threadPool: string | null };
+      assert.equal(stats.threadPool, want, `UV_THREADPOOL_SIZE=${given}`);
+    } finally {
+      await r.stop();
+    }
+  }
+});

@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { startRegistry, type RunningRegistry, type StartOptions } from '../../src/server.js';
 
 export const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
-export const CLI = join(ROOT, 'dist/src/cli.js');
+export const CLI = join(ROOT, 'dist/src/main.cjs');
 
 export function tempDir(prefix = 'nixreg-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
