@@ -193,12 +193,7 @@ export class Storage {
   async commitFile(repo: string, file: string, digest: string, size: number): Promise<void> {
     await this.locks.run(digest, async () => {
       if (this.index.blobSize(digest) === undefined) {
-        const fh = await fs.open(file, 'r+');
-        try { await fh.sync(); } finally { await fh.close(); }
-        const dest = this.layout.blobPath(digest);
-        await ensureDir(dirname(dest));
-        await fs.rename(file, dest);
-        await fsyncDir(dirname(dest));
+        await this.place(file, digest);
         this.index.addBlob(repo, digest, size);
       } else {
         this.index.linkBlob(repo, digest);
@@ -206,6 +201,20 @@ export class Storage {
       }
     });
     this.bump(repo);
+  }
+
+  /**
+   * The durable half of every blob write: fsync the finished file, rename it to its blob
+   * path, fsync the directory. Callers hold the digest's lock and add the index row after.
+   */
+  private async place(file: string, digest: string): Promise<string> {
+    const fh = await fs.open(file, 'r+');
+    try { await fh.sync(); } finally { await fh.close(); }
+    const dest = this.layout.blobPath(digest);
+    await ensureDir(dirname(dest));
+    await fs.rename(file, dest);
+    await fsyncDir(dirname(dest));
+    return dest;
   }
 
   /** Cross-repository mount: links `digest` into `repo` if `from` can see it. */
@@ -389,14 +398,11 @@ export class Storage {
       if (fresh) {
         const tmp = join(this.layout.tmpDir, randomUUID());
         try {
-          const fh = await fs.open(tmp, 'w');
-          try { await fh.writeFile(body); await fh.sync(); } finally { await fh.close(); }
-          await ensureDir(dirname(dest));
-          await fs.rename(tmp, dest);
+          await fs.writeFile(tmp, body);
+          await this.place(tmp, digest);
         } finally {
           await fs.rm(tmp, { force: true });
         }
-        await fsyncDir(dirname(dest));
       }
       try {
         checkReferences();
