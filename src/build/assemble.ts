@@ -20,7 +20,7 @@ import type { Storage } from '../blobs/storage.js';
 import { RegistryError } from '../registry/errors.js';
 import { MediaTypes, parseManifest } from '../registry/manifest.js';
 import { ParallelGzip } from './gzip.js';
-import { dockerManifest, imageConfig, ociManifest, type LayerDescriptor } from './image.js';
+import { imageConfig, imageManifest, type LayerDescriptor } from './image.js';
 import { groupStorePaths } from './layers.js';
 import { rootfsEntries, storePathEntries, tarStream, type TarEntry } from './tar.js';
 import type { BuiltImage, ImageSpec, StorePathInfo } from './types.js';
@@ -81,8 +81,8 @@ export async function assembleImage(
   const configBody = imageConfig(spec, layers);
   const config = await storage.writeBlob(repo, configBody);
   const store = async (body: Buffer, mediaType: string) => storage.putManifest(repo, body, parseManifest(body, mediaType));
-  const manifest = await store(ociManifest(config, layers), MediaTypes.ociManifest);
-  const alternate = await store(dockerManifest(config, layers), MediaTypes.dockerManifest);
+  const manifest = await store(imageManifest('oci', config, layers), MediaTypes.ociManifest);
+  const alternate = await store(imageManifest('docker', config, layers), MediaTypes.dockerManifest);
   return { hash, manifest, alternate };
 }
 

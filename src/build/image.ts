@@ -57,22 +57,22 @@ export function imageConfig(spec: ImageSpec, layers: LayerDescriptor[]): Buffer 
   return Buffer.from(JSON.stringify(doc));
 }
 
-/** The OCI image manifest. */
-export function ociManifest(config: BlobRef, layers: LayerDescriptor[]): Buffer {
-  return Buffer.from(JSON.stringify({
-    schemaVersion: 2,
-    mediaType: MediaTypes.ociManifest,
-    config: { mediaType: MediaTypes.ociConfig, digest: config.digest, size: config.size },
-    layers: layers.map((l) => ({ mediaType: MediaTypes.ociLayerGzip, digest: l.digest, size: l.size })),
-  }));
-}
+/** The media types of each manifest encoding: the only thing in which the two differ. */
+const ENCODINGS = {
+  oci: { manifest: MediaTypes.ociManifest, config: MediaTypes.ociConfig, layer: MediaTypes.ociLayerGzip },
+  docker: { manifest: MediaTypes.dockerManifest, config: MediaTypes.dockerConfig, layer: MediaTypes.dockerLayerGzip },
+} as const;
 
-/** The Docker image manifest v2 schema 2, for clients that do not accept OCI. */
-export function dockerManifest(config: BlobRef, layers: LayerDescriptor[]): Buffer {
+/**
+ * An image manifest over one config blob and gzip layers: OCI, or Docker schema2 for
+ * clients that do not accept OCI. Built images and ingested archives both use it.
+ */
+export function imageManifest(encoding: keyof typeof ENCODINGS, config: BlobRef, layers: BlobRef[]): Buffer {
+  const t = ENCODINGS[encoding];
   return Buffer.from(JSON.stringify({
     schemaVersion: 2,
-    mediaType: MediaTypes.dockerManifest,
-    config: { mediaType: MediaTypes.dockerConfig, digest: config.digest, size: config.size },
-    layers: layers.map((l) => ({ mediaType: MediaTypes.dockerLayerGzip, digest: l.digest, size: l.size })),
+    mediaType: t.manifest,
+    config: { mediaType: t.config, digest: config.digest, size: config.size },
+    layers: layers.map((l) => ({ mediaType: t.layer, digest: l.digest, size: l.size })),
   }));
 }

@@ -15,6 +15,7 @@ import { isDigest } from '../registry/grammar.js';
 import { MediaTypes, parseManifest } from '../registry/manifest.js';
 import { processEntry, sniff, type LayerFile } from './archive-layer.js';
 import { ArchiveContents, ArchiveError, entryName, malformed, readArchive, type ArchiveEntry } from './archive-read.js';
+import { imageManifest } from './image.js';
 import type { BuiltImage } from './types.js';
 
 export interface IngestOptions {
@@ -112,25 +113,13 @@ async function fromDockerArchive(contents: ArchiveContents): Promise<Image> {
     layers.push(layer);
   }
   const cfg = { size: config.length, digest: digestOf(config) };
-  const schema2 = {
-    schemaVersion: 2,
-    mediaType: MediaTypes.dockerManifest,
-    config: { mediaType: MediaTypes.dockerConfig, ...cfg },
-    layers: layers.map((l) => ({ mediaType: MediaTypes.dockerLayerGzip, size: l.size, digest: l.digest })),
-  };
-  // The same image for clients that take only OCI: same config bytes, so the same image ID.
-  const oci = {
-    schemaVersion: 2,
-    mediaType: MediaTypes.ociManifest,
-    config: { mediaType: MediaTypes.ociConfig, ...cfg },
-    layers: layers.map((l) => ({ mediaType: MediaTypes.ociLayerGzip, size: l.size, digest: l.digest })),
-  };
   return {
     layers,
     config,
     manifests: [
-      { body: Buffer.from(JSON.stringify(schema2)), mediaType: MediaTypes.dockerManifest },
-      { body: Buffer.from(JSON.stringify(oci)), mediaType: MediaTypes.ociManifest },
+      { body: imageManifest('docker', cfg, layers), mediaType: MediaTypes.dockerManifest },
+      // The same image for clients that take only OCI: same config bytes, so the same image ID.
+      { body: imageManifest('oci', cfg, layers), mediaType: MediaTypes.ociManifest },
     ],
   };
 }
