@@ -8,6 +8,10 @@ import { etagMatches, readBody } from '../http.js';
 import { MAX_MANIFEST_BYTES, accepts, parseManifest } from '../manifest.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';
 
+function manifestUnknown(repo: string, ref: { tag?: string | undefined; digest?: string | undefined }): RegistryError {
+  return new RegistryError('MANIFEST_UNKNOWN', `manifest ${ref.tag ?? ref.digest} not found in ${repo}`, ref);
+}
+
 function refOf(req: Request) {
   return checkReference(String(req.params.reference));
 }
@@ -32,14 +36,16 @@ export function getManifest(ctx: Ctx) {
     const ref = lookupRefOf(req);
     const accept = req.headers.accept;
     const ok = (mt: string) => accepts(accept, mt);
+    // owns() looks for the repository's image file on disk: once per request is enough.
+    const owned = ctx.source?.owns(repo) ?? false;
     let d: ManifestDescriptor | undefined;
-    if (ctx.source?.owns(repo)) d = await ctx.source.resolve(repo, ref, ok);
+    if (owned) d = await ctx.source!.resolve(repo, ref, ok);
     d ??= ctx.storage.resolveManifest(repo, ref);
     if (!d) {
-      if (!ctx.storage.repositoryExists(repo) && !ctx.source?.owns(repo)) {
+      if (!owned && !ctx.storage.repositoryExists(repo)) {
         throw new RegistryError('NAME_UNKNOWN', `repository ${repo} not known to registry`, { name: repo });
       }
-      throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${ref.tag ?? ref.digest} not found in ${repo}`, ref);
+      throw manifestUnknown(repo, ref);
     }
     if (!ok(d.mediaType)) {
       throw new RegistryError('MANIFEST_UNKNOWN',
@@ -61,7 +67,7 @@ export function getManifest(ctx: Ctx) {
     } catch (err) {
       // Deleted between lookup and read: the manifest is simply gone now.
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${ref.tag ?? ref.digest} not found in ${repo}`, ref);
+      throw manifestUnknown(repo, ref);
     }
     res.status(200).end(body);
   };
@@ -97,7 +103,7 @@ export function deleteManifest(ctx: Ctx) {
     const found = ref.tag !== undefined
       ? ctx.storage.deleteTag(repo, ref.tag)
       : await ctx.storage.deleteManifest(repo, ref.digest!);
-    if (!found) throw new RegistryError('MANIFEST_UNKNOWN', `manifest ${ref.tag ?? ref.digest} not found in ${repo}`, ref);
+    if (!found) throw manifestUnknown(repo, ref);
     res.status(202).set('Content-Length', '0').end();
   };
 }
