@@ -13,6 +13,7 @@ import { ingestImageOutput, isImageOutput } from './ingest.js';
 import { BuildLogs, type BuildLog } from './logs.js';
 import { NixError, closureOf, evaluateFile, hashPart, outputsOf, realise, type EvalJSON } from './nix.js';
 import { resolveImageFile, type ImageFile } from './resolve.js';
+import { Semaphore } from './semaphore.js';
 import { validateSpec } from './spec.js';
 import type { BuiltImage, ImageSpec } from './types.js';
 
@@ -70,21 +71,6 @@ export function platformOf(system: string): { architecture: string; os: string }
   if (p) return { architecture: p[0], os: p[1] };
   const [cpu = system, os = 'linux'] = system.split('-');
   return { architecture: cpu, os };
-}
-
-class Semaphore {
-  private active = 0;
-  private readonly waiting: (() => void)[] = [];
-  constructor(private readonly max: number) {}
-  async run<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.active >= this.max) await new Promise<void>((r) => this.waiting.push(r));
-    else this.active++;
-    try { return await fn(); } finally {
-      const next = this.waiting.shift();
-      if (next) next(); else this.active--;
-    }
-  }
-  get queued() { return this.waiting.length; }
 }
 
 export class Builder {

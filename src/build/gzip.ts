@@ -13,6 +13,7 @@ import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';
 import { constants, crc32, deflateRaw } from 'node:zlib';
+import { Semaphore } from './semaphore.js';
 
 const BLOCK = 1 << 20;
 const WINDOW = 32 * 1024;
@@ -20,25 +21,11 @@ const deflateRawAsync = promisify(deflateRaw) as (buf: Buffer, opts: object) => 
 // gzip header: magic, CM=deflate, no flags, MTIME=0, XFL=0, OS=3 (Unix): fixed bytes.
 const HEADER = Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]);
 
-/** A counting semaphore for the process-wide compression slots. */
-class Slots {
-  private waiting: (() => void)[] = [];
-  constructor(private free: number) {}
-  async take(): Promise<void> {
-    if (this.free > 0) { this.free--; return; }
-    await new Promise<void>((r) => this.waiting.push(r));
-  }
-  give(): void {
-    const next = this.waiting.shift();
-    if (next) next(); else this.free++;
-  }
-}
-
 // One slot per core plus one, so a core is never idle while the main thread queues; but
 // one libuv thread stays free for file reads and writes, which share the same pool
 // (UV_THREADPOOL_SIZE, default 4, fixed when the process starts).
 const POOL = Math.min(1024, Math.max(1, Number(process.env.UV_THREADPOOL_SIZE) || 4));
-const slots = new Slots(Math.max(1, Math.min(availableParallelism() + 1, POOL - 1)));
+const slots = new Semaphore(Math.max(1, Math.min(availableParallelism() + 1, POOL - 1)));
 
 /**
  * Input blocks are recycled: allocating a fresh MiB per block makes V8 run a full garbage
