@@ -6,12 +6,16 @@ import { etagMatches, parseRange } from '../http.js';
 import { sendFileRange } from '../send-file.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';
 
+function blobUnknown(repo: string, digest: string): RegistryError {
+  return new RegistryError('BLOB_UNKNOWN', `blob unknown to repository ${repo}`, { digest });
+}
+
 export function getBlob(ctx: Ctx) {
   return async (req: Request, res: Response) => {
     const repo = repoOf(req);
     const digest = checkDigest(String(req.params.digest));
     const size = ctx.storage.blobSize(repo, digest);
-    if (size === undefined) throw new RegistryError('BLOB_UNKNOWN', `blob unknown to repository ${repo}`, { digest });
+    if (size === undefined) throw blobUnknown(repo, digest);
     const etag = `"${digest}"`;
     res.set({
       'Docker-Content-Digest': digest,
@@ -37,7 +41,7 @@ export function getBlob(ctx: Ctx) {
       // Deleted between the lookup and the open: gone, not an internal error.
       if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !res.headersSent) {
         for (const h of ['Docker-Content-Digest', 'ETag', 'Content-Range', 'Accept-Ranges', 'Cache-Control']) res.removeHeader(h);
-        throw new RegistryError('BLOB_UNKNOWN', `blob unknown to repository ${repo}`, { digest });
+        throw blobUnknown(repo, digest);
       }
       throw err;
     }
@@ -50,7 +54,7 @@ export function deleteBlob(ctx: Ctx) {
     const digest = checkDigest(String(req.params.digest));
     checkWritable(ctx, repo);
     if (!(await ctx.storage.deleteBlob(repo, digest))) {
-      throw new RegistryError('BLOB_UNKNOWN', `blob unknown to repository ${repo}`, { digest });
+      throw blobUnknown(repo, digest);
     }
     res.status(202).set('Content-Length', '0').end();
   };
