@@ -1,11 +1,13 @@
 // `nixreg build NAME[:TAG]`: builds an image ahead of time into the data directory, the
 // same way a pull would, and prints its hash tag and manifest digest.
+//
+// Composition root: may import every room; no room imports it.
 import type { Command } from 'commander';
 import { pino } from 'pino';
-import { Storage } from '../blobs/storage.js';
-import { buildConfig, type BuildFlags } from '../config.js';
-import { checkName } from '../registry/grammar.js';
-import { NixImageSource } from './source.js';
+import { Storage } from './blobs/storage.js';
+import { buildConfig, type BuildFlags } from './config.js';
+import { checkName } from './oci/reference.js';
+import { NixImageSource } from './build/source.js';
 
 /** The build-on-pull flags of `serve` and `build`. */
 export function withBuildOptions(cmd: Command): Command {

@@ -1,8 +1,10 @@
 // `nixreg`: the command line.
+//
+// Composition root: may import every room; no room imports it.
 import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { buildConfig, serveConfig, type BuildFlags } from './config.js';
-import { runBuild, withBuildOptions } from './build/command.js';
+import { runBuild, withBuildOptions } from './build-command.js';
 import { NixImageSource } from './build/source.js';
 import { log } from './log.js';
 import { startRegistry } from './server.js';

@@ -1,4 +1,6 @@
 // Command-line flags and their environment variables, resolved in one place.
+//
+// Composition root: may import every room; no room imports it.
 import { resolve } from 'node:path';
 
 export interface ServeConfig {

@@ -4,6 +4,8 @@
 // fs calls), once, at first use, and loading an ES module already uses it. Only code
 // that runs before any ES module is loaded can size the pool to the machine, so that
 // layers compress on all cores rather than libuv's default four threads.
+//
+// Composition root: may import every room; no room imports it.
 import { availableParallelism } from 'node:os';
 
 process.env.UV_THREADPOOL_SIZE ??= String(Math.max(4, availableParallelism() + 2));

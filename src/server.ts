@@ -1,10 +1,12 @@
 // Starts and stops the registry: storage, the optional image source, and the HTTP server.
+//
+// Composition root: may import every room; no room imports it.
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Storage, type StorageOptions } from './blobs/storage.js';
 import type { Logger } from './log.js';
 import { createApp } from './registry/app.js';
-import type { ImageSource } from './registry/source.js';
+import type { ImageSource } from './build/image-source.js';
 
 export interface RunningRegistry {
   server: Server;

@@ -1,5 +1,7 @@
 // The SQLite index (better-sqlite3, WAL). Synchronous on purpose: each call is a few
 // microseconds, and a transaction can never interleave with another request's.
+//
+// Room: blobs. May import src/oci; never src/build or src/registry.
 import Database from 'better-sqlite3';
 import { SCHEMA, SCHEMA_VERSION } from './schema.js';
 

@@ -1,6 +1,8 @@
 // The one place that knows where things live on disk. Every path is built from values
-// that the grammar (src/registry/grammar.ts) or this module has already validated, so
+// that the grammar (src/oci/reference.ts, src/oci/digest.ts) or this module has already validated, so
 // nothing from a URL is ever joined into a path unchecked.
+//
+// Room: blobs. May import src/oci; never src/build or src/registry.
 import { join } from 'node:path';
 
 const HEX = /^[a-f0-9]+$/;

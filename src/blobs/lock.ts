@@ -1,3 +1,4 @@
+// Room: blobs. May import src/oci; never src/build or src/registry.
 /**
  * An in-process lock per key. nixreg is one process owning its data directory, so
  * serialising the filesystem half of blob commits and deletes per digest is enough to

@@ -4,6 +4,8 @@
 // A blob row is written only after its file is durably in place, and removed before its
 // file is unlinked, so the index never names a file that is not there (startup
 // reconciliation in storage.ts repairs the one window a crash can leave).
+//
+// Room: blobs. May import src/oci; never src/build or src/registry.
 export const SCHEMA_VERSION = 1;
 
 export const SCHEMA = `

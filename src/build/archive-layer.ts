@@ -3,12 +3,14 @@
 // in memory. What the entry is for (layer, config, manifest) is only known after the
 // archive's manifest has been read, which may come last; this module therefore decides
 // from the bytes alone, and ingest.ts re-processes the rare entry it guessed wrong.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import { Digester } from '../blobs/digest.js';
+import { Digester } from '../oci/digest.js';
 import { ParallelGzip } from './gzip.js';
 
 export type Compression = 'gzip' | 'zstd' | 'tar' | 'other';

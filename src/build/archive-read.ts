@@ -3,14 +3,16 @@
 // archive-layer.ts. Nothing is extracted to a path taken from the archive: temporary
 // files are numbered, and entry names are only keys, checked so that an archive whose
 // own names climb out of it (`../x`, `/etc/x`) is refused rather than silently tolerated.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { join, posix } from 'node:path';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
-import { digestOf } from '../blobs/digest.js';
-import { RegistryError } from '../registry/errors.js';
+import { digestOf } from '../oci/digest.js';
+import { ArchiveError } from './errors.js';
 import { peek, processEntry, sniff, spawnFilter, type LayerFile } from './archive-layer.js';
 
 /** Entries up to this size are kept in memory (configs, manifests, small layers). */
@@ -54,15 +56,6 @@ export class ArchiveContents {
     }
     return { missing: `${name} is a chain of more than ${MAX_LINK_HOPS} links` };
   }
-}
-
-/**
- * Why an archive could not be ingested. Reported like a failed Nix build (404
- * MANIFEST_UNKNOWN with the reason as message) because Docker clients print the message
- * of a 4xx error but only the status line of a 5xx.
- */
-export class ArchiveError extends RegistryError {
-  constructor(message: string) { super('MANIFEST_UNKNOWN', message); }
 }
 
 export function malformed(what: string): ArchiveError {
@@ -195,7 +188,7 @@ export async function readArchive(path: string, contents: ArchiveContents, opts:
       const failed = await Promise.race([scriptExit, new Promise<undefined>((r) => setTimeout(() => r(undefined), 1000))]);
       if (failed) throw failed;
     }
-    if (e instanceof RegistryError) throw e;
+    if (e instanceof ArchiveError) throw e;
     throw malformed(`cannot read it (truncated or corrupt?): ${(e as Error).message}`);
   } finally {
     clearTimeout(timer);

@@ -9,16 +9,19 @@
 // by what it contains (LAYER_FORMAT + its sorted store paths, or the ordered contents
 // for the root filesystem layer); store paths are immutable, so a key once built is
 // reused by every later build and image in any repository without reading the store.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
 import { createHash, randomUUID } from 'node:crypto';
 import { createWriteStream, promises as fs } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { Digester } from '../blobs/digest.js';
 import type { LayerRow } from '../blobs/index.js';
 import type { Storage } from '../blobs/storage.js';
-import { RegistryError } from '../registry/errors.js';
-import { MediaTypes, parseManifest } from '../registry/manifest.js';
+import { Digester } from '../oci/digest.js';
+import { parseManifest } from '../oci/manifest.js';
+import { MediaTypes } from '../oci/media-types.js';
+import { InvalidImageSpec } from './errors.js';
 import { ParallelGzip } from './gzip.js';
 import { imageConfig, imageManifest, type LayerDescriptor } from './image.js';
 import { groupStorePaths } from './layers.js';
@@ -70,7 +73,7 @@ export async function assembleImage(
   stats?: AssembleStats,
 ): Promise<BuiltImage> {
   if (!Number.isInteger(spec.maxLayers) || spec.maxLayers < 1) {
-    throw new RegistryError('MANIFEST_INVALID', `maxLayers must be a positive integer, not ${String(spec.maxLayers)}`);
+    throw new InvalidImageSpec(`maxLayers must be a positive integer, not ${String(spec.maxLayers)}`);
   }
   const plans = planLayers(spec, closure);
   const rows = await mapLimited(plans, LAYERS_AT_ONCE, (p) => layerFor(storage, repo, p, stats));

@@ -2,13 +2,15 @@
 // realisation under GC roots (bounded concurrency, timeout) → closure → assembly or
 // ingestion → recorded and tagged by hash. Any number of concurrent requests for the
 // same image share one evaluation and one build; failures are remembered briefly.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { Storage } from '../blobs/storage.js';
-import type { ManifestDescriptor } from '../blobs/storage.js';
-import { RegistryError } from '../registry/errors.js';
+import type { Descriptor } from '../oci/descriptor.js';
 import { assembleImage } from './assemble.js';
+import { BuildError, BuildFailed, EvaluationFailed, NoImageExpression } from './errors.js';
 import { ingestImageOutput, isImageOutput } from './ingest.js';
 import { BuildLogs, type BuildLog } from './logs.js';
 import { NixError, closureOf, evaluateFile, hashPart, outputsOf, realise, type EvalJSON } from './nix.js';
@@ -50,7 +52,7 @@ export interface Evaluation {
 }
 
 interface EvalEntry { key: string; expires: number; value: Promise<Evaluation> }
-interface Failure { key: string; expires: number; error: RegistryError }
+interface Failure { key: string; expires: number; error: BuildError }
 
 const SYSTEMS: Record<string, [string, string]> = {
   'x86_64-linux': ['amd64', 'linux'],
@@ -126,7 +128,7 @@ export class Builder {
    */
   evaluate(repo: string): Promise<Evaluation> {
     const file = this.file(repo);
-    if (!file) return Promise.reject(new RegistryError('NAME_UNKNOWN', `no image expression for ${repo}`, { name: repo }));
+    if (!file) return Promise.reject(new NoImageExpression(`no image expression for ${repo}`, { name: repo }));
     const hit = this.evals.get(repo);
     if (hit && hit.key === file.key && Date.now() < hit.expires) return hit.value;
     const entry: EvalEntry = { key: file.key, expires: Infinity, value: this.runEval(repo, file) };
@@ -147,7 +149,7 @@ export class Builder {
     } catch (e) {
       const msg = e instanceof NixError ? e.message : String(e);
       this.o.log?.info({ repo, file: file.path, error: msg }, 'evaluation failed');
-      throw new RegistryError('MANIFEST_UNKNOWN', `evaluating ${repo} failed:\n${msg}`, { file: file.path });
+      throw new EvaluationFailed(`evaluating ${repo} failed:\n${msg}`, { file: file.path });
     }
     const spec = validateSpec(repo, raw);
     const plat = platformOf(raw.system);
@@ -183,7 +185,7 @@ export class Builder {
       p = this.sem.run(() => this.runBuild(ev));
       this.inflight.set(key, p);
       p.then(() => { this.failures.delete(key); }, (e: unknown) => {
-        if (!(e instanceof RegistryError)) return;
+        if (!(e instanceof BuildError)) return;
         const now = Date.now();
         if (this.failures.size > 1000) for (const [k, f] of this.failures) if (f.expires <= now) this.failures.delete(k);
         this.failures.set(key, { key: ev.file.key, expires: now + this.o.negativeTtlMs, error: e });
@@ -253,7 +255,7 @@ export class Builder {
   }
 
   private record(ev: Evaluation, built: BuiltImage, storePath: string): void {
-    const row = (hash: string, m: ManifestDescriptor, a?: ManifestDescriptor) => ({
+    const row = (hash: string, m: Descriptor, a?: Descriptor) => ({
       repo: ev.repo, hash, manifest: m.digest, media_type: m.mediaType, size: m.size,
       alt_manifest: a?.digest ?? null, alt_media_type: a?.mediaType ?? null, alt_size: a?.size ?? null,
       store_path: storePath,
@@ -265,7 +267,7 @@ export class Builder {
     this.storage.tag(ev.repo, built.hash, built.manifest.digest);
   }
 
-  private buildError(ev: Evaluation, e: unknown, log: BuildLog): RegistryError {
+  private buildError(ev: Evaluation, e: unknown, log: BuildLog): BuildFailed {
     const url = `${this.publicUrl}${log.record.log}`;
     if (e instanceof NixError) {
       const failedDrv = /builder for '([^']+\.drv)' failed/.exec(e.stderr)?.[1]
@@ -273,15 +275,13 @@ export class Builder {
       log.record.drv = failedDrv;
       const why = e.timedOut ? e.message : e.message.split('\n')[0]!.replace(/^error: /, '');
       const what = failedDrv && !why.includes(failedDrv) ? `${failedDrv}: ${why}` : why;
-      return new RegistryError('MANIFEST_UNKNOWN',
-        `building ${ev.repo} failed: ${what}; build log: ${url}`,
-        { drv: failedDrv, log: url });
+      return new BuildFailed(`building ${ev.repo} failed: ${what}; build log: ${url}`, { drv: failedDrv, log: url });
     }
-    if (e instanceof RegistryError) {
-      return new RegistryError(e.code, `${e.message}; build log: ${url}`, e.detail, e.status);
-    }
+    // Errors that already say what went wrong in the user's terms (a malformed archive,
+    // an invalid spec) keep their words; anything else is an assembly fault.
+    if (e instanceof BuildError) return new BuildFailed(`${e.message}; build log: ${url}`, e.detail);
     this.o.log?.error({ err: e, repo: ev.repo }, 'image assembly failed');
-    return new RegistryError('MANIFEST_UNKNOWN', `building ${ev.repo} failed: ${(e as Error).message}; build log: ${url}`, { log: url });
+    return new BuildFailed(`building ${ev.repo} failed: ${(e as Error).message}; build log: ${url}`, { log: url });
   }
 
   stats() {

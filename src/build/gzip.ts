@@ -9,6 +9,8 @@
 // Compressions running are limited process-wide (a slot is taken before a block is
 // started), and each stream keeps at most `maxQueued` blocks between start and output, so
 // memory stays bounded however many layers are built at once.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';

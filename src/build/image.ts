@@ -5,7 +5,10 @@
 //
 // Every document is serialised with a fixed key order (and the user's `config` with its
 // keys sorted recursively), so equal inputs give byte-identical JSON and digests.
-import { MediaTypes } from '../registry/manifest.js';
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
+import type { BlobRef } from '../oci/descriptor.js';
+import { MediaTypes } from '../oci/media-types.js';
 import type { ImageSpec } from './types.js';
 
 export interface LayerDescriptor {
@@ -17,8 +20,6 @@ export interface LayerDescriptor {
   /** Whether this layer holds the root filesystem (symlink farm and /tmp). */
   rootfs: boolean;
 }
-
-export interface BlobRef { digest: string; size: number }
 
 /** JSON with object keys sorted at every depth, arrays kept in order. */
 export function canonicalJson(v: unknown): string {

@@ -5,16 +5,20 @@
 // layers, config and manifests. Everything is checked before anything is committed:
 // each layer's diff_id against the config, each OCI blob against its descriptor. The
 // config is stored byte for byte, so the image ID equals what `docker load` gives.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
 import { randomUUID } from 'node:crypto';
 import { createReadStream, promises as fs } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
-import { digestOf } from '../blobs/digest.js';
-import type { ManifestDescriptor, Storage } from '../blobs/storage.js';
-import { isDigest } from '../registry/grammar.js';
-import { MediaTypes, parseManifest } from '../registry/manifest.js';
+import type { Storage } from '../blobs/storage.js';
+import type { Descriptor as StoredDescriptor } from '../oci/descriptor.js';
+import { digestOf, isDigest } from '../oci/digest.js';
+import { parseManifest } from '../oci/manifest.js';
+import { GZIP_LAYER_TYPES, INDEX_TYPES, MediaTypes } from '../oci/media-types.js';
 import { processEntry, sniff, type LayerFile } from './archive-layer.js';
-import { ArchiveContents, ArchiveError, entryName, malformed, readArchive, type ArchiveEntry } from './archive-read.js';
+import { ArchiveContents, entryName, malformed, readArchive, type ArchiveEntry } from './archive-read.js';
+import { ArchiveError } from './errors.js';
 import { imageManifest } from './image.js';
 import type { BuiltImage } from './types.js';
 
@@ -135,8 +139,6 @@ interface Descriptor {
   annotations?: Record<string, string>;
 }
 
-const GZIP_LAYER_TYPES = new Set<string>([MediaTypes.ociLayerGzip, MediaTypes.dockerLayerGzip]);
-const INDEX_TYPES = new Set<string>([MediaTypes.ociIndex, MediaTypes.dockerList]);
 const HOST_ARCH: Record<string, string> = { x64: 'amd64', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' };
 
 async function fromOciLayout(contents: ArchiveContents): Promise<Image> {
@@ -289,7 +291,7 @@ async function commit(storage: Storage, repo: string, hash: string, image: Image
     }
     if (storage.blobSize(repo, configDigest) === undefined) linked.push(configDigest);
     await storage.writeBlob(repo, image.config, configDigest);
-    const stored: ManifestDescriptor[] = [];
+    const stored: StoredDescriptor[] = [];
     for (const m of image.manifests) {
       const parsed = parseManifest(m.body, m.mediaType);
       stored.push(await storage.putManifest(repo, m.body, parsed));

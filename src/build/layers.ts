@@ -22,6 +22,8 @@
 // (remainder, if any), and we pick the largest K that fits. Output is sorted, so the
 // same closure always yields the same layers, and each layer's key depends only on its
 // own paths (see assemble.ts), so unchanged groups are reused byte for byte.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
 import type { StorePathInfo } from './types.js';
 
 export interface LayerGroup {

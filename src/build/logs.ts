@@ -1,12 +1,12 @@
-// Records of recent builds and their logs, served at /nixreg/builds and
-// /nixreg/builds/<id>/log. The last `keep` builds are kept (records in memory, log
-// files under <data>/logs); older logs are deleted.
-import { createReadStream, createWriteStream, promises as fs, type WriteStream } from 'node:fs';
+// Records of recent builds and their logs (the registry serves them at /nixreg/builds
+// and /nixreg/builds/<id>/log). The last `keep` builds are kept (records in memory, log
+// files under <data>/logs); older logs are deleted. Knows nothing of HTTP.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
+import { createWriteStream, promises as fs, type WriteStream } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { Router, type Request, type Response } from 'express';
 import type { Layout } from '../blobs/layout.js';
-import { RegistryError } from '../registry/errors.js';
 
 export type BuildStatus = 'queued' | 'running' | 'succeeded' | 'failed';
 
@@ -70,17 +70,9 @@ export class BuildLogs {
   list(): BuildRecord[] { return [...this.records].reverse(); }
   get(id: string): BuildRecord | undefined { return this.records.find((r) => r.id === id); }
 
-  routes(): Router {
-    const r = Router();
-    r.get('/nixreg/builds', (_req: Request, res: Response) => { res.json({ builds: this.list() }); });
-    r.get('/nixreg/builds/:id/log', (req: Request, res: Response, next) => {
-      const rec = this.get(String(req.params.id));
-      if (!rec) { next(new RegistryError('NAME_UNKNOWN', `no build ${String(req.params.id).slice(0, 100)} among the recent builds`, undefined, 404)); return; }
-      res.status(200).type('text/plain; charset=utf-8');
-      const s = createReadStream(this.layout.logPath(rec.id));
-      s.on('error', () => { if (!res.headersSent) res.end(''); else res.destroy(); });
-      s.pipe(res);
-    });
-    return r;
+  /** The log file of a recent build. */
+  logPath(id: string): string | undefined {
+    const rec = this.get(id);
+    return rec && this.layout.logPath(rec.id);
   }
 }

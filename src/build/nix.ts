@@ -2,6 +2,8 @@
 // here, with argv arrays only (never a shell), so request data cannot reach Nix source
 // or a command line, and so the processes can be counted (tests assert that serving an
 // already-built hash starts none).
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';

@@ -1,6 +1,8 @@
 // Repository name → image file. `a/b` is `<images>/a/b.nix` or `<images>/a/b/default.nix`.
 // Only files inside the images directory are ever read: the candidate's real path (all
 // symlinks followed) must lie under the images directory's real path.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
 import { realpathSync, statSync } from 'node:fs';
 import { join, sep } from 'node:path';
 

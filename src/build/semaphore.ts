@@ -1,3 +1,4 @@
+// Room: build. May import src/blobs and src/oci; never src/registry.
 /**
  * A counting semaphore: at most `size` holders at once, the rest wait in FIFO order.
  * Bounds concurrent builds and evaluations (builder.ts) and the process-wide gzip

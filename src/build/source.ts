@@ -1,12 +1,16 @@
-// Build-on-pull behind the registry's ImageSource seam. Tags of an expression-backed
-// repository: `latest` (evaluate now, build if new) and hash tags (the image's store path
-// hash: served from storage without Nix when built, else built if the expression still
-// yields it). Digests are plain storage.
-import { Router } from 'express';
-import type { Storage, ManifestDescriptor } from '../blobs/storage.js';
-import { RegistryError } from '../registry/errors.js';
-import type { ImageSource } from '../registry/source.js';
+// Build-on-pull behind the ImageSource seam (image-source.ts). Tags of an
+// expression-backed repository: `latest` (evaluate now, build if new) and hash tags (the
+// image's store path hash: served from storage without Nix when built, else built if the
+// expression still yields it). Digests are plain storage.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
+import type { Storage } from '../blobs/storage.js';
+import type { Descriptor } from '../oci/descriptor.js';
+import type { Reference } from '../oci/reference.js';
 import { Builder, type BuilderOptions } from './builder.js';
+import { TagNotServed } from './errors.js';
+import type { ImageSource } from './image-source.js';
+import type { BuildRecord } from './logs.js';
 import { HASH_TAG, nixProcessCount } from './nix.js';
 import type { BuiltImage } from './types.js';
 
@@ -21,11 +25,7 @@ export class NixImageSource implements ImageSource {
     return this.builder.file(repo) !== undefined;
   }
 
-  async resolve(
-    repo: string,
-    ref: { tag?: string | undefined; digest?: string | undefined },
-    accepts: (mediaType: string) => boolean,
-  ): Promise<ManifestDescriptor | undefined> {
+  async resolve(repo: string, ref: Reference, accepts: (mediaType: string) => boolean): Promise<Descriptor | undefined> {
     const tag = ref.tag;
     if (tag === undefined) return undefined;
     return pick(await this.image(repo, tag), accepts);
@@ -39,14 +39,14 @@ export class NixImageSource implements ImageSource {
       if (done) return done;
       const ev = await b.evaluate(repo);
       if (tag !== ev.hash && tag !== ev.outHash) {
-        throw new RegistryError('MANIFEST_UNKNOWN',
+        throw new TagNotServed(
           `image ${repo}:${tag} was never built here and ${repo} now evaluates to ${ev.outHash ?? ev.hash}; pull ${repo}:latest or ${repo}:${ev.hash}`,
           { hash: tag, current: ev.hash });
       }
       return b.ensureBuilt(ev);
     }
     if (tag !== 'latest') {
-      throw new RegistryError('MANIFEST_UNKNOWN',
+      throw new TagNotServed(
         `${repo} is built from a Nix expression: its tags are latest and the hashes of built images, not ${tag}`, { tag });
     }
     const ev = await b.evaluate(repo);
@@ -59,21 +59,27 @@ export class NixImageSource implements ImageSource {
     return ['latest'];
   }
 
-  routes(): Router {
-    const r = this.builder.logs.routes();
-    r.get('/nixreg/stats', (_req, res) => { res.json({
+  builds(): BuildRecord[] {
+    return this.builder.logs.list();
+  }
+
+  buildLogPath(id: string): string | undefined {
+    return this.builder.logs.logPath(id);
+  }
+
+  stats(): Record<string, unknown> {
+    return {
       ...this.builder.stats(),
       nixProcesses: nixProcessCount(),
       // Threads that compress layers, as libuv read them at start-up (src/main.cts sets
       // them); null means libuv's default of 4, i.e. the pool was not sized.
       threadPool: process.env.UV_THREADPOOL_SIZE ?? null,
-    }); });
-    return r;
+    };
   }
 }
 
 /** OCI by default; the second encoding for a client whose Accept excludes the first. */
-function pick(b: BuiltImage, accepts: (mediaType: string) => boolean): ManifestDescriptor {
+function pick(b: BuiltImage, accepts: (mediaType: string) => boolean): Descriptor {
   if (!accepts(b.manifest.mediaType) && b.alternate && accepts(b.alternate.mediaType)) return b.alternate;
   return b.manifest;
 }

@@ -1,6 +1,8 @@
 // Validation of an evaluated image spec (the dockerTools.streamLayeredImage names), so a
 // typo in an expression is a clear error at pull time instead of a broken image.
-import { RegistryError } from '../registry/errors.js';
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
+import { InvalidImageSpec } from './errors.js';
 import type { EvalJSON } from './nix.js';
 import type { ImageSpec } from './types.js';
 
@@ -33,8 +35,8 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function invalid(repo: string, msg: string): RegistryError {
-  return new RegistryError('MANIFEST_UNKNOWN', `image spec of ${repo} is invalid: ${msg}`);
+function invalid(repo: string, msg: string): InvalidImageSpec {
+  return new InvalidImageSpec(`image spec of ${repo} is invalid: ${msg}`);
 }
 
 export function validateSpec(repo: string, raw: EvalJSON): Omit<ImageSpec, 'contents' | 'os' | 'architecture'> & { architecture?: string } {

@@ -7,6 +7,8 @@
 // cannot hold a name (tar-stream decides that from the name alone). Parent directories of
 // every entry are emitted before it, so any unpacker recreates the tree with the right
 // modes; /nix and /nix/store are 0555 as in nixpkgs' dockerTools.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
 import { promises as fs, createReadStream, type Stats } from 'node:fs';
 import { join, posix } from 'node:path';
 import { Readable } from 'node:stream';

@@ -1,7 +1,9 @@
 // Shared shapes of the build pipeline:
 // request → resolve (resolve.ts) → evaluate + realise (nix.ts) → layer (layers.ts)
 // → tar + store (assemble.ts) → serve (source.ts via the registry's ImageSource seam).
-import type { ManifestDescriptor } from '../blobs/storage.js';
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
+import type { Descriptor } from '../oci/descriptor.js';
 
 /** One store path of a closure, as `nix-store --query` reports it. */
 export interface StorePathInfo {
@@ -34,7 +36,7 @@ export interface BuiltImage {
   /** The image tag: the 32-character Nix base32 hash part of the image's store path. */
   hash: string;
   /** The OCI manifest (or, for ingested Docker archives, the Docker schema2 manifest). */
-  manifest: ManifestDescriptor;
+  manifest: Descriptor;
   /** A second encoding of the same image for clients that do not accept the first, if any. */
-  alternate?: ManifestDescriptor | undefined;
+  alternate?: Descriptor | undefined;
 }

@@ -1,10 +1,12 @@
 // The Express application: common headers, the endpoint table, and OCI error bodies.
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { Logger } from 'pino';
 import type { Storage } from '../blobs/storage.js';
-import { RegistryError } from './errors.js';
+import type { ImageSource } from '../build/image-source.js';
+import { RegistryError, registryErrorOf } from './errors.js';
 import { endpoints } from './routes.js';
-import type { ImageSource } from './source.js';
 
 export interface AppOptions {
   storage: Storage;
@@ -36,7 +38,6 @@ export function createApp({ storage, source, log }: AppOptions) {
     const h = e.handler(ctx);
     for (const m of e.methods) app[m](e.path, h);
   }
-  if (source?.routes) app.use(source.routes());
 
   // A known path with a method the table lacks is 405; anything else under /v2 is 404.
   app.use((req, _res, next) => {
@@ -53,17 +54,19 @@ export function createApp({ storage, source, log }: AppOptions) {
       res.destroy();
       return;
     }
-    let e: RegistryError;
-    if (err instanceof RegistryError) {
-      e = err;
-    } else if (isHttpClientError(err)) {
+    // Storage, the builder and the handlers say what went wrong in their own terms;
+    // errors.ts turns that into the OCI answer.
+    let e = registryErrorOf(err);
+    if (!e && isHttpClientError(err)) {
       // Errors raised by express or Node for a malformed request (bad encoding, …).
       e = new RegistryError('UNSUPPORTED', (err as Error).message.slice(0, 300), undefined, (err as { status: number }).status);
-    } else if (isClientAbort(err)) {
+    }
+    if (!e && isClientAbort(err)) {
       log.debug({ path: req.path }, 'client went away');
       res.destroy();
       return;
-    } else {
+    }
+    if (!e) {
       log.error({ err, method: req.method, path: req.path }, 'internal error');
       e = new RegistryError('INTERNAL', 'internal server error');
     }

@@ -1,31 +1,63 @@
-// The one table of error codes. Codes and statuses follow the OCI distribution-spec
-// (and Distribution where the spec leaves a status open), so clients that switch on
-// `code` behave exactly as they do against other registries.
-export const ErrorCodes = {
-  BLOB_UNKNOWN: { status: 404, message: 'blob unknown to registry' },
-  BLOB_UPLOAD_INVALID: { status: 400, message: 'blob upload invalid' },
-  BLOB_UPLOAD_UNKNOWN: { status: 404, message: 'blob upload unknown to registry' },
-  DIGEST_INVALID: { status: 400, message: 'provided digest did not match uploaded content' },
-  MANIFEST_BLOB_UNKNOWN: { status: 404, message: 'manifest references a manifest or blob unknown to registry' },
-  MANIFEST_INVALID: { status: 400, message: 'manifest invalid' },
-  MANIFEST_UNKNOWN: { status: 404, message: 'manifest unknown to registry' },
-  NAME_INVALID: { status: 400, message: 'invalid repository name' },
-  NAME_UNKNOWN: { status: 404, message: 'repository name not known to registry' },
-  SIZE_INVALID: { status: 400, message: 'provided length did not match content length' },
-  TAG_INVALID: { status: 400, message: 'manifest tag did not match URI' },
-  MANIFEST_TOO_LARGE: { status: 413, message: 'manifest exceeds the size limit' },
-  RANGE_INVALID: { status: 416, message: 'invalid content range' },
-  PAGINATION_NUMBER_INVALID: { status: 400, message: 'invalid number of results requested' },
-  UNAUTHORIZED: { status: 401, message: 'authentication required' },
-  DENIED: { status: 403, message: 'requested access to the resource is denied' },
-  UNSUPPORTED: { status: 405, message: 'the operation is unsupported' },
-  TOOMANYREQUESTS: { status: 429, message: 'too many requests' },
-  BUILD_FAILED: { status: 500, message: 'image build failed' },
-  UNAVAILABLE: { status: 503, message: 'service unavailable' },
-  INTERNAL: { status: 500, message: 'internal server error' },
-} as const;
+// The one error table of the HTTP API: the status each OCI code is answered with, and
+// the code each domain error of the layers below is answered with. Codes and statuses
+// follow the OCI distribution-spec (and Distribution where the spec leaves a status
+// open), so clients that switch on `code` behave exactly as they do against other
+// registries.
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
+import { DigestMismatch, MissingReferences, SizeMismatch, UploadOutOfOrder, UploadUnknown } from '../blobs/errors.js';
+import {
+  ArchiveError, BuildFailed, EvaluationFailed, InvalidImageSpec, NixUnavailable, NoImageExpression, TagNotServed,
+} from '../build/errors.js';
+import { OCI_ERROR_CODES, OciError, type OciErrorCode } from '../oci/errors.js';
 
-export type ErrorCode = keyof typeof ErrorCodes;
+export type ErrorCode = OciErrorCode;
+
+const STATUS: Record<ErrorCode, number> = {
+  BLOB_UNKNOWN: 404,
+  BLOB_UPLOAD_INVALID: 400,
+  BLOB_UPLOAD_UNKNOWN: 404,
+  DIGEST_INVALID: 400,
+  MANIFEST_BLOB_UNKNOWN: 404,
+  MANIFEST_INVALID: 400,
+  MANIFEST_UNKNOWN: 404,
+  NAME_INVALID: 400,
+  NAME_UNKNOWN: 404,
+  SIZE_INVALID: 400,
+  TAG_INVALID: 400,
+  MANIFEST_TOO_LARGE: 413,
+  RANGE_INVALID: 416,
+  PAGINATION_NUMBER_INVALID: 400,
+  UNAUTHORIZED: 401,
+  DENIED: 403,
+  UNSUPPORTED: 405,
+  TOOMANYREQUESTS: 429,
+  UNAVAILABLE: 503,
+  INTERNAL: 500,
+};
+
+type ErrorClass = abstract new (...args: never[]) => Error & { detail: unknown };
+
+/**
+ * Domain errors of storage and the builder, and the code each is answered with. Every
+ * failure of an image to evaluate, build or ingest is MANIFEST_UNKNOWN (404), not a
+ * 5xx: Docker clients print the message of a 4xx answer but only the status line of a
+ * 5xx, and the message is what tells the user what to fix.
+ */
+const DOMAIN: [ErrorClass, ErrorCode][] = [
+  [DigestMismatch, 'DIGEST_INVALID'],
+  [MissingReferences, 'MANIFEST_BLOB_UNKNOWN'],
+  [UploadUnknown, 'BLOB_UPLOAD_UNKNOWN'],
+  [UploadOutOfOrder, 'RANGE_INVALID'],
+  [SizeMismatch, 'SIZE_INVALID'],
+  [NoImageExpression, 'NAME_UNKNOWN'],
+  [EvaluationFailed, 'MANIFEST_UNKNOWN'],
+  [InvalidImageSpec, 'MANIFEST_UNKNOWN'],
+  [TagNotServed, 'MANIFEST_UNKNOWN'],
+  [BuildFailed, 'MANIFEST_UNKNOWN'],
+  [ArchiveError, 'MANIFEST_UNKNOWN'],
+  [NixUnavailable, 'MANIFEST_UNKNOWN'],
+];
 
 /** An error that the HTTP layer turns into `{"errors":[{code,message,detail}]}`. */
 export class RegistryError extends Error {
@@ -36,11 +68,24 @@ export class RegistryError extends Error {
     readonly detail?: unknown,
     status?: number,
   ) {
-    super(message ?? ErrorCodes[code].message);
-    this.status = status ?? ErrorCodes[code].status;
+    super(message ?? OCI_ERROR_CODES[code]);
+    this.status = status ?? STATUS[code];
   }
 
   toJSON() {
     return { errors: [{ code: this.code, message: this.message, detail: this.detail ?? {} }] };
   }
+}
+
+/**
+ * The OCI answer to an error from anywhere below the HTTP layer, or undefined when it
+ * is none of ours (a bug or an I/O failure: the caller answers INTERNAL).
+ */
+export function registryErrorOf(err: unknown): RegistryError | undefined {
+  if (err instanceof RegistryError) return err;
+  if (err instanceof OciError) return new RegistryError(err.code, err.message, err.detail);
+  for (const [cls, code] of DOMAIN) {
+    if (err instanceof cls) return new RegistryError(code, err.message, err.detail);
+  }
+  return undefined;
 }

@@ -1,4 +1,6 @@
 // Small HTTP helpers shared by the handlers.
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request } from 'express';
 import { RegistryError } from './errors.js';
 

@@ -1,10 +1,14 @@
-// The endpoint table: every route of the OCI distribution-spec v1.1, by its spec id.
+// The endpoint table: every route of the OCI distribution-spec v1.1, by its spec id,
+// and nixreg's own under /nixreg.
 // Names may contain slashes, so each pattern anchors the suffix and lets the name be
 // the greedy rest; the name is then checked against the spec grammar in the handler.
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request, Response } from 'express';
 import { catalog, listTags, referrers } from './handlers/listing.js';
 import { deleteBlob, getBlob } from './handlers/blobs.js';
 import { deleteManifest, getManifest, putManifest } from './handlers/manifests.js';
+import { buildLog, listBuilds, stats } from './handlers/nixreg.js';
 import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } from './handlers/uploads.js';
 import type { Ctx } from './handlers/context.js';
 
@@ -40,4 +44,7 @@ export const endpoints: Endpoint[] = [
   { id: 'end-9', methods: ['delete'], path: new RegExp(`^/v2/${NAME}/manifests/${REF}$`), handler: deleteManifest },
   { id: 'end-8a/8b', methods: ['get'], path: new RegExp(`^/v2/${NAME}/tags/list$`), handler: listTags },
   { id: 'end-12a/12b', methods: ['get'], path: new RegExp(`^/v2/${NAME}/referrers/${DIGEST}$`), handler: referrers },
+  { id: 'nixreg-builds', methods: ['get'], path: /^\/nixreg\/builds$/, handler: listBuilds },
+  { id: 'nixreg-build-log', methods: ['get'], path: new RegExp(`^/nixreg/builds/${ID}/log$`), handler: buildLog },
+  { id: 'nixreg-stats', methods: ['get'], path: /^\/nixreg\/stats$/, handler: stats },
 ];

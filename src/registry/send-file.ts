@@ -7,6 +7,8 @@
 // of reused buffers, each refilled only once the socket has taken its previous contents,
 // cut that to ~140 ms. Four buffers of 256 KiB, so that reads overlap socket writes,
 // measured the same as two of 1 MiB with half the memory: 1 MiB per download at most.
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import { promises as fs } from 'node:fs';
 import type { ServerResponse } from 'node:http';
 

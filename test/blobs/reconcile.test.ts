@@ -4,7 +4,9 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { UploadUnknown } from '../../src/blobs/errors.js';
 import { Storage } from '../../src/blobs/storage.js';
+import { registryErrorOf } from '../../src/registry/errors.js';
 import { spawnRegistry, tempDir } from '../helpers/registry.js';
 import { assertError, http, pushBlob, pushImage, sha256, startReg } from '../api/util.js';
 
@@ -76,7 +78,8 @@ test('stale uploads older than uploadMaxAgeMs are purged; fresh ones and unknown
       assert.equal(s.index.getUpload(gone), undefined, 'an upload whose file is gone is dropped');
       assert.ok(s.index.getUpload(fresh));
       assert.deepEqual(readdirSync(join(data, 'uploads')), [fresh]);
-      await assert.rejects(s.uploadOffset('rec/up', stale), { code: 'BLOB_UPLOAD_UNKNOWN' });
+      await assert.rejects(s.uploadOffset('rec/up', stale),
+        (e) => e instanceof UploadUnknown && registryErrorOf(e)?.code === 'BLOB_UPLOAD_UNKNOWN');
       assert.equal(await s.uploadOffset('rec/up', fresh), 0);
       // An upload in use is never purged under the client's feet, even if old.
       s.index.db.prepare('UPDATE uploads SET updated_at = ? WHERE id = ?').run(Date.now() - 120_000, fresh);

@@ -7,7 +7,7 @@ import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import Database from 'better-sqlite3';
-import { digestFile } from '../../src/blobs/digest.js';
+import { digestFile } from '../../src/oci/digest.js';
 import { spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
 import { MiB, Pattern, digestOfGet, openRequest, send } from './stream.js';
 

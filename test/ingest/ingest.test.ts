@@ -8,7 +8,8 @@ import { gunzipSync, gzipSync } from 'node:zlib';
 import { randomBytes } from 'node:crypto';
 import { Storage } from '../../src/blobs/storage.js';
 import { ingestImageOutput, isImageOutput } from '../../src/build/ingest.js';
-import { RegistryError } from '../../src/registry/errors.js';
+import { ArchiveError } from '../../src/build/errors.js';
+import { registryErrorOf } from '../../src/registry/errors.js';
 import { requireTool, run } from '../helpers/exec.js';
 import { tempDir } from '../helpers/registry.js';
 import { dockerArchive, layerTar, ociArchive, sha, streamScript, tarOf, type Member } from './archives.js';
@@ -49,8 +50,9 @@ function assertNothingStored() {
 
 async function refused(path: string, message: RegExp) {
   await assert.rejects(ingestImageOutput(storage, REPO, path, OPTS), (e: unknown) => {
-    assert.ok(e instanceof RegistryError, `a RegistryError, got ${String(e)}`);
-    assert.equal(e.code, 'MANIFEST_UNKNOWN');
+    assert.ok(e instanceof ArchiveError, `an ArchiveError, got ${String(e)}`);
+    // What a client pulling the image is answered.
+    assert.equal(registryErrorOf(e)?.code, 'MANIFEST_UNKNOWN');
     assert.match(e.message, message);
     assert.ok(e.message.includes(path), 'the message names the archive');
     return true;

@@ -1,7 +1,9 @@
 // end-2 (GET/HEAD blob) and end-10 (DELETE blob).
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request, Response } from 'express';
 import { RegistryError } from '../errors.js';
-import { checkDigest } from '../grammar.js';
+import { checkDigest } from '../../oci/reference.js';
 import { etagMatches, parseRange } from '../http.js';
 import { sendFileRange } from '../send-file.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';

@@ -1,8 +1,12 @@
+// What every handler gets: storage and the image source, and the checks they all make
+// on a request's repository.
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request } from 'express';
 import type { Storage } from '../../blobs/storage.js';
+import type { ImageSource } from '../../build/image-source.js';
+import { checkName } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
-import { checkName } from '../grammar.js';
-import type { ImageSource } from '../source.js';
 
 export interface Ctx {
   storage: Storage;

@@ -1,8 +1,11 @@
 // end-8a/8b (tags), the catalog, and end-12a/12b (referrers).
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request, Response } from 'express';
+import { MediaTypes } from '../../oci/media-types.js';
+import { checkDigest } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
-import { MAX_PAGE, checkDigest, parsePage } from '../grammar.js';
-import { MediaTypes } from '../manifest.js';
+import { MAX_PAGE, parsePage } from '../grammar.js';
 import { repoOf, type Ctx } from './context.js';
 
 /** Answers one page of a sorted listing, with a Link header when more follow. */

@@ -1,11 +1,14 @@
 // end-3 (GET/HEAD manifest), end-7 (PUT manifest), end-9 (DELETE manifest or tag).
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request, Response } from 'express';
-import { digestOf } from '../../blobs/digest.js';
-import type { ManifestDescriptor } from '../../blobs/storage.js';
+import type { Descriptor } from '../../oci/descriptor.js';
+import { digestOf, parseDigest } from '../../oci/digest.js';
+import { parseManifest } from '../../oci/manifest.js';
+import { checkReference, isTag } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
-import { checkReference, isTag, parseDigest } from '../grammar.js';
 import { etagMatches, readBody } from '../http.js';
-import { MAX_MANIFEST_BYTES, accepts, parseManifest } from '../manifest.js';
+import { MAX_MANIFEST_BYTES, accepts } from '../negotiate.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';
 
 function manifestUnknown(repo: string, ref: { tag?: string | undefined; digest?: string | undefined }): RegistryError {
@@ -38,7 +41,7 @@ export function getManifest(ctx: Ctx) {
     const ok = (mt: string) => accepts(accept, mt);
     // owns() looks for the repository's image file on disk: once per request is enough.
     const owned = ctx.source?.owns(repo) ?? false;
-    let d: ManifestDescriptor | undefined;
+    let d: Descriptor | undefined;
     if (owned) d = await ctx.source!.resolve(repo, ref, ok);
     d ??= ctx.storage.resolveManifest(repo, ref);
     if (!d) {

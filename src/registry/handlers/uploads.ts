@@ -1,8 +1,12 @@
 // Blob uploads: end-4a/4b (POST), end-11 (mount), end-5 (PATCH), end-6 (PUT),
 // end-13 (GET status) and DELETE of a session.
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request, Response } from 'express';
+import { UploadOutOfOrder } from '../../blobs/errors.js';
+import { checkDigest, checkName } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
-import { checkDigest, checkName, isUploadId } from '../grammar.js';
+import { isUploadId } from '../grammar.js';
 import { contentLength, hasBody, parseContentRange, uploadRange } from '../http.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';
 
@@ -44,9 +48,8 @@ async function withUploadHeaders<T>(res: Response, repo: string, id: string, fn:
   try {
     return await fn();
   } catch (err) {
-    const offset = (err as RegistryError).detail as { offset?: unknown } | undefined;
-    if (err instanceof RegistryError && err.code === 'RANGE_INVALID' && typeof offset?.offset === 'number') {
-      res.set({ Location: `/v2/${repo}/blobs/uploads/${id}`, Range: uploadRange(offset.offset), 'Docker-Upload-UUID': id });
+    if (err instanceof UploadOutOfOrder) {
+      res.set({ Location: `/v2/${repo}/blobs/uploads/${id}`, Range: uploadRange(err.offset), 'Docker-Upload-UUID': id });
     }
     throw err;
   }

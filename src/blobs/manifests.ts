@@ -1,0 +1,127 @@
+// Manifests and tags: storing manifest bodies byte for byte (as blobs) with the rows
+// that make them visible in a repository, resolving tags and digests through a
+// per-repository cache, and the listings (tags, catalog, referrers).
+//
+// Room: blobs. May import src/oci; never src/build or src/registry.
+import { randomUUID } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import { LRUCache } from 'lru-cache';
+import type { Descriptor } from '../oci/descriptor.js';
+import { digestOf } from '../oci/digest.js';
+import type { Reference } from '../oci/reference.js';
+import type { StoreCore } from './core.js';
+import { MissingReferences } from './errors.js';
+import type { ManifestRow, NewManifest } from './index.js';
+
+/** What a manifest being stored says about itself (see src/oci/manifest.ts). */
+export type ManifestInfo = Omit<NewManifest, 'digest' | 'size'> & { blobs: string[]; manifests: string[] };
+
+export class Manifests {
+  /**
+   * (repository, generation, reference) → descriptor. The generation (core.ts) makes
+   * invalidation per repository and O(1), and no entry of one repository can ever
+   * answer for another.
+   */
+  private readonly refCache = new LRUCache<string, Descriptor>({ max: 50_000 });
+  /** Manifest bodies by digest: content-addressed, so an entry is never stale. */
+  private readonly bodyCache: LRUCache<string, Buffer>;
+
+  constructor(private readonly core: StoreCore, cacheBytes: number) {
+    this.bodyCache = new LRUCache<string, Buffer>({ maxSize: cacheBytes, sizeCalculation: (b) => b.length || 1 });
+  }
+
+  /** Resolves a tag or digest in `repo` to a descriptor, through the per-repo cache. */
+  resolve(repo: string, ref: Reference): Descriptor | undefined {
+    const key = `${repo}\0${this.core.generation(repo)}\0${ref.tag ?? ref.digest}`;
+    const hit = this.refCache.get(key);
+    if (hit) return hit;
+    const { index } = this.core;
+    const digest = ref.digest ?? index.resolveTag(repo, ref.tag!);
+    if (!digest) return undefined;
+    const row = index.getManifest(repo, digest);
+    if (!row) return undefined;
+    const d = { digest: row.digest, mediaType: row.media_type, size: row.size };
+    this.refCache.set(key, d);
+    return d;
+  }
+
+  async read(d: Descriptor): Promise<Buffer> {
+    const hit = this.bodyCache.get(d.digest);
+    if (hit) return hit;
+    const body = await fs.readFile(this.core.layout.blobPath(d.digest));
+    this.bodyCache.set(d.digest, body);
+    return body;
+  }
+
+  /**
+   * Stores a manifest body byte for byte and records it. `blobs` and `manifests` are
+   * what it references; each must already be visible in `repo` (MissingReferences).
+   */
+  async put(repo: string, body: Buffer, info: ManifestInfo, tag?: string, digest = digestOf(body)): Promise<Descriptor> {
+    const { index, layout, locks } = this.core;
+    const checkReferences = () => {
+      const missing = [
+        ...info.blobs.filter((b) => index.linkedBlobSize(repo, b) === undefined),
+        ...info.manifests.filter((m) => !index.getManifest(repo, m)),
+      ];
+      if (missing.length) throw new MissingReferences(missing);
+    };
+    // Checked once up front (so a bad push writes nothing) and again in the same
+    // synchronous step as the index insert, so a concurrent delete cannot slip between.
+    checkReferences();
+    await locks.run(digest, async () => {
+      const fresh = index.blobSize(digest) === undefined;
+      const dest = layout.blobPath(digest);
+      if (fresh) {
+        const tmp = join(layout.tmpDir, randomUUID());
+        try {
+          await fs.writeFile(tmp, body);
+          await this.core.place(tmp, digest);
+        } finally {
+          await fs.rm(tmp, { force: true });
+        }
+      }
+      try {
+        checkReferences();
+      } catch (err) {
+        // Nothing records the file just written: take it back rather than leave an orphan.
+        if (fresh) await fs.rm(dest, { force: true });
+        throw err;
+      }
+      index.putManifest(repo, { ...info, digest, size: body.length }, tag);
+    });
+    this.bodyCache.set(digest, body);
+    this.core.bump(repo);
+    return { digest, mediaType: info.mediaType, size: body.length };
+  }
+
+  async delete(repo: string, digest: string): Promise<boolean> {
+    const deleted = await this.core.locks.run(digest, async () => {
+      const r = this.core.index.deleteManifest(repo, digest);
+      if (r.orphaned) await fs.rm(this.core.layout.blobPath(digest), { force: true });
+      return r.deleted;
+    });
+    this.core.bump(repo);
+    return deleted;
+  }
+
+  tag(repo: string, tag: string, digest: string): void {
+    this.core.index.putTag(repo, tag, digest);
+    this.core.bump(repo);
+  }
+
+  deleteTag(repo: string, tag: string): boolean {
+    const r = this.core.index.deleteTag(repo, tag);
+    this.core.bump(repo);
+    return r;
+  }
+
+  listTags(repo: string, last: string, n: number): string[] | undefined {
+    return this.core.index.listTags(repo, last, n);
+  }
+
+  referrers(repo: string, subject: string): ManifestRow[] {
+    return this.core.index.referrers(repo, subject);
+  }
+}

@@ -1,0 +1,156 @@
+// Blob upload sessions: started, appended to chunk by chunk (resumable across restarts:
+// the file on disk is the truth), verified and moved into the store, cancelled, and
+// purged when left untouched.
+//
+// Room: blobs. May import src/oci; never src/build or src/registry.
+import { createHash, randomUUID, type Hash } from 'node:crypto';
+import { closeSync, createWriteStream, openSync, promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { Digester, algorithmOf, digestFile } from '../oci/digest.js';
+import { readdirSafe, type StoreCore } from './core.js';
+import { DigestMismatch, SizeMismatch, UploadOutOfOrder, UploadUnknown } from './errors.js';
+import { WRITE_BUFFER, type BlobFiles } from './files.js';
+
+interface UploadState {
+  /** sha256 of bytes [0, offset), or null when it must be recomputed from the file. */
+  hash: Hash | null;
+  offset: number;
+  busy: boolean;
+}
+
+export class Uploads {
+  private readonly live = new Map<string, UploadState>();
+
+  constructor(private readonly core: StoreCore, private readonly files: BlobFiles, private readonly maxAgeMs: number) {}
+
+  start(repo: string): string {
+    const id = randomUUID();
+    this.core.index.createUpload(id, repo);
+    // Created synchronously so that a status request right after POST finds it.
+    closeSync(openSync(this.core.layout.uploadPath(id), 'wx'));
+    this.live.set(id, { hash: createHash('sha256'), offset: 0, busy: false });
+    return id;
+  }
+
+  /** Current size of an upload of `repo`. */
+  async offset(repo: string, id: string): Promise<number> {
+    return (await this.state(repo, id)).offset;
+  }
+
+  /**
+   * Appends a chunk. `start`, when given (Content-Range), must equal the current size:
+   * anything else is an out-of-order or repeated chunk (UploadOutOfOrder).
+   */
+  async append(repo: string, id: string, source: Readable, start?: number, length?: number): Promise<number> {
+    const st = await this.state(repo, id);
+    if (st.busy) throw new UploadOutOfOrder('another chunk of this upload is in progress', st.offset);
+    if (start !== undefined && start !== st.offset) {
+      throw new UploadOutOfOrder(`chunk starts at ${start}, but the upload has ${st.offset} bytes`, st.offset);
+    }
+    const path = this.core.layout.uploadPath(id);
+    st.busy = true;
+    try {
+      const counter = new Digester(st.hash ?? createHash('sha256'));
+      try {
+        await pipeline(source, counter, createWriteStream(path, { flags: 'a', highWaterMark: WRITE_BUFFER }));
+      } catch (err) {
+        // The file may hold part of the chunk: the file is the truth from here on.
+        st.hash = null;
+        st.offset = (await fs.stat(path)).size;
+        throw err;
+      }
+      st.offset += counter.bytes;
+      if (length !== undefined && counter.bytes !== length) {
+        st.hash = null;
+        throw new SizeMismatch(`chunk has ${counter.bytes} bytes, Content-Length said ${length}`);
+      }
+      this.core.index.touchUpload(id);
+      return st.offset;
+    } finally {
+      st.busy = false;
+    }
+  }
+
+  /** Verifies the whole upload against `digest` and moves it into the store. */
+  async finish(repo: string, id: string, digest: string): Promise<number> {
+    const st = await this.state(repo, id);
+    if (st.busy) throw new UploadOutOfOrder('a chunk of this upload is still in progress', st.offset);
+    st.busy = true;
+    const path = this.core.layout.uploadPath(id);
+    try {
+      const alg = algorithmOf(digest);
+      let actual: string;
+      if (alg === 'sha256' && st.hash) actual = `sha256:${st.hash.copy().digest('hex')}`;
+      else actual = await digestFile(path, alg);
+      if (actual !== digest) throw new DigestMismatch(digest, actual);
+      const size = (await fs.stat(path)).size;
+      await this.files.commit(repo, path, digest, size);
+      this.core.index.deleteUpload(id);
+      this.live.delete(id);
+      return size;
+    } catch (err) {
+      // A failed finish ends the session (as in Distribution): the client starts over.
+      await this.cancel(repo, id).catch(() => {});
+      throw err;
+    } finally {
+      st.busy = false;
+    }
+  }
+
+  async cancel(repo: string, id: string): Promise<void> {
+    const row = this.core.index.getUpload(id);
+    if (!row || row.repo !== repo) throw new UploadUnknown(id);
+    this.core.index.deleteUpload(id);
+    this.live.delete(id);
+    await fs.rm(this.core.layout.uploadPath(id), { force: true });
+  }
+
+  /** Drops uploads untouched for longer than the max age, and files no row records. */
+  async purgeStale(): Promise<number> {
+    const { index, layout } = this.core;
+    const cutoff = Date.now() - this.maxAgeMs;
+    const rows = new Map(index.allUploads().map((u) => [u.id, u.updated_at]));
+    let purged = 0;
+    for (const [id, updated] of rows) {
+      let exists = true;
+      try { await fs.access(layout.uploadPath(id)); } catch { exists = false; }
+      if (!exists || (updated < cutoff && !this.live.get(id)?.busy)) {
+        index.deleteUpload(id);
+        this.live.delete(id);
+        await fs.rm(layout.uploadPath(id), { force: true });
+        purged++;
+      }
+    }
+    for (const name of await readdirSafe(layout.uploadsDir)) {
+      // Re-checked now, not against the snapshot: an upload started while this purge
+      // awaited has a row (inserted before its file) but is not in `rows`.
+      if (!rows.has(name) && !index.getUpload(name)) {
+        await fs.rm(join(layout.uploadsDir, name), { force: true, recursive: true });
+      }
+    }
+    return purged;
+  }
+
+  private async state(repo: string, id: string): Promise<UploadState> {
+    const row = this.core.index.getUpload(id);
+    if (!row || row.repo !== repo) throw new UploadUnknown(id);
+    let st = this.live.get(id);
+    if (!st) {
+      // After a restart: resume from what is on disk; the hash is recomputed at the end.
+      let offset: number;
+      try { offset = (await fs.stat(this.core.layout.uploadPath(id))).size; } catch {
+        this.core.index.deleteUpload(id);
+        throw new UploadUnknown(id);
+      }
+      // A concurrent request may have set the state while this one awaited stat.
+      st = this.live.get(id);
+      if (!st) {
+        st = { hash: null, offset, busy: false };
+        this.live.set(id, st);
+      }
+    }
+    return st;
+  }
+}

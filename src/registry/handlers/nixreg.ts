@@ -1,0 +1,35 @@
+// nixreg's own endpoints beside the distribution API: the recent builds, a build's
+// log, and counters for operators. They exist only where build-on-pull is enabled.
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
+import { createReadStream } from 'node:fs';
+import type { Request, Response } from 'express';
+import type { ImageSource } from '../../build/image-source.js';
+import { RegistryError } from '../errors.js';
+import type { Ctx } from './context.js';
+
+function sourceOf(ctx: Ctx, req: Request): ImageSource {
+  if (!ctx.source) throw new RegistryError('NAME_UNKNOWN', `no such endpoint: ${req.path.slice(0, 300)}`, undefined, 404);
+  return ctx.source;
+}
+
+export function listBuilds(ctx: Ctx) {
+  return (req: Request, res: Response) => { res.json({ builds: sourceOf(ctx, req).builds() }); };
+}
+
+export function buildLog(ctx: Ctx) {
+  return (req: Request, res: Response) => {
+    const id = String(req.params.id);
+    const path = sourceOf(ctx, req).buildLogPath(id);
+    if (!path) throw new RegistryError('NAME_UNKNOWN', `no build ${id.slice(0, 100)} among the recent builds`, undefined, 404);
+    res.status(200).type('text/plain; charset=utf-8');
+    const s = createReadStream(path);
+    // A log not yet written (or pruned meanwhile) reads as empty rather than failing.
+    s.on('error', () => { if (!res.headersSent) res.end(''); else res.destroy(); });
+    s.pipe(res);
+  };
+}
+
+export function stats(ctx: Ctx) {
+  return (req: Request, res: Response) => { res.json(sourceOf(ctx, req).stats()); };
+}
