@@ -4,7 +4,8 @@
 //   npm run bench:serve [-- --seconds 5 --rounds 3 ...]
 //
 // Prints a markdown table of absolute numbers, ratios nixreg / Distribution, and
-// pass/fail against the goals. Everything runs on 127.0.0.1 with bounded loops; both
+// pass/fail against the goals. With --peer-nixreg, the baseline is another nixreg build
+// instead (e.g. the previous commit's, to show a change costs nothing), without goals. Everything runs on 127.0.0.1 with bounded loops; both
 // servers and all temporary files are removed at the end, also on Ctrl-C.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -44,6 +45,7 @@ const { values: opt } = parseArgs({
     downloads: { type: 'string', default: '7' },
     pushes: { type: 'string', default: '3' },
     distribution: { type: 'string', default: '/usr/bin/docker-registry' },
+    'peer-nixreg': { type: 'string' },
     json: { type: 'string' },
     help: { type: 'boolean' },
   },
@@ -59,6 +61,8 @@ if (opt.help) {
   --pushes N        blob pushes per server [3]
   --rss-mib N       size of the push watched for memory [1024]
   --distribution P  Distribution binary [/usr/bin/docker-registry]
+  --peer-nixreg P   compare with another nixreg build (its dist/src/main.cjs) instead
+                    of Distribution; no goals are judged
   --json FILE       also write the results as JSON
 `);
   process.exit(0);
@@ -111,7 +115,9 @@ async function alternate<T>(servers: Server[], rounds: number, fn: (s: Server) =
 async function main() {
   requireBinary('wrk');
   requireBinary('curl');
-  requireBinary(opt.distribution!);
+  const peerCli = opt['peer-nixreg'] && resolve(opt['peer-nixreg']);
+  if (peerCli && !existsSync(peerCli)) throw new Error(`--peer-nixreg: ${peerCli} does not exist`);
+  if (!peerCli) requireBinary(opt.distribution!);
   const cli = join(ROOT, 'dist/src/main.cjs');
   if (!existsSync(cli)) throw new Error(`${cli} missing: run "npx tsc -p ." first`);
 
@@ -128,9 +134,13 @@ async function main() {
   try {
     for (const d of ['nixreg', 'distribution']) mkdirSync(join(tmp, d));
     servers.push(await startNixreg(cli, join(tmp, 'nixreg')));
-    servers.push(await startDistribution(opt.distribution!, join(tmp, 'distribution')));
+    servers.push(peerCli
+      ? { ...await startNixreg(peerCli, join(tmp, 'distribution')), name: 'peer nixreg' }
+      : await startDistribution(opt.distribution!, join(tmp, 'distribution')));
     const [nix, dist] = servers as [Server, Server];
-    const distVersion = execFileSync(opt.distribution!, ['--version']).toString().trim();
+    const distVersion = peerCli ? `nixreg ${gitRev(resolve(peerCli, '../../..'))} at ${peerCli}`
+      : execFileSync(opt.distribution!, ['--version']).toString().trim();
+    peerLabel = peerCli ? `peer nixreg ${gitRev(resolve(peerCli, '../../..'))}` : 'Distribution 2.8';
     log(`nixreg at ${nix.url} (pid ${nix.pid}), ${distVersion} at ${dist.url} (pid ${dist.pid})`);
 
     // ------------------------------------------------------------ the same content in both
@@ -269,11 +279,15 @@ async function main() {
 
 interface Row { metric: string; nix: Stat; dist: Stat; ratio: number; better: 'higher' | 'lower'; digits: number; goal?: string; pass?: boolean }
 
+/** What the second column is: Distribution, or another nixreg build (--peer-nixreg). */
+let peerLabel = 'Distribution 2.8';
+
 function row(metric: string, nix: Stat, dist: Stat, better: 'higher' | 'lower', minRatio: number | undefined, digits: number): Row {
   const ratio = nix.median / dist.median;
   const r: Row = { metric, nix, dist, ratio, better, digits };
   // Judged on the ratio as printed (2 decimals), so that "1.00×" never reads as a failure.
-  if (minRatio !== undefined) { r.goal = `≥ ${minRatio.toFixed(1)}×`; r.pass = Math.round(ratio * 100) / 100 >= minRatio; }
+  // The goals are set against Distribution; against another nixreg there is none.
+  if (minRatio !== undefined && peerLabel.startsWith('Distribution')) { r.goal = `≥ ${minRatio.toFixed(1)}×`; r.pass = Math.round(ratio * 100) / 100 >= minRatio; }
   return r;
 }
 
@@ -284,7 +298,7 @@ function fmt(s: Stat, digits: number): string {
 
 function renderTable(rows: Row[]): string {
   const lines = [
-    '| metric | nixreg | Distribution 2.8 | nixreg / Distribution | goal | result |',
+    `| metric | nixreg | ${peerLabel} | nixreg / ${peerLabel} | goal | result |`,
     '|---|---:|---:|---:|---|---|',
   ];
   for (const r of rows) {
@@ -294,8 +308,8 @@ function renderTable(rows: Row[]): string {
   return lines.join('\n');
 }
 
-function gitRev(): string {
-  try { return execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim(); } catch { return '(unknown revision)'; }
+function gitRev(root = ROOT): string {
+  try { return execFileSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim(); } catch { return '(unknown revision)'; }
 }
 
 main().catch((err: unknown) => {
