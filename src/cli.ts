@@ -42,6 +42,9 @@ withBuildOptions(program
     process.on('SIGINT', () => stop('SIGINT'));
     // Announced only once signals are handled: whoever waits for this line may stop us at once.
     log.info({ url: reg.url, data: cfg.data, images: cfg.images }, 'nixreg listening');
+    // Learn now, not at the first pull, whether Nix can build here; the check logs one
+    // warning with the fix if not. Serving does not wait for it: push and pull need no Nix.
+    source?.builder.health.ready().catch(() => {});
   });
 
 withBuildOptions(program

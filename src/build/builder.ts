@@ -10,10 +10,11 @@ import type { Logger } from 'pino';
 import type { Storage } from '../blobs/storage.js';
 import type { Descriptor } from '../oci/descriptor.js';
 import { assembleImage } from './assemble.js';
-import { BuildError, BuildFailed, EvaluationFailed, NoImageExpression } from './errors.js';
+import { BuildError, BuildFailed, EvaluationFailed, NixUnavailable, NoImageExpression } from './errors.js';
 import { ingestImageOutput, isImageOutput } from './ingest.js';
 import { BuildLogs, type BuildLog } from './logs.js';
 import { NixError, closureOf, evaluateFile, hashPart, outputsOf, realise, type EvalJSON } from './nix.js';
+import { NixHealth, diagnose } from './nix-health.js';
 import { resolveImageFile, type ImageFile } from './resolve.js';
 import { Semaphore } from './semaphore.js';
 import { validateSpec } from './spec.js';
@@ -82,6 +83,8 @@ export class Builder {
   evaluationsStarted = 0;
   /** Base of log URLs in error messages (set once the server knows its address). */
   publicUrl = '';
+  /** Whether Nix can build here at all; builds wait for its verdict. */
+  readonly health: NixHealth;
   private readonly evals = new Map<string, EvalEntry>();
   private readonly inflight = new Map<string, Promise<BuiltImage>>();
   private readonly failures = new Map<string, Failure>();
@@ -98,6 +101,7 @@ export class Builder {
     this.sem = new Semaphore(Math.max(1, this.o.maxBuilds));
     this.evalSem = new Semaphore(Math.max(2, this.o.maxBuilds));
     this.logs = new BuildLogs(storage.layout, this.o.keepLogs);
+    this.health = new NixHealth({ env: this.o.nixEnv, log: this.o.log });
     void this.removeStaleRoots();
   }
 
@@ -147,6 +151,8 @@ export class Builder {
     try {
       raw = await this.evalSem.run(() => evaluateFile(file.path, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs }));
     } catch (e) {
+      const unavailable = diagnose(e);
+      if (unavailable) { this.health.lost(unavailable); throw unavailable; }
       const msg = e instanceof NixError ? e.message : String(e);
       this.o.log?.info({ repo, file: file.path, error: msg }, 'evaluation failed');
       throw new EvaluationFailed(`evaluating ${repo} failed:\n${msg}`, { file: file.path });
@@ -180,12 +186,16 @@ export class Builder {
     const key = `${ev.repo}\0${ev.hash}`;
     const failed = this.failures.get(key);
     if (failed && failed.key === ev.file.key && Date.now() < failed.expires) throw failed.error;
+    // A machine where Nix cannot build gets the diagnosis, not a build that fails with a trace.
+    if (!this.inflight.has(key)) await this.health.ready();
     let p = this.inflight.get(key);
     if (!p) {
       p = this.sem.run(() => this.runBuild(ev));
       this.inflight.set(key, p);
       p.then(() => { this.failures.delete(key); }, (e: unknown) => {
-        if (!(e instanceof BuildError)) return;
+        // An environment problem is the health check's to remember: fixing the machine
+        // must not wait for a negative TTL.
+        if (!(e instanceof BuildError) || e instanceof NixUnavailable) return;
         const now = Date.now();
         if (this.failures.size > 1000) for (const [k, f] of this.failures) if (f.expires <= now) this.failures.delete(k);
         this.failures.set(key, { key: ev.file.key, expires: now + this.o.negativeTtlMs, error: e });
@@ -267,8 +277,11 @@ export class Builder {
     this.storage.tag(ev.repo, built.hash, built.manifest.digest);
   }
 
-  private buildError(ev: Evaluation, e: unknown, log: BuildLog): BuildFailed {
+  private buildError(ev: Evaluation, e: unknown, log: BuildLog): BuildError {
     const url = `${this.publicUrl}${log.record.log}`;
+    // Nix failing on its own account, not because a builder of the image failed.
+    const unavailable = e instanceof NixError && !/builder for '[^']+' failed/.test(e.stderr) ? diagnose(e) : undefined;
+    if (unavailable) { this.health.lost(unavailable); return unavailable; }
     if (e instanceof NixError) {
       const failedDrv = /builder for '([^']+\.drv)' failed/.exec(e.stderr)?.[1]
         ?? /derivation '([^']+\.drv)'/.exec(e.stderr)?.[1] ?? ev.raw.contents[0]?.drv;

@@ -10,14 +10,20 @@ import { fileURLToPath } from 'node:url';
 import type { StorePathInfo } from './types.js';
 
 /**
- * The helper expression ships as a source file (tsc does not copy .nix files): from
- * dist/src/build it is three levels up, then src/build; from src/build (ts-node style
- * runs) it is beside this module.
+ * Nix files ship as source files (tsc does not copy .nix files): from dist/src/build
+ * they are three levels up, then src/build; from src/build (ts-node style runs) they are
+ * beside this module.
  */
-export const EVAL_NIX = [
-  new URL('../../../src/build/eval.nix', import.meta.url),
-  new URL('./eval.nix', import.meta.url),
-].map((u) => fileURLToPath(u)).find((p) => existsSync(p)) ?? fileURLToPath(new URL('../../../src/build/eval.nix', import.meta.url));
+function nixFile(name: string): string {
+  const candidates = [new URL(`../../../src/build/${name}`, import.meta.url), new URL(`./${name}`, import.meta.url)]
+    .map((u) => fileURLToPath(u));
+  return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
+}
+
+/** The helper expression that evaluates an image file (see there). */
+export const EVAL_NIX = nixFile('eval.nix');
+/** The derivation that checks whether Nix can build here (nix-health.ts). */
+export const PROBE_NIX = nixFile('probe.nix');
 
 let spawned = 0;
 /** Number of Nix processes started by this process so far. */
@@ -125,6 +131,17 @@ export async function realise(drvs: string[], rootBase: string, opts: NixRunOpti
   // Nix's own --timeout stops a builder that runs too long even if nix-store is killed.
   const t = opts.timeoutMs ? ['--timeout', String(Math.max(1, Math.ceil(opts.timeoutMs / 1000)))] : [];
   await runNix('nix-store', ['--realise', ...t, '--add-root', rootBase, '--indirect', ...drvs], opts);
+}
+
+/**
+ * Instantiates and builds probe.nix with `nonce`, then deletes what it built: the
+ * smallest real build there is. Rejects with NixError when Nix cannot build.
+ */
+export async function buildProbe(nonce: string, opts: NixRunOptions = {}): Promise<void> {
+  const drv = (await runNix('nix-instantiate', [PROBE_NIX, '--argstr', 'nonce', nonce], opts)).trim();
+  const out = (await runNix('nix-store', ['--realise', drv], opts)).trim();
+  // Only tidiness: a probe left behind is a few bytes that any garbage collection takes.
+  await runNix('nix-store', ['--delete', out, drv], { ...opts, timeoutMs: 10_000 }).catch(() => {});
 }
 
 /** Output paths of derivations. */

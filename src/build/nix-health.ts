@@ -1,0 +1,127 @@
+// Whether Nix can build on this machine at all, and if not, what is wrong and how to
+// fix it. A registry that builds on pull is useless without working Nix, and the
+// failures a fresh machine shows (no build users, no daemon, a sandbox a container
+// cannot give) come as Nix traces that name no fix. So: build a trivial derivation
+// (probe.nix) at start, and put every failure through one table of diagnoses, both the
+// probe's and those of real evaluations and builds.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { NixUnavailable } from './errors.js';
+import { NixError, buildProbe, essentialError } from './nix.js';
+
+interface Diagnosis {
+  /** Matched against the failure's message and Nix's stderr. */
+  when: RegExp;
+  problem: (m: RegExpMatchArray) => string;
+  fix: string;
+}
+
+const BUILD_USERS_FIX = 'create the Nix build users: on Debian, `apt-get install nix-setup-systemd`; or by hand, '
+  + '`groupadd --system nixbld` and, for N in 1..10, `useradd --system --gid nixbld --groups nixbld --no-user-group '
+  + '--home-dir /var/empty --shell /usr/sbin/nologin nixbldN`; '
+  + 'or set `build-users-group =` in /etc/nix/nix.conf to build as the user nixreg runs as';
+
+/** The one table: environment problems that stop every build, in the order they are tried. */
+const DIAGNOSES: Diagnosis[] = [
+  {
+    when: /cannot run nix-(?:instantiate|store): .*ENOENT/,
+    problem: () => 'Nix is not installed (nix-instantiate and nix-store are not on PATH)',
+    fix: 'install Nix: on Debian, `apt-get install nix-bin`; elsewhere see https://nixos.org/download, and make sure nix-store is on the PATH nixreg starts with',
+  },
+  {
+    when: /the group '([^']*)' specified in 'build-users-group' does not exist/,
+    problem: (m) => `Nix is set to build as the users of the group '${m[1]}' (build-users-group), and that group does not exist`,
+    fix: BUILD_USERS_FIX,
+  },
+  {
+    when: /the build users group '([^']*)' has no members/,
+    problem: (m) => `the Nix build users group '${m[1]}' has no members`,
+    fix: BUILD_USERS_FIX,
+  },
+  {
+    when: /cannot connect to socket at '([^']*)'/,
+    problem: (m) => `Nix is set to build through its daemon, and no daemon listens at ${m[1]}`,
+    fix: 'start the daemon (`systemctl start nix-daemon.socket`), or unset NIX_REMOTE to let nixreg, running as root, use the store directly',
+  },
+  {
+    when: /cloning builder process|creating new (?:user )?namespace|CLONE_NEWUSER|unable to (?:start|set up) (?:the )?(?:build|sandbox)|sandbox.*(?:not supported|Operation not permitted)/i,
+    problem: () => 'Nix cannot set up its build sandbox here (a container without the privileges for namespaces, for instance)',
+    fix: 'set `sandbox = false` in /etc/nix/nix.conf (Debian\'s nix-setup-systemd ships exactly that), or give the container the privileges the sandbox needs',
+  },
+  {
+    // Nix's own state (/nix/var) or the store directory itself, not a file some build reads.
+    when: /'\/nix\/(?:var\/[^']*|store\/?)'[^\n]*(?:Permission denied|Operation not permitted|Read-only file system)/i,
+    problem: () => 'the user nixreg runs as cannot write the Nix store',
+    fix: 'run nixreg as root (single-user Nix), or as a user allowed to use the Nix daemon with NIX_REMOTE=daemon',
+  },
+];
+
+/** The environment problem behind a Nix failure, if it is one the table knows. */
+export function diagnose(err: unknown): NixUnavailable | undefined {
+  if (!(err instanceof NixError)) return undefined;
+  const text = `${err.message}\n${err.stderr}`;
+  for (const d of DIAGNOSES) {
+    const m = text.match(d.when);
+    if (m) return new NixUnavailable(d.problem(m), d.fix);
+  }
+  return undefined;
+}
+
+export interface NixHealthOptions {
+  env?: NodeJS.ProcessEnv | undefined;
+  log?: Logger | undefined;
+  /** A failed probe is repeated at most this often, on demand (default 5 s). */
+  recheckMs?: number | undefined;
+  /** A probe that takes longer has failed (default 60 s). */
+  timeoutMs?: number | undefined;
+}
+
+/**
+ * The probe's verdict, shared by every caller. Success is kept for good (a later
+ * environment failure is diagnosed from the build that meets it, which calls `lost`);
+ * a failure is re-probed on demand, so fixing the machine needs no restart.
+ */
+export class NixHealth {
+  private verdict: Promise<void> | undefined;
+  private failedAt: number | undefined;
+  private lastProblem: string | undefined;
+
+  constructor(private readonly o: NixHealthOptions = {}) {}
+
+  /** Resolves when Nix can build; rejects with NixUnavailable saying why not. */
+  ready(): Promise<void> {
+    const recheck = this.o.recheckMs ?? 5000;
+    if (!this.verdict || (this.failedAt !== undefined && Date.now() - this.failedAt >= recheck)) {
+      this.failedAt = undefined;
+      this.verdict = this.probe();
+      this.verdict.catch(() => { this.failedAt = Date.now(); });
+    }
+    return this.verdict;
+  }
+
+  /** A build met an environment problem: probe again before the next build. */
+  lost(problem: NixUnavailable): void {
+    this.verdict = Promise.reject(problem);
+    this.verdict.catch(() => {});
+    this.failedAt = Date.now();
+  }
+
+  private async probe(): Promise<void> {
+    const log = this.o.log;
+    try {
+      await buildProbe(randomBytes(8).toString('hex'), { env: this.o.env, timeoutMs: this.o.timeoutMs ?? 60_000 });
+    } catch (e) {
+      const found = diagnose(e) ?? new NixUnavailable(
+        `a trivial Nix build failed: ${e instanceof NixError ? essentialError(e.stderr) || e.message : String(e)}`,
+        'run `nix-store --realise` on any derivation by hand to see the whole error, and fix what it names');
+      // One warning per problem, not one per re-probe.
+      if (found.problem !== this.lastProblem) log?.warn({ problem: found.problem, fix: found.fix }, `Nix cannot build images: ${found.problem}. To fix it: ${found.fix}`);
+      this.lastProblem = found.problem;
+      throw found;
+    }
+    log?.info(this.lastProblem ? 'Nix can build images again' : 'Nix can build images');
+    this.lastProblem = undefined;
+  }
+}

@@ -1,0 +1,118 @@
+// Whether Nix can build here, and what a user is told when it cannot: the start-up
+// probe against real Nix set up wrong in the ways a fresh machine is (no build users,
+// no daemon, no Nix at all), and `nixreg serve` answering a pull with the diagnosis
+// while plain push and pull go on, then recovering once the machine is fixed.
+import assert from 'node:assert/strict';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { NixUnavailable } from '../../src/build/errors.js';
+import { NixHealth, diagnose } from '../../src/build/nix-health.js';
+import { NixError } from '../../src/build/nix.js';
+import { pushImage } from '../api/util.js';
+import { NIX_TEST_ENV } from '../helpers/nix.js';
+import { ROOT, spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
+import { OCI, errorOf, get } from './helpers.js';
+
+const NO_GROUP = 'nixreg-test-no-such-group';
+const dirs: string[] = [];
+const regs: RegistryProcess[] = [];
+after(async () => {
+  for (const r of regs) await r.stop('SIGKILL');
+  for (const d of [...dirs, ...regs.map((r) => r.data)]) rmSync(d, { recursive: true, force: true });
+});
+
+/** A Nix configuration directory (NIX_CONF_DIR) whose nix.conf the test can rewrite. */
+function confDir(conf: string): { dir: string; write(conf: string): void } {
+  const dir = tempDir('nixreg-nixconf-');
+  dirs.push(dir);
+  mkdirSync(dir, { recursive: true });
+  const write = (c: string) => writeFileSync(join(dir, 'nix.conf'), c);
+  write(conf);
+  return { dir, write };
+}
+
+async function verdict(env: NodeJS.ProcessEnv): Promise<NixUnavailable | 'ok'> {
+  try {
+    await new NixHealth({ env }).ready();
+    return 'ok';
+  } catch (e) {
+    assert.ok(e instanceof NixUnavailable, `a NixUnavailable, got ${String(e)}`);
+    return e;
+  }
+}
+
+test('the probe: Nix set up for the tests builds; each broken set-up is named with its fix', { timeout: 120_000 }, async () => {
+  assert.equal(await verdict(NIX_TEST_ENV), 'ok');
+
+  const group = await verdict({ ...NIX_TEST_ENV, NIX_CONFIG: `${NIX_TEST_ENV.NIX_CONFIG}\nbuild-users-group = ${NO_GROUP}` });
+  assert.notEqual(group, 'ok');
+  if (group === 'ok') return;
+  assert.match(group.problem, new RegExp(`group '${NO_GROUP}' \\(build-users-group\\), and that group does not exist`));
+  assert.match(group.fix, /apt-get install nix-setup-systemd/);
+  assert.match(group.fix, /groupadd --system nixbld/);
+
+  const daemon = await verdict({ ...NIX_TEST_ENV, NIX_REMOTE: 'daemon', NIX_DAEMON_SOCKET_PATH: '/nonexistent/nixreg-test/socket' });
+  assert.ok(daemon !== 'ok' && /no daemon listens/.test(daemon.problem), String(daemon));
+
+  const missing = await verdict({ ...NIX_TEST_ENV, PATH: '/nonexistent' });
+  assert.ok(missing !== 'ok' && /Nix is not installed/.test(missing.problem), String(missing));
+  assert.match(missing.fix, /apt-get install nix-bin/);
+});
+
+test('diagnoses of failures the probe cannot stage here; a failing build of the image itself is none', () => {
+  const nix = (stderr: string) => new NixError(stderr.split('\n').at(-1)!, stderr, 1);
+  assert.match(diagnose(nix('error: cloning builder process: Operation not permitted'))!.fix, /sandbox = false/);
+  assert.match(diagnose(nix("error: could not set permissions on '/nix/var/nix/profiles/per-user' to 755: Operation not permitted"))!.problem,
+    /cannot write the Nix store/);
+  assert.match(diagnose(nix("error: the build users group 'nixbld' has no members"))!.fix, /useradd/);
+  assert.equal(diagnose(nix("error: opening file '/home/u/x.nix': Permission denied")), undefined, 'a file some expression reads');
+  assert.equal(diagnose(nix("error: builder for '/nix/store/abc-x.drv' failed with exit code 1")), undefined);
+  assert.equal(diagnose(new Error('not from Nix')), undefined);
+});
+
+test('serve on a machine without build users: one warning, pulls name the problem and the fix, push and pull work; fixed without a restart', { timeout: 180_000 }, async () => {
+  const conf = confDir(`build-users-group = ${NO_GROUP}\n`);
+  const reg = await spawnRegistry({ images: join(ROOT, 'examples'), env: { ...NIX_TEST_ENV, NIX_CONF_DIR: conf.dir } });
+  regs.push(reg);
+  const warnings = () => reg.logs().split('\n').filter((l) => l.includes('Nix cannot build images'));
+  // The check runs after start-up, without holding it up.
+  const deadline = Date.now() + 60_000;
+  while (warnings().length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  assert.equal(warnings().length, 1, reg.logs());
+  assert.ok(reg.logs().indexOf('nixreg listening') < reg.logs().indexOf('Nix cannot build images'), 'listening first');
+  assert.match(warnings()[0]!, new RegExp(`${NO_GROUP}.*does not exist.*nix-setup-systemd`));
+
+  for (const method of ['GET', 'HEAD']) {
+    const r = await get(`${reg.url}/v2/hello/manifests/latest`, OCI, method);
+    assert.equal(r.status, 404, `${method}: ${r.text}`);
+  }
+  const pull = await get(`${reg.url}/v2/hello/manifests/latest`);
+  const e = errorOf(pull);
+  assert.equal(e.code, 'MANIFEST_UNKNOWN');
+  assert.match(e.message, new RegExp(`cannot build images: .*'${NO_GROUP}' \\(build-users-group\\), and that group does not exist`));
+  assert.match(e.message, /To fix it: .*apt-get install nix-setup-systemd.*groupadd --system nixbld/);
+  assert.doesNotMatch(e.message, /^error:|\/nix\/store\//m, 'a diagnosis, not a Nix trace');
+
+  // Plain push and pull need no Nix.
+  const pushed = await pushImage(reg.url, 'plain/app', 'v1');
+  const back = await get(`${reg.url}/v2/plain/app/manifests/v1`);
+  assert.equal(back.status, 200);
+  assert.equal(back.text, pushed.manifest.toString());
+
+  // Fixed: the next pull after the re-check interval builds, and nothing had to restart.
+  conf.write('');
+  await new Promise((r) => setTimeout(r, 5200));
+  const fixed = await get(`${reg.url}/v2/hello/manifests/latest`);
+  assert.equal(fixed.status, 200, fixed.text);
+  assert.match(reg.logs(), /Nix can build images again/);
+  assert.equal(warnings().length, 1, 'one warning for one problem, however many pulls met it');
+});
+
+test('serve where Nix is not installed says so on a pull', { timeout: 60_000 }, async () => {
+  const reg = await spawnRegistry({ images: join(ROOT, 'examples'), env: { ...NIX_TEST_ENV, PATH: '/nonexistent' } });
+  regs.push(reg);
+  const e = errorOf(await get(`${reg.url}/v2/hello/manifests/latest`));
+  assert.equal(e.code, 'MANIFEST_UNKNOWN');
+  assert.match(e.message, /Nix is not installed.*To fix it: install Nix: on Debian, `apt-get install nix-bin`/);
+});
