@@ -14,7 +14,7 @@ import { BuildError, BuildFailed, EvaluationFailed, NixUnavailable, NoImageExpre
 import { ingestImageOutput, isImageOutput } from './ingest.js';
 import { BuildLogs, type BuildLog } from './logs.js';
 import { NixError, closureOf, evaluateFile, hashPart, outputsOf, realise, type EvalJSON } from './nix.js';
-import { NixHealth, diagnose } from './nix-health.js';
+import { NixHealth, diagnose, sandboxHint } from './nix-health.js';
 import { resolveImageFile, type ImageFile } from './resolve.js';
 import { Semaphore } from './semaphore.js';
 import { validateSpec } from './spec.js';
@@ -288,7 +288,7 @@ export class Builder {
       log.record.drv = failedDrv;
       const why = e.timedOut ? e.message : e.message.split('\n')[0]!.replace(/^error: /, '');
       const what = failedDrv && !why.includes(failedDrv) ? `${failedDrv}: ${why}` : why;
-      return new BuildFailed(`building ${ev.repo} failed: ${what}; build log: ${url}`, { drv: failedDrv, log: url });
+      return new BuildFailed(`building ${ev.repo} failed: ${what}${sandboxHint(e.stderr)}; build log: ${url}`, { drv: failedDrv, log: url });
     }
     // Errors that already say what went wrong in the user's terms (a malformed archive,
     // an invalid spec) keep their words; anything else is an assembly fault.

@@ -69,6 +69,16 @@ export function diagnose(err: unknown): NixUnavailable | undefined {
   return undefined;
 }
 
+/**
+ * Why a builder that runs a host program (`/bin/sh`, as every expression without nixpkgs
+ * does) cannot start: Nix's sandbox shows a build only the store. Not an environment
+ * problem (with nixpkgs' stdenv the sandbox is right), so a hint on the build's error.
+ */
+export function sandboxHint(stderr: string): string {
+  const m = /executing '(\/(?!nix\/store\/)[^']*)': No such file or directory/.exec(stderr);
+  return m ? ` (its builder runs ${m[1]}, a program outside the Nix store, which Nix's build sandbox hides: set \`sandbox = false\` in /etc/nix/nix.conf, or build with nixpkgs' stdenv)` : '';
+}
+
 export interface NixHealthOptions {
   env?: NodeJS.ProcessEnv | undefined;
   log?: Logger | undefined;
@@ -110,6 +120,7 @@ export class NixHealth {
 
   private async probe(): Promise<void> {
     const log = this.o.log;
+    const started = Date.now();
     try {
       await buildProbe(randomBytes(8).toString('hex'), { env: this.o.env, timeoutMs: this.o.timeoutMs ?? 60_000 });
     } catch (e) {
@@ -121,7 +132,7 @@ export class NixHealth {
       this.lastProblem = found.problem;
       throw found;
     }
-    log?.info(this.lastProblem ? 'Nix can build images again' : 'Nix can build images');
+    log?.info({ ms: Date.now() - started }, this.lastProblem ? 'Nix can build images again' : 'Nix can build images');
     this.lastProblem = undefined;
   }
 }

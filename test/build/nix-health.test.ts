@@ -116,3 +116,16 @@ test('serve where Nix is not installed says so on a pull', { timeout: 60_000 }, 
   assert.equal(e.code, 'MANIFEST_UNKNOWN');
   assert.match(e.message, /Nix is not installed.*To fix it: install Nix: on Debian, `apt-get install nix-bin`/);
 });
+
+test('a builder that runs /bin/sh under Nix\'s sandbox fails with a hint to turn the sandbox off', { timeout: 60_000 }, async () => {
+  const images = tempDir('nixreg-images-');
+  dirs.push(images);
+  // New to the store (nonce), so Nix must build it, in the sandbox this time.
+  writeFileSync(join(images, 'sh.nix'), `derivation { name = "sh-${Date.now()}"; system = builtins.currentSystem;
+    builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }\n`);
+  const reg = await spawnRegistry({ images, env: { ...NIX_TEST_ENV, NIX_CONFIG: 'substituters =\nsandbox = true' } });
+  regs.push(reg);
+  const e = errorOf(await get(`${reg.url}/v2/sh/manifests/latest`));
+  assert.equal(e.code, 'MANIFEST_UNKNOWN');
+  assert.match(e.message, /building sh failed: .*its builder runs \/bin\/sh, a program outside the Nix store, which Nix's build sandbox hides: set `sandbox = false`/);
+});
