@@ -139,7 +139,8 @@ export class Builder {
     this.evals.set(repo, entry);
     entry.value.then(
       () => { entry.expires = Date.now() + this.o.evalTtlMs; },
-      () => { entry.expires = Date.now() + this.o.negativeTtlMs; },
+      // An environment problem is re-checked as often as the health check re-probes.
+      (e: unknown) => { entry.expires = Date.now() + (e instanceof NixUnavailable ? this.health.recheckMs : this.o.negativeTtlMs); },
     );
     return entry.value;
   }

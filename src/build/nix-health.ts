@@ -98,12 +98,15 @@ export class NixHealth {
   private failedAt: number | undefined;
   private lastProblem: string | undefined;
 
-  constructor(private readonly o: NixHealthOptions = {}) {}
+  readonly recheckMs: number;
+
+  constructor(private readonly o: NixHealthOptions = {}) {
+    this.recheckMs = o.recheckMs ?? 5000;
+  }
 
   /** Resolves when Nix can build; rejects with NixUnavailable saying why not. */
   ready(): Promise<void> {
-    const recheck = this.o.recheckMs ?? 5000;
-    if (!this.verdict || (this.failedAt !== undefined && Date.now() - this.failedAt >= recheck)) {
+    if (!this.verdict || (this.failedAt !== undefined && Date.now() - this.failedAt >= this.recheckMs)) {
       this.failedAt = undefined;
       this.verdict = this.probe();
       this.verdict.catch(() => { this.failedAt = Date.now(); });

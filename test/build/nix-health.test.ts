@@ -129,3 +129,18 @@ test('a builder that runs /bin/sh under Nix\'s sandbox fails with a hint to turn
   assert.equal(e.code, 'MANIFEST_UNKNOWN');
   assert.match(e.message, /building sh failed: .*its builder runs \/bin\/sh, a program outside the Nix store, which Nix's build sandbox hides: set `sandbox = false`/);
 });
+
+test('an evaluation that meets an environment problem is diagnosed too, and retried once it is fixed', { timeout: 120_000 }, async () => {
+  // Nix set to go through a daemon that is not there: even evaluation (which writes
+  // .drv files) fails, before any build.
+  const conf = confDir('store = daemon\n');
+  const reg = await spawnRegistry({ images: join(ROOT, 'examples'), env: { ...NIX_TEST_ENV, NIX_CONF_DIR: conf.dir } });
+  regs.push(reg);
+  const e = errorOf(await get(`${reg.url}/v2/hello/manifests/latest`));
+  assert.equal(e.code, 'MANIFEST_UNKNOWN');
+  assert.match(e.message, /no daemon listens at .*To fix it: start the daemon/);
+  conf.write('');
+  await new Promise((r) => setTimeout(r, 5200));
+  const fixed = await get(`${reg.url}/v2/hello/manifests/latest`);
+  assert.equal(fixed.status, 200, fixed.text);
+});
