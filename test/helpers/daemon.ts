@@ -2,8 +2,8 @@
 // temp dir, ready when its probe succeeds, stopped with SIGTERM (SIGKILL after 20 s),
 // and its dir removed. Its output is kept for the error when it fails to come up.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
-import { waitFor } from './exec.js';
+import { readFileSync, rmSync } from 'node:fs';
+import { run, waitFor } from './exec.js';
 
 export interface Daemon {
   stop(): Promise<void>;
@@ -21,7 +21,7 @@ export async function startDaemon(name: string, cmd: string, args: string[], dir
     }, 60_000);
   } catch (e) {
     child.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
+    await removeTree(dir);
     throw e;
   }
   return {
@@ -33,7 +33,23 @@ export async function startDaemon(name: string, cmd: string, args: string[], dir
         await exited;
         clearTimeout(t);
       }
-      rmSync(dir, { recursive: true, force: true });
+      await removeTree(dir);
     },
   };
+}
+
+/**
+ * Removes a daemon's or tool's dir, first unmounting what was left mounted in it: dockerd
+ * keeps the host network namespace bind-mounted (exec-root/netns/default) after it exits
+ * once a container used --network host, and a killed daemon or mmdebstrap leaves more.
+ */
+export async function removeTree(dir: string): Promise<void> {
+  const unescape = (p: string) => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  const mounts = readFileSync('/proc/self/mounts', 'utf8').split('\n')
+    .map((l) => unescape(l.split(' ')[1] ?? ''))
+    .filter((m) => m.startsWith(`${dir}/`))
+    .sort((a, b) => b.length - a.length);
+  // Lazy: a mount still busy for a moment must not keep the rest from being removed.
+  for (const m of mounts) await run('umount', ['-l', m], { check: false });
+  rmSync(dir, { recursive: true, force: true });
 }
