@@ -1,8 +1,13 @@
 # nixreg in a container: `docker build -t nixreg . && docker run -p 5000:5000 -v nixreg-data:/data nixreg`
 # Mount your own image expressions at /images to serve them (the examples are the default).
+# Any Debian bookworm image with Node 20 on its PATH can be the base, e.g. one built
+# offline: `docker build --build-arg NODE_IMAGE=my/node:20 -t nixreg .`
+ARG NODE_IMAGE=node:20-bookworm-slim
 
-FROM node:20-bookworm-slim AS build
-# better-sqlite3 compiles from source when no prebuilt binary is reachable.
+FROM ${NODE_IMAGE} AS build
+# better-sqlite3 compiles from source when no prebuilt binary is reachable (node-gyp then
+# needs Node's headers: online it downloads them; offline the base must provide them and
+# point npm's `nodedir` at them).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
@@ -11,21 +16,30 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY src ./src
-RUN npx tsc -p . && npm prune --omit=dev
+RUN npx tsc -p . && npm prune --omit=dev --no-audit --no-fund
 
-FROM node:20-bookworm-slim
-# nix-bin: builds images on pull (Debian's package sets up single-user Nix for root, with
-# the sandbox off, which a container needs). busybox-static: used by examples/hello.nix.
+FROM ${NODE_IMAGE}
+# nix-bin builds images on pull; busybox-static is what examples/hello.nix copies into the
+# store. Nix runs builds as root's build users, which Debian creates in the recommended
+# nix-setup-systemd package; that package would bring systemd into the image, so its
+# postinst's users are created here instead (without nix-users, the group of nix-daemon's
+# socket: no daemon runs here).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nix-bin ca-certificates busybox-static \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --force --system nixbld \
+ && for n in 1 2 3 4 5 6 7 8 9 10; do \
+      useradd --system --comment "Nix build user $n" --home-dir /var/empty --gid nixbld --groups nixbld \
+        --no-user-group --shell /usr/sbin/nologin "nixbld$n"; \
+    done
+COPY docker/nix.conf /etc/nix/nix.conf
 WORKDIR /app
 ENV NODE_ENV=production
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist/src ./dist/src
-# Read at run time by the builder (src/build/nix.ts looks for it here).
-COPY src/build/eval.nix ./src/build/eval.nix
+# Read at run time by the builder (src/build/nix.ts looks for them here, beside dist/).
+COPY src/build/*.nix ./src/build/
 COPY examples /images
 VOLUME /data
 EXPOSE 5000
