@@ -15,10 +15,12 @@ export async function startDaemon(name: string, cmd: string, args: string[], dir
   child.stdout!.on('data', (c: Buffer) => { log += c.toString(); });
   child.stderr!.on('data', (c: Buffer) => { log += c.toString(); });
   try {
-    await waitFor(name, async () => {
-      if (child.exitCode !== null) throw new Error(`${name} exited ${child.exitCode}:\n${log.slice(-4000)}`);
-      return (await ready()) ? true : undefined;
+    // An exit is a result, not an error: waitFor would retry an error until its timeout.
+    const state = await waitFor(name, async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return 'exited';
+      return (await ready()) ? 'ready' : undefined;
     }, 60_000);
+    if (state === 'exited') throw new Error(`${name} exited ${child.exitCode ?? child.signalCode}:\n${log.slice(-4000)}`);
   } catch (e) {
     child.kill('SIGKILL');
     await removeTree(dir);
