@@ -1,7 +1,7 @@
 # nixreg in a container: `docker build -t nixreg . && docker run -p 5000:5000 -v nixreg-data:/data nixreg`
 # Mount your own image expressions at /images to serve them (the examples are the default).
 # Any Debian bookworm image with Node 20 on its PATH can be the base, e.g. one built
-# offline: `docker build --build-arg NODE_IMAGE=my/node:20 -t nixreg .`
+# without Docker Hub: `docker build --build-arg NODE_IMAGE=my/node:20 -t nixreg .`
 ARG NODE_IMAGE=node:20-bookworm-slim
 
 FROM ${NODE_IMAGE} AS build
