@@ -95,8 +95,13 @@ export interface NixHealthOptions {
  */
 export class NixHealth {
   private verdict: Promise<void> | undefined;
-  private failedAt: number | undefined;
-  private lastProblem: string | undefined;
+  /** Whether the verdict in hand is known yet. */
+  private settled = false;
+  /** What stops Nix, while something does; when it was found. */
+  private unavailable: NixUnavailable | undefined;
+  private failedAt = 0;
+  /** The problem last warned about, so that a re-probe meeting it again stays quiet. */
+  private warned: string | undefined;
 
   readonly recheckMs: number;
 
@@ -106,10 +111,12 @@ export class NixHealth {
 
   /** Resolves when Nix can build; rejects with NixUnavailable saying why not. */
   ready(): Promise<void> {
-    if (!this.verdict || (this.failedAt !== undefined && Date.now() - this.failedAt >= this.recheckMs)) {
-      this.failedAt = undefined;
-      this.verdict = this.probe();
-      this.verdict.catch(() => { this.failedAt = Date.now(); });
+    if (!this.verdict || (this.unavailable && Date.now() - this.failedAt >= this.recheckMs)) {
+      this.settled = false;
+      const v = this.probe();
+      this.verdict = v;
+      v.then(() => { this.unavailable = undefined; }, (e: NixUnavailable) => this.failed(e))
+        .finally(() => { if (this.verdict === v) this.settled = true; });
     }
     return this.verdict;
   }
@@ -118,6 +125,20 @@ export class NixHealth {
   lost(problem: NixUnavailable): void {
     this.verdict = Promise.reject(problem);
     this.verdict.catch(() => {});
+    this.settled = true;
+    this.failed(problem);
+  }
+
+  /** For operators (/nixreg/stats): the verdict as it stands. */
+  status(): { state: 'unknown' | 'checking' | 'ok' | 'failed'; problem?: string; fix?: string } {
+    if (!this.verdict) return { state: 'unknown' };
+    if (!this.settled) return { state: 'checking' };
+    const u = this.unavailable;
+    return u ? { state: 'failed', problem: u.problem, fix: u.fix } : { state: 'ok' };
+  }
+
+  private failed(e: NixUnavailable): void {
+    this.unavailable = e;
     this.failedAt = Date.now();
   }
 
@@ -131,11 +152,11 @@ export class NixHealth {
         `a trivial Nix build failed: ${e instanceof NixError ? essentialError(e.stderr) || e.message : String(e)}`,
         'run `nix-store --realise` on any derivation by hand to see the whole error, and fix what it names');
       // One warning per problem, not one per re-probe.
-      if (found.problem !== this.lastProblem) log?.warn({ problem: found.problem, fix: found.fix }, `Nix cannot build images: ${found.problem}. To fix it: ${found.fix}`);
-      this.lastProblem = found.problem;
+      if (found.problem !== this.warned) log?.warn({ problem: found.problem, fix: found.fix }, `Nix cannot build images: ${found.problem}. To fix it: ${found.fix}`);
+      this.warned = found.problem;
       throw found;
     }
-    log?.info({ ms: Date.now() - started }, this.lastProblem ? 'Nix can build images again' : 'Nix can build images');
-    this.lastProblem = undefined;
+    log?.info({ ms: Date.now() - started }, this.warned ? 'Nix can build images again' : 'Nix can build images');
+    this.warned = undefined;
   }
 }

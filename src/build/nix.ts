@@ -26,8 +26,11 @@ export const EVAL_NIX = nixFile('eval.nix');
 export const PROBE_NIX = nixFile('probe.nix');
 
 let spawned = 0;
-/** Number of Nix processes started by this process so far. */
+let probes = 0;
+/** Nix processes started so far for images (evaluations, builds, closures). */
 export function nixProcessCount(): number { return spawned; }
+/** Nix processes started so far by the health probe, counted apart from the images' own. */
+export function probeProcessCount(): number { return probes; }
 
 export class NixError extends Error {
   constructor(message: string, readonly stderr: string, readonly code: number | null, readonly timedOut = false) {
@@ -40,11 +43,13 @@ export interface NixRunOptions {
   timeoutMs?: number | undefined;
   /** Receives stderr as it arrives (build logs, progress). */
   onStderr?: ((chunk: Buffer) => void) | undefined;
+  /** Run for the health probe, not for an image (see probeProcessCount). */
+  probe?: boolean | undefined;
 }
 
 /** Runs one Nix command; resolves with stdout, rejects with NixError carrying stderr. */
 export function runNix(cmd: 'nix-instantiate' | 'nix-store', args: string[], opts: NixRunOptions = {}): Promise<string> {
-  spawned++;
+  if (opts.probe) probes++; else spawned++;
   return new Promise((resolve, reject) => {
     // detached: a timeout kills the whole process group (nix-store's builders too).
     const child = spawn(cmd, args, { env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
@@ -137,7 +142,8 @@ export async function realise(drvs: string[], rootBase: string, opts: NixRunOpti
  * Instantiates and builds probe.nix with `nonce`, then deletes what it built: the
  * smallest real build there is. Rejects with NixError when Nix cannot build.
  */
-export async function buildProbe(nonce: string, opts: NixRunOptions = {}): Promise<void> {
+export async function buildProbe(nonce: string, options: NixRunOptions = {}): Promise<void> {
+  const opts = { ...options, probe: true };
   const drv = (await runNix('nix-instantiate', [PROBE_NIX, '--argstr', 'nonce', nonce], opts)).trim();
   const out = (await runNix('nix-store', ['--realise', drv], opts)).trim();
   // Only tidiness: a probe left behind is a few bytes that any garbage collection takes.

@@ -11,7 +11,7 @@ import { Builder, type BuilderOptions } from './builder.js';
 import { TagNotServed } from './errors.js';
 import type { ImageSource } from './image-source.js';
 import type { BuildRecord } from './logs.js';
-import { HASH_TAG, nixProcessCount } from './nix.js';
+import { HASH_TAG, nixProcessCount, probeProcessCount } from './nix.js';
 import type { BuiltImage } from './types.js';
 
 export class NixImageSource implements ImageSource {
@@ -71,6 +71,9 @@ export class NixImageSource implements ImageSource {
     return {
       ...this.builder.stats(),
       nixProcesses: nixProcessCount(),
+      // Whether Nix can build here (nix-health.ts), and the Nix processes that finding out took.
+      nix: this.builder.health.status(),
+      nixProbeProcesses: probeProcessCount(),
       // Threads that compress layers, as libuv read them at start-up (src/main.cts sets
       // them); null means libuv's default of 4, i.e. the pool was not sized.
       threadPool: process.env.UV_THREADPOOL_SIZE ?? null,

@@ -82,6 +82,11 @@ test('serve on a machine without build users: one warning, pulls name the proble
   assert.equal(warnings().length, 1, reg.logs());
   assert.ok(reg.logs().indexOf('nixreg listening') < reg.logs().indexOf('Nix cannot build images'), 'listening first');
   assert.match(warnings()[0]!, new RegExp(`${NO_GROUP}.*does not exist.*nix-setup-systemd`));
+  const stats = (await get(`${reg.url}/nixreg/stats`)).json();
+  assert.equal(stats.nix.state, 'failed');
+  assert.match(stats.nix.problem, new RegExp(NO_GROUP));
+  assert.equal(stats.nixProcesses, 0, 'the probe\'s processes are counted apart');
+  assert.ok(stats.nixProbeProcesses >= 2);
 
   for (const method of ['GET', 'HEAD']) {
     const r = await get(`${reg.url}/v2/hello/manifests/latest`, OCI, method);
@@ -106,6 +111,7 @@ test('serve on a machine without build users: one warning, pulls name the proble
   const fixed = await get(`${reg.url}/v2/hello/manifests/latest`);
   assert.equal(fixed.status, 200, fixed.text);
   assert.match(reg.logs(), /Nix can build images again/);
+  assert.equal((await get(`${reg.url}/nixreg/stats`)).json().nix.state, 'ok');
   assert.equal(warnings().length, 1, 'one warning for one problem, however many pulls met it');
 });
 
