@@ -1,8 +1,11 @@
 // The container image is real: the repository's Dockerfile builds (on a Node base image
 // made here, since none can be downloaded), and its image serves the registry and builds
-// examples/hello.nix with Nix on pull, into an image Docker pulls and runs. Slow: minutes.
+// examples/hello.nix with Nix on pull, into an image Docker pulls and runs; and the
+// README quick start, word for word, on that same bare Debian with Node 20. Slow: minutes.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createServer } from 'node:net';
 import { after, before, test } from 'node:test';
 import { makeNodeBaseImage } from '../helpers/base-image.js';
@@ -51,6 +54,57 @@ test('a Node base image from Debian\'s archive and this machine\'s Node', { time
   assert.match(v.stdout, new RegExp(`^${process.version.replace(/\./g, '\\.')}\\n\\d+\\.`));
   baseMade = true;
 });
+
+test('the README quick start, word for word, on that base: a machine with only Debian and Node 20', { timeout: 600_000 }, async () => {
+  assert.ok(baseMade, 'needs the base image');
+  const { installs, start } = quickStart();
+  const port = await freePort();
+  // A fresh clone: the working tree without what npm ci and tsc made here.
+  const script = [
+    'set -e',
+    'mkdir /work && tar -C /src --exclude=./node_modules --exclude=./dist --exclude=./data --exclude=./.git -cf - . | tar -C /work -xf -',
+    'cd /work',
+    'apt-get update -qq',
+    ...installs.map((c) => `DEBIAN_FRONTEND=noninteractive ${c} -y -qq > /tmp/apt.log 2>&1 || { tail -40 /tmp/apt.log; exit 1; }`),
+    `(${start} > /tmp/nixreg.log 2>&1 &)`,
+    // node, not curl: the README installs no curl, and the base has none.
+    `node -e '${PULL_HELLO}' ${port} || { tail -c 6000 /tmp/nixreg.log; exit 1; }`,
+  ].join('\n');
+  const r = await daemon().docker(['run', '--rm', '--network', 'host', '-v', `${ROOT}:/src:ro`,
+    '-e', `NIXREG_LISTEN=127.0.0.1:${port}`, '-e', `NIX_CONFIG=${NIX_TEST_ENV.NIX_CONFIG}`, BASE, 'bash', '-c', script], { check: false });
+  assert.equal(r.code, 0, `${r.stdout}\n${r.stderr}`.slice(-8000));
+  assert.match(r.stdout, /^pulled hello: 200 application\/vnd\.oci\.image\.manifest\.v1\+json$/m);
+});
+
+/**
+ * The README's quick start: its `sudo apt-get install …` commands (code or inline) and
+ * the command that starts the registry, the first code block.
+ */
+function quickStart(): { installs: string[]; start: string } {
+  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');
+  const section = readme.slice(readme.indexOf('## Quick start'), readme.indexOf('\n## ', readme.indexOf('## Quick start') + 1));
+  const installs = [...section.matchAll(/sudo (apt-get install [a-z0-9+. -]+?)(?:`|\n)/g)].map((m) => m[1]!.trim());
+  const start = /```sh\n([^\n]+)\n```/.exec(section)?.[1];
+  assert.ok(start === 'npm ci && npm start', `the quick start's first command: ${start}`);
+  assert.ok(installs.some((c) => c.includes('nix-bin')) && installs.some((c) => c.includes('python3')), installs.join('; '));
+  return { installs, start };
+}
+
+/** Waits for the registry on the port in argv, then pulls hello:latest's manifest. */
+const PULL_HELLO = `
+const base = "http://127.0.0.1:" + process.argv[1];
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+(async () => {
+  for (let i = 0; ; i++) {
+    try { if ((await fetch(base + "/v2/")).ok) break; } catch {}
+    if (i > 300) throw new Error("npm start never answered");
+    await sleep(1000);
+  }
+  const r = await fetch(base + "/v2/hello/manifests/latest", { headers: { accept: "application/vnd.oci.image.manifest.v1+json" } });
+  const body = await r.text();
+  console.log("pulled hello:", r.status, r.headers.get("content-type"));
+  if (r.status !== 200) { console.log(body); process.exit(1); }
+})().catch((e) => { console.error(String(e)); process.exit(1); });`;
 
 test('docker build: the repository\'s Dockerfile builds on that base', { timeout: 660_000 }, async () => {
   assert.ok(baseMade, 'needs the base image');
