@@ -43,7 +43,7 @@ const DIAGNOSES: Diagnosis[] = [
   {
     when: /cannot connect to socket at '([^']*)'/,
     problem: (m) => `Nix is set to build through its daemon, and no daemon listens at ${m[1]}`,
-    fix: 'start the daemon (`systemctl start nix-daemon.socket`), or unset NIX_REMOTE to let nixreg, running as root, use the store directly',
+    fix: 'start the daemon (`systemctl start nix-daemon.socket`); or, with nixreg running as root, let Nix use the store directly (unset NIX_REMOTE, and no `store = daemon` in nix.conf)',
   },
   {
     when: /cloning builder process|creating new (?:user )?namespace|CLONE_NEWUSER|unable to (?:start|set up) (?:the )?(?:build|sandbox)|sandbox.*(?:not supported|Operation not permitted)/i,
