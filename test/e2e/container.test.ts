@@ -3,11 +3,11 @@
 // examples/hello.nix with Nix on pull, into an image Docker pulls and runs; and the
 // README quick start, word for word, on that same bare Debian with Node 20. Slow: minutes.
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
 import { after, before, test } from 'node:test';
+import { sha256 } from '../api/util.js';
+import { freePort } from '../cli/spawn.js';
 import { makeNodeBaseImage } from '../helpers/base-image.js';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { run as exec } from '../helpers/exec.js';
@@ -166,24 +166,10 @@ test('docker pull and run: the image the container built says hello', { timeout:
   assert.equal(out.stdout.trim(), GREETING);
 });
 
-function sha256(b: Buffer): string {
-  return `sha256:${createHash('sha256').update(b).digest('hex')}`;
-}
-
 async function logs(): Promise<string> {
   if (!container) return '';
   const l = await daemon().docker(['logs', container], { check: false });
   return `container logs:\n${(l.stdout + l.stderr).slice(-6000)}`;
-}
-
-/** A port free on loopback now; the container binds it a moment later. */
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer().once('error', rej).listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      s.close(() => (a && typeof a === 'object' ? res(a.port) : rej(new Error('no port'))));
-    });
-  });
 }
 
 /** Until `u` answers; fails at once, with its logs, if the container stops. */
