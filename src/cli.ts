@@ -3,7 +3,7 @@
 // Composition root: may import every room; no room imports it.
 import { hostname } from 'node:os';
 import { Command } from 'commander';
-import { buildConfig, serveConfig, type BuildFlags } from './config.js';
+import { buildConfig, limitsConfig, serveConfig, type BuildFlags, type LimitFlags } from './config.js';
 import { runBuild, withBuildOptions } from './build-command.js';
 import { NixImageSource } from './build/source.js';
 import { log } from './log.js';
@@ -19,12 +19,20 @@ withBuildOptions(program
   .option('--images <dir>', 'Nix expressions served as images (env NIXREG_IMAGES, default ./examples)')
   .option('--upload-max-age <seconds>', 'purge blob uploads untouched this long (env NIXREG_UPLOAD_MAX_AGE, default 86400)')
   .option('--public-url <url>', 'URL users reach this server at, for build-log links (env NIXREG_PUBLIC_URL, default: the listen address; the host name when listening on all addresses)')
-  .action(async (flags: { listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string } & BuildFlags, cmd: Command) => {
-    let cfg, bcfg;
-    try { cfg = serveConfig(flags); bcfg = buildConfig(flags); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
+  .option('--header-timeout <seconds>', 'a request\'s headers must arrive within this (env NIXREG_HEADER_TIMEOUT, default 30)')
+  .option('--idle-timeout <seconds>', 'close a keep-alive connection idle this long (env NIXREG_IDLE_TIMEOUT, default 60)')
+  .option('--body-timeout <seconds>', 'abort a request body or response that makes no progress this long (env NIXREG_BODY_TIMEOUT, default 60)')
+  .option('--max-connections <n>', 'connections at once; more get 503 (env NIXREG_MAX_CONNECTIONS, default 4096 or the open-file limit less 256)')
+  .option('--manifest-memory <MiB>', 'memory all manifest bodies being read may take together; more get 429 (env NIXREG_MANIFEST_MEMORY, default 128)')
+  .option('--max-uploads-per-repo <n>', 'unfinished uploads per repository; more get 429 (env NIXREG_MAX_UPLOADS_PER_REPO, default 100)')
+  .option('--max-uploads-per-client <n>', 'unfinished uploads per client address; more get 429 (env NIXREG_MAX_UPLOADS_PER_CLIENT, default 100)')
+  .option('--max-uploads <n>', 'unfinished uploads in all; more get 429 (env NIXREG_MAX_UPLOADS, default 10000)')
+  .action(async (flags: { listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string } & BuildFlags & LimitFlags, cmd: Command) => {
+    let cfg, bcfg, limits;
+    try { cfg = serveConfig(flags); bcfg = buildConfig(flags); limits = limitsConfig(flags); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
     let source: NixImageSource | undefined;
     const reg = await startRegistry({
-      host: cfg.host, port: cfg.port, data: cfg.data, log, storage: { uploadMaxAgeMs: cfg.uploadMaxAgeMs },
+      host: cfg.host, port: cfg.port, data: cfg.data, log, storage: { uploadMaxAgeMs: cfg.uploadMaxAgeMs }, limits,
       source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, log })),
     });
     // Build failure messages link to the build log on this server.

@@ -1,6 +1,7 @@
 // Command-line flags and their environment variables, resolved in one place.
 //
 // Composition root: may import every room; no room imports it.
+import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 
 export interface ServeConfig {
@@ -71,5 +72,58 @@ export function buildConfig(flags: BuildFlags, env = process.env): BuildConfig {
     maxBuilds: Number(maxBuilds),
     evalTtlMs: secs(flags.evalTtl ?? env.NIXREG_EVAL_TTL ?? BUILD_DEFAULTS.evalTtl, '--eval-ttl'),
     negativeTtlMs: secs(flags.negativeTtl ?? env.NIXREG_NEGATIVE_TTL ?? BUILD_DEFAULTS.negativeTtl, '--negative-ttl'),
+  };
+}
+
+/** What clients may hold: connections, time without progress, memory, uploads. */
+export interface LimitsConfig {
+  headersMs: number;
+  idleMs: number;
+  bodyMs: number;
+  maxConnections: number;
+  manifestMemoryBytes: number;
+  uploadsPerRepo: number;
+  uploadsPerClient: number;
+  uploads: number;
+}
+
+export interface LimitFlags {
+  headerTimeout?: string; idleTimeout?: string; bodyTimeout?: string; maxConnections?: string;
+  manifestMemory?: string; maxUploadsPerRepo?: string; maxUploadsPerClient?: string; maxUploads?: string;
+}
+
+export const LIMIT_DEFAULTS = {
+  headerTimeout: '30', idleTimeout: '60', bodyTimeout: '60', manifestMemory: '128',
+  maxUploadsPerRepo: '100', maxUploadsPerClient: '100', maxUploads: '10000',
+} as const;
+
+/**
+ * 4096 connections, or fewer when the process may not open that many files: each
+ * connection is a descriptor, and blob files, the index and Nix need theirs too.
+ */
+export function defaultMaxConnections(): number {
+  let soft = Infinity;
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    if (m && m[1] !== 'unlimited') soft = Number(m[1]);
+  } catch { /* not Linux: keep the default */ }
+  return Math.max(16, Math.min(4096, soft - 256));
+}
+
+export function limitsConfig(flags: LimitFlags, env = process.env): LimitsConfig {
+  const whole = (v: string, what: string, min = 1) => {
+    if (!/^\d{1,9}$/.test(v.trim()) || Number(v) < min) throw new Error(`${what} must be a whole number >= ${min}, got ${JSON.stringify(v)}`);
+    return Number(v);
+  };
+  const pick = (k: keyof LimitFlags, envName: string, def: string) => flags[k] ?? env[envName] ?? def;
+  return {
+    headersMs: parseSeconds(pick('headerTimeout', 'NIXREG_HEADER_TIMEOUT', LIMIT_DEFAULTS.headerTimeout), '--header-timeout'),
+    idleMs: parseSeconds(pick('idleTimeout', 'NIXREG_IDLE_TIMEOUT', LIMIT_DEFAULTS.idleTimeout), '--idle-timeout'),
+    bodyMs: parseSeconds(pick('bodyTimeout', 'NIXREG_BODY_TIMEOUT', LIMIT_DEFAULTS.bodyTimeout), '--body-timeout'),
+    maxConnections: whole(pick('maxConnections', 'NIXREG_MAX_CONNECTIONS', String(defaultMaxConnections())), '--max-connections'),
+    manifestMemoryBytes: whole(pick('manifestMemory', 'NIXREG_MANIFEST_MEMORY', LIMIT_DEFAULTS.manifestMemory), '--manifest-memory', 4) * 1024 * 1024,
+    uploadsPerRepo: whole(pick('maxUploadsPerRepo', 'NIXREG_MAX_UPLOADS_PER_REPO', LIMIT_DEFAULTS.maxUploadsPerRepo), '--max-uploads-per-repo'),
+    uploadsPerClient: whole(pick('maxUploadsPerClient', 'NIXREG_MAX_UPLOADS_PER_CLIENT', LIMIT_DEFAULTS.maxUploadsPerClient), '--max-uploads-per-client'),
+    uploads: whole(pick('maxUploads', 'NIXREG_MAX_UPLOADS', LIMIT_DEFAULTS.maxUploads), '--max-uploads'),
   };
 }

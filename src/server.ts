@@ -5,7 +5,9 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Storage, type StorageOptions } from './blobs/storage.js';
 import type { Logger } from './log.js';
+import { limitsConfig, type LimitsConfig } from './config.js';
 import { createApp } from './registry/app.js';
+import { limitConnections } from './registry/connections.js';
 import type { ImageSource } from './build/image-source.js';
 
 export interface RunningRegistry {
@@ -22,6 +24,8 @@ export interface StartOptions {
   log: Logger;
   /** Storage tuning (upload max age, cache sizes). */
   storage?: StorageOptions;
+  /** Timeouts and bounds (config.ts; defaults for any left out). */
+  limits?: Partial<LimitsConfig>;
   /** Builds the image source once storage is open (build-on-pull). */
   source?: (storage: Storage) => ImageSource | undefined;
 }
@@ -29,8 +33,10 @@ export interface StartOptions {
 export async function startRegistry(opts: StartOptions): Promise<RunningRegistry> {
   const storage = await Storage.open(opts.data, opts.storage);
   const source = opts.source?.(storage);
-  const app = createApp({ storage, source, log: opts.log });
-  const server = createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 }, app);
+  const limits = { ...limitsConfig({}), ...opts.limits };
+  const server = createServer();
+  const connections = limitConnections(server, limits);
+  server.on('request', createApp({ storage, source, log: opts.log, limits, counters: () => ({ connections }) }));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => { server.off('error', reject); resolve(); });

@@ -6,6 +6,7 @@
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import { promises as fs } from 'node:fs';
 import { dirname } from 'node:path';
+import { LRUCache } from 'lru-cache';
 import type { Index } from './index.js';
 import type { Layout } from './layout.js';
 import { KeyedLock } from './lock.js';
@@ -13,20 +14,31 @@ import { KeyedLock } from './lock.js';
 export class StoreCore {
   readonly locks = new KeyedLock();
   /**
-   * A counter per repository that every write or delete in it bumps: caches key their
-   * entries by it, so invalidation is per repository and O(1).
+   * A generation per repository that every write or delete in it bumps: caches key
+   * their entries by it, so invalidation is per repository and O(1). Bounded, so that a
+   * client touching endless names cannot grow it: a repository whose entry is evicted
+   * reads as `floor`, a value newer than any its cached entries were keyed with, so an
+   * eviction can cost cache hits but never serve a stale entry.
    */
-  private readonly generations = new Map<string, number>();
+  private counter = 0;
+  private floor = 0;
+  private readonly generations = new LRUCache<string, number>({
+    max: 10_000,
+    dispose: (_v, _k, reason) => { if (reason === 'evict') this.floor = ++this.counter; },
+  });
 
   constructor(readonly layout: Layout, readonly index: Index) {}
 
   generation(repo: string): number {
-    return this.generations.get(repo) ?? 0;
+    return this.generations.get(repo) ?? this.floor;
   }
 
   bump(repo: string): void {
-    this.generations.set(repo, this.generation(repo) + 1);
+    this.generations.set(repo, ++this.counter);
   }
+
+  /** Repositories whose generation is remembered (for stats and the bound's test). */
+  get trackedRepositories(): number { return this.generations.size; }
 
   /**
    * The durable half of every blob write: fsync the finished file, rename it to its blob

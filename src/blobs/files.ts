@@ -84,7 +84,7 @@ export class BlobFiles {
       if (orphaned) await fs.rm(this.core.layout.blobPath(digest), { force: true });
       return removed;
     });
-    this.core.bump(repo);
+    if (removed) this.core.bump(repo);
     return removed;
   }
 }

@@ -3,7 +3,7 @@
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import Database from 'better-sqlite3';
-import { SCHEMA, SCHEMA_VERSION } from './schema.js';
+import { MIGRATIONS, SCHEMA, SCHEMA_VERSION } from './schema.js';
 
 export interface ManifestRow {
   digest: string;
@@ -21,6 +21,13 @@ export interface NewManifest {
   artifactType?: string | undefined;
   subject?: string | undefined;
   annotations?: Record<string, string> | undefined;
+}
+
+/** Which referrers to list: those after digest `after`, at most `limit`, of one type if given. */
+export interface ReferrersPage {
+  after: string;
+  limit: number;
+  artifactType?: string | undefined;
 }
 
 export interface LayerRow {
@@ -45,8 +52,14 @@ export class Index {
     this.db.pragma('busy_timeout = 5000');
     const version = this.db.pragma('user_version', { simple: true }) as number;
     if (version > SCHEMA_VERSION) throw new Error(`index schema ${version} is newer than this nixreg (${SCHEMA_VERSION})`);
-    this.db.exec(SCHEMA);
-    this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    this.db.transaction(() => {
+      // A new database reports version 0 and has no tables yet: nothing to migrate.
+      const fresh = version === 0;
+      for (let v = version; !fresh && v < SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]!.before);
+      this.db.exec(SCHEMA);
+      for (let v = version; !fresh && v < SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]!.after);
+      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    })();
     const db = this.db;
     this.s = {
       getBlob: db.prepare<[string], { size: number }>('SELECT size FROM blobs WHERE digest = ?'),
@@ -85,12 +98,17 @@ export class Index {
       tagsOf: db.prepare<[number, string], { name: string }>('SELECT name FROM tags WHERE repo_id = ? AND digest = ?'),
       listTags: db.prepare<[number, string, number], { name: string }>(
         'SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?'),
-      referrers: db.prepare<[number, string], ManifestRow>(
+      referrers: db.prepare<[number, string, string, number], ManifestRow>(
         `SELECT digest, media_type, size, artifact_type, subject, annotations FROM manifests
-          WHERE repo_id = ? AND subject = ? ORDER BY digest`),
-      insertUpload: db.prepare('INSERT INTO uploads (id, repo_id, started_at, updated_at) VALUES (?, ?, ?, ?)'),
-      getUpload: db.prepare<[string], { repo: string; started_at: number }>(
-        'SELECT r.name AS repo, u.started_at FROM uploads u JOIN repositories r ON r.id = u.repo_id WHERE u.id = ?'),
+          WHERE repo_id = ? AND subject = ? AND digest > ? ORDER BY digest LIMIT ?`),
+      referrersOfType: db.prepare<[number, string, string, string, number], ManifestRow>(
+        `SELECT digest, media_type, size, artifact_type, subject, annotations FROM manifests
+          WHERE repo_id = ? AND subject = ? AND digest > ? AND artifact_type = ? ORDER BY digest LIMIT ?`),
+      insertUpload: db.prepare('INSERT INTO uploads (id, repo, client, started_at, updated_at) VALUES (?, ?, ?, ?, ?)'),
+      getUpload: db.prepare<[string], { repo: string; started_at: number }>('SELECT repo, started_at FROM uploads WHERE id = ?'),
+      uploadsOfRepo: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM uploads WHERE repo = ?'),
+      uploadsOfClient: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM uploads WHERE client = ?'),
+      uploadCount: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM uploads'),
       touchUpload: db.prepare('UPDATE uploads SET updated_at = ? WHERE id = ?'),
       deleteUpload: db.prepare('DELETE FROM uploads WHERE id = ?'),
       allUploads: db.prepare<[], { id: string; updated_at: number }>('SELECT id, updated_at FROM uploads'),
@@ -190,14 +208,25 @@ export class Index {
     if (id === undefined) return undefined;
     return this.s.listTags.all(id, last, n).map((t) => t.name);
   }
-  referrers(repo: string, subject: string): ManifestRow[] {
+  referrers(repo: string, subject: string, page: ReferrersPage): ManifestRow[] {
     const id = this.repoId(repo);
-    return id === undefined ? [] : this.s.referrers.all(id, subject);
+    if (id === undefined) return [];
+    return page.artifactType === undefined
+      ? this.s.referrers.all(id, subject, page.after, page.limit)
+      : this.s.referrersOfType.all(id, subject, page.after, page.artifactType, page.limit);
   }
 
-  createUpload(id: string, repo: string): void {
+  createUpload(id: string, repo: string, client: string): void {
     const t = now();
-    this.db.transaction(() => { this.s.insertUpload.run(id, this.ensureRepo(repo), t, t); })();
+    this.s.insertUpload.run(id, repo, client, t, t);
+  }
+  /** Unfinished uploads of a repository, of a client, and in all. */
+  openUploads(repo: string, client: string): { repo: number; client: number; total: number } {
+    return {
+      repo: this.s.uploadsOfRepo.get(repo)!.n,
+      client: this.s.uploadsOfClient.get(client)!.n,
+      total: this.s.uploadCount.get()!.n,
+    };
   }
   getUpload(id: string) { return this.s.getUpload.get(id); }
   touchUpload(id: string) { this.s.touchUpload.run(now(), id); }

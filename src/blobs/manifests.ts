@@ -12,7 +12,7 @@ import { digestOf } from '../oci/digest.js';
 import type { Reference } from '../oci/reference.js';
 import type { StoreCore } from './core.js';
 import { MissingReferences } from './errors.js';
-import type { ManifestRow, NewManifest } from './index.js';
+import type { ManifestRow, NewManifest, ReferrersPage } from './index.js';
 
 /** What a manifest being stored says about itself (see src/oci/manifest.ts). */
 export type ManifestInfo = Omit<NewManifest, 'digest' | 'size'> & { blobs: string[]; manifests: string[] };
@@ -102,7 +102,7 @@ export class Manifests {
       if (r.orphaned) await fs.rm(this.core.layout.blobPath(digest), { force: true });
       return r.deleted;
     });
-    this.core.bump(repo);
+    if (deleted) this.core.bump(repo);
     return deleted;
   }
 
@@ -113,7 +113,7 @@ export class Manifests {
 
   deleteTag(repo: string, tag: string): boolean {
     const r = this.core.index.deleteTag(repo, tag);
-    this.core.bump(repo);
+    if (r) this.core.bump(repo);
     return r;
   }
 
@@ -121,7 +121,9 @@ export class Manifests {
     return this.core.index.listTags(repo, last, n);
   }
 
-  referrers(repo: string, subject: string): ManifestRow[] {
-    return this.core.index.referrers(repo, subject);
+  referrers(repo: string, subject: string, page: ReferrersPage): ManifestRow[] {
+    return this.core.index.referrers(repo, subject, page);
   }
+
+  get cachedReferences(): number { return this.refCache.size; }
 }

@@ -6,7 +6,7 @@
 // reconciliation in storage.ts repairs the one window a crash can leave).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS blobs (
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS manifests (
   created_at    INTEGER NOT NULL,
   PRIMARY KEY (repo_id, digest)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS manifests_subject ON manifests(repo_id, subject) WHERE subject IS NOT NULL;
+-- Referrers are listed a page at a time in digest order: the index serves each page directly.
+CREATE INDEX IF NOT EXISTS manifests_referrers ON manifests(repo_id, subject, digest) WHERE subject IS NOT NULL;
 CREATE INDEX IF NOT EXISTS manifests_digest ON manifests(digest);
 
 CREATE TABLE IF NOT EXISTS tags (
@@ -55,12 +56,19 @@ CREATE TABLE IF NOT EXISTS tags (
   FOREIGN KEY (repo_id, digest) REFERENCES manifests(repo_id, digest) ON DELETE CASCADE
 ) WITHOUT ROWID;
 
+-- Unfinished uploads. By repository *name*, not row: starting an upload stores no
+-- content, so it must not create a repository (a client inventing names would otherwise
+-- grow the repositories table without bound). client is the address the upload counts
+-- against (per-client limits).
 CREATE TABLE IF NOT EXISTS uploads (
   id          TEXT PRIMARY KEY,
-  repo_id     INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
+  repo        TEXT NOT NULL,
+  client      TEXT NOT NULL DEFAULT '',
   started_at  INTEGER NOT NULL,
   updated_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS uploads_repo ON uploads(repo);
+CREATE INDEX IF NOT EXISTS uploads_client ON uploads(client);
 
 -- Build-on-pull: the layer built for one set of store paths, reused by every image
 -- and rebuild that contains the same set. key = hash of the sorted store paths and
@@ -90,3 +98,22 @@ CREATE TABLE IF NOT EXISTS builds (
   PRIMARY KEY (repo, hash)
 ) WITHOUT ROWID;
 `;
+
+/**
+ * Steps from an older schema, by the version they start from: `before` runs ahead of
+ * SCHEMA (to move aside what SCHEMA would otherwise mistake for current), `after` once
+ * SCHEMA has created the new tables. All in one transaction.
+ */
+export const MIGRATIONS: Record<number, { before: string; after: string }> = {
+  // 1 → 2: uploads name their repository instead of holding a repositories row;
+  // referrers are indexed in page order.
+  1: {
+    before: 'ALTER TABLE uploads RENAME TO uploads_v1; DROP INDEX IF EXISTS manifests_subject;',
+    after: `INSERT INTO uploads (id, repo, client, started_at, updated_at)
+              SELECT u.id, r.name, '', u.started_at, u.updated_at FROM uploads_v1 u JOIN repositories r ON r.id = u.repo_id;
+            DROP TABLE uploads_v1;
+            -- Rows that only uploads (or requests for invented names) ever created.
+            DELETE FROM repositories WHERE NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = repositories.id)
+              AND NOT EXISTS (SELECT 1 FROM repo_blobs b WHERE b.repo_id = repositories.id);`,
+  },
+};

@@ -13,7 +13,7 @@ import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
 import { StoreCore, readdirSafe } from './core.js';
 import { BlobFiles } from './files.js';
-import { Index, type ManifestRow } from './index.js';
+import { Index, type ManifestRow, type ReferrersPage } from './index.js';
 import { Layout } from './layout.js';
 import { Manifests, type ManifestInfo } from './manifests.js';
 import { Uploads } from './uploads.js';
@@ -32,12 +32,13 @@ export class Storage {
   private readonly uploads: Uploads;
   private readonly manifests: Manifests;
   private readonly uploadMaxAgeMs: number;
+  private readonly core: StoreCore;
   private purgeTimer: NodeJS.Timeout | undefined;
 
   private constructor(root: string, opts: StorageOptions) {
     this.layout = new Layout(root);
     this.index = new Index(this.layout.dbPath);
-    const core = new StoreCore(this.layout, this.index);
+    const core = this.core = new StoreCore(this.layout, this.index);
     this.uploadMaxAgeMs = opts.uploadMaxAgeMs ?? 24 * 3600_000;
     this.files = new BlobFiles(core);
     this.uploads = new Uploads(core, this.files, this.uploadMaxAgeMs);
@@ -112,7 +113,9 @@ export class Storage {
 
   // ---------------------------------------------------------------- uploads (uploads.ts)
 
-  startUpload(repo: string): string { return this.uploads.start(repo); }
+  startUpload(repo: string, client?: string): string { return this.uploads.start(repo, client); }
+  /** Unfinished uploads of `repo`, of `client`, and in all (for the limits above). */
+  openUploads(repo: string, client: string) { return this.index.openUploads(repo, client); }
   uploadOffset(repo: string, id: string) { return this.uploads.offset(repo, id); }
   appendUpload(repo: string, id: string, source: Readable, start?: number, length?: number) {
     return this.uploads.append(repo, id, source, start, length);
@@ -131,7 +134,18 @@ export class Storage {
   tag(repo: string, tag: string, digest: string): void { this.manifests.tag(repo, tag, digest); }
   deleteTag(repo: string, tag: string): boolean { return this.manifests.deleteTag(repo, tag); }
   listTags(repo: string, last: string, n: number): string[] | undefined { return this.manifests.listTags(repo, last, n); }
-  referrers(repo: string, subject: string): ManifestRow[] { return this.manifests.referrers(repo, subject); }
+  /** One page of the manifests whose subject is `subject`, in digest order. */
+  referrers(repo: string, subject: string, page: ReferrersPage): ManifestRow[] { return this.manifests.referrers(repo, subject, page); }
   catalog(last: string, n: number): string[] { return this.index.listRepos(last, n); }
   repositoryExists(repo: string): boolean { return this.index.repoId(repo) !== undefined; }
+
+  /** What storage holds in memory and in flight, for operators and the bounds' tests. */
+  stats() {
+    return {
+      trackedRepositories: this.core.trackedRepositories,
+      cachedReferences: this.manifests.cachedReferences,
+      liveUploads: this.uploads.liveCount,
+      openUploads: this.index.openUploads('', '').total,
+    };
+  }
 }

@@ -18,16 +18,22 @@ interface UploadState {
   hash: Hash | null;
   offset: number;
   busy: boolean;
+  /** The chunk or finish in progress, which a cancel waits for or cuts short. */
+  op?: { done: Promise<unknown>; source?: Readable | undefined } | undefined;
+  /** Set by cancel: whatever is in progress ends as if the upload never existed. */
+  cancelled?: boolean;
 }
 
 export class Uploads {
   private readonly live = new Map<string, UploadState>();
 
+  get liveCount(): number { return this.live.size; }
+
   constructor(private readonly core: StoreCore, private readonly files: BlobFiles, private readonly maxAgeMs: number) {}
 
-  start(repo: string): string {
+  start(repo: string, client = ''): string {
     const id = randomUUID();
-    this.core.index.createUpload(id, repo);
+    this.core.index.createUpload(id, repo, client);
     // Created synchronously so that a status request right after POST finds it.
     closeSync(openSync(this.core.layout.uploadPath(id), 'wx'));
     this.live.set(id, { hash: createHash('sha256'), offset: 0, busy: false });
@@ -51,16 +57,18 @@ export class Uploads {
     }
     const path = this.core.layout.uploadPath(id);
     st.busy = true;
-    try {
+    const work = (async () => {
       const counter = new Digester(st.hash ?? createHash('sha256'));
       try {
         await pipeline(source, counter, createWriteStream(path, { flags: 'a', highWaterMark: WRITE_BUFFER }));
       } catch (err) {
+        if (st.cancelled) throw new UploadUnknown(id);
         // The file may hold part of the chunk: the file is the truth from here on.
         st.hash = null;
         st.offset = (await fs.stat(path)).size;
         throw err;
       }
+      if (st.cancelled) throw new UploadUnknown(id);
       st.offset += counter.bytes;
       if (length !== undefined && counter.bytes !== length) {
         st.hash = null;
@@ -68,8 +76,13 @@ export class Uploads {
       }
       this.core.index.touchUpload(id);
       return st.offset;
+    })();
+    st.op = { done: work, source };
+    try {
+      return await work;
     } finally {
       st.busy = false;
+      st.op = undefined;
     }
   }
 
@@ -79,7 +92,7 @@ export class Uploads {
     if (st.busy) throw new UploadOutOfOrder('a chunk of this upload is still in progress', st.offset);
     st.busy = true;
     const path = this.core.layout.uploadPath(id);
-    try {
+    const work = (async () => {
       const alg = algorithmOf(digest);
       let actual: string;
       if (alg === 'sha256' && st.hash) actual = `sha256:${st.hash.copy().digest('hex')}`;
@@ -90,18 +103,44 @@ export class Uploads {
       this.core.index.deleteUpload(id);
       this.live.delete(id);
       return size;
+    })();
+    st.op = { done: work };
+    try {
+      return await work;
     } catch (err) {
+      // A cancel that came first already removed the session: nothing was committed.
+      if (st.cancelled) throw new UploadUnknown(id);
       // A failed finish ends the session (as in Distribution): the client starts over.
-      await this.cancel(repo, id).catch(() => {});
+      await this.remove(id);
       throw err;
     } finally {
       st.busy = false;
+      st.op = undefined;
     }
   }
 
+  /**
+   * Ends a session. A chunk in progress is cut short; a finish in progress is waited
+   * for, because it may be committing the blob: if it succeeded, the upload no longer
+   * exists and this is UploadUnknown, exactly as if the cancel had come a moment later.
+   */
   async cancel(repo: string, id: string): Promise<void> {
     const row = this.core.index.getUpload(id);
     if (!row || row.repo !== repo) throw new UploadUnknown(id);
+    const st = this.live.get(id);
+    if (st?.op) {
+      if (st.op.source) {
+        st.cancelled = true;
+        st.op.source.destroy();
+      }
+      await st.op.done.catch(() => {});
+      if (!this.core.index.getUpload(id)) throw new UploadUnknown(id);
+      st.cancelled = true;
+    }
+    await this.remove(id);
+  }
+
+  private async remove(id: string): Promise<void> {
     this.core.index.deleteUpload(id);
     this.live.delete(id);
     await fs.rm(this.core.layout.uploadPath(id), { force: true });

@@ -6,6 +6,7 @@
 // Room: oci, the model the other rooms share. Imports nothing of nixreg's; knows neither HTTP, SQLite nor Nix.
 import { isDigest } from './digest.js';
 import { OciError } from './errors.js';
+import { parseJson } from './json.js';
 import { IMAGE_TYPES, INDEX_TYPES, MANIFEST_TYPES, MediaTypes, bareType } from './media-types.js';
 
 export interface ParsedManifest {
@@ -46,7 +47,7 @@ function descriptor(d: unknown, where: string): { digest: string; mediaType: str
 export function parseManifest(body: Buffer, contentType: string | undefined): ParsedManifest {
   let json: Record<string, unknown>;
   try {
-    const v: unknown = JSON.parse(body.toString('utf8'));
+    const v = parseJson(body);
     if (typeof v !== 'object' || v === null || Array.isArray(v)) invalid('manifest is not a JSON object');
     json = v as Record<string, unknown>;
   } catch (e) {

@@ -6,15 +6,20 @@ import type { Logger } from 'pino';
 import type { Storage } from '../blobs/storage.js';
 import type { ImageSource } from '../build/image-source.js';
 import { RegistryError, registryErrorOf } from './errors.js';
+import type { Limits } from './handlers/context.js';
+import { MemoryBudget } from './http.js';
 import { endpoints } from './routes.js';
 
 export interface AppOptions {
   storage: Storage;
   source?: ImageSource | undefined;
   log: Logger;
+  limits: Limits & { manifestMemoryBytes: number };
+  /** Counters kept outside the app (connections), shown in /nixreg/stats. */
+  counters?: () => Record<string, unknown>;
 }
 
-export function createApp({ storage, source, log }: AppOptions) {
+export function createApp({ storage, source, log, limits, counters }: AppOptions) {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
@@ -33,7 +38,11 @@ export function createApp({ storage, source, log }: AppOptions) {
     next();
   });
 
-  const ctx = { storage, source };
+  const bodies = new MemoryBudget(limits.manifestMemoryBytes);
+  const ctx = {
+    storage, source, bodies, limits,
+    counters: () => ({ ...counters?.(), manifestMemory: { used: bodies.used, limit: bodies.limit, refused: bodies.refused } }),
+  };
   for (const e of endpoints) {
     const h = e.handler(ctx);
     for (const m of e.methods) app[m](e.path, h);
@@ -74,6 +83,8 @@ export function createApp({ storage, source, log }: AppOptions) {
     // An error before the body was read must not leave the client writing into a void.
     if (!req.complete) req.resume();
     const body = JSON.stringify(e.toJSON());
+    // Load shedding, not a verdict: the same request may succeed in a moment.
+    if (e.status === 429 || e.status === 503) res.set('Retry-After', '1');
     res.status(e.status).set({ 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)) });
     res.end(req.method === 'HEAD' ? undefined : body);
   });

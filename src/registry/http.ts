@@ -4,24 +4,68 @@
 import type { Request } from 'express';
 import { RegistryError } from './errors.js';
 
-/** Reads a request body of at most `limit` bytes, answering 413 beyond it. */
-export async function readBody(req: Request, limit: number): Promise<Buffer> {
+/**
+ * Bytes that request bodies held in memory may take together. Each body is counted
+ * while it is read, so many slow manifest PUTs cannot add up to more than this: past
+ * it a request is answered 429 at once instead of growing the heap.
+ */
+export class MemoryBudget {
+  used = 0;
+  refused = 0;
+  constructor(readonly limit: number) {}
+
+  take(n: number): boolean {
+    if (this.used + n > this.limit) { this.refused++; return false; }
+    this.used += n;
+    return true;
+  }
+
+  give(n: number): void { this.used -= n; }
+}
+
+function overBudget(budget: MemoryBudget): RegistryError {
+  return new RegistryError('TOOMANYREQUESTS',
+    `the server is reading too many request bodies at once (${budget.limit} bytes in memory); retry shortly`);
+}
+
+/**
+ * Reads a request body of at most `limit` bytes, answering 413 beyond it, counted
+ * against `budget` while it is read and released once the body is parsed (`use`).
+ */
+export async function withBody<T>(req: Request, limit: number, budget: MemoryBudget, use: (body: Buffer) => Promise<T> | T): Promise<T> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) {
     req.resume();
     throw new RegistryError('MANIFEST_TOO_LARGE', `body of ${declared} bytes exceeds the limit of ${limit}`, { limit });
   }
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of req) {
-    total += (chunk as Buffer).length;
-    if (total > limit) {
-      req.resume();
-      throw new RegistryError('MANIFEST_TOO_LARGE', `body exceeds the limit of ${limit} bytes`, { limit });
+  let held = 0;
+  try {
+    const chunks: Buffer[] = [];
+    // A declared length is reserved whole up front: refusing before reading is cheaper
+    // for both sides than refusing half way.
+    const reserve = declared !== undefined ? Number(declared) : 0;
+    if (reserve > 0) {
+      if (!budget.take(reserve)) { req.resume(); throw overBudget(budget); }
+      held = reserve;
     }
-    chunks.push(chunk as Buffer);
+    let total = 0;
+    for await (const chunk of req) {
+      const c = chunk as Buffer;
+      total += c.length;
+      if (total > limit) {
+        req.resume();
+        throw new RegistryError('MANIFEST_TOO_LARGE', `body exceeds the limit of ${limit} bytes`, { limit });
+      }
+      if (total > held) {
+        if (!budget.take(total - held)) { req.resume(); throw overBudget(budget); }
+        held = total;
+      }
+      chunks.push(c);
+    }
+    return await use(Buffer.concat(chunks));
+  } finally {
+    budget.give(held);
   }
-  return Buffer.concat(chunks);
 }
 
 /** Whether a request carries a body at all (Content-Length > 0, or chunked). */

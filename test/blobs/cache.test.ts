@@ -85,3 +85,18 @@ test('the storage cache itself: resolveManifest is per repository and invalidate
     s.index.resolveTag = resolveTag;
   }
 });
+
+test('per-repository generations are bounded, and evicting one never serves a stale entry', async () => {
+  const s = reg.storage;
+  const one = await pushImage(reg.url, 'cache/evicted', 'v', { salt: 'one' });
+  const two = await pushImage(reg.url, 'cache/evicted', 'w', { salt: 'two' });
+  const evict = () => { for (let i = 0; i < 10_050; i++) (s as unknown as { core: { bump(r: string): void } }).core.bump(`cache/filler${i}`); };
+  evict();
+  assert.ok(s.stats().trackedRepositories <= 10_000);
+  // Cached while the repository's generation was evicted…
+  assert.equal(s.resolveManifest('cache/evicted', { tag: 'v' })?.digest, one.digest);
+  // …then changed (a new generation), then evicted again: the old entry must not return.
+  s.tag('cache/evicted', 'v', two.digest);
+  evict();
+  assert.equal(s.resolveManifest('cache/evicted', { tag: 'v' })?.digest, two.digest);
+});

@@ -7,15 +7,38 @@ import type { Storage } from '../../blobs/storage.js';
 import type { ImageSource } from '../../build/image-source.js';
 import { checkName } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
+import type { MemoryBudget } from '../http.js';
+
+/** What one client may hold open (see README, "Limits"). */
+export interface Limits {
+  /** Unfinished uploads per repository, per client address, and in all. */
+  uploadsPerRepo: number;
+  uploadsPerClient: number;
+  uploads: number;
+}
 
 export interface Ctx {
   storage: Storage;
   source?: ImageSource | undefined;
+  /** Memory that manifest bodies being read may take together. */
+  bodies: MemoryBudget;
+  limits: Limits;
+  /** Counters of the layers above the handlers, for /nixreg/stats. */
+  counters: () => Record<string, unknown>;
 }
 
 /** The validated repository name of a request. */
 export function repoOf(req: Request): string {
   return checkName(String(req.params.name));
+}
+
+/**
+ * The client a request counts against: its address, IPv4-mapped forms folded, so one
+ * host is one client whichever way it connects.
+ */
+export function clientOf(req: Request): string {
+  const a = req.socket.remoteAddress ?? 'unknown';
+  return a.startsWith('::ffff:') ? a.slice(7) : a;
 }
 
 /** Refuses writes to repositories that are built from expressions. */

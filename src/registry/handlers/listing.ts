@@ -2,6 +2,7 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request, Response } from 'express';
+import type { ManifestRow } from '../../blobs/index.js';
 import { MediaTypes } from '../../oci/media-types.js';
 import { checkDigest } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
@@ -45,27 +46,53 @@ export function catalog(ctx: Ctx) {
   };
 }
 
+/** A referrers page stops at whichever comes first (the Link header leads on). */
+const REFERRERS_PAGE = 1000;
+const REFERRERS_PAGE_BYTES = 4 * 1024 * 1024;
+
+/**
+ * end-12a/12b. The response is built from the index rows alone (no manifest body is
+ * read) and capped in count and bytes, so neither many referrers nor large annotations
+ * can make one response, or a few concurrent ones, take unbounded memory.
+ */
 export function referrers(ctx: Ctx) {
   return (req: Request, res: Response) => {
     const repo = repoOf(req);
     const subject = checkDigest(String(req.params.digest));
     const filter = req.query.artifactType;
     if (filter !== undefined && typeof filter !== 'string') throw new RegistryError('MANIFEST_INVALID', 'artifactType given more than once');
-    let rows = ctx.storage.referrers(repo, subject);
-    if (filter !== undefined) {
-      rows = rows.filter((r) => r.artifact_type === filter);
-      res.set('OCI-Filters-Applied', 'artifactType');
+    const { n, last } = parsePage(req.query);
+    const limit = Math.min(n ?? REFERRERS_PAGE, REFERRERS_PAGE);
+    if (filter !== undefined) res.set('OCI-Filters-Applied', 'artifactType');
+    const rows = limit === 0 ? [] : ctx.storage.referrers(repo, subject, { after: last ?? '', limit: limit + 1, artifactType: filter });
+    const parts: string[] = [];
+    let bytes = 0;
+    let next: string | undefined;
+    for (const [i, r] of rows.entries()) {
+      if (i === limit) { next = rows[i - 1]!.digest; break; }
+      const item = descriptorJson(r);
+      if (parts.length > 0 && bytes + item.length > REFERRERS_PAGE_BYTES) { next = rows[i - 1]!.digest; break; }
+      parts.push(item);
+      bytes += item.length;
     }
-    const manifests = rows.map((r) => ({
-      mediaType: r.media_type,
-      digest: r.digest,
-      size: r.size,
-      ...(r.artifact_type ? { artifactType: r.artifact_type } : {}),
-      ...(r.annotations ? { annotations: JSON.parse(r.annotations) as Record<string, string> } : {}),
-    }));
+    if (next !== undefined) {
+      const q = new URLSearchParams({ n: String(limit), last: next, ...(filter !== undefined ? { artifactType: filter } : {}) });
+      res.set('Link', `</v2/${repo}/referrers/${subject}?${q}>; rel="next"`);
+    }
     // A Buffer, not a string: express would append "; charset=utf-8" to a string's type,
     // and clients compare this Content-Type exactly.
-    const body = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests }));
+    const body = Buffer.from(`{"schemaVersion":2,"mediaType":${JSON.stringify(MediaTypes.ociIndex)},"manifests":[${parts.join(',')}]}`);
     res.status(200).set({ 'Content-Type': MediaTypes.ociIndex, 'Content-Length': String(body.length) }).end(body);
   };
+}
+
+/** One descriptor of the index; annotations are spliced in as stored (JSON the index wrote). */
+function descriptorJson(r: ManifestRow): string {
+  const head = JSON.stringify({
+    mediaType: r.media_type,
+    digest: r.digest,
+    size: r.size,
+    ...(r.artifact_type ? { artifactType: r.artifact_type } : {}),
+  });
+  return r.annotations ? `${head.slice(0, -1)},"annotations":${r.annotations}}` : head;
 }

@@ -7,7 +7,7 @@ import { digestOf, parseDigest } from '../../oci/digest.js';
 import { parseManifest } from '../../oci/manifest.js';
 import { checkReference, isTag } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
-import { etagMatches, readBody } from '../http.js';
+import { etagMatches, withBody } from '../http.js';
 import { MAX_MANIFEST_BYTES, accepts } from '../negotiate.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';
 
@@ -81,13 +81,15 @@ export function putManifest(ctx: Ctx) {
     const repo = repoOf(req);
     const ref = refOf(req);
     checkWritable(ctx, repo);
-    const body = await readBody(req, MAX_MANIFEST_BYTES);
-    const parsed = parseManifest(body, req.headers['content-type']);
-    const digest = digestOf(body, ref.digest ? parseDigest(ref.digest)!.algorithm : 'sha256');
-    if (ref.digest && ref.digest !== digest) {
-      throw new RegistryError('DIGEST_INVALID', 'manifest digest does not match the reference', { expected: ref.digest, actual: digest });
-    }
-    await ctx.storage.putManifest(repo, body, parsed, ref.tag, digest);
+    const { digest, parsed } = await withBody(req, MAX_MANIFEST_BYTES, ctx.bodies, async (body) => {
+      const parsed = parseManifest(body, req.headers['content-type']);
+      const digest = digestOf(body, ref.digest ? parseDigest(ref.digest)!.algorithm : 'sha256');
+      if (ref.digest && ref.digest !== digest) {
+        throw new RegistryError('DIGEST_INVALID', 'manifest digest does not match the reference', { expected: ref.digest, actual: digest });
+      }
+      await ctx.storage.putManifest(repo, body, parsed, ref.tag, digest);
+      return { digest, parsed };
+    });
     res.status(201).set({
       Location: `/v2/${repo}/manifests/${digest}`,
       'Docker-Content-Digest': digest,

@@ -1,5 +1,5 @@
 // nixreg's own endpoints beside the distribution API: the recent builds, a build's
-// log, and counters for operators. They exist only where build-on-pull is enabled.
+// log, and counters for operators. The builds exist only where build-on-pull is enabled.
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import { createReadStream } from 'node:fs';
@@ -30,6 +30,9 @@ export function buildLog(ctx: Ctx) {
   };
 }
 
+/** Counters of the server (always) and of build-on-pull (where enabled). */
 export function stats(ctx: Ctx) {
-  return (req: Request, res: Response) => { res.json(sourceOf(ctx, req).stats()); };
+  return (_req: Request, res: Response) => {
+    res.json({ ...ctx.source?.stats(), server: { ...ctx.counters(), ...ctx.storage.stats() } });
+  };
 }

@@ -8,7 +8,7 @@ import { checkDigest, checkName } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
 import { isUploadId } from '../grammar.js';
 import { contentLength, hasBody, parseContentRange, uploadRange } from '../http.js';
-import { checkWritable, repoOf, type Ctx } from './context.js';
+import { checkWritable, clientOf, repoOf, type Ctx } from './context.js';
 
 function uploadIdOf(req: Request): string {
   const id = String(req.params.id);
@@ -55,6 +55,24 @@ async function withUploadHeaders<T>(res: Response, repo: string, id: string, fn:
   }
 }
 
+/**
+ * An upload holds a file and a row until it is finished, cancelled or purged: each
+ * client and each repository may hold only so many at once. Checked and started in one
+ * synchronous step, so concurrent POSTs cannot both pass the last free slot.
+ */
+function checkUploadLimits(ctx: Ctx, repo: string, client: string): void {
+  const open = ctx.storage.openUploads(repo, client);
+  const { uploadsPerRepo, uploadsPerClient, uploads } = ctx.limits;
+  const over = open.client >= uploadsPerClient ? `this client has ${open.client} unfinished uploads (limit ${uploadsPerClient})`
+    : open.repo >= uploadsPerRepo ? `${repo} has ${open.repo} unfinished uploads (limit ${uploadsPerRepo})`
+    : open.total >= uploads ? `the registry has ${open.total} unfinished uploads (limit ${uploads})`
+    : undefined;
+  if (over) {
+    throw new RegistryError('TOOMANYREQUESTS', `${over}; finish or cancel some, or wait until they are purged`,
+      { repository: repo });
+  }
+}
+
 export function startUpload(ctx: Ctx) {
   return async (req: Request, res: Response) => {
     const repo = repoOf(req);
@@ -80,7 +98,9 @@ export function startUpload(ctx: Ctx) {
       return;
     }
     req.resume();
-    const id = ctx.storage.startUpload(repo);
+    const client = clientOf(req);
+    checkUploadLimits(ctx, repo, client);
+    const id = ctx.storage.startUpload(repo, client);
     inProgress(res, repo, id, 0);
   };
 }

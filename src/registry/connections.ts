@@ -1,0 +1,102 @@
+// How long a client may hold a connection without making progress, and how many it
+// may hold at all: the HTTP server's side of "every socket has a bound".
+//
+// Why a watchdog of our own on top of Node's timeouts. Node's `requestTimeout` bounds a
+// whole request, which would cut a slow but moving multi-GiB upload and a pull that
+// waits minutes for its image to build. What a production server needs instead is a
+// bound on *no progress*, judged by what the connection is doing when it goes quiet:
+//  - before a request's headers are complete: Node's `headersTimeout` (which also
+//    covers a socket that never sends a byte);
+//  - between requests: Node's `keepAliveTimeout`;
+//  - while a request body is being read: quiet for `bodyMs` means the client stalled
+//    (unless the body is waiting on us: then the unread bytes are in our buffer);
+//  - while a response is being written: quiet for `bodyMs` means the client stopped
+//    reading;
+//  - while a handler works before answering (a build): no bound here, the build's own
+//    timeout bounds it.
+// Beyond `maxConnections`, a new connection gets a 503 and is closed at once, before any
+// of its bytes are parsed, rather than holding a descriptor that every other client needs.
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+
+export interface ConnectionLimits {
+  /** Headers of a request must be complete this long after it starts (and after connecting). */
+  headersMs: number;
+  /** An idle keep-alive connection is closed after this long. */
+  idleMs: number;
+  /** A request body or response that makes no progress for this long is aborted. */
+  bodyMs: number;
+  /** Connections open at once; more are answered 503 and closed. */
+  maxConnections: number;
+}
+
+interface InFlight { req: IncomingMessage; res: ServerResponse }
+
+export interface ConnectionStats { open: number; refused: number; stalled: number }
+
+/** Applies `limits` to `server` (before it listens); returns live counters. */
+export function limitConnections(server: Server, limits: ConnectionLimits): ConnectionStats {
+  const stats: ConnectionStats = { open: 0, refused: 0, stalled: 0 };
+  server.headersTimeout = limits.headersMs;
+  // Off: it would bound the whole request, body and build included (see above).
+  server.requestTimeout = 0;
+  server.keepAliveTimeout = limits.idleMs;
+  // Node checks headersTimeout on this interval: at most 1 s late, whatever the bound.
+  (server as Server & { connectionsCheckingInterval: number }).connectionsCheckingInterval = 1000;
+  // The inactivity timer of every socket; Node re-arms it with this value whenever a new
+  // request starts on a kept-alive connection.
+  server.timeout = limits.bodyMs;
+
+  const inflight = new WeakMap<Socket, InFlight>();
+  server.on('connection', (socket: Socket) => {
+    if (stats.open >= limits.maxConnections) {
+      stats.refused++;
+      refuse(socket);
+      return;
+    }
+    stats.open++;
+    socket.once('close', () => { stats.open--; });
+  });
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    const socket = req.socket;
+    inflight.set(socket, { req, res });
+    res.once('close', () => { if (inflight.get(socket)?.res === res) inflight.delete(socket); });
+  });
+  // With a listener here Node leaves the decision to us instead of destroying the socket.
+  server.on('timeout', (socket: Socket) => {
+    const f = inflight.get(socket);
+    if (f && !f.res.headersSent && (f.req.complete || f.req.readableLength > 0)) {
+      // The handler is working (or has not read what the client sent): not the client's
+      // stall. The timer re-arms at the next byte either way.
+      return;
+    }
+    if (f) stats.stalled++;
+    socket.destroy();
+  });
+  return stats;
+}
+
+const REFUSAL = (() => {
+  const body = JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: 'too many connections; retry shortly', detail: {} }] });
+  return Buffer.from([
+    'HTTP/1.1 503 Service Unavailable',
+    'Content-Type: application/json',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    'Retry-After: 1',
+    'Connection: close',
+    '', body,
+  ].join('\r\n'));
+})();
+
+function refuse(socket: Socket): void {
+  // The HTTP parser is attached already (this listener runs after Node's): stop feeding
+  // it, so the refused connection costs no request handling at all.
+  socket.removeAllListeners('data');
+  socket.on('data', () => {});
+  socket.on('error', () => {});
+  socket.end(REFUSAL);
+  // A client that never reads the refusal must not keep the descriptor either.
+  setTimeout(() => socket.destroy(), 1000).unref();
+}
