@@ -12,6 +12,7 @@ import type { Descriptor } from '../oci/descriptor.js';
 import { assembleImage } from './assemble.js';
 import { BuildError, BuildFailed, EvaluationFailed, NixUnavailable, NoImageExpression } from './errors.js';
 import { ingestImageOutput, isImageOutput } from './ingest.js';
+import { warnIfUntied } from './child.js';
 import { BuildLogs, type BuildLog } from './logs.js';
 import { NixError, closureOf, evaluateFile, hashPart, outputsOf, realise, type EvalJSON } from './nix.js';
 import { NixHealth, diagnose, sandboxHint } from './nix-health.js';
@@ -102,6 +103,7 @@ export class Builder {
     this.evalSem = new Semaphore(Math.max(2, this.o.maxBuilds));
     this.logs = new BuildLogs(storage.layout, this.o.keepLogs);
     this.health = new NixHealth({ env: this.o.nixEnv, log: this.o.log });
+    warnIfUntied(this.o.log);
     void this.removeStaleRoots();
   }
 
