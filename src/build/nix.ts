@@ -84,12 +84,20 @@ export function runNix(cmd: 'nix-instantiate' | 'nix-store', args: string[], opt
     child.on('close', (code) => {
       if (timer) clearTimeout(timer);
       if (killer) clearTimeout(killer);
-      const stderr = Buffer.concat(err).toString();
+      const stderr = hideInstallPaths(Buffer.concat(err).toString());
       if (timedOut) reject(new NixError(`${cmd} timed out after ${Math.round(opts.timeoutMs! / 1000)} s`, stderr, code, true));
       else if (code !== 0) reject(new NixError(essentialError(stderr) || `${cmd} exited with code ${code}`, stderr, code));
       else resolve(Buffer.concat(out).toString());
     });
   });
+}
+
+/**
+ * Nix names nixreg's own expressions by their path in traces; that path says where
+ * nixreg is installed on the host, which is no business of a client.
+ */
+function hideInstallPaths(text: string): string {
+  return text.split(EVAL_NIX).join('<nixreg>/eval.nix').split(PROBE_NIX).join('<nixreg>/probe.nix');
 }
 
 const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;

@@ -8,11 +8,13 @@
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { realpathSync, statSync } from 'node:fs';
-import { join, sep } from 'node:path';
+import { join, relative, resolve, sep } from 'node:path';
 
 export interface ImageFile {
   /** Real absolute path of the expression file. */
   path: string;
+  /** The same file relative to the images directory (`sub/app.nix`): what clients are shown. */
+  name: string;
   /**
    * Identity of the file's current content as cheaply observable: device, inode, size
    * and mtime. Any edit (in place or by rename) changes it.
@@ -67,7 +69,27 @@ export function resolveImageFile(imagesDir: string, name: string): ImageFile | u
     let st;
     try { st = statSync(real, { bigint: true }); } catch { continue; }
     if (!st.isFile()) continue;
-    return { path: real, key: `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}` };
+    return { path: real, name: relative(root, real), key: `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}` };
   }
   return undefined;
+}
+
+const PATH_CHAR = String.raw`[\w+@%~-]`;
+
+/**
+ * `text` with the images directory's absolute path taken out, so that the files in it
+ * are named as they are relative to it (`at sub/app.nix:3:5`), the directory itself as
+ * `.`: Nix's messages would otherwise show a client where the images live on the host.
+ */
+export function hideImagesDir(text: string, imagesDir: string): string {
+  const forms = new Set([resolve(imagesDir)]);
+  try { forms.add(realpathSync(imagesDir)); } catch { /* gone: the given form is all there is */ }
+  let out = text;
+  // Longest first: one form may be a prefix of the other.
+  for (const dir of [...forms].filter((f) => f !== sep).sort((a, b) => b.length - a.length)) {
+    const escaped = dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    // Whole path components only: not `/x/images2`, `/y/x/images`; a sentence's full stop may follow.
+    out = out.replace(new RegExp(`(?<!${PATH_CHAR}|/)${escaped}(/+|(?!${PATH_CHAR}|\\.\\w))`, 'g'), (_m, slash: string) => slash ? '' : '.');
+  }
+  return out;
 }

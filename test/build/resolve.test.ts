@@ -88,6 +88,7 @@ test('directory symlinks that loop are not followed; one to an unrelated directo
   for (const images of [dir, join(top, 'loops-link')]) {
     assert.equal(resolveImageFile(images, 'hello')?.path, hello);
     assert.equal(resolveImageFile(images, 'team/svc')?.path, svc);
+    assert.equal(resolveImageFile(images, 'team/svc')?.name, 'team/svc.nix', 'named relative to the images dir');
     for (const name of ['self/hello', 'self/self/hello', 'dot/hello', 'self/team/svc', 'self', 'dot',
       'up/images/loops/hello', 'team/parent/hello', 'team/parent/team/svc', 'team/again/svc',
       'other/to-team/to-other/deep', 'team/to-other/to-team/svc']) {
@@ -96,5 +97,6 @@ test('directory symlinks that loop are not followed; one to an unrelated directo
     // Into an unrelated directory inside: followed, once each way.
     assert.equal(resolveImageFile(images, 'other/to-team/svc')?.path, svc);
     assert.equal(resolveImageFile(images, 'team/to-other/deep')?.path, deep);
+    assert.equal(resolveImageFile(images, 'team/to-other/deep')?.name, 'other/deep/default.nix');
   }
 });
