@@ -5,12 +5,12 @@
 // from the bytes alone, and ingest.ts re-processes the rare entry it guessed wrong.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
-import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { Digester } from '../oci/digest.js';
+import { spawnTied } from './child.js';
 import { ParallelGzip } from './gzip.js';
 
 export type Compression = 'gzip' | 'zstd' | 'tar' | 'other';
@@ -135,9 +135,10 @@ export async function processEntry(source: AsyncIterable<Buffer>, file: string, 
 
 /** A child process used as a stream filter; `done` rejects on a nonzero exit. */
 export function spawnFilter(cmd: string, args: string[]): { stdin: Writable; stdout: Readable; done: Promise<void>; kill(): void } {
-  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  // SIGKILL if nixreg dies: a filter holds nothing that needs cleaning up.
+  const child = spawnTied(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], deathSignal: 'SIGKILL' });
   let stderr = '';
-  child.stderr.on('data', (c: Buffer) => { if (stderr.length < 4096) stderr += c.toString(); });
+  child.stderr!.on('data', (c: Buffer) => { if (stderr.length < 4096) stderr += c.toString(); });
   const done = new Promise<void>((resolve, reject) => {
     child.once('error', (e) => reject(new Error(`${cmd}: ${e.message}`)));
     child.once('close', (code, signal) => {
@@ -147,7 +148,7 @@ export function spawnFilter(cmd: string, args: string[]): { stdin: Writable; std
   });
   // The reason a filter dies is in its exit status; an EPIPE on its stdin says less.
   done.catch(() => {});
-  return { stdin: child.stdin, stdout: child.stdout, done, kill: () => { child.kill('SIGKILL'); } };
+  return { stdin: child.stdin!, stdout: child.stdout!, done, kill: () => { child.kill('SIGKILL'); } };
 }
 
 /** Passes chunks through while also writing them to `other` (with its backpressure). */

@@ -5,13 +5,14 @@
 // own names climb out of it (`../x`, `/etc/x`) is refused rather than silently tolerated.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { join, posix } from 'node:path';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { digestOf } from '../oci/digest.js';
+import { spawnTied } from './child.js';
 import { ArchiveError } from './errors.js';
 import { peek, processEntry, sniff, spawnFilter, type LayerFile } from './archive-layer.js';
 
@@ -95,17 +96,18 @@ export async function readArchive(path: string, contents: ArchiveContents, opts:
   let input: Readable;
   if (opts.script) {
     // argv only: the script is a store path, run without a shell and without arguments,
-    // in its own process group so that a timeout kills whatever it started too.
-    const c = spawn(path, [], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    // in its own process group so that a timeout kills whatever it started too, and so
+    // does nixreg's death (the script gets SIGTERM, a chance to stop what it runs).
+    const c = spawnTied(path, [], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, deathSignal: 'SIGTERM', wholeGroup: true });
     child = c;
     let stderr = '';
-    c.stderr.on('data', (b: Buffer) => { stderr = (stderr + b.toString()).slice(-4000); });
+    c.stderr!.on('data', (b: Buffer) => { stderr = (stderr + b.toString()).slice(-4000); });
     scriptExit = new Promise((resolve) => {
       c.once('error', (e) => resolve(new ArchiveError(`cannot run the image stream script ${path}: ${e.message}`)));
       c.once('close', (code, signal) => resolve(code === 0 ? undefined
         : new ArchiveError(`the image stream script ${path} failed (${signal ?? `exit ${code}`}): ${stderr.trim().slice(-1500)}`)));
     });
-    input = c.stdout;
+    input = c.stdout!;
   } else {
     input = createReadStream(path);
   }

@@ -12,10 +12,11 @@ import type { Descriptor } from '../oci/descriptor.js';
 import { assembleImage } from './assemble.js';
 import { BuildError, BuildFailed, EvaluationFailed, NixUnavailable, NoImageExpression } from './errors.js';
 import { ingestImageOutput, isImageOutput } from './ingest.js';
+import { warnIfUntied } from './child.js';
 import { BuildLogs, type BuildLog } from './logs.js';
 import { NixError, closureOf, evaluateFile, hashPart, outputsOf, realise, type EvalJSON } from './nix.js';
 import { NixHealth, diagnose, sandboxHint } from './nix-health.js';
-import { resolveImageFile, type ImageFile } from './resolve.js';
+import { hideImagesDir, resolveImageFile, type ImageFile } from './resolve.js';
 import { Semaphore } from './semaphore.js';
 import { validateSpec } from './spec.js';
 import type { BuiltImage, ImageSpec } from './types.js';
@@ -102,6 +103,7 @@ export class Builder {
     this.evalSem = new Semaphore(Math.max(2, this.o.maxBuilds));
     this.logs = new BuildLogs(storage.layout, this.o.keepLogs);
     this.health = new NixHealth({ env: this.o.nixEnv, log: this.o.log });
+    warnIfUntied(this.o.log);
     void this.removeStaleRoots();
   }
 
@@ -154,9 +156,9 @@ export class Builder {
     } catch (e) {
       const unavailable = diagnose(e);
       if (unavailable) { this.health.lost(unavailable); throw unavailable; }
-      const msg = e instanceof NixError ? e.message : String(e);
+      const msg = hideImagesDir(e instanceof NixError ? e.message : String(e), this.o.images);
       this.o.log?.info({ repo, file: file.path, error: msg }, 'evaluation failed');
-      throw new EvaluationFailed(`evaluating ${repo} failed:\n${msg}`, { file: file.path });
+      throw new EvaluationFailed(`evaluating ${repo} failed:\n${msg}`, { file: file.name });
     }
     const spec = validateSpec(repo, raw);
     const plat = platformOf(raw.system);
@@ -218,7 +220,7 @@ export class Builder {
     rec.drv = raw.contents[0]?.drv;
     try {
       await fs.mkdir(roots, { recursive: true });
-      log.line(`image ${ev.repo} from ${ev.file.path}: ${raw.imagePath}`);
+      log.line(`image ${ev.repo} from ${ev.file.name}: ${raw.imagePath}`);
       this.o.progress?.(`building ${ev.repo} (${raw.contents.length} contents)\n`);
       const drvs = [...new Set([...raw.contents.map((c) => c.drv), ...raw.configRefs])];
       await realise(drvs, join(roots, 'root'), {
@@ -252,6 +254,7 @@ export class Builder {
       return built;
     } catch (e) {
       const err = this.buildError(ev, e, log);
+      err.message = hideImagesDir(err.message, this.o.images);
       rec.status = 'failed';
       rec.error = err.message;
       log.line(`failed: ${err.message}`);

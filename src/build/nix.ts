@@ -4,9 +4,9 @@
 // already-built hash starts none).
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { spawnTied } from './child.js';
 import type { StorePathInfo } from './types.js';
 
 /**
@@ -51,13 +51,16 @@ export interface NixRunOptions {
 export function runNix(cmd: 'nix-instantiate' | 'nix-store', args: string[], opts: NixRunOptions = {}): Promise<string> {
   if (opts.probe) probes++; else spawned++;
   return new Promise((resolve, reject) => {
-    // detached: a timeout kills the whole process group (nix-store's builders too).
-    const child = spawn(cmd, args, { env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    // detached: a timeout kills the whole process group. SIGTERM if nixreg dies: as for
+    // a timeout's SIGINT, Nix then stops its builders and releases its locks.
+    const child = spawnTied(cmd, args, {
+      env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'], detached: true, deathSignal: 'SIGTERM',
+    });
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let errBytes = 0;
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => {
+    child.stdout!.on('data', (c: Buffer) => out.push(c));
+    child.stderr!.on('data', (c: Buffer) => {
       opts.onStderr?.(c);
       // Keep the tail only: a chatty build must not grow memory without bound.
       err.push(c);
@@ -81,12 +84,20 @@ export function runNix(cmd: 'nix-instantiate' | 'nix-store', args: string[], opt
     child.on('close', (code) => {
       if (timer) clearTimeout(timer);
       if (killer) clearTimeout(killer);
-      const stderr = Buffer.concat(err).toString();
+      const stderr = hideInstallPaths(Buffer.concat(err).toString());
       if (timedOut) reject(new NixError(`${cmd} timed out after ${Math.round(opts.timeoutMs! / 1000)} s`, stderr, code, true));
       else if (code !== 0) reject(new NixError(essentialError(stderr) || `${cmd} exited with code ${code}`, stderr, code));
       else resolve(Buffer.concat(out).toString());
     });
   });
+}
+
+/**
+ * Nix names nixreg's own expressions by their path in traces; that path says where
+ * nixreg is installed on the host, which is no business of a client.
+ */
+function hideInstallPaths(text: string): string {
+  return text.split(EVAL_NIX).join('<nixreg>/eval.nix').split(PROBE_NIX).join('<nixreg>/probe.nix');
 }
 
 const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;

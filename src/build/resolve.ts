@@ -1,14 +1,20 @@
 // Repository name → image file. `a/b` is `<images>/a/b.nix` or `<images>/a/b/default.nix`.
 // Only files inside the images directory are ever read: the candidate's real path (all
-// symlinks followed) must lie under the images directory's real path.
+// symlinks followed) must lie under the images directory's real path, and so must every
+// directory on the way to it. A directory symlink back to where the walk has already
+// been (the images directory, an ancestor, a directory the name passed through) is not
+// followed: it would make endless alias repositories (`self/hello`, `self/self/hello`, …),
+// each evaluated and built on its own.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { realpathSync, statSync } from 'node:fs';
-import { join, sep } from 'node:path';
+import { join, relative, resolve, sep } from 'node:path';
 
 export interface ImageFile {
   /** Real absolute path of the expression file. */
   path: string;
+  /** The same file relative to the images directory (`sub/app.nix`): what clients are shown. */
+  name: string;
   /**
    * Identity of the file's current content as cheaply observable: device, inode, size
    * and mtime. Any edit (in place or by rename) changes it.
@@ -24,21 +30,66 @@ export function safeSegments(name: string): string[] | undefined {
   return parts.every((p) => SEGMENT.test(p)) ? parts : undefined;
 }
 
+/**
+ * The real directory `segment` leads to from `visited`'s last one, unless it leaves the
+ * images directory `root` or returns to (or above) a directory already visited.
+ */
+function step(root: string, visited: string[], segment: string): string | undefined {
+  let real: string;
+  try { real = realpathSync(join(visited[visited.length - 1]!, segment)); } catch { return undefined; }
+  if (!real.startsWith(root + sep)) return undefined;
+  if (visited.some((v) => v === real || v.startsWith(real + sep))) return undefined;
+  return real;
+}
+
 /** Finds the image file of `name`, or undefined when there is none (or it escapes). */
 export function resolveImageFile(imagesDir: string, name: string): ImageFile | undefined {
   const parts = safeSegments(name);
   if (!parts) return undefined;
   let root: string;
   try { root = realpathSync(imagesDir); } catch { return undefined; }
-  const base = join(root, ...parts);
-  for (const candidate of [`${base}.nix`, join(base, 'default.nix')]) {
+  const visited = [root];
+  for (const p of parts.slice(0, -1)) {
+    const next = step(root, visited, p);
+    if (!next) return undefined;
+    visited.push(next);
+  }
+  const last = parts[parts.length - 1]!;
+  const dir = visited[visited.length - 1]!;
+  const candidates = [() => join(dir, `${last}.nix`), () => {
+    const sub = step(root, visited, last);
+    return sub && join(sub, 'default.nix');
+  }];
+  for (const candidate of candidates) {
+    const file = candidate();
+    if (!file) continue;
     let real: string;
-    try { real = realpathSync(candidate); } catch { continue; }
+    try { real = realpathSync(file); } catch { continue; }
     if (!real.startsWith(root + sep)) continue;
     let st;
     try { st = statSync(real, { bigint: true }); } catch { continue; }
     if (!st.isFile()) continue;
-    return { path: real, key: `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}` };
+    return { path: real, name: relative(root, real), key: `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}` };
   }
   return undefined;
+}
+
+const PATH_CHAR = String.raw`[\w+@%~-]`;
+
+/**
+ * `text` with the images directory's absolute path taken out, so that the files in it
+ * are named as they are relative to it (`at sub/app.nix:3:5`), the directory itself as
+ * `.`: Nix's messages would otherwise show a client where the images live on the host.
+ */
+export function hideImagesDir(text: string, imagesDir: string): string {
+  const forms = new Set([resolve(imagesDir)]);
+  try { forms.add(realpathSync(imagesDir)); } catch { /* gone: the given form is all there is */ }
+  let out = text;
+  // Longest first: one form may be a prefix of the other.
+  for (const dir of [...forms].filter((f) => f !== sep).sort((a, b) => b.length - a.length)) {
+    const escaped = dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    // Whole path components only: not `/x/images2`, `/y/x/images`; a sentence's full stop may follow.
+    out = out.replace(new RegExp(`(?<!${PATH_CHAR}|/)${escaped}(/+|(?!${PATH_CHAR}|\\.\\w))`, 'g'), (_m, slash: string) => slash ? '' : '.');
+  }
+  return out;
 }

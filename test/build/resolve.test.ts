@@ -67,3 +67,36 @@ test('the key changes when the file changes', async () => {
   writeFileSync(f, 'b');
   assert.notEqual(resolveImageFile(images, 'k')!.key, k1, 'same size, new mtime');
 });
+
+test('directory symlinks that loop are not followed; one to an unrelated directory inside is', () => {
+  const hello = write('images/loops/hello.nix');
+  const svc = write('images/loops/team/svc.nix');
+  const deep = write('images/loops/other/deep/default.nix');
+  write('images/loops/default.nix');
+  const dir = join(images, 'loops');
+  symlinkSync(dir, join(dir, 'self'));
+  symlinkSync('.', join(dir, 'dot'));
+  symlinkSync(top, join(dir, 'up'));
+  symlinkSync('..', join(dir, 'team', 'parent'));
+  symlinkSync(join(dir, 'team'), join(dir, 'team', 'again'));
+  // Two links that are harmless alone and a loop together: other/to-team → team, team/to-other → other.
+  symlinkSync(join(dir, 'team'), join(dir, 'other', 'to-team'));
+  symlinkSync(join(dir, 'other'), join(dir, 'team', 'to-other'));
+  // An images directory that is itself reached through a symlink changes nothing.
+  symlinkSync(dir, join(top, 'loops-link'));
+
+  for (const images of [dir, join(top, 'loops-link')]) {
+    assert.equal(resolveImageFile(images, 'hello')?.path, hello);
+    assert.equal(resolveImageFile(images, 'team/svc')?.path, svc);
+    assert.equal(resolveImageFile(images, 'team/svc')?.name, 'team/svc.nix', 'named relative to the images dir');
+    for (const name of ['self/hello', 'self/self/hello', 'dot/hello', 'self/team/svc', 'self', 'dot',
+      'up/images/loops/hello', 'team/parent/hello', 'team/parent/team/svc', 'team/again/svc',
+      'other/to-team/to-other/deep', 'team/to-other/to-team/svc']) {
+      assert.equal(resolveImageFile(images, name), undefined, name);
+    }
+    // Into an unrelated directory inside: followed, once each way.
+    assert.equal(resolveImageFile(images, 'other/to-team/svc')?.path, svc);
+    assert.equal(resolveImageFile(images, 'team/to-other/deep')?.path, deep);
+    assert.equal(resolveImageFile(images, 'team/to-other/deep')?.name, 'other/deep/default.nix');
+  }
+});
