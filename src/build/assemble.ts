@@ -24,8 +24,9 @@ import { MediaTypes } from '../oci/media-types.js';
 import { InvalidImageSpec } from './errors.js';
 import { ParallelGzip } from './gzip.js';
 import { imageConfig, imageManifest, type LayerDescriptor } from './image.js';
+import { FARM_FORMAT, rootfsEntries } from './farm.js';
 import { groupStorePaths } from './layers.js';
-import { rootfsEntries, storePathEntries, tarStream, type TarEntry } from './tar.js';
+import { storePathEntries, tarStream, type TarEntry } from './tar.js';
 import type { BuiltImage, ImageSpec, StorePathInfo } from './types.js';
 
 /**
@@ -96,11 +97,14 @@ function layerKey(kind: string, items: string[]): string {
 /** Store-path groups bottom up, then the root filesystem layer (merged when maxLayers is 1). */
 function planLayers(spec: ImageSpec, closure: StorePathInfo[]): LayerPlan[] {
   const contents = [...spec.contents];
+  const all = [...new Set(closure.map((p) => p.path))].sort();
+  // The farm follows links only into the closure, so it depends on the contents, their
+  // order and the closure (all immutable store paths), and on how the farm is laid out.
+  const farm = () => rootfsEntries(contents, { closure: all });
   if (spec.maxLayers === 1) {
-    const paths = [...new Set(closure.map((p) => p.path))].sort();
     return [{
-      key: layerKey('single', [...paths, '', ...contents]), paths, rootfs: true,
-      entries: async function* () { yield* storePathEntries(paths); yield* await rootfsEntries(contents); },
+      key: layerKey(`single ${FARM_FORMAT}`, [...all, '', ...contents]), paths: all, rootfs: true,
+      entries: async function* () { yield* storePathEntries(all); yield* await farm(); },
     }];
   }
   const groups = groupStorePaths(closure, spec.maxLayers - 1);
@@ -108,8 +112,10 @@ function planLayers(spec: ImageSpec, closure: StorePathInfo[]): LayerPlan[] {
     ...groups.map((g): LayerPlan => ({
       key: layerKey('store', g.paths), paths: g.paths, rootfs: false, entries: () => storePathEntries(g.paths),
     })),
-    // The farm depends only on the contents (immutable store paths) and their order.
-    { key: layerKey('rootfs', contents), paths: [], rootfs: true, entries: async function* () { yield* await rootfsEntries(contents); } },
+    {
+      key: layerKey(`rootfs ${FARM_FORMAT}`, [...contents, '', ...all]), paths: [], rootfs: true,
+      entries: async function* () { yield* await farm(); },
+    },
   ];
 }
 
