@@ -59,7 +59,7 @@ function parentsOf(rel: string): string[] {
  * the store's parent directories, then each path depth first. Files with the same inode
  * become hard links to their first occurrence in this layer.
  */
-export async function* storePathEntries(storePaths: string[]): AsyncGenerator<TarEntry> {
+export async function* storePathEntries(storePaths: string[], signal?: AbortSignal): AsyncGenerator<TarEntry> {
   const emitted = new Set<string>();
   const inodes = new Map<string, string>();
   for (const abs of [...storePaths].sort(byUtf8)) {
@@ -68,15 +68,16 @@ export async function* storePathEntries(storePaths: string[]): AsyncGenerator<Ta
     for (const p of parentsOf(rel)) {
       if (!emitted.has(p)) { emitted.add(p); yield { type: 'directory', name: p, mode: STORE_DIR_MODE }; }
     }
-    yield* walk(abs, rel, inodes);
+    yield* walk(abs, rel, inodes, signal);
   }
 }
 
-async function* walk(abs: string, rel: string, inodes: Map<string, string>): AsyncGenerator<TarEntry> {
+async function* walk(abs: string, rel: string, inodes: Map<string, string>, signal?: AbortSignal): AsyncGenerator<TarEntry> {
+  signal?.throwIfAborted();
   const st = await fs.lstat(abs);
   yield* entryFor(abs, rel, st, inodes);
   if (st.isDirectory()) {
-    for (const name of await sortedDir(abs)) yield* walk(join(abs, name), `${rel}/${name}`, inodes);
+    for (const name of await sortedDir(abs)) yield* walk(join(abs, name), `${rel}/${name}`, inodes, signal);
   }
 }
 
@@ -130,6 +131,9 @@ export function tarStream(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>)
             sink = pack.entry({ ...base, type: 'file', mode: e.mode, size: e.size }, (err) => (err ? rej(err) : res()));
           });
           done.catch(() => {});
+          // A cancelled build destroys the pack, and the pack its open entry with the same
+          // error: `done` reports it, the entry's own 'error' event must not crash the process.
+          sink.on('error', () => {});
           let got = 0;
           // Sized to the file: a read stream allocates a full highWaterMark buffer per
           // read, and most store files are small.
