@@ -10,9 +10,13 @@
 // for the root filesystem layer); store paths are immutable, so a key once built is
 // reused by every later build and image in any repository without reading the store.
 //
+// Assembly runs under the build's deadline (an AbortSignal): when it fires, reading
+// stops at the next file or chunk, temporary files are removed and no layer row is
+// written, so a slow or hostile closure cannot hold a build slot past --build-timeout.
+//
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { createHash, randomUUID } from 'node:crypto';
-import { createWriteStream, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -21,11 +25,12 @@ import type { Storage } from '../blobs/storage.js';
 import { Digester } from '../oci/digest.js';
 import { parseManifest } from '../oci/manifest.js';
 import { MediaTypes } from '../oci/media-types.js';
-import { InvalidImageSpec } from './errors.js';
+import { BuildError, BuildFailed, InvalidImageSpec } from './errors.js';
+import { FARM_FORMAT, rootfsEntries } from './farm.js';
 import { ParallelGzip } from './gzip.js';
 import { imageConfig, imageManifest, type LayerDescriptor } from './image.js';
 import { groupStorePaths } from './layers.js';
-import { rootfsEntries, storePathEntries, tarStream, type TarEntry } from './tar.js';
+import { storePathEntries, tarStream, type TarEntry } from './tar.js';
 import type { BuiltImage, ImageSpec, StorePathInfo } from './types.js';
 
 /**
@@ -48,11 +53,18 @@ interface LayerPlan {
   key: string;
   paths: string[];
   rootfs: boolean;
-  entries: () => AsyncIterable<TarEntry> | Iterable<TarEntry>;
+  entries: (signal: AbortSignal) => AsyncIterable<TarEntry> | Iterable<TarEntry>;
 }
 
-/** Builds of the same layer key already under way, per store (single flight). */
-const inflight = new Map<string, Promise<LayerRow>>();
+/**
+ * A layer build that several assemblies wait for (single flight). It is stopped only
+ * when every one of them has given up: one build timing out must not fail another
+ * build that shares a layer with it.
+ */
+interface Flight { done: Promise<LayerRow>; waiters: number; stop: AbortController }
+
+/** Builds of the same layer key already under way, per store. */
+const inflight = new Map<string, Flight>();
 
 export interface AssembleStats {
   /** Layers built in this call (the rest were reused). */
@@ -66,27 +78,42 @@ export interface AssembleStats {
  * Lays out `closure` as image layers, stores them (reusing any layer already built for
  * the same set of store paths) and stores an OCI manifest plus a Docker schema2
  * manifest of the image in `repo`, untagged. `hash` is passed through as the image tag
- * the caller will use.
+ * the caller will use. When `signal` aborts, assembly stops and rejects with a
+ * BuildFailed saying so (a timeout, for AbortSignal.timeout).
  */
 export async function assembleImage(
   storage: Storage, repo: string, spec: ImageSpec, closure: StorePathInfo[], hash: string,
-  stats?: AssembleStats,
+  stats?: AssembleStats, signal?: AbortSignal,
 ): Promise<BuiltImage> {
   if (!Number.isInteger(spec.maxLayers) || spec.maxLayers < 1) {
     throw new InvalidImageSpec(`maxLayers must be a positive integer, not ${String(spec.maxLayers)}`);
   }
-  const plans = planLayers(spec, closure);
-  const rows = await mapLimited(plans, LAYERS_AT_ONCE, (p) => layerFor(storage, repo, p, stats));
-  const layers: LayerDescriptor[] = plans.map((p, i) => ({
-    digest: rows[i]!.digest, diffId: rows[i]!.diff_id, size: rows[i]!.size, paths: p.paths, rootfs: p.rootfs,
-  }));
+  try {
+    signal?.throwIfAborted();
+    const plans = planLayers(spec, closure);
+    const rows = await buildAll(plans, (p, s) => layerFor(storage, repo, p, s, stats), signal);
+    const layers: LayerDescriptor[] = plans.map((p, i) => ({
+      digest: rows[i]!.digest, diffId: rows[i]!.diff_id, size: rows[i]!.size, paths: p.paths, rootfs: p.rootfs,
+    }));
 
-  const configBody = imageConfig(spec, layers);
-  const config = await storage.writeBlob(repo, configBody);
-  const store = async (body: Buffer, mediaType: string) => storage.putManifest(repo, body, parseManifest(body, mediaType));
-  const manifest = await store(imageManifest('oci', config, layers), MediaTypes.ociManifest);
-  const alternate = await store(imageManifest('docker', config, layers), MediaTypes.dockerManifest);
-  return { hash, manifest, alternate };
+    const configBody = imageConfig(spec, layers);
+    const config = await storage.writeBlob(repo, configBody);
+    const store = async (body: Buffer, mediaType: string) => storage.putManifest(repo, body, parseManifest(body, mediaType));
+    const manifest = await store(imageManifest('oci', config, layers), MediaTypes.ociManifest);
+    const alternate = await store(imageManifest('docker', config, layers), MediaTypes.dockerManifest);
+    return { hash, manifest, alternate };
+  } catch (e) {
+    if (signal?.aborted) throw cancelled(repo, signal);
+    throw e;
+  }
+}
+
+function cancelled(repo: string, signal: AbortSignal): BuildError {
+  const why: unknown = signal.reason;
+  if (why instanceof BuildError) return why;
+  return (why as Error | undefined)?.name === 'TimeoutError'
+    ? new BuildFailed(`building ${repo} failed: assembling the image timed out (the build ran longer than the server's build timeout)`)
+    : new BuildFailed(`building ${repo} failed: assembling the image was cancelled`);
 }
 
 function layerKey(kind: string, items: string[]): string {
@@ -96,67 +123,122 @@ function layerKey(kind: string, items: string[]): string {
 /** Store-path groups bottom up, then the root filesystem layer (merged when maxLayers is 1). */
 function planLayers(spec: ImageSpec, closure: StorePathInfo[]): LayerPlan[] {
   const contents = [...spec.contents];
+  const all = [...new Set(closure.map((p) => p.path))].sort();
+  // The farm follows links only into the closure, so it depends on the contents, their
+  // order and the closure (all immutable store paths), and on how the farm is laid out.
+  const farm = (signal: AbortSignal) => rootfsEntries(contents, { closure: all, signal });
   if (spec.maxLayers === 1) {
-    const paths = [...new Set(closure.map((p) => p.path))].sort();
     return [{
-      key: layerKey('single', [...paths, '', ...contents]), paths, rootfs: true,
-      entries: async function* () { yield* storePathEntries(paths); yield* await rootfsEntries(contents); },
+      key: layerKey(`single ${FARM_FORMAT}`, [...all, '', ...contents]), paths: all, rootfs: true,
+      entries: async function* (signal) { yield* storePathEntries(all, signal); yield* await farm(signal); },
     }];
   }
   const groups = groupStorePaths(closure, spec.maxLayers - 1);
   return [
     ...groups.map((g): LayerPlan => ({
-      key: layerKey('store', g.paths), paths: g.paths, rootfs: false, entries: () => storePathEntries(g.paths),
+      key: layerKey('store', g.paths), paths: g.paths, rootfs: false, entries: (signal) => storePathEntries(g.paths, signal),
     })),
-    // The farm depends only on the contents (immutable store paths) and their order.
-    { key: layerKey('rootfs', contents), paths: [], rootfs: true, entries: async function* () { yield* await rootfsEntries(contents); } },
+    {
+      key: layerKey(`rootfs ${FARM_FORMAT}`, [...contents, '', ...all]), paths: [], rootfs: true,
+      entries: async function* (signal) { yield* await farm(signal); },
+    },
   ];
 }
 
-async function layerFor(storage: Storage, repo: string, plan: LayerPlan, stats?: AssembleStats): Promise<LayerRow> {
+async function layerFor(storage: Storage, repo: string, plan: LayerPlan, signal: AbortSignal, stats?: AssembleStats): Promise<LayerRow> {
+  signal.throwIfAborted();
   const known = storage.index.getLayer(plan.key);
   if (known && storage.index.linkBlob(repo, known.digest)) {
     if (stats) stats.reused++;
     return known;
   }
   const flightKey = `${storage.layout.root}\0${plan.key}`;
-  let p = inflight.get(flightKey);
-  if (!p) {
-    p = buildLayer(storage, repo, plan, stats).finally(() => inflight.delete(flightKey));
-    inflight.set(flightKey, p);
-    return p;
+  let flight = inflight.get(flightKey);
+  if (!flight) {
+    const stop = new AbortController();
+    const done = buildLayer(storage, repo, plan, stop.signal, stats).finally(() => { if (inflight.get(flightKey) === f) inflight.delete(flightKey); });
+    const f: Flight = { waiters: 0, stop, done };
+    inflight.set(flightKey, flight = f);
   }
-  const row = await p;
+  const row = await board(flight, flightKey, signal);
   storage.index.linkBlob(repo, row.digest);
   return row;
 }
 
-async function buildLayer(storage: Storage, repo: string, plan: LayerPlan, stats?: AssembleStats): Promise<LayerRow> {
+/** Waits for `f` until it ends or `signal` aborts; the last waiter to leave stops it. */
+function board(f: Flight, key: string, signal: AbortSignal): Promise<LayerRow> {
+  f.waiters++;
+  return new Promise<LayerRow>((resolve, reject) => {
+    let gone = false;
+    const leave = () => {
+      if (gone) return false;
+      gone = true;
+      f.waiters--;
+      signal.removeEventListener('abort', abort);
+      return true;
+    };
+    const abort = () => {
+      if (!leave()) return;
+      if (f.waiters > 0) { reject(signal.reason); return; }
+      // Nobody wants it any more: stop it, and answer once its temporary file is gone.
+      if (inflight.get(key) === f) inflight.delete(key);
+      f.stop.abort(signal.reason);
+      f.done.then(() => reject(signal.reason), () => reject(signal.reason));
+    };
+    signal.addEventListener('abort', abort, { once: true });
+    f.done.then((row) => { if (leave()) resolve(row); }, (e: unknown) => { if (leave()) reject(e); });
+  });
+}
+
+async function buildLayer(storage: Storage, repo: string, plan: LayerPlan, signal: AbortSignal, stats?: AssembleStats): Promise<LayerRow> {
   const tmp = join(storage.layout.tmpDir, randomUUID());
+  // Opened before anything is streamed, so no open still under way can recreate the file
+  // after a cancelled build has removed it.
+  const file = await fs.open(tmp, 'wx');
   try {
     const diff = new Digester();
     const compressed = new Digester();
-    await pipeline(tarStream(plan.entries()), diff, new ParallelGzip(6), compressed, createWriteStream(tmp));
+    await pipeline(tarStream(plan.entries(signal)), diff, new ParallelGzip(6), compressed, file.createWriteStream(), { signal });
+    signal.throwIfAborted();
     const row: LayerRow = { digest: compressed.digest(), diff_id: diff.digest(), size: compressed.bytes };
     await storage.commitFile(repo, tmp, row.digest, row.size);
     storage.index.putLayer(plan.key, row);
     if (stats) { stats.built++; stats.tarBytes += diff.bytes; }
     return row;
   } finally {
+    await file.close().catch(() => {});
     await fs.rm(tmp, { force: true });
   }
 }
 
-/** Like Promise.all over `items`, with at most `limit` calls of `fn` running at once. */
-async function mapLimited<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = new Array(items.length);
+/**
+ * Builds every plan's layer, at most LAYERS_AT_ONCE at a time. The first failure (or
+ * `outer` aborting) stops the others, and the call returns only once all have stopped,
+ * so that none is still writing a temporary file when the caller reports the failure.
+ */
+async function buildAll(plans: LayerPlan[], build: (p: LayerPlan, signal: AbortSignal) => Promise<LayerRow>, outer?: AbortSignal): Promise<LayerRow[]> {
+  const stop = new AbortController();
+  const signal = stop.signal;
+  const forward = () => stop.abort(outer!.reason);
+  if (outer?.aborted) forward();
+  outer?.addEventListener('abort', forward, { once: true });
+  const out: LayerRow[] = new Array(plans.length);
   let next = 0;
+  let failure: { error: unknown } | undefined;
   const worker = async () => {
-    while (next < items.length) {
+    while (next < plans.length && !signal.aborted) {
       const i = next++;
-      out[i] = await fn(items[i]!);
+      try {
+        out[i] = await build(plans[i]!, signal);
+      } catch (e) {
+        failure ??= { error: e };
+        stop.abort(e);
+      }
     }
   };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  await Promise.all(Array.from({ length: Math.min(LAYERS_AT_ONCE, plans.length) }, worker));
+  outer?.removeEventListener('abort', forward);
+  if (failure) throw failure.error;
+  signal.throwIfAborted();
   return out;
 }

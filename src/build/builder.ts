@@ -244,7 +244,8 @@ export class Builder {
         const closure = await closureOf([...new Set([...outs, ...cfgOuts])], { env: this.o.nixEnv });
         log.line(`closure: ${closure.length} store paths, ${closure.reduce((n, p) => n + p.narSize, 0)} bytes`);
         this.o.progress?.(`assembling ${closure.length} store paths\n`);
-        built = await assembleImage(this.storage, ev.repo, { ...ev.spec, contents: outs }, closure, ev.hash);
+        built = await assembleImage(this.storage, ev.repo, { ...ev.spec, contents: outs }, closure, ev.hash, undefined,
+          AbortSignal.timeout(Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started))));
       }
       this.record(ev, built, built.hash === ev.hash ? raw.imagePath : outs[0]!);
       rec.status = 'succeeded';

@@ -8,7 +8,7 @@
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { randomUUID } from 'node:crypto';
-import { createReadStream, promises as fs } from 'node:fs';
+import { constants, createReadStream, promises as fs } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
 import type { Storage } from '../blobs/storage.js';
@@ -47,9 +47,13 @@ export async function isImageOutput(outPath: string): Promise<boolean> {
   return kind === 'gzip' || kind === 'zstd' || kind === 'tar';
 }
 
-/** The first 512 bytes and the mode of a regular file; undefined for anything else. */
+/**
+ * The first 512 bytes and the mode of a regular file; undefined for anything else. An
+ * output that is a symlink is not followed: it may point at any file of the host (an
+ * archive there would be served as the image), and the output itself is just the link.
+ */
 async function fileHead(path: string): Promise<{ head: Buffer; mode: number } | undefined> {
-  const fh = await fs.open(path, 'r');
+  const fh = await fs.open(path, constants.O_RDONLY | constants.O_NOFOLLOW);
   try {
     const st = await fh.stat();
     if (!st.isFile()) return undefined;

@@ -1,5 +1,8 @@
-// Reproducible tar streams of store paths and of the root filesystem, read straight from
-// the Nix store (never copied): the same paths always give the same bytes.
+// Reproducible tar streams of store paths and of the root filesystem (laid out by
+// farm.ts), read straight from the Nix store (never copied): the same paths always give
+// the same bytes. A store path is walked with lstat only, so a symlink in it is archived
+// as a symlink and never followed: its layer holds exactly the store path, nothing the
+// link points at on the host.
 //
 // What makes it reproducible: entries in a fixed order (depth first, names sorted by
 // their UTF-8 bytes), mtime 1, uid/gid 0 with names root/root, permission bits as in the
@@ -27,9 +30,8 @@ const OWNER = { uid: 0, gid: 0, uname: 'root', gname: 'root' } as const;
 const STORE_DIR_MODE = 0o555;
 /** Large reads: one threadpool round trip per MiB instead of per 64 KiB. */
 const READ_CHUNK = 1 << 20;
-const ROOT_DIR_MODE = 0o755;
 
-const byUtf8 = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+export const byUtf8 = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
 
 /** Refuses what a tar name cannot carry faithfully, instead of writing something else. */
 function checkName(dir: string, name: Buffer): string {
@@ -40,7 +42,8 @@ function checkName(dir: string, name: Buffer): string {
   return s;
 }
 
-async function sortedDir(dir: string): Promise<string[]> {
+/** The names in `dir`, sorted by their UTF-8 bytes (the order of every tar we write). */
+export async function sortedDir(dir: string): Promise<string[]> {
   const names = await fs.readdir(dir, { encoding: 'buffer' });
   return names.map((n) => checkName(dir, n)).sort(byUtf8);
 }
@@ -56,7 +59,7 @@ function parentsOf(rel: string): string[] {
  * the store's parent directories, then each path depth first. Files with the same inode
  * become hard links to their first occurrence in this layer.
  */
-export async function* storePathEntries(storePaths: string[]): AsyncGenerator<TarEntry> {
+export async function* storePathEntries(storePaths: string[], signal?: AbortSignal): AsyncGenerator<TarEntry> {
   const emitted = new Set<string>();
   const inodes = new Map<string, string>();
   for (const abs of [...storePaths].sort(byUtf8)) {
@@ -65,15 +68,16 @@ export async function* storePathEntries(storePaths: string[]): AsyncGenerator<Ta
     for (const p of parentsOf(rel)) {
       if (!emitted.has(p)) { emitted.add(p); yield { type: 'directory', name: p, mode: STORE_DIR_MODE }; }
     }
-    yield* walk(abs, rel, inodes);
+    yield* walk(abs, rel, inodes, signal);
   }
 }
 
-async function* walk(abs: string, rel: string, inodes: Map<string, string>): AsyncGenerator<TarEntry> {
+async function* walk(abs: string, rel: string, inodes: Map<string, string>, signal?: AbortSignal): AsyncGenerator<TarEntry> {
+  signal?.throwIfAborted();
   const st = await fs.lstat(abs);
   yield* entryFor(abs, rel, st, inodes);
   if (st.isDirectory()) {
-    for (const name of await sortedDir(abs)) yield* walk(join(abs, name), `${rel}/${name}`, inodes);
+    for (const name of await sortedDir(abs)) yield* walk(join(abs, name), `${rel}/${name}`, inodes, signal);
   }
 }
 
@@ -93,73 +97,6 @@ async function* entryFor(abs: string, rel: string, st: Stats, inodes: Map<string
     // The Nix store holds only these three kinds (NAR cannot represent others).
     throw new Error(`cannot archive ${abs}: not a regular file, directory or symlink`);
   }
-}
-
-interface FarmDir { kind: 'dir'; mode: number; children: Map<string, FarmNode> }
-interface FarmLink { kind: 'link'; target: string; /** a directory that may still need merging */ dir: boolean }
-type FarmNode = FarmDir | FarmLink;
-
-/**
- * The root filesystem as a symlink farm of `contents`, like nixpkgs' buildEnv: each
- * entry of a content links to its store path; where several contents provide the same
- * directory it becomes a real directory and their entries are merged into it, at any
- * depth; for any other clash the earlier content wins. Top-level directories (/bin,
- * /etc, …) are always real, so that a container can add files next to the links (Docker
- * bind-mounts /etc/hosts). /tmp is a real directory with mode 1777.
- */
-export async function rootfsEntries(contents: string[]): Promise<TarEntry[]> {
-  const root: FarmDir = { kind: 'dir', mode: ROOT_DIR_MODE, children: new Map() };
-  root.children.set('tmp', { kind: 'dir', mode: 0o1777, children: new Map() });
-  for (const c of contents) {
-    let st: Stats;
-    try { st = await fs.stat(c); } catch { throw new Error(`content ${c} does not exist`); }
-    // A content that is a single file has nothing to link into /; it is in the store layers.
-    if (!st.isDirectory()) continue;
-    for (const name of await sortedDir(c)) {
-      if (name === 'nix') continue; // never shadow the store's parents
-      await addToFarm(root, name, join(c, name), true);
-    }
-  }
-  const out: TarEntry[] = [];
-  const emit = (dir: FarmDir, prefix: string) => {
-    for (const name of [...dir.children.keys()].sort(byUtf8)) {
-      const node = dir.children.get(name)!;
-      const rel = prefix ? `${prefix}/${name}` : name;
-      if (node.kind === 'dir') { out.push({ type: 'directory', name: rel, mode: node.mode }); emit(node, rel); }
-      else out.push({ type: 'symlink', name: rel, target: node.target });
-    }
-  };
-  emit(root, '');
-  return out;
-}
-
-async function isDir(p: string): Promise<boolean> {
-  try { return (await fs.stat(p)).isDirectory(); } catch { return false; }
-}
-
-async function addToFarm(parent: FarmDir, name: string, source: string, forceDir: boolean): Promise<void> {
-  const existing = parent.children.get(name);
-  const dir = await isDir(source);
-  if (!existing) {
-    if (dir && forceDir) {
-      const d: FarmDir = { kind: 'dir', mode: ROOT_DIR_MODE, children: new Map() };
-      parent.children.set(name, d);
-      for (const n of await sortedDir(source)) await addToFarm(d, n, join(source, n), false);
-    } else {
-      parent.children.set(name, { kind: 'link', target: source, dir });
-    }
-    return;
-  }
-  if (!dir) return; // first wins
-  let d: FarmDir;
-  if (existing.kind === 'dir') d = existing;
-  else if (existing.dir) {
-    // Unfold the earlier content's directory link so both can be merged.
-    d = { kind: 'dir', mode: ROOT_DIR_MODE, children: new Map() };
-    parent.children.set(name, d);
-    for (const n of await sortedDir(existing.target)) await addToFarm(d, n, join(existing.target, n), false);
-  } else return; // a file came first: it wins
-  for (const n of await sortedDir(source)) await addToFarm(d, n, join(source, n), false);
 }
 
 /**
@@ -194,6 +131,9 @@ export function tarStream(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>)
             sink = pack.entry({ ...base, type: 'file', mode: e.mode, size: e.size }, (err) => (err ? rej(err) : res()));
           });
           done.catch(() => {});
+          // A cancelled build destroys the pack, and the pack its open entry with the same
+          // error: `done` reports it, the entry's own 'error' event must not crash the process.
+          sink.on('error', () => {});
           let got = 0;
           // Sized to the file: a read stream allocates a full highWaterMark buffer per
           // read, and most store files are small.
