@@ -6,6 +6,7 @@
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
+import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
 import type { Storage } from '../blobs/storage.js';
 import type { Descriptor } from '../oci/descriptor.js';
@@ -86,7 +87,8 @@ export class Builder {
   publicUrl = '';
   /** Whether Nix can build here at all; builds wait for its verdict. */
   readonly health: NixHealth;
-  private readonly evals = new Map<string, EvalEntry>();
+  /** By repository: bounded, since image files may come and go under --images. */
+  private readonly evals = new LRUCache<string, EvalEntry>({ max: 10_000 });
   private readonly inflight = new Map<string, Promise<BuiltImage>>();
   private readonly failures = new Map<string, Failure>();
   private readonly sem: Semaphore;

@@ -14,6 +14,7 @@ import { Readable } from 'node:stream';
 import type { Storage } from '../blobs/storage.js';
 import type { Descriptor as StoredDescriptor } from '../oci/descriptor.js';
 import { digestOf, isDigest } from '../oci/digest.js';
+import { parseJson } from '../oci/json.js';
 import { parseManifest } from '../oci/manifest.js';
 import { GZIP_LAYER_TYPES, INDEX_TYPES, MediaTypes } from '../oci/media-types.js';
 import { processEntry, sniff, type LayerFile } from './archive-layer.js';
@@ -251,7 +252,7 @@ async function bytesOf(entry: ArchiveEntry): Promise<Buffer> {
 
 function json(bytes: Buffer, what: string): unknown {
   try {
-    return JSON.parse(bytes.toString('utf8'));
+    return parseJson(bytes);
   } catch (e) {
     throw malformed(`${what} is not valid JSON: ${(e as Error).message}`);
   }

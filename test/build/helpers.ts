@@ -5,6 +5,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { NixImageSource } from '../../src/build/source.js';
 import type { BuilderOptions } from '../../src/build/builder.js';
+import type { StartOptions } from '../../src/server.js';
 import { NIX_TEST_ENV } from '../helpers/nix.js';
 import { ROOT, startTestRegistry, tempDir } from '../helpers/registry.js';
 
@@ -40,9 +41,10 @@ export class Images {
   cleanup() { rmSync(this.dir, { recursive: true, force: true }); }
 }
 
-export async function startNixRegistry(images: string, opts: Partial<BuilderOptions> = {}, data?: string) {
+export async function startNixRegistry(images: string, opts: Partial<BuilderOptions> = {}, data?: string, server: Partial<StartOptions> = {}) {
   let source!: NixImageSource;
   const reg = await startTestRegistry({
+    ...server,
     ...(data ? { data } : {}),
     source: (storage) => (source = new NixImageSource(storage, { images, nixEnv: NIX_TEST_ENV, ...opts })),
   });
