@@ -138,7 +138,7 @@ function bodySummary(b: Buffer | undefined): string {
 export function describe(r: Req): string {
   if (r.raw) return `raw bytes on a new connection (${r.raw.length}): ${JSON.stringify(clip(r.raw.subarray(0, 600).toString('latin1'), 600))}`;
   const headers = Object.entries(r.headers ?? {}).map(([k, v]) => `${k}: ${clip(JSON.stringify(v), 200)}`).join('; ');
-  return `${r.method} ${JSON.stringify(clip(r.path, 400))} headers {${headers}} body ${bodySummary(r.body)}${r.chunked ? ` chunked by ${r.chunked}` : ''}`;
+  return `${r.method} ${JSON.stringify(clip(r.path, 700))} headers {${headers}} body ${bodySummary(r.body)}${r.chunked ? ` chunked by ${r.chunked}` : ''}`;
 }
 
 function describeAnswer(a: Answer): string {

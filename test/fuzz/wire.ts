@@ -40,7 +40,8 @@ export function wireCase(rng: Rng): Req {
       return describeRaw(wire(line, H([['Content-Length', String(body.length + rng.int(1, 100_000))]]), body), true);
     case 13: // Declares less than it sends: the rest is read as a next request.
       return describeRaw(wire(line, H([['Content-Length', String(Math.max(0, body.length - rng.int(1, 50)))]], false), body));
-    case 14: return describeRaw(wire(line, H([['Content-Length', rng.pick(['-1', '+5', ' 5 ', '0x10', '1e3', '99999999999999999999', '', 'abc'])]]), body));
+    case 14: // Odd lengths; ' 5 ' is a valid 5, and the body may be shorter than that.
+      return describeRaw(wire(line, H([['Content-Length', rng.pick(['-1', '+5', ' 5 ', '0x10', '1e3', '99999999999999999999', '', 'abc'])]]), body), true);
     case 15: return describeRaw(wire(line, H([['Content-Length', String(body.length)], ['Content-Length', String(body.length + 1)]]), body));
     case 16: return describeRaw(Buffer.from(`${line}\r\nHost: localhost\r\n${rng.pick(['NoColon', 'Bad Header: x', ': empty', 'X:\u00ff\u0080'])}\r\nConnection: close\r\n\r\n`, 'latin1'));
     case 17: return describeRaw(Buffer.from(`${line}\r\nHost: localhost\r\nX-Folded: a\r\n  b\r\nConnection: close\r\n\r\n`, 'latin1'));
