@@ -50,12 +50,13 @@ before(async () => {
 });
 after(async () => { await srv?.stop(); });
 
-test(`${REQUESTS} fuzzed requests (seed ${SEED}): no 5xx, every answerable request answered`, (t) => {
+test(`${ONLY ? `cases ${ONLY.join(",")}` : `${REQUESTS} fuzzed requests`} (seed ${SEED}): no 5xx, every answerable request answered`, (t) => {
   t.diagnostic(`${result.requests} requests in ${result.cases} cases, ${(result.ms / 1000).toFixed(1)} s `
     + `(${Math.round(result.requests / (result.ms / 1000))} req/s); statuses ${JSON.stringify(result.statuses)}`);
   t.diagnostic(`cases by kind ${JSON.stringify(result.byLabel)}`);
-  if (!ONLY) {
-    assert.ok(result.requests >= REQUESTS, `only ${result.requests} requests were sent`);
+  if (!ONLY) assert.ok(result.requests >= REQUESTS, `only ${result.requests} requests were sent`);
+  // Rare kinds (the expression-backed pulls) need a run of CI's length to come up.
+  if (!ONLY && REQUESTS >= 20_000) {
     for (const label of ['base', 'catalog', 'upload-start', 'upload-session', 'blob', 'manifest-read', 'manifest-put', 'manifest-delete',
       'tags', 'referrers', 'nixreg', 'malformed-path', 'wire', 'seq-push-pull', 'seq-cancel-during-finish', 'seq-builds']) {
       assert.ok((result.byLabel[label] ?? 0) > 0, `no case of kind ${label} ran`);
