@@ -192,8 +192,22 @@ async function fromOciLayout(contents: ArchiveContents): Promise<Image> {
     }
   }
   // Layers that had to be (re)compressed change the manifest; otherwise keep it byte for byte.
-  const out = asIs ? body : Buffer.from(JSON.stringify({ ...manifest, layers: rewritten }));
+  const out = asIs ? body : withLayers(manifest, rewritten, desc.digest);
   return { layers, config, manifests: [{ body: out, mediaType: parsed.mediaType }] };
+}
+
+/**
+ * The manifest with its layers replaced. JSON.parse takes any depth, but JSON.stringify
+ * recurses: a field nested a few thousand levels deep overflows the stack, and that
+ * RangeError must be the archive's fault (ArchiveError), not an unexplained build failure.
+ */
+function withLayers(manifest: Record<string, unknown>, layers: Descriptor[], digest: string): Buffer {
+  try {
+    return Buffer.from(JSON.stringify({ ...manifest, layers }));
+  } catch (e) {
+    if (e instanceof RangeError) throw malformed(`manifest ${digest} is nested too deeply to be rewritten with recompressed layers`);
+    throw e;
+  }
 }
 
 function chooseManifest(index: unknown, where: string): Descriptor {

@@ -17,7 +17,6 @@ const RING = 4;
 
 /** Writes bytes [start, end] (inclusive) of `path` to `res`, then ends it. */
 export async function sendFileRange(path: string, start: number, end: number, res: ServerResponse): Promise<void> {
-  const fh = await fs.open(path, 'r');
   // A client that goes away must not leave this loop waiting on a write callback. One
   // canceller for the one wait in progress (not Promise.race with a long-lived promise,
   // which would pile up a reaction per chunk on multi-GiB blobs).
@@ -31,7 +30,18 @@ export async function sendFileRange(path: string, start: number, end: number, re
     cancel = reject;
     p.then(resolve, reject);
   }));
+  // Listening from the start, and looking whether the response closed already: a client
+  // that left while the handler or the open below awaited would otherwise be written to
+  // (ERR_STREAM_DESTROYED, logged as an internal error) instead of being a client abort.
   res.once('close', onClose);
+  if (res.destroyed) onClose();
+  let fh: fs.FileHandle;
+  try {
+    fh = await fs.open(path, 'r');
+  } catch (e) {
+    res.off('close', onClose);
+    throw e;
+  }
   try {
     const size = Math.min(CHUNK, end - start + 1);
     const bufs: Buffer[] = [];

@@ -254,6 +254,15 @@ describe('refused archives: a clear error, and nothing stored', () => {
     await refused(await file(members), /layer 1: blobs\/sha256\/[0-9a-f]{64} has digest sha256:/);
   });
 
+  test('an OCI manifest to be rewritten (uncompressed layers) with a field nested 10,000 deep', async () => {
+    const a = ociArchive([await layerTar({ 'u': 'deep' })], { gzip: false });
+    const body = Buffer.from(`${a.manifest.toString().slice(0, -1)},"x":${'['.repeat(10_000)}${']'.repeat(10_000)}}`);
+    const d = sha(body);
+    const members = a.members.map((m) => (m.name === 'index.json'
+      ? { ...m, data: String(m.data).replace(sha(a.manifest), d).replace(`"size":${a.manifest.length}`, `"size":${body.length}`) } : m));
+    await refused(await file([...members, { name: `blobs/sha256/${d}`, data: body }]), /is nested too deeply to be rewritten/);
+  });
+
   test('not an archive, or an empty file', async () => {
     await refused(await file(Buffer.from('just text, no tar\n'.repeat(100))), /not a tar archive/);
     await refused(await file(Buffer.alloc(0)), /the archive is empty/);

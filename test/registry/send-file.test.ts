@@ -92,3 +92,25 @@ test('a file shorter than the range fails, and the client sees a cut body', asyn
   assert.ok(result instanceof Error && /ends at byte/.test(result.message), `got ${String(result)}`);
   assert.ok(body instanceof Error || body.length < content.length + 101, 'the client got a complete body');
 });
+
+test('a client gone before the send starts is a client abort (ECONNRESET), not a write error', async () => {
+  // The response closes while the handler still awaits (a lookup, the file open): the
+  // send must know the client left, not write into a destroyed stream.
+  const s = createServer((_req, res) => {
+    res.once('close', () => { sent = sendFileRange(file, 0, 1000, res).then(() => 'ok', (e: NodeJS.ErrnoException) => e); });
+  });
+  let sent: Promise<unknown> | undefined;
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  try {
+    const req = get(`http://127.0.0.1:${(s.address() as AddressInfo).port}/`);
+    req.on('error', () => {});
+    await new Promise((r) => setTimeout(r, 100));
+    req.destroy();
+    for (let i = 0; i < 100 && !sent; i++) await new Promise((r) => setTimeout(r, 10));
+    const outcome = await sent;
+    assert.equal((outcome as NodeJS.ErrnoException).code, 'ECONNRESET', `got ${String(outcome)}`);
+  } finally {
+    s.closeAllConnections();
+    await new Promise((r) => s.close(r));
+  }
+});
