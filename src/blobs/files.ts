@@ -10,7 +10,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createWriteStream, promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Digester, algorithmOf } from '../oci/digest.js';
 import type { StoreCore } from './core.js';
@@ -21,6 +21,37 @@ import { DigestMismatch } from './errors.js';
  * stream pushes back lets it write them in one writev, a tenth of the syscalls.
  */
 export const WRITE_BUFFER = 1024 * 1024;
+
+const BATCH = 64 * 1024;
+
+/**
+ * Copies small chunks into 64 KiB batches. A client may send a body as chunked encoding
+ * one byte per chunk; each becomes a Buffer object of ~100 bytes on the heap, and queued
+ * by the byte count of WRITE_BUFFER a million of them would hold hundreds of MiB for a
+ * 1 MiB body. Batched, what is queued costs what it weighs.
+ */
+export class Coalesce extends Transform {
+  private batch: Buffer | undefined;
+  private used = 0;
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback) {
+    if (chunk.length >= BATCH && this.used === 0) { cb(null, chunk); return; }
+    let off = 0;
+    while (off < chunk.length) {
+      this.batch ??= Buffer.allocUnsafe(BATCH);
+      const n = chunk.copy(this.batch, this.used, off);
+      this.used += n;
+      off += n;
+      if (this.used === BATCH) { this.push(this.batch); this.batch = undefined; this.used = 0; }
+    }
+    cb();
+  }
+
+  override _flush(cb: TransformCallback) {
+    if (this.used > 0) this.push(this.batch!.subarray(0, this.used));
+    cb();
+  }
+}
 
 export class BlobFiles {
   constructor(private readonly core: StoreCore) {}
@@ -40,7 +71,7 @@ export class BlobFiles {
     try {
       const d = new Digester(createHash(alg), alg);
       const src = Buffer.isBuffer(source) ? Readable.from([source]) : source;
-      await pipeline(src, d, createWriteStream(tmp, { highWaterMark: WRITE_BUFFER }));
+      await pipeline(src, new Coalesce(), d, createWriteStream(tmp, { highWaterMark: WRITE_BUFFER }));
       const digest = d.digest();
       if (expected && digest !== expected) throw new DigestMismatch(expected, digest);
       await this.commit(repo, tmp, digest, d.bytes);

@@ -6,12 +6,12 @@
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { closeSync, createWriteStream, openSync, promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { PassThrough, finished, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Digester, algorithmOf, digestFile } from '../oci/digest.js';
 import { readdirSafe, type StoreCore } from './core.js';
 import { DigestMismatch, SizeMismatch, UploadOutOfOrder, UploadUnknown } from './errors.js';
-import { WRITE_BUFFER, type BlobFiles } from './files.js';
+import { Coalesce, WRITE_BUFFER, type BlobFiles } from './files.js';
 
 interface UploadState {
   /** sha256 of bytes [0, offset), or null when it must be recomputed from the file. */
@@ -19,7 +19,7 @@ interface UploadState {
   offset: number;
   busy: boolean;
   /** The chunk or finish in progress, which a cancel waits for or cuts short. */
-  op?: { done: Promise<unknown>; source?: Readable | undefined } | undefined;
+  op?: { done: Promise<unknown>; cut?: (() => void) | undefined } | undefined;
   /** Set by cancel: whatever is in progress ends as if the upload never existed. */
   cancelled?: boolean;
 }
@@ -57,15 +57,25 @@ export class Uploads {
     }
     const path = this.core.layout.uploadPath(id);
     st.busy = true;
+    // The request feeds the file through `entry`, not directly: a cancel then detaches
+    // the request instead of destroying it, so the client still gets an answer (404)
+    // rather than a reset connection. A client that goes away still fails the chunk.
+    const entry = new PassThrough();
+    source.pipe(entry);
+    const unwatch = finished(source, (err) => { if (err) entry.destroy(err); });
+    const cut = () => { source.unpipe(entry); entry.destroy(new UploadUnknown(id)); };
     const work = (async () => {
       const counter = new Digester(st.hash ?? createHash('sha256'));
       try {
-        await pipeline(source, counter, createWriteStream(path, { flags: 'a', highWaterMark: WRITE_BUFFER }));
+        await pipeline(entry, new Coalesce(), counter, createWriteStream(path, { flags: 'a', highWaterMark: WRITE_BUFFER }));
       } catch (err) {
         if (st.cancelled) throw new UploadUnknown(id);
         // The file may hold part of the chunk: the file is the truth from here on.
         st.hash = null;
-        st.offset = (await fs.stat(path)).size;
+        try { st.offset = (await fs.stat(path)).size; } catch {
+          // Gone meanwhile (purged, or cancelled between the checks): so is the upload.
+          throw new UploadUnknown(id);
+        }
         throw err;
       }
       if (st.cancelled) throw new UploadUnknown(id);
@@ -77,10 +87,11 @@ export class Uploads {
       this.core.index.touchUpload(id);
       return st.offset;
     })();
-    st.op = { done: work, source };
+    st.op = { done: work, cut };
     try {
       return await work;
     } finally {
+      unwatch();
       st.busy = false;
       st.op = undefined;
     }
@@ -129,9 +140,9 @@ export class Uploads {
     if (!row || row.repo !== repo) throw new UploadUnknown(id);
     const st = this.live.get(id);
     if (st?.op) {
-      if (st.op.source) {
+      if (st.op.cut) {
         st.cancelled = true;
-        st.op.source.destroy();
+        st.op.cut();
       }
       await st.op.done.catch(() => {});
       if (!this.core.index.getUpload(id)) throw new UploadUnknown(id);

@@ -75,20 +75,29 @@ export function limitConnections(server: Server, limits: ConnectionLimits): Conn
     if (f) stats.stalled++;
     socket.destroy();
   });
+  // A registry is no proxy: CONNECT gets an answer (Node would close it silently).
+  server.on('connect', (_req: IncomingMessage, socket: Socket) => {
+    socket.on('error', () => {});
+    socket.end(METHOD_NOT_ALLOWED);
+  });
   return stats;
 }
 
-const REFUSAL = (() => {
-  const body = JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: 'too many connections; retry shortly', detail: {} }] });
+const METHOD_NOT_ALLOWED = errorResponse('405 Method Not Allowed', 'UNSUPPORTED', 'CONNECT is not supported', {});
+const REFUSAL = errorResponse('503 Service Unavailable', 'UNAVAILABLE', 'too many connections; retry shortly', { 'Retry-After': '1' });
+
+function errorResponse(status: string, code: string, message: string, headers: Record<string, string>): Buffer {
+  const body = JSON.stringify({ errors: [{ code, message, detail: {} }] });
   return Buffer.from([
-    'HTTP/1.1 503 Service Unavailable',
+    `HTTP/1.1 ${status}`,
     'Content-Type: application/json',
     `Content-Length: ${Buffer.byteLength(body)}`,
-    'Retry-After: 1',
+    'Docker-Distribution-API-Version: registry/2.0',
+    ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
     'Connection: close',
     '', body,
   ].join('\r\n'));
-})();
+}
 
 function refuse(socket: Socket): void {
   // The HTTP parser is attached already (this listener runs after Node's): stop feeding

@@ -40,29 +40,37 @@ export async function withBody<T>(req: Request, limit: number, budget: MemoryBud
   }
   let held = 0;
   try {
-    const chunks: Buffer[] = [];
-    // A declared length is reserved whole up front: refusing before reading is cheaper
-    // for both sides than refusing half way.
+    // Reserved whole up front when declared: refusing before reading is cheaper for both
+    // sides than refusing half way.
     const reserve = declared !== undefined ? Number(declared) : 0;
     if (reserve > 0) {
       if (!budget.take(reserve)) { req.resume(); throw overBudget(budget); }
       held = reserve;
     }
+    // One buffer, copied into: a body sent as a million one-byte chunks must not become
+    // a million Buffer objects (~100 bytes of heap each).
+    let buf = Buffer.allocUnsafe(reserve || 64 * 1024);
     let total = 0;
     for await (const chunk of req) {
       const c = chunk as Buffer;
-      total += c.length;
-      if (total > limit) {
+      if (total + c.length > limit) {
         req.resume();
         throw new RegistryError('MANIFEST_TOO_LARGE', `body exceeds the limit of ${limit} bytes`, { limit });
       }
-      if (total > held) {
-        if (!budget.take(total - held)) { req.resume(); throw overBudget(budget); }
-        held = total;
+      if (total + c.length > buf.length) {
+        const bigger = Buffer.allocUnsafe(Math.min(limit, Math.max(buf.length * 2, total + c.length)));
+        buf.copy(bigger, 0, 0, total);
+        buf = bigger;
       }
-      chunks.push(c);
+      if (buf.length > held) {
+        if (!budget.take(buf.length - held)) { req.resume(); throw overBudget(budget); }
+        held = buf.length;
+      }
+      c.copy(buf, total);
+      total += c.length;
     }
-    return await use(Buffer.concat(chunks));
+    // Exact-size, so that what caches keep of it (the manifest body cache) weighs what it says.
+    return await use(total === buf.length ? buf : Buffer.from(buf.subarray(0, total)));
   } finally {
     budget.give(held);
   }
