@@ -25,14 +25,17 @@ export const WRITE_BUFFER = 1024 * 1024;
 const BATCH = 64 * 1024;
 
 /**
- * Copies small chunks into 64 KiB batches. A client may send a body as chunked encoding
- * one byte per chunk; each becomes a Buffer object of ~100 bytes on the heap, and queued
- * by the byte count of WRITE_BUFFER a million of them would hold hundreds of MiB for a
- * 1 MiB body. Batched, what is queued costs what it weighs.
+ * Copies small chunks into batches of up to 64 KiB. A client may send a body as chunked
+ * encoding one byte per chunk; each becomes a Buffer object of ~100 bytes on the heap,
+ * and queued by the byte count of WRITE_BUFFER a million of them would hold hundreds of
+ * MiB for a 1 MiB body. A partial batch is passed on at the end of the tick in which it
+ * was filled, so the batching spans one socket read and never holds bytes back: what
+ * arrived before a client stalls or goes away is in the file (uploads resume from it).
  */
 export class Coalesce extends Transform {
   private batch: Buffer | undefined;
   private used = 0;
+  private pending: NodeJS.Immediate | undefined;
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback) {
     if (chunk.length >= BATCH && this.used === 0) { cb(null, chunk); return; }
@@ -42,14 +45,27 @@ export class Coalesce extends Transform {
       const n = chunk.copy(this.batch, this.used, off);
       this.used += n;
       off += n;
-      if (this.used === BATCH) { this.push(this.batch); this.batch = undefined; this.used = 0; }
+      if (this.used === BATCH) this.release();
     }
+    if (this.used > 0) this.pending ??= setImmediate(() => { this.pending = undefined; if (!this.destroyed) this.release(); });
     cb();
   }
 
   override _flush(cb: TransformCallback) {
-    if (this.used > 0) this.push(this.batch!.subarray(0, this.used));
+    if (this.pending) clearImmediate(this.pending);
+    this.release();
     cb();
+  }
+
+  override _destroy(err: Error | null, cb: (error?: Error | null) => void) {
+    if (this.pending) clearImmediate(this.pending);
+    cb(err);
+  }
+
+  private release() {
+    if (this.used > 0) this.push(this.batch!.subarray(0, this.used));
+    this.batch = undefined;
+    this.used = 0;
   }
 }
 
