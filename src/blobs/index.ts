@@ -225,9 +225,10 @@ export class Index {
     return {
       repo: this.s.uploadsOfRepo.get(repo)!.n,
       client: this.s.uploadsOfClient.get(client)!.n,
-      total: this.s.uploadCount.get()!.n,
+      total: this.uploadCount(),
     };
   }
+  uploadCount(): number { return this.s.uploadCount.get()!.n; }
   getUpload(id: string) { return this.s.getUpload.get(id); }
   touchUpload(id: string) { this.s.touchUpload.run(now(), id); }
   deleteUpload(id: string) { this.s.deleteUpload.run(id); }

@@ -145,7 +145,7 @@ export class Storage {
       trackedRepositories: this.core.trackedRepositories,
       cachedReferences: this.manifests.cachedReferences,
       liveUploads: this.uploads.liveCount,
-      openUploads: this.index.openUploads('', '').total,
+      openUploads: this.index.uploadCount(),
     };
   }
 }
