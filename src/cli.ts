@@ -3,11 +3,12 @@
 // Composition root: may import every room; no room imports it.
 import { hostname } from 'node:os';
 import { Command } from 'commander';
-import { buildConfig, limitsConfig, serveConfig, type BuildFlags, type LimitFlags } from './config.js';
+import { buildConfig, limitsConfig, serveConfig, type BuildFlags, type LimitFlags, type ServeFlags } from './config.js';
+import { AuthConfigError } from './registry/auth/config.js';
 import { runBuild, withBuildOptions } from './build-command.js';
 import { NixImageSource } from './build/source.js';
 import { log } from './log.js';
-import { startRegistry } from './server.js';
+import { startRegistry, TlsError } from './server.js';
 
 const program = new Command('nixreg').description('A container registry that builds images from Nix expressions on pull');
 
@@ -18,7 +19,10 @@ withBuildOptions(program
   .option('--data <dir>', 'blob store and index (env NIXREG_DATA, default ./data)')
   .option('--images <dir>', 'Nix expressions served as images (env NIXREG_IMAGES, default ./examples)')
   .option('--upload-max-age <seconds>', 'purge blob uploads untouched this long (env NIXREG_UPLOAD_MAX_AGE, default 86400)')
-  .option('--public-url <url>', 'URL users reach this server at, for build-log links (env NIXREG_PUBLIC_URL, default: the listen address; the host name when listening on all addresses)')
+  .option('--public-url <url>', 'URL users reach this server at, for build-log links and the token realm (env NIXREG_PUBLIC_URL, default: the listen address; the host name when listening on all addresses)')
+  .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain); re-read on SIGHUP (env NIXREG_TLS_CERT)')
+  .option('--tls-key <file>', 'the PEM private key of --tls-cert; re-read on SIGHUP (env NIXREG_TLS_KEY)')
+  .option('--auth <file>', 'users and access policies, YAML or JSON (see README, "Access control"); re-read on SIGHUP (env NIXREG_AUTH)')
   .option('--header-timeout <seconds>', 'a request\'s headers must arrive within this (env NIXREG_HEADER_TIMEOUT, default 30)')
   .option('--idle-timeout <seconds>', 'close a keep-alive connection idle this long (env NIXREG_IDLE_TIMEOUT, default 60)')
   .option('--body-timeout <seconds>', 'abort a request body or response that makes no progress this long (env NIXREG_BODY_TIMEOUT, default 60)')
@@ -27,14 +31,22 @@ withBuildOptions(program
   .option('--max-uploads-per-repo <n>', 'unfinished uploads per repository; more get 429 (env NIXREG_MAX_UPLOADS_PER_REPO, default 100)')
   .option('--max-uploads-per-client <n>', 'unfinished uploads per client address; more get 429 (env NIXREG_MAX_UPLOADS_PER_CLIENT, default 100)')
   .option('--max-uploads <n>', 'unfinished uploads in all; more get 429 (env NIXREG_MAX_UPLOADS, default 10000)')
-  .action(async (flags: { listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string } & BuildFlags & LimitFlags, cmd: Command) => {
+  .action(async (flags: ServeFlags & BuildFlags & LimitFlags, cmd: Command) => {
     let cfg, bcfg, limits;
     try { cfg = serveConfig(flags); bcfg = buildConfig(flags); limits = limitsConfig(flags); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
     let source: NixImageSource | undefined;
-    const reg = await startRegistry({
-      host: cfg.host, port: cfg.port, data: cfg.data, log, storage: { uploadMaxAgeMs: cfg.uploadMaxAgeMs }, limits,
-      source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, log })),
-    });
+    let reg;
+    try {
+      reg = await startRegistry({
+        host: cfg.host, port: cfg.port, data: cfg.data, log, storage: { uploadMaxAgeMs: cfg.uploadMaxAgeMs }, limits,
+        tls: cfg.tls, auth: cfg.auth, publicUrl: cfg.publicUrl,
+        source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, log })),
+      });
+    } catch (e) {
+      // A faulty auth file or certificate is a configuration error: one line, exit 2.
+      if (e instanceof AuthConfigError || e instanceof TlsError) cmd.error(`error: ${e.message}`, { exitCode: 2 });
+      throw e;
+    }
     // Build failure messages link to the build log on this server.
     if (source) source.builder.publicUrl = cfg.publicUrl ?? reachableUrl(reg.url);
     let stopping = false;
@@ -46,10 +58,17 @@ withBuildOptions(program
       log.info({ signal }, 'shutting down: finishing requests in flight');
       reg.close().then(() => { log.info('stopped'); process.exit(0); }, (err: unknown) => { log.error({ err }); process.exit(1); });
     };
+    // SIGHUP: re-read the certificate and the auth file. A faulty new one is logged and the
+    // old one kept: a typo must not take the registry down or open it up.
+    process.on('SIGHUP', () => {
+      const { reloaded, failed } = reg.reload();
+      for (const f of failed) log.error({ reload: f }, `reload failed, keeping the previous configuration: ${f}`);
+      log.info({ reloaded }, 'reloaded');
+    });
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
     // Announced only once signals are handled: whoever waits for this line may stop us at once.
-    log.info({ url: reg.url, data: cfg.data, images: cfg.images }, 'nixreg listening');
+    log.info({ url: reg.url, data: cfg.data, images: cfg.images, tls: !!cfg.tls, auth: cfg.auth ?? null }, 'nixreg listening');
     // Learn now, not at the first pull, whether Nix can build here; the check logs one
     // warning with the fix if not. Serving does not wait for it: push and pull need no Nix.
     source?.builder.health.ready().catch(() => {});

@@ -13,6 +13,15 @@ export interface ServeConfig {
   uploadMaxAgeMs: number;
   /** Base URL that users reach this server at, for links in messages (--public-url, env NIXREG_PUBLIC_URL). */
   publicUrl: string | undefined;
+  /** Serve HTTPS with these PEM files (--tls-cert/--tls-key, env NIXREG_TLS_CERT/NIXREG_TLS_KEY). */
+  tls: { cert: string; key: string } | undefined;
+  /** The auth file (--auth, env NIXREG_AUTH); none: no authentication. */
+  auth: string | undefined;
+}
+
+export interface ServeFlags {
+  listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string;
+  tlsCert?: string; tlsKey?: string; auth?: string;
 }
 
 export const DEFAULTS = { listen: '127.0.0.1:5000', data: './data', images: './examples', uploadMaxAge: '86400' } as const;
@@ -30,14 +39,20 @@ export function parseListen(v: string): { host: string; port: number } {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-export function serveConfig(flags: { listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string }, env = process.env): ServeConfig {
+export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
   const listen = flags.listen ?? env.NIXREG_LISTEN ?? DEFAULTS.listen;
   const publicUrl = flags.publicUrl ?? env.NIXREG_PUBLIC_URL;
   if (publicUrl !== undefined && !/^https?:\/\/[^\s/]+$/.test(publicUrl)) {
     throw new Error(`--public-url must be http(s)://host[:port] with no path, got ${JSON.stringify(publicUrl)}`);
   }
+  const cert = flags.tlsCert ?? env.NIXREG_TLS_CERT;
+  const key = flags.tlsKey ?? env.NIXREG_TLS_KEY;
+  if ((cert === undefined) !== (key === undefined)) throw new Error('--tls-cert and --tls-key go together: give both or neither');
+  const auth = flags.auth ?? env.NIXREG_AUTH;
   return {
     publicUrl,
+    tls: cert !== undefined && key !== undefined ? { cert: resolve(cert), key: resolve(key) } : undefined,
+    auth: auth !== undefined ? resolve(auth) : undefined,
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),

@@ -1,21 +1,34 @@
-// Starts and stops the registry: storage, the optional image source, and the HTTP server.
+// Starts and stops the registry: storage, the optional image source, the HTTP(S) server
+// and the gate; and reloads the certificate and the auth file in place (SIGHUP).
 //
 // Composition root: may import every room; no room imports it.
+import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { createSecureContext } from 'node:tls';
+import type { Request } from 'express';
 import { Storage, type StorageOptions } from './blobs/storage.js';
 import type { Logger } from './log.js';
 import { limitsConfig, type LimitsConfig } from './config.js';
 import { createApp } from './registry/app.js';
 import { limitConnections } from './registry/connections.js';
 import type { ImageSource } from './build/image-source.js';
+import { AuthGate } from './registry/auth/gate.js';
+import { loadAuthConfig } from './registry/auth/config.js';
+import { Tokens } from './registry/auth/tokens.js';
 
 export interface RunningRegistry {
   server: Server;
   storage: Storage;
   url: string;
+  /** Re-reads the certificate and the auth file; a faulty one is reported and the old kept. */
+  reload(): { reloaded: string[]; failed: string[] };
   close(): Promise<void>;
 }
+
+/** PEM files of the server certificate (chain) and its key. */
+export interface TlsFiles { cert: string; key: string }
 
 export interface StartOptions {
   host: string;
@@ -26,6 +39,12 @@ export interface StartOptions {
   storage?: StorageOptions;
   /** Timeouts and bounds (config.ts; defaults for any left out). */
   limits?: Partial<LimitsConfig>;
+  /** Serve HTTPS with this certificate (re-read by reload()). */
+  tls?: TlsFiles | undefined;
+  /** The auth file (src/registry/auth/config.ts); without one every request is allowed. */
+  auth?: string | undefined;
+  /** Where clients reach this server, for the token realm; else the Host of each request. */
+  publicUrl?: string | undefined;
   /** Builds the image source once storage is open (build-on-pull). */
   source?: (storage: Storage) => ImageSource | undefined;
 }
@@ -34,9 +53,23 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   const storage = await Storage.open(opts.data, opts.storage);
   const source = opts.source?.(storage);
   const limits = { ...limitsConfig({}), ...opts.limits };
-  const server = createServer();
-  const connections = limitConnections(server, limits);
-  server.on('request', createApp({ storage, source, log: opts.log, limits, counters: () => ({ connections }) }));
+  const tls = opts.tls;
+  let gate: AuthGate | undefined;
+  let server: Server;
+  try {
+    // Both read before anything listens: a bad file fails the start, not the first request.
+    const authConfig = opts.auth !== undefined ? loadAuthConfig(opts.auth) : undefined;
+    const secure = tls ? readTls(tls) : undefined;
+    if (authConfig) gate = new AuthGate(authConfig, Tokens.open(storage.layout.tokenKeyPath), (req) => realmBase(req, opts.publicUrl, !!tls));
+    server = secure
+      ? createHttpsServer({ ...secure, handshakeTimeout: limits.headersMs }) as unknown as Server
+      : createServer();
+  } catch (e) {
+    storage.close();
+    throw e;
+  }
+  const connections = limitConnections(server, { ...limits, tls: !!tls });
+  server.on('request', createApp({ storage, source, log: opts.log, limits, gate, counters: () => ({ connections }) }));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => { server.off('error', reject); resolve(); });
@@ -47,7 +80,21 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   return {
     server,
     storage,
-    url: `http://${host}:${addr.port}`,
+    url: `${tls ? 'https' : 'http'}://${host}:${addr.port}`,
+    reload() {
+      const reloaded: string[] = [];
+      const failed: string[] = [];
+      if (tls) {
+        // Connections keep the context they were made with; new ones get the new one.
+        try { (server as unknown as { setSecureContext(o: object): void }).setSecureContext(readTls(tls)); reloaded.push(`certificate ${tls.cert}`); }
+        catch (e) { failed.push(`certificate ${tls.cert}: ${(e as Error).message}`); }
+      }
+      if (gate && opts.auth !== undefined) {
+        try { gate.replace(loadAuthConfig(opts.auth)); reloaded.push(`auth file ${opts.auth}`); }
+        catch (e) { failed.push((e as Error).message); }
+      }
+      return { reloaded, failed };
+    },
     close() {
       closing ??= (async () => {
         // In-flight requests finish; idle keep-alive sockets are closed so close() returns.
@@ -67,4 +114,32 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
       return closing;
     },
   };
+}
+
+/** A certificate or key that cannot be read or does not make a pair. */
+export class TlsError extends Error {}
+
+/** Reads and checks a certificate and key pair (a mismatch throws here, not at a handshake). */
+function readTls(files: TlsFiles): { cert: Buffer; key: Buffer } {
+  const read = (what: string, path: string) => {
+    try { return readFileSync(path); } catch (e) { throw new TlsError(`cannot read the TLS ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`); }
+  };
+  const pair = { cert: read('certificate', files.cert), key: read('key', files.key) };
+  try { createSecureContext(pair); } catch (e) { throw new TlsError(`TLS certificate ${files.cert} and key ${files.key}: ${(e as Error).message}`); }
+  return pair;
+}
+
+const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?$/;
+
+/**
+ * The base of the token realm: --public-url, or else the host the client asked for.
+ * A Host that is not a plain host[:port] falls back to the address it connected to,
+ * so no header a client sends can put anything else into the challenge.
+ */
+function realmBase(req: Request, publicUrl: string | undefined, tls: boolean): string {
+  if (publicUrl) return publicUrl;
+  const host = req.headers.host;
+  if (host && HOST.test(host)) return `${tls ? 'https' : 'http'}://${host}`;
+  const a = req.socket.localAddress ?? '127.0.0.1';
+  return `${tls ? 'https' : 'http'}://${a.includes(':') ? `[${a}]` : a}:${req.socket.localPort}`;
 }

@@ -19,6 +19,8 @@ export class Layout {
   /** GC roots that keep Nix closures alive while a build reads them. */
   get gcrootsDir() { return join(this.root, 'gcroots'); }
   get logsDir() { return join(this.root, 'logs'); }
+  /** The key that signs bearer tokens (mode 0600; src/registry/auth/tokens.ts). */
+  get tokenKeyPath() { return join(this.root, 'token-key.pem'); }
 
   /** `<data>/blobs/<alg>/<first 2 hex>/<hex>` */
   blobPath(digest: string): string {

@@ -5,6 +5,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import type { Logger } from 'pino';
 import type { Storage } from '../blobs/storage.js';
 import type { ImageSource } from '../build/image-source.js';
+import { openGate, type Gate } from './auth/gate.js';
 import { RegistryError, registryErrorOf } from './errors.js';
 import type { Limits } from './handlers/context.js';
 import { MemoryBudget } from './http.js';
@@ -17,9 +18,11 @@ export interface AppOptions {
   limits: Limits & { manifestMemoryBytes: number };
   /** Counters kept outside the app (connections), shown in /nixreg/stats. */
   counters?: () => Record<string, unknown>;
+  /** Authentication and access control; everything is allowed without one. */
+  gate?: Gate;
 }
 
-export function createApp({ storage, source, log, limits, counters }: AppOptions) {
+export function createApp({ storage, source, log, limits, counters, gate = openGate }: AppOptions) {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
@@ -40,12 +43,13 @@ export function createApp({ storage, source, log, limits, counters }: AppOptions
 
   const bodies = new MemoryBudget(limits.manifestMemoryBytes);
   const ctx = {
-    storage, source, bodies, limits,
+    storage, source, bodies, limits, gate,
     counters: () => ({ ...counters?.(), manifestMemory: { used: bodies.used, limit: bodies.limit, refused: bodies.refused } }),
   };
   for (const e of endpoints) {
     const h = e.handler(ctx);
-    for (const m of e.methods) app[m](e.path, h);
+    const guard = gate.guard(e.access);
+    for (const m of e.methods) app[m](e.path, guard, h);
   }
 
   // A known path with a method the table lacks is 405; anything else under /v2 is 404.
@@ -85,6 +89,7 @@ export function createApp({ storage, source, log, limits, counters }: AppOptions
     const body = JSON.stringify(e.toJSON());
     // Load shedding, not a verdict: the same request may succeed in a moment.
     if (e.status === 429 || e.status === 503) res.set('Retry-After', '1');
+    res.set(e.headers);
     res.status(e.status).set({ 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)) });
     res.end(req.method === 'HEAD' ? undefined : body);
   });

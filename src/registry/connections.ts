@@ -30,6 +30,11 @@ export interface ConnectionLimits {
   bodyMs: number;
   /** Connections open at once; more are answered 503 and closed. */
   maxConnections: number;
+  /**
+   * A TLS server: its 'connection' sockets carry the handshake, so a refusal cannot be
+   * an HTTP answer there; it is a close, before any handshake work is spent on it.
+   */
+  tls?: boolean;
 }
 
 interface InFlight { req: IncomingMessage; res: ServerResponse }
@@ -53,7 +58,7 @@ export function limitConnections(server: Server, limits: ConnectionLimits): Conn
   server.on('connection', (socket: Socket) => {
     if (stats.open >= limits.maxConnections) {
       stats.refused++;
-      refuse(socket);
+      if (limits.tls) socket.destroy(); else refuse(socket);
       return;
     }
     stats.open++;

@@ -62,6 +62,8 @@ const DOMAIN: [ErrorClass, ErrorCode][] = [
 /** An error that the HTTP layer turns into `{"errors":[{code,message,detail}]}`. */
 export class RegistryError extends Error {
   readonly status: number;
+  /** Headers the answer carries besides the body (a challenge, a Retry-After). */
+  readonly headers: Record<string, string> = {};
   constructor(
     readonly code: ErrorCode,
     message?: string,

@@ -1,5 +1,6 @@
 // The endpoint table: every route of the OCI distribution-spec v1.1, by its spec id,
-// and nixreg's own under /nixreg.
+// nixreg's own under /nixreg, and the token endpoint; with what each one requires of
+// the caller when auth is on (auth/gate.ts).
 // Names may contain slashes, so each pattern anchors the suffix and lets the name be
 // the greedy rest; the name is then checked against the spec grammar in the handler.
 //
@@ -11,6 +12,7 @@ import { deleteManifest, getManifest, putManifest } from './handlers/manifests.j
 import { buildLog, listBuilds, stats } from './handlers/nixreg.js';
 import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } from './handlers/uploads.js';
 import type { Ctx } from './handlers/context.js';
+import type { Access } from './auth/gate.js';
 
 type Method = 'get' | 'head' | 'put' | 'post' | 'patch' | 'delete';
 type Handler = (req: Request, res: Response) => unknown;
@@ -19,6 +21,7 @@ export interface Endpoint {
   id: string;
   methods: Method[];
   path: RegExp;
+  access: Access;
   handler: (ctx: Ctx) => Handler;
 }
 
@@ -28,23 +31,25 @@ const DIGEST = '(?<digest>[^/]+)';
 const REF = '(?<reference>[^/]+)';
 
 const base = (_ctx: Ctx) => (_req: Request, res: Response) => { res.status(200).json({}); };
+const token = (ctx: Ctx) => (req: Request, res: Response) => ctx.gate.token(req, res);
 
 export const endpoints: Endpoint[] = [
-  { id: 'end-1', methods: ['get', 'head'], path: /^\/v2\/?$/, handler: base },
-  { id: 'catalog', methods: ['get'], path: /^\/v2\/_catalog$/, handler: catalog },
-  { id: 'end-4a/4b/11', methods: ['post'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/?$`), handler: startUpload },
-  { id: 'end-13', methods: ['get', 'head'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: uploadStatus },
-  { id: 'end-5', methods: ['patch'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: patchUpload },
-  { id: 'end-6', methods: ['put'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: finishUpload },
-  { id: 'upload-delete', methods: ['delete'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: cancelUpload },
-  { id: 'end-2', methods: ['get', 'head'], path: new RegExp(`^/v2/${NAME}/blobs/${DIGEST}$`), handler: getBlob },
-  { id: 'end-10', methods: ['delete'], path: new RegExp(`^/v2/${NAME}/blobs/${DIGEST}$`), handler: deleteBlob },
-  { id: 'end-3', methods: ['get', 'head'], path: new RegExp(`^/v2/${NAME}/manifests/${REF}$`), handler: getManifest },
-  { id: 'end-7', methods: ['put'], path: new RegExp(`^/v2/${NAME}/manifests/${REF}$`), handler: putManifest },
-  { id: 'end-9', methods: ['delete'], path: new RegExp(`^/v2/${NAME}/manifests/${REF}$`), handler: deleteManifest },
-  { id: 'end-8a/8b', methods: ['get'], path: new RegExp(`^/v2/${NAME}/tags/list$`), handler: listTags },
-  { id: 'end-12a/12b', methods: ['get'], path: new RegExp(`^/v2/${NAME}/referrers/${DIGEST}$`), handler: referrers },
-  { id: 'nixreg-builds', methods: ['get'], path: /^\/nixreg\/builds$/, handler: listBuilds },
-  { id: 'nixreg-build-log', methods: ['get'], path: new RegExp(`^/nixreg/builds/${ID}/log$`), handler: buildLog },
-  { id: 'nixreg-stats', methods: ['get'], path: /^\/nixreg\/stats$/, handler: stats },
+  { id: 'end-1', access: 'signed-in', methods: ['get', 'head'], path: /^\/v2\/?$/, handler: base },
+  { id: 'catalog', access: 'listing', methods: ['get'], path: /^\/v2\/_catalog$/, handler: catalog },
+  { id: 'end-4a/4b/11', access: 'push', methods: ['post'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/?$`), handler: startUpload },
+  { id: 'end-13', access: 'push', methods: ['get', 'head'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: uploadStatus },
+  { id: 'end-5', access: 'push', methods: ['patch'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: patchUpload },
+  { id: 'end-6', access: 'push', methods: ['put'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: finishUpload },
+  { id: 'upload-delete', access: 'push', methods: ['delete'], path: new RegExp(`^/v2/${NAME}/blobs/uploads/${ID}$`), handler: cancelUpload },
+  { id: 'end-2', access: 'pull', methods: ['get', 'head'], path: new RegExp(`^/v2/${NAME}/blobs/${DIGEST}$`), handler: getBlob },
+  { id: 'end-10', access: 'delete', methods: ['delete'], path: new RegExp(`^/v2/${NAME}/blobs/${DIGEST}$`), handler: deleteBlob },
+  { id: 'end-3', access: 'pull', methods: ['get', 'head'], path: new RegExp(`^/v2/${NAME}/manifests/${REF}$`), handler: getManifest },
+  { id: 'end-7', access: 'push', methods: ['put'], path: new RegExp(`^/v2/${NAME}/manifests/${REF}$`), handler: putManifest },
+  { id: 'end-9', access: 'delete', methods: ['delete'], path: new RegExp(`^/v2/${NAME}/manifests/${REF}$`), handler: deleteManifest },
+  { id: 'end-8a/8b', access: 'pull', methods: ['get'], path: new RegExp(`^/v2/${NAME}/tags/list$`), handler: listTags },
+  { id: 'end-12a/12b', access: 'pull', methods: ['get'], path: new RegExp(`^/v2/${NAME}/referrers/${DIGEST}$`), handler: referrers },
+  { id: 'nixreg-builds', access: 'listing', methods: ['get'], path: /^\/nixreg\/builds$/, handler: listBuilds },
+  { id: 'nixreg-build-log', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/builds/${ID}/log$`), handler: buildLog },
+  { id: 'token', access: 'open', methods: ['get'], path: /^\/token$/, handler: token },
+  { id: 'nixreg-stats', access: 'admin', methods: ['get'], path: /^\/nixreg\/stats$/, handler: stats },
 ];

@@ -42,14 +42,14 @@ export async function spawnRegistry(opts: { data?: string; images?: string; env?
   const url = await new Promise<string>((res, rej) => {
     const t = setTimeout(() => rej(new Error(`nixreg did not start:\n${out}`)), 30_000);
     const check = () => {
-      const m = /"url":"(http:\/\/[^"]+)"/.exec(out);
+      const m = /"url":"(https?:\/\/[^"]+)"/.exec(out);
       if (m) { clearTimeout(t); child.stdout!.off('data', check); res(m[1]!); }
     };
     child.stdout!.on('data', check);
     void exited.then((code) => { clearTimeout(t); rej(new Error(`nixreg exited ${code}:\n${out}`)); });
   });
   return {
-    child, url, host: url.replace(/^http:\/\//, ''), data,
+    child, url, host: url.replace(/^https?:\/\//, ''), data,
     logs: () => out,
     async stop(signal = 'SIGTERM') {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);

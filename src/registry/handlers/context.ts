@@ -1,11 +1,12 @@
-// What every handler gets: storage and the image source, and the checks they all make
-// on a request's repository.
+// What every handler gets: storage, the image source and the gate, and the checks they
+// all make on a request's repository.
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request } from 'express';
 import type { Storage } from '../../blobs/storage.js';
 import type { ImageSource } from '../../build/image-source.js';
 import { checkName } from '../../oci/reference.js';
+import type { Gate } from '../auth/gate.js';
 import { RegistryError } from '../errors.js';
 import type { MemoryBudget } from '../http.js';
 
@@ -23,6 +24,8 @@ export interface Ctx {
   /** Memory that manifest bodies being read may take together. */
   bodies: MemoryBudget;
   limits: Limits;
+  /** Who the caller is and what it may do (auth/gate.ts); allows everything with no --auth. */
+  gate: Gate;
   /** Counters of the layers above the handlers, for /nixreg/stats. */
   counters: () => Record<string, unknown>;
 }
@@ -30,15 +33,6 @@ export interface Ctx {
 /** The validated repository name of a request. */
 export function repoOf(req: Request): string {
   return checkName(String(req.params.name));
-}
-
-/**
- * The client a request counts against: its address, IPv4-mapped forms folded, so one
- * host is one client whichever way it connects.
- */
-export function clientOf(req: Request): string {
-  const a = req.socket.remoteAddress ?? 'unknown';
-  return a.startsWith('::ffff:') ? a.slice(7) : a;
 }
 
 /** Refuses writes to repositories that are built from expressions. */

@@ -38,10 +38,32 @@ export function listTags(ctx: Ctx) {
   };
 }
 
+/** Repository names a filtered catalog page reads at most before it ends the page early. */
+const CATALOG_SCAN = 10 * MAX_PAGE;
+
 export function catalog(ctx: Ctx) {
   return (req: Request, res: Response) => {
     const { n, last } = parsePage(req.query);
-    const repos = n === 0 ? [] : ctx.storage.catalog(last ?? '', (n ?? MAX_PAGE) + 1);
+    const want = (n ?? MAX_PAGE) + 1;
+    if (!ctx.gate.enabled || n === 0) {
+      page(res, '/v2/_catalog', n, n === 0 ? [] : ctx.storage.catalog(last ?? '', want), 'repositories', {});
+      return;
+    }
+    // Only what the caller may read. The scan is bounded: a caller who may read few of
+    // many repositories gets a short page and a Link to go on from where it stopped.
+    const repos: string[] = [];
+    let after = last ?? '';
+    let scanned = 0;
+    while (repos.length < want && scanned < CATALOG_SCAN) {
+      const batch = ctx.storage.catalog(after, MAX_PAGE);
+      for (const r of batch) if (repos.length < want && ctx.gate.may(req, r, 'read')) repos.push(r);
+      scanned += batch.length;
+      if (batch.length < MAX_PAGE) break;
+      after = batch[batch.length - 1]!;
+    }
+    if (repos.length < want && scanned >= CATALOG_SCAN) {
+      res.set('Link', `</v2/_catalog?n=${n ?? MAX_PAGE}&last=${encodeURIComponent(after)}>; rel="next"`);
+    }
     page(res, '/v2/_catalog', n, repos, 'repositories', {});
   };
 }

@@ -87,6 +87,11 @@ export function putManifest(ctx: Ctx) {
       if (ref.digest && ref.digest !== digest) {
         throw new RegistryError('DIGEST_INVALID', 'manifest digest does not match the reference', { expected: ref.digest, actual: digest });
       }
+      // Moving a tag that points elsewhere is `update`; the route's check was `create`.
+      if (ref.tag !== undefined && ctx.gate.enabled) {
+        const current = ctx.storage.resolveManifest(repo, { tag: ref.tag });
+        if (current && current.digest !== digest) ctx.gate.need(req, repo, 'update');
+      }
       await ctx.storage.putManifest(repo, body, parsed, ref.tag, digest);
       return { digest, parsed };
     });

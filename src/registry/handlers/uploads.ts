@@ -8,7 +8,7 @@ import { checkDigest, checkName } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
 import { isUploadId } from '../grammar.js';
 import { contentLength, hasBody, parseContentRange, uploadRange } from '../http.js';
-import { checkWritable, clientOf, repoOf, type Ctx } from './context.js';
+import { checkWritable, repoOf, type Ctx } from './context.js';
 
 function uploadIdOf(req: Request): string {
   const id = String(req.params.id);
@@ -83,9 +83,10 @@ export function startUpload(ctx: Ctx) {
     if (mount !== undefined && from !== undefined) {
       checkDigest(mount);
       checkName(from);
-      // Only from a repository the caller may read: with no auth configured that is any
-      // repository, but the blob must really be linked there. Otherwise: a normal upload.
-      if (ctx.storage.mountBlob(repo, from, mount) !== undefined) { created(res, repo, mount); return; }
+      // Only from a repository the caller may read (else anyone could copy a blob they
+      // know the digest of out of a private repository: zot's CVE-2024-39897), and only a
+      // blob really linked there. Otherwise the client gets a normal upload.
+      if (ctx.gate.may(req, from, 'read') && ctx.storage.mountBlob(repo, from, mount) !== undefined) { created(res, repo, mount); return; }
     }
     if (digest !== undefined) {
       checkDigest(digest);
@@ -98,7 +99,7 @@ export function startUpload(ctx: Ctx) {
       return;
     }
     req.resume();
-    const client = clientOf(req);
+    const client = ctx.gate.client(req);
     checkUploadLimits(ctx, repo, client);
     const id = ctx.storage.startUpload(repo, client);
     inProgress(res, repo, id, 0);
