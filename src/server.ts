@@ -60,7 +60,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
     // Both read before anything listens: a bad file fails the start, not the first request.
     const authConfig = opts.auth !== undefined ? loadAuthConfig(opts.auth) : undefined;
     const secure = tls ? readTls(tls) : undefined;
-    if (authConfig) gate = new AuthGate(authConfig, Tokens.open(storage.layout.tokenKeyPath), (req) => realmBase(req, opts.publicUrl, !!tls));
+    if (authConfig) gate = new AuthGate(authConfig, Tokens.open(storage.layout.tokenKeyPath), (req) => realmBase(req, opts.publicUrl, !!tls), opts.log);
     server = secure
       ? createHttpsServer({ ...secure, handshakeTimeout: limits.headersMs }) as unknown as Server
       : createServer();

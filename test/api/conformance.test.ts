@@ -132,7 +132,7 @@ const tagList = (r: Res): string[] => (r.json() as { tags: string[] }).tags;
 before(async () => {
   const external = process.env.CONFORMANCE_URL;
   reg = external
-    ? { url: external, data: '', storage: undefined as never, close: async () => {}, destroy: async () => {} }
+    ? { url: external, data: '', storage: undefined as never, close: async () => {}, reload: () => ({ reloaded: [], failed: [] }), destroy: async () => {} }
     : await startReg();
 });
 after(async () => { await reg?.destroy(); });

@@ -27,6 +27,8 @@ export interface TestRegistry {
   data: string;
   storage: Awaited<ReturnType<typeof startTestRegistry>>['storage'];
   close(): Promise<void>;
+  /** Re-reads the certificate and the auth file (what SIGHUP does). */
+  reload(): { reloaded: string[]; failed: string[] };
   /** Closes and removes the data directory. */
   destroy(): Promise<void>;
 }
@@ -39,6 +41,7 @@ export async function startReg(opts: Partial<StartOptions> = {}): Promise<TestRe
     data,
     storage: reg.storage,
     close: () => reg.close(),
+    reload: () => reg.reload(),
     async destroy() {
       await reg.close();
       rmSync(data, { recursive: true, force: true });

@@ -14,6 +14,7 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { NextFunction, Request, Response } from 'express';
+import type { Logger } from 'pino';
 import { checkName } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
 import { ACTIONS, type Action, type AuthConfig } from './config.js';
@@ -40,8 +41,16 @@ export interface Identity {
 export interface Gate {
   readonly enabled: boolean;
   guard(access: Access): (req: Request, res: Response, next: NextFunction) => unknown;
-  /** Whether the caller may take `action` on `repo` (for filtering listings). */
+  /** Whether the caller may take `action` on `repo` with the credentials of this request. */
   may(req: Request, repo: string, action: Action): boolean;
+  /**
+   * Whether the caller's user may read `repo`, whatever its token was issued for: what
+   * listings (catalog, builds) show. A token names the repositories of one operation,
+   * not all that its user may see.
+   */
+  visible(req: Request, repo: string): boolean;
+  /** The signed-in user of the request, for the log. */
+  user(req: Request): string | undefined;
   /** Throws 401 (with a challenge) or 403 unless the caller may take `action` on `repo`. */
   need(req: Request, repo: string, action: Action): void;
   /** The key of the caller for per-client bounds: the user if signed in, else the address. */
@@ -60,6 +69,8 @@ export const openGate: Gate = {
   enabled: false,
   guard: () => (_req, _res, next) => next(),
   may: () => true,
+  visible: () => true,
+  user: () => undefined,
   need: () => {},
   client: addressOf,
   token: async (req) => { throw new RegistryError('NAME_UNKNOWN', `no such endpoint: ${req.path}: authentication is not configured`, undefined, 404); },
@@ -74,7 +85,7 @@ export class AuthGate implements Gate {
   private state: { config: AuthConfig; policy: Policy; logins: Logins };
   private readonly identities = new WeakMap<Request, Identity>();
 
-  constructor(config: AuthConfig, private readonly tokens: Tokens, private readonly baseUrl: (req: Request) => string) {
+  constructor(config: AuthConfig, private readonly tokens: Tokens, private readonly baseUrl: (req: Request) => string, private readonly log: Logger) {
     this.state = AuthGate.stateOf(config);
   }
 
@@ -107,6 +118,12 @@ export class AuthGate implements Gate {
   may(req: Request, repo: string, action: Action): boolean {
     return this.allowed(this.identityOf(req), repo).has(action);
   }
+
+  visible(req: Request, repo: string): boolean {
+    return this.state.policy.actions(this.identityOf(req).user, repo).has('read');
+  }
+
+  user(req: Request): string | undefined { return this.identities.get(req)?.user; }
 
   need(req: Request, repo: string, action: Action): void {
     const id = this.identityOf(req);
@@ -189,8 +206,11 @@ export class AuthGate implements Gate {
       const colon = decoded.indexOf(':');
       if (colon < 1) throw this.challenge(req, 'malformed Basic credentials', undefined, undefined, forToken);
       const user = decoded.slice(0, colon);
-      const result = await this.state.logins.check(user, decoded.slice(colon + 1), addressOf(req));
+      const client = addressOf(req);
+      const result = await this.state.logins.check(user, decoded.slice(colon + 1), client);
       if (result.ok) return { user, via: 'basic' };
+      // For the operator (and fail2ban): who tried, from where. Never what they sent.
+      this.log.warn({ user: user.slice(0, 100), client, throttled: result.retryAfterSeconds !== undefined }, 'failed login');
       if (result.retryAfterSeconds !== undefined) {
         const e = new RegistryError('TOOMANYREQUESTS', 'too many failed logins from this address; wait before trying again');
         e.headers['Retry-After'] = String(result.retryAfterSeconds);

@@ -56,7 +56,7 @@ export function catalog(ctx: Ctx) {
     let scanned = 0;
     while (repos.length < want && scanned < CATALOG_SCAN) {
       const batch = ctx.storage.catalog(after, MAX_PAGE);
-      for (const r of batch) if (repos.length < want && ctx.gate.may(req, r, 'read')) repos.push(r);
+      for (const r of batch) if (repos.length < want && ctx.gate.visible(req, r)) repos.push(r);
       scanned += batch.length;
       if (batch.length < MAX_PAGE) break;
       after = batch[batch.length - 1]!;

@@ -15,7 +15,7 @@ function sourceOf(ctx: Ctx, req: Request): ImageSource {
 
 export function listBuilds(ctx: Ctx) {
   return (req: Request, res: Response) => {
-    res.json({ builds: sourceOf(ctx, req).builds().filter((b) => ctx.gate.may(req, b.repo, 'read')) });
+    res.json({ builds: sourceOf(ctx, req).builds().filter((b) => ctx.gate.visible(req, b.repo)) });
   };
 }
 
@@ -25,7 +25,7 @@ export function buildLog(ctx: Ctx) {
     const source = sourceOf(ctx, req);
     const build = source.builds().find((b) => b.id === id);
     // A build of a repository the caller may not read is one it cannot know of.
-    const path = build && ctx.gate.may(req, build.repo, 'read') ? source.buildLogPath(id) : undefined;
+    const path = build && ctx.gate.visible(req, build.repo) ? source.buildLogPath(id) : undefined;
     if (!path) throw new RegistryError('NAME_UNKNOWN', `no build ${id.slice(0, 100)} among the recent builds`, undefined, 404);
     res.status(200).type('text/plain; charset=utf-8');
     const s = createReadStream(path);
