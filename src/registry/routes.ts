@@ -10,6 +10,7 @@ import { catalog, listTags, referrers } from './handlers/listing.js';
 import { deleteBlob, getBlob } from './handlers/blobs.js';
 import { deleteManifest, getManifest, putManifest } from './handlers/manifests.js';
 import { buildLog, listBuilds, stats } from './handlers/nixreg.js';
+import { token } from './handlers/token.js';
 import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } from './handlers/uploads.js';
 import type { Ctx } from './handlers/context.js';
 import type { Access } from './auth/gate.js';
@@ -31,7 +32,6 @@ const DIGEST = '(?<digest>[^/]+)';
 const REF = '(?<reference>[^/]+)';
 
 const base = (_ctx: Ctx) => (_req: Request, res: Response) => { res.status(200).json({}); };
-const token = (ctx: Ctx) => (req: Request, res: Response) => ctx.gate.token(req, res);
 
 export const endpoints: Endpoint[] = [
   { id: 'end-1', access: 'signed-in', methods: ['get', 'head'], path: /^\/v2\/?$/, handler: base },
@@ -50,6 +50,6 @@ export const endpoints: Endpoint[] = [
   { id: 'end-12a/12b', access: 'pull', methods: ['get'], path: new RegExp(`^/v2/${NAME}/referrers/${DIGEST}$`), handler: referrers },
   { id: 'nixreg-builds', access: 'listing', methods: ['get'], path: /^\/nixreg\/builds$/, handler: listBuilds },
   { id: 'nixreg-build-log', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/builds/${ID}/log$`), handler: buildLog },
-  { id: 'token', access: 'open', methods: ['get'], path: /^\/token$/, handler: token },
+  { id: 'token', access: 'open', methods: ['get', 'post'], path: /^\/token$/, handler: token },
   { id: 'nixreg-stats', access: 'admin', methods: ['get'], path: /^\/nixreg\/stats$/, handler: stats },
 ];

@@ -131,6 +131,20 @@ describe('access control', () => {
     assert.equal((await http(reg.url, 'GET', '/v2/team/secret/keys/tags/list', { headers: basic('alice') })).status, 200);
   });
 
+  test('POST /token takes an OAuth2 password grant, as containerd sends it first', async () => {
+    const form = (f: Record<string, string>) => http(reg.url, 'POST', '/token', {
+      headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams(f).toString(),
+    });
+    const ok = await form({ grant_type: 'password', username: 'bob', password: PASSWORDS.bob!, service: 'nixreg', scope: 'repository:team/app:pull,push', client_id: 'containerd-client' });
+    assert.equal(ok.status, 200, ok.text());
+    const body = ok.json();
+    assert.equal(body.scope, 'repository:team/app:pull');
+    assert.deepEqual(claims(body.access_token).access, [{ type: 'repository', name: 'team/app', actions: ['pull'] }]);
+    assert.equal((await http(reg.url, 'GET', '/v2/team/app/tags/list', { headers: bearer(body.access_token) })).status, 200);
+    assertError(await form({ grant_type: 'password', username: 'bob', password: 'wrong', service: 'nixreg' }), 401, 'UNAUTHORIZED', 'POST');
+    assertError(await form({ grant_type: 'refresh_token', refresh_token: 'x', service: 'nixreg' }), 400, 'UNSUPPORTED', 'POST');
+  });
+
   test('a read-only user\'s push is denied, with Basic and with a token', async () => {
     assertError(await push(reg, 'team/app', 'bob1', basic('bob')), 403, 'DENIED', 'POST');
     assertError(await push(reg, 'team/app', 'bob2', bearer(await token(reg, 'bob', 'repository:team/app:pull,push'))), 403, 'DENIED', 'POST');

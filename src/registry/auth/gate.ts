@@ -55,8 +55,8 @@ export interface Gate {
   need(req: Request, repo: string, action: Action): void;
   /** The key of the caller for per-client bounds: the user if signed in, else the address. */
   client(req: Request): string;
-  /** GET /token. */
-  token(req: Request, res: Response): Promise<void>;
+  /** The token endpoint: GET with Basic credentials or none, or POST with an OAuth2 password-grant `form`. */
+  token(req: Request, res: Response, form?: URLSearchParams): Promise<void>;
 }
 
 /** The address a request came from, IPv4-mapped forms folded, so one host is one client. */
@@ -142,9 +142,20 @@ export class AuthGate implements Gate {
     return user !== undefined ? `user:${user}` : addressOf(req);
   }
 
-  async token(req: Request, res: Response): Promise<void> {
-    const id = await this.identify(req, true);
-    const scopes = [req.query.scope ?? []].flat().flatMap((s) => String(s).split(' ')).filter(Boolean);
+  async token(req: Request, res: Response, form?: URLSearchParams): Promise<void> {
+    let id: Identity;
+    let scopes: string[];
+    if (form) {
+      // OAuth2's password grant, which containerd (and so kubelet) tries before GET.
+      if (form.get('grant_type') !== 'password') {
+        throw new RegistryError('UNSUPPORTED', `grant_type ${JSON.stringify((form.get('grant_type') ?? '').slice(0, 40))} is not supported; use password`, undefined, 400);
+      }
+      id = await this.login(req, form.get('username') ?? '', form.get('password') ?? '', true);
+      scopes = (form.get('scope') ?? '').split(' ').filter(Boolean);
+    } else {
+      id = await this.identify(req, true);
+      scopes = [req.query.scope ?? []].flat().flatMap((s) => String(s).split(' ')).filter(Boolean);
+    }
     if (scopes.length > MAX_SCOPES) throw new RegistryError('UNSUPPORTED', `at most ${MAX_SCOPES} scopes per token`, undefined, 400);
     const access: Grant[] = [];
     for (const scope of scopes) {
@@ -165,8 +176,10 @@ export class AuthGate implements Gate {
       }
     }
     const t = await this.tokens.issue(id.user, access, this.state.config.tokenTtlSeconds);
-    res.set('Cache-Control', 'no-store').status(200)
-      .json({ token: t.token, access_token: t.token, expires_in: t.expiresIn, issued_at: t.issuedAt });
+    res.set('Cache-Control', 'no-store').status(200).json({
+      token: t.token, access_token: t.token, expires_in: t.expiresIn, issued_at: t.issuedAt,
+      ...(form ? { scope: access.map((g) => `${g.type}:${g.name}:${g.actions.join(',')}`).join(' ') } : {}),
+    });
   }
 
   private identityOf(req: Request): Identity {
@@ -205,18 +218,7 @@ export class AuthGate implements Gate {
       const decoded = /^[A-Za-z0-9+/]{1,2048}={0,2}$/.test(value) ? Buffer.from(value, 'base64').toString('utf8') : '';
       const colon = decoded.indexOf(':');
       if (colon < 1) throw this.challenge(req, 'malformed Basic credentials', undefined, undefined, forToken);
-      const user = decoded.slice(0, colon);
-      const client = addressOf(req);
-      const result = await this.state.logins.check(user, decoded.slice(colon + 1), client);
-      if (result.ok) return { user, via: 'basic' };
-      // For the operator (and fail2ban): who tried, from where. Never what they sent.
-      this.log.warn({ user: user.slice(0, 100), client, throttled: result.retryAfterSeconds !== undefined }, 'failed login');
-      if (result.retryAfterSeconds !== undefined) {
-        const e = new RegistryError('TOOMANYREQUESTS', 'too many failed logins from this address; wait before trying again');
-        e.headers['Retry-After'] = String(result.retryAfterSeconds);
-        throw e;
-      }
-      throw this.challenge(req, 'wrong user name or password', undefined, undefined, forToken);
+      return this.login(req, decoded.slice(0, colon), decoded.slice(colon + 1), forToken);
     }
     if (scheme === 'bearer' && !forToken) {
       if (value.length > MAX_TOKEN_CHARS) throw this.challenge(req, 'token invalid', undefined, 'invalid_token');
@@ -232,6 +234,20 @@ export class AuthGate implements Gate {
       return { user: claims.sub, via: 'bearer', grants: claims.access };
     }
     throw this.challenge(req, `unsupported authorization scheme ${JSON.stringify(scheme.slice(0, 20))}`, undefined, undefined, forToken);
+  }
+
+  private async login(req: Request, user: string, password: string, forToken: boolean): Promise<Identity> {
+    const client = addressOf(req);
+    const result = user === '' ? { ok: false as const } : await this.state.logins.check(user, password, client);
+    if (result.ok) return { user, via: 'basic' };
+    // For the operator (and fail2ban): who tried, from where. Never what they sent.
+    this.log.warn({ user: user.slice(0, 100), client, throttled: result.retryAfterSeconds !== undefined }, 'failed login');
+    if (result.retryAfterSeconds !== undefined) {
+      const e = new RegistryError('TOOMANYREQUESTS', 'too many failed logins from this address; wait before trying again');
+      e.headers['Retry-After'] = String(result.retryAfterSeconds);
+      throw e;
+    }
+    throw this.challenge(req, 'wrong user name or password', undefined, undefined, forToken);
   }
 
   /** 401 with the challenge that tells a client where to get a token for `scope`. */
