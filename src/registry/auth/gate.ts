@@ -96,8 +96,6 @@ export class AuthGate implements Gate {
   /** Swaps in a new auth file's users and policies; requests from now on see them. */
   replace(config: AuthConfig): void { this.state = AuthGate.stateOf(config); }
 
-  get users(): number { return this.state.config.users.size; }
-
   guard(access: Access) {
     return async (req: Request, _res: Response, next: NextFunction) => {
       // The token endpoint reads its own credentials (Basic only, answered differently).
