@@ -6,8 +6,8 @@
 //
 // The registry listens on this machine's own IPv4 address, not on 127.0.0.1: dockerd
 // counts every 127.0.0.0/8 registry as insecure and skips certificate checks there (it
-// logs in with no CA at all), so only off loopback does its trust in
-// /etc/docker/certs.d/HOST:PORT/ca.crt mean anything, and can a test of it fail.
+// logs in with no CA at all), and ctr talks plain HTTP to a loopback registry even with
+// --tlscacert; so only off loopback does trusting the CA mean anything, and can fail.
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, copyFileSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
