@@ -121,6 +121,8 @@ describe('access control', () => {
     const anon = await token(reg, undefined, 'repository:public/tools:pull', 'repository:team/app:pull');
     assert.equal(claims(anon).sub, undefined);
     assert.deepEqual(claims(anon).access, [{ type: 'repository', name: 'public/tools', actions: ['pull'] }]);
+    // An anonymous token where signing in would help: a challenge, not a verdict.
+    assertError(await http(reg.url, 'GET', '/v2/team/app/tags/list', { headers: bearer(anon) }), 401, 'UNAUTHORIZED');
     const r = await http(reg.url, 'GET', '/v2/team/app/manifests/v1', { headers: { ...bearer(t), accept: OCI_MANIFEST } });
     assert.equal(r.status, 200);
     // The longest pattern decides alone: team/** does not reach into team/secret/**.

@@ -127,7 +127,8 @@ export class AuthGate implements Gate {
     const id = this.identityOf(req);
     if (this.allowed(id, repo).has(action)) return;
     const scope = `repository:${repo}:${action === 'read' ? 'pull' : action === 'delete' ? 'delete' : 'pull,push'}`;
-    if (id.via === 'none') throw this.challenge(req, `authentication required to ${SCOPE_ACTION[action]} ${repo}`, scope);
+    // No user (no credentials, or an anonymous token): signing in may help, so a challenge.
+    if (id.user === undefined) throw this.challenge(req, `authentication required to ${SCOPE_ACTION[action]} ${repo}`, scope);
     // The policy allows it but the token was issued for less: the client asks for another.
     if (id.via === 'bearer' && this.state.policy.actions(id.user, repo).has(action)) {
       throw this.challenge(req, `the token does not grant ${SCOPE_ACTION[action]} on ${repo}`, scope, 'insufficient_scope');
