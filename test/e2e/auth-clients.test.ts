@@ -238,7 +238,7 @@ test('anonymous: pulls public/ (pushed by admin), but a pull of team/ fails with
   const denied = await anon.docker(['pull', teamRef], { check: false });
   assert.notEqual(denied.code, 0);
   assert.match(denied.stderr, /pull access denied .*may require 'docker login'/, denied.stderr);
-  assert.match(denied.stderr, /an anonymous client may not read team\/app/, denied.stderr);
+  assert.match(denied.stderr, /authentication required to pull team\/app/, denied.stderr);
 });
 
 test('a Kubernetes pull secret (docker config JSON) works for docker --config and skopeo --authfile', { timeout: 180_000 }, async () => {
@@ -261,7 +261,7 @@ test('a Kubernetes pull secret (docker config JSON) works for docker --config an
   // Without the secret the same inspect is refused: it was the authfile that let it in.
   const none = await skopeo(['inspect', '--no-creds', '--cert-dir', tls.caDir, ref], false);
   assert.notEqual(none.code, 0);
-  assert.match(none.stderr, /denied: an anonymous client may not read team\/app/, none.stderr);
+  assert.match(none.stderr, /unauthorized: authentication required to pull team\/app/, none.stderr);
 });
 
 test('skopeo both ways with --creds and cert dirs: oci layout → team/ → oci layout, digests kept', { timeout: 180_000 }, async () => {
