@@ -6,6 +6,8 @@
 // Prints a markdown table of absolute numbers, ratios nixreg / Distribution, and
 // pass/fail against the goals. With --peer-nixreg, the baseline is another nixreg build
 // instead (e.g. the previous commit's, to show a change costs nothing), without goals.
+// Then a second table, from serve/auth.ts: manifest GET with --auth (Bearer token, Basic
+// credentials) against the same build without it (--auth-only runs just that one).
 // Everything runs on 127.0.0.1 with bounded loops; both servers and all temporary files
 // are removed at the end, also on Ctrl-C.
 import { execFileSync } from 'node:child_process';
@@ -14,9 +16,11 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { call, closeClient, pushBlob, putManifest, timeDownload } from './serve/client.js';
-import { bufferBlob, syntheticBlob, type BlobSpec } from './serve/content.js';
+import { runAuthBench, type AuthBenchResult } from './serve/auth.js';
+import { checkManifest, closeClient, DOCKER_ACCEPT, pushBlob, pushImage, timeDownload } from './serve/client.js';
+import { syntheticBlob, syntheticImage, type BlobSpec } from './serve/content.js';
 import { cpuMsOf, memoryOf, sampleRss } from './serve/proc.js';
+import { alternate, renderTable, row, stat, type Measured, type Row } from './serve/report.js';
 import { startDistribution, startNixreg, type Server } from './serve/servers.js';
 import { runHeadLoad } from './serve/headload.js';
 import { runWrk, type WrkResult } from './serve/wrk.js';
@@ -24,16 +28,6 @@ import { runWrk, type WrkResult } from './serve/wrk.js';
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const MB = 1e6;
 const MiB = 1024 * 1024;
-
-/** What `docker pull` (20.10) sends, folded into one header (wrk keeps one per name). */
-const DOCKER_ACCEPT = [
-  'application/vnd.docker.distribution.manifest.v2+json',
-  'application/vnd.docker.distribution.manifest.list.v2+json',
-  'application/vnd.oci.image.index.v1+json',
-  'application/vnd.oci.image.manifest.v1+json',
-  'application/vnd.docker.distribution.manifest.v1+prettyjws',
-  'application/json',
-].join(', ');
 
 const { values: opt } = parseArgs({
   options: {
@@ -47,6 +41,8 @@ const { values: opt } = parseArgs({
     pushes: { type: 'string', default: '3' },
     distribution: { type: 'string', default: '/usr/bin/docker-registry' },
     'peer-nixreg': { type: 'string' },
+    'auth-only': { type: 'boolean' },
+    'cpu-prof': { type: 'string' },
     json: { type: 'string' },
     help: { type: 'boolean' },
   },
@@ -64,6 +60,8 @@ if (opt.help) {
   --distribution P  Distribution binary [/usr/bin/docker-registry]
   --peer-nixreg P   compare with another nixreg build (its dist/src/main.cjs) instead
                     of Distribution; no goals are judged
+  --auth-only       only the authenticated manifest GET section (no Distribution, no blobs)
+  --cpu-prof DIR    write node --cpu-prof profiles of the auth section's two servers to DIR
   --json FILE       also write the results as JSON
 `);
   process.exit(0);
@@ -78,47 +76,24 @@ const cfg = {
   blobBytes: int('blob-mib') * MiB, rssBytes: int('rss-mib') * MiB, downloads: int('downloads'), pushes: int('pushes'),
 };
 
-interface Stat { median: number; min: number; max: number; samples: number[] }
-function stat(samples: number[]): Stat {
-  const s = [...samples].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  const median = s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-  return { median, min: s[0]!, max: s[s.length - 1]!, samples };
-}
-
 function log(msg: string) { process.stderr.write(`[bench/serve] ${msg}\n`); }
 
-function requireBinary(cmd: string) {
+function requireBinary(cmd: string, pkg = cmd.startsWith('/') ? 'docker-registry' : cmd) {
   try { execFileSync('sh', ['-c', 'command -v "$1"', 'sh', cmd], { stdio: 'ignore' }); } catch {
-    throw new Error(`${cmd} is not installed (apt-get install ${cmd.startsWith('/') ? 'docker-registry' : cmd})`);
+    throw new Error(`${cmd} is not installed (apt-get install ${pkg})`);
   }
-}
-
-interface Measured<T> { v: T; cpuMs: number }
-
-/**
- * Runs `fn` for each server, alternating who goes first per round to spread drift and
- * noise, and records the server's CPU time for each run: on a shared machine, CPU per
- * operation is far steadier than wall-clock rates.
- */
-async function alternate<T>(servers: Server[], rounds: number, fn: (s: Server) => Promise<T>): Promise<Map<Server, Measured<T>[]>> {
-  const out = new Map<Server, Measured<T>[]>(servers.map((s) => [s, []]));
-  for (let r = 0; r < rounds; r++) {
-    for (const s of r % 2 ? [...servers].reverse() : servers) {
-      const c0 = cpuMsOf(s.pid);
-      const v = await fn(s);
-      out.get(s)!.push({ v, cpuMs: cpuMsOf(s.pid) - c0 });
-    }
-  }
-  return out;
 }
 
 async function main() {
+  const authOnly = !!opt['auth-only'];
   requireBinary('wrk');
-  requireBinary('curl');
+  requireBinary('htpasswd', 'apache2-utils');
+  if (!authOnly) requireBinary('curl');
   const peerCli = opt['peer-nixreg'] && resolve(opt['peer-nixreg']);
   if (peerCli && !existsSync(peerCli)) throw new Error(`--peer-nixreg: ${peerCli} does not exist`);
-  if (!peerCli) requireBinary(opt.distribution!);
+  if (!peerCli && !authOnly) requireBinary(opt.distribution!);
+  const cpuProfDir = opt['cpu-prof'] && resolve(opt['cpu-prof']);
+  if (cpuProfDir) mkdirSync(cpuProfDir, { recursive: true });
   const cli = join(ROOT, 'dist/src/main.cjs');
   if (!existsSync(cli)) throw new Error(`${cli} missing: run "npx tsc -p ." first`);
 
@@ -133,146 +108,14 @@ async function main() {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    for (const d of ['nixreg', 'distribution']) mkdirSync(join(tmp, d));
-    servers.push(await startNixreg(cli, join(tmp, 'nixreg')));
-    servers.push(peerCli
-      ? { ...await startNixreg(peerCli, join(tmp, 'distribution')), name: 'peer nixreg' }
-      : await startDistribution(opt.distribution!, join(tmp, 'distribution')));
-    const [nix, dist] = servers as [Server, Server];
-    const peerRev = peerCli && gitRev(resolve(peerCli, '../../..'));
-    const distVersion = peerCli ? `nixreg ${peerRev} at ${peerCli}` : execFileSync(opt.distribution!, ['--version']).toString().trim();
-    const peerLabel = peerCli ? `peer nixreg ${peerRev}` : 'Distribution 2.8';
-    // The goals are set against Distribution; against another nixreg there is none.
-    const goal = (minRatio: number) => (peerCli ? undefined : minRatio);
-    log(`nixreg at ${nix.url} (pid ${nix.pid}), ${distVersion} at ${dist.url} (pid ${dist.pid})`);
-
-    // ------------------------------------------------------------ the same content in both
-    const layers = [1024, 64 * 1024, 2 * MiB].map((n) => syntheticBlob(n));
-    const config = bufferBlob(Buffer.from(JSON.stringify({
-      architecture: 'amd64', os: 'linux',
-      config: { Cmd: ['/bin/sh'] },
-      rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) },
-    })));
-    const manifestType = 'application/vnd.docker.distribution.manifest.v2+json';
-    const manifest = Buffer.from(JSON.stringify({
-      schemaVersion: 2,
-      mediaType: manifestType,
-      config: { mediaType: 'application/vnd.docker.container.image.v1+json', size: config.size, digest: config.digest },
-      layers: layers.map((l) => ({ mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', size: l.size, digest: l.digest })),
-    }));
-    const repo = 'bench/app';
-    let manifestDigest = '';
-    for (const s of servers) {
-      for (const b of [config, ...layers]) await pushBlob(s.url, repo, b);
-      manifestDigest = await putManifest(s.url, repo, 'v1', manifestType, manifest);
-    }
-    for (const s of servers) {
-      const r = await call('GET', `${s.url}/v2/${repo}/manifests/v1`, { Accept: DOCKER_ACCEPT });
-      if (r.status !== 200 || !r.body.equals(manifest) || r.headers['docker-content-digest'] !== manifestDigest) {
-        throw new Error(`${s.name} does not serve the manifest it was given (status ${r.status})`);
-      }
-    }
-    log(`pushed ${repo}:v1 (${manifestDigest}) to both`);
-
-    const big = syntheticBlob(cfg.blobBytes);
-    const bigRepo = 'bench/big';
-    for (const s of servers) await pushBlob(s.url, bigRepo, big);
-    log(`pushed a ${cfg.blobBytes / MiB} MiB blob ${big.digest} to both`);
-
-    // ------------------------------------------------------------ memory during a big push
-    const huge = syntheticBlob(cfg.rssBytes);
-    const memory = new Map<Server, { before: number; peak: number; hwm: number; mbps: number }>();
-    for (const s of servers) {
-      const before = memoryOf(s.pid).rssKiB;
-      const sampler = sampleRss(s.pid);
-      const ms = await pushBlob(s.url, 'bench/huge', huge);
-      const peak = sampler.stop();
-      memory.set(s, { before, peak, hwm: memoryOf(s.pid).hwmKiB, mbps: cfg.rssBytes / MB / (ms / 1000) });
-      log(`${s.name}: ${cfg.rssBytes / MiB} MiB push, RSS ${before} → peak ${peak} KiB, VmHWM ${memoryOf(s.pid).hwmKiB} KiB`);
-    }
-
-    // ------------------------------------------------------------ manifest requests (wrk)
-    const wrkCase = (path: string, method: 'GET' | 'HEAD', seconds = cfg.seconds) => (s: Server) => (method === 'HEAD'
-      ? runHeadLoad({ url: `${s.url}${path}`, headers: { Accept: DOCKER_ACCEPT }, seconds, connections: cfg.connections })
-      : runWrk({ url: `${s.url}${path}`, headers: { Accept: DOCKER_ACCEPT }, seconds, threads: cfg.threads, connections: cfg.connections }));
-    const cases: { name: string; path: string; method: 'GET' | 'HEAD' }[] = [
-      { name: 'manifest GET by tag', path: `/v2/${repo}/manifests/v1`, method: 'GET' },
-      { name: 'manifest GET by digest', path: `/v2/${repo}/manifests/${manifestDigest}`, method: 'GET' },
-      { name: 'manifest HEAD by tag', path: `/v2/${repo}/manifests/v1`, method: 'HEAD' },
-    ];
-    const wrkResults = new Map<string, Map<Server, Measured<WrkResult>[]>>();
-    for (const c of cases) {
-      // Warm-up: JIT, caches, connection setup; not recorded.
-      for (const s of servers) await wrkCase(c.path, c.method, 2)(s);
-      const r = await alternate(servers, cfg.rounds, wrkCase(c.path, c.method));
-      wrkResults.set(c.name, r);
-      for (const s of servers) log(`${c.name} ${s.name}: ${r.get(s)!.map((x) => x.v.rps.toFixed(0)).join(', ')} req/s`);
-    }
-
-    // ------------------------------------------------------------ blob download
-    const blobPath = `/v2/${bigRepo}/blobs/${big.digest}`;
-    for (const s of servers) await timeDownload(`${s.url}${blobPath}`);
-    const downloads = await alternate(servers, cfg.downloads, async (s) => {
-      const [n, ms] = await timeDownload(`${s.url}${blobPath}`);
-      if (n !== big.size) throw new Error(`${s.name} sent ${n} of ${big.size} bytes`);
-      return n / MB / (ms / 1000);
+    const versus = authOnly ? undefined : await againstPeer(cli, peerCli, tmp, servers);
+    // After the other sections, whose servers sit idle from here on.
+    mkdirSync(join(tmp, 'auth'));
+    const auth = await runAuthBench({
+      cli, dir: join(tmp, 'auth'), seconds: cfg.seconds, rounds: cfg.rounds, threads: cfg.threads, connections: cfg.connections,
+      cpuProfDir, track: (s) => servers.push(s), log,
     });
-    for (const s of servers) log(`blob GET ${s.name}: ${downloads.get(s)!.map((x) => x.v.toFixed(0)).join(', ')} MB/s`);
-
-    // ------------------------------------------------------------ monolithic push
-    // A new blob per repetition, so that neither server can skip work for known content.
-    const pushes = new Map<Server, Measured<number>[]>(servers.map((s) => [s, []]));
-    for (let r = 0; r < cfg.pushes; r++) {
-      const blob: BlobSpec = syntheticBlob(cfg.blobBytes);
-      for (const s of r % 2 ? [...servers].reverse() : servers) {
-        const c0 = cpuMsOf(s.pid);
-        const ms = await pushBlob(s.url, `bench/push${r}`, blob);
-        pushes.get(s)!.push({ v: cfg.blobBytes / MB / (ms / 1000), cpuMs: cpuMsOf(s.pid) - c0 });
-      }
-    }
-    for (const s of servers) log(`push ${s.name}: ${pushes.get(s)!.map((x) => x.v.toFixed(0)).join(', ')} MB/s`);
-
-    // ------------------------------------------------------------ report
-    const rows: Row[] = [];
-    for (const c of cases) {
-      const r = wrkResults.get(c.name)!;
-      const of = (s: Server, f: (x: Measured<WrkResult>) => number) => stat(r.get(s)!.map(f));
-      rows.push(row(`${c.name} (req/s)`, of(nix, (x) => x.v.rps), of(dist, (x) => x.v.rps), 'higher', goal(1.5), 0));
-      rows.push(row(`${c.name} p99 (ms)`, of(nix, (x) => x.v.p99ms), of(dist, (x) => x.v.p99ms), 'lower', undefined, 2));
-      const cpuUs = (x: Measured<WrkResult>) => (x.cpuMs * 1000) / x.v.requests;
-      rows.push(row(`${c.name}: server CPU per request (µs)`, of(nix, cpuUs), of(dist, cpuUs), 'lower', undefined, 0));
-    }
-    const blobMiB = cfg.blobBytes / MiB;
-    const v = (m: Map<Server, Measured<number>[]>, s: Server) => stat(m.get(s)!.map((x) => x.v));
-    const cpu = (m: Map<Server, Measured<number>[]>, s: Server) => stat(m.get(s)!.map((x) => x.cpuMs));
-    rows.push(row(`blob GET ${blobMiB} MiB (MB/s)`, v(downloads, nix), v(downloads, dist), 'higher', goal(1.0), 0));
-    rows.push(row(`blob GET ${blobMiB} MiB: server CPU (ms)`, cpu(downloads, nix), cpu(downloads, dist), 'lower', undefined, 0));
-    rows.push(row(`blob push POST+PUT ${blobMiB} MiB (MB/s)`, v(pushes, nix), v(pushes, dist), 'higher', goal(1.0), 0));
-    rows.push(row(`blob push ${blobMiB} MiB: server CPU (ms)`, cpu(pushes, nix), cpu(pushes, dist), 'lower', undefined, 0));
-    const mn = memory.get(nix)!;
-    const md = memory.get(dist)!;
-    const one = (v: number) => stat([v]);
-    rows.push(row(`blob push ${cfg.rssBytes / MiB} MiB (MB/s, single run)`, one(mn.mbps), one(md.mbps), 'higher', undefined, 0));
-    const rssRow = row(`peak RSS during ${cfg.rssBytes / MiB} MiB push (MB)`, one(mn.peak * 1024 / MB), one(md.peak * 1024 / MB), 'lower', undefined, 1);
-    rssRow.goal = '< 150 MB';
-    rssRow.pass = mn.peak * 1024 / MB < 150;
-    rows.push(rssRow);
-    const hwmRow = row('VmHWM after that push (MB)', one(mn.hwm * 1024 / MB), one(md.hwm * 1024 / MB), 'lower', undefined, 1);
-    hwmRow.goal = '< 150 MB';
-    hwmRow.pass = mn.hwm * 1024 / MB < 150;
-    rows.push(hwmRow);
-
-    const head = [
-      `nixreg ${gitRev()} (node ${process.version}) vs ${distVersion}; ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'};`,
-      `load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')};`,
-      `wrk -t${cfg.threads} -c${cfg.connections} -d${cfg.seconds}s × ${cfg.rounds} rounds alternating; ${cfg.downloads} downloads, ${cfg.pushes} pushes;`,
-      'median (min–max); MB = 10^6 bytes.',
-    ].join(' ');
-    const table = renderTable(rows, peerLabel);
-    process.stdout.write(`${head}\n\n${table}\n`);
-    if (opt.json) writeFileSync(opt.json, JSON.stringify({ cfg, head, rows }, null, 2));
-    const failed = rows.filter((r) => r.pass === false);
-    if (failed.length) log(`goals missed: ${failed.map((r) => r.metric).join('; ')}`);
+    report(versus, auth);
   } finally {
     await cleanup();
     process.off('SIGINT', onSignal);
@@ -280,32 +123,140 @@ async function main() {
   }
 }
 
-interface Row { metric: string; nix: Stat; dist: Stat; ratio: number; better: 'higher' | 'lower'; digits: number; goal?: string; pass?: boolean }
+interface Versus { distVersion: string; peerLabel: string; rows: Row[] }
 
-function row(metric: string, nix: Stat, dist: Stat, better: 'higher' | 'lower', minRatio: number | undefined, digits: number): Row {
-  const ratio = nix.median / dist.median;
-  const r: Row = { metric, nix, dist, ratio, better, digits };
-  // Judged on the ratio as printed (2 decimals), so that "1.00×" never reads as a failure.
-  if (minRatio !== undefined) { r.goal = `≥ ${minRatio.toFixed(1)}×`; r.pass = Math.round(ratio * 100) / 100 >= minRatio; }
-  return r;
-}
+/** nixreg against Distribution (or --peer-nixreg): every section but the auth one. */
+async function againstPeer(cli: string, peerCli: string | undefined, tmp: string, servers: Server[]): Promise<Versus> {
+  for (const d of ['nixreg', 'distribution']) mkdirSync(join(tmp, d));
+  servers.push(await startNixreg(cli, join(tmp, 'nixreg')));
+  servers.push(peerCli
+    ? { ...await startNixreg(peerCli, join(tmp, 'distribution')), name: 'peer nixreg' }
+    : await startDistribution(opt.distribution!, join(tmp, 'distribution')));
+  const [nix, dist] = servers as [Server, Server];
+  const peerRev = peerCli && gitRev(resolve(peerCli, '../../..'));
+  const distVersion = peerCli ? `nixreg ${peerRev} at ${peerCli}` : execFileSync(opt.distribution!, ['--version']).toString().trim();
+  const peerLabel = peerCli ? `peer nixreg ${peerRev}` : 'Distribution 2.8';
+  // The goals are set against Distribution; against another nixreg there is none.
+  const goal = (minRatio: number) => (peerCli ? undefined : minRatio);
+  log(`nixreg at ${nix.url} (pid ${nix.pid}), ${distVersion} at ${dist.url} (pid ${dist.pid})`);
 
-function fmt(s: Stat, digits: number): string {
-  const f = (v: number) => v.toFixed(digits);
-  return s.samples.length > 1 ? `${f(s.median)} (${f(s.min)}–${f(s.max)})` : f(s.median);
-}
+  // ------------------------------------------------------------ the same content in both
+  const img = syntheticImage('bench/app', 'v1');
+  const repo = img.repo;
+  let manifestDigest = '';
+  for (const s of servers) manifestDigest = await pushImage(s.url, img);
+  for (const s of servers) await checkManifest(s.url, img, manifestDigest, {}, s.name);
+  log(`pushed ${repo}:v1 (${manifestDigest}) to both`);
 
-/** `peerLabel` names the second column: Distribution, or another nixreg build. */
-function renderTable(rows: Row[], peerLabel: string): string {
-  const lines = [
-    `| metric | nixreg | ${peerLabel} | nixreg / ${peerLabel} | goal | result |`,
-    '|---|---:|---:|---:|---|---|',
-  ];
-  for (const r of rows) {
-    const result = r.pass === undefined ? '' : r.pass ? 'PASS' : '**FAIL**';
-    lines.push(`| ${r.metric} | ${fmt(r.nix, r.digits)} | ${fmt(r.dist, r.digits)} | ${r.ratio.toFixed(2)}× (${r.better} is better) | ${r.goal ?? ''} | ${result} |`);
+  const big = syntheticBlob(cfg.blobBytes);
+  const bigRepo = 'bench/big';
+  for (const s of servers) await pushBlob(s.url, bigRepo, big);
+  log(`pushed a ${cfg.blobBytes / MiB} MiB blob ${big.digest} to both`);
+
+  // ------------------------------------------------------------ memory during a big push
+  const huge = syntheticBlob(cfg.rssBytes);
+  const memory = new Map<Server, { before: number; peak: number; hwm: number; mbps: number }>();
+  for (const s of servers) {
+    const before = memoryOf(s.pid).rssKiB;
+    const sampler = sampleRss(s.pid);
+    const ms = await pushBlob(s.url, 'bench/huge', huge);
+    const peak = sampler.stop();
+    memory.set(s, { before, peak, hwm: memoryOf(s.pid).hwmKiB, mbps: cfg.rssBytes / MB / (ms / 1000) });
+    log(`${s.name}: ${cfg.rssBytes / MiB} MiB push, RSS ${before} → peak ${peak} KiB, VmHWM ${memoryOf(s.pid).hwmKiB} KiB`);
   }
-  return lines.join('\n');
+
+  // ------------------------------------------------------------ manifest requests (wrk)
+  const wrkCase = (path: string, method: 'GET' | 'HEAD', seconds = cfg.seconds) => (s: Server) => (method === 'HEAD'
+    ? runHeadLoad({ url: `${s.url}${path}`, headers: { Accept: DOCKER_ACCEPT }, seconds, connections: cfg.connections })
+    : runWrk({ url: `${s.url}${path}`, headers: { Accept: DOCKER_ACCEPT }, seconds, threads: cfg.threads, connections: cfg.connections }));
+  const cases: { name: string; path: string; method: 'GET' | 'HEAD' }[] = [
+    { name: 'manifest GET by tag', path: `/v2/${repo}/manifests/v1`, method: 'GET' },
+    { name: 'manifest GET by digest', path: `/v2/${repo}/manifests/${manifestDigest}`, method: 'GET' },
+    { name: 'manifest HEAD by tag', path: `/v2/${repo}/manifests/v1`, method: 'HEAD' },
+  ];
+  const wrkResults = new Map<string, Map<Server, Measured<WrkResult>[]>>();
+  for (const c of cases) {
+    // Warm-up: JIT, caches, connection setup; not recorded.
+    for (const s of servers) await wrkCase(c.path, c.method, 2)(s);
+    const r = await alternate(servers, cfg.rounds, wrkCase(c.path, c.method));
+    wrkResults.set(c.name, r);
+    for (const s of servers) log(`${c.name} ${s.name}: ${r.get(s)!.map((x) => x.v.rps.toFixed(0)).join(', ')} req/s`);
+  }
+
+  // ------------------------------------------------------------ blob download
+  const blobPath = `/v2/${bigRepo}/blobs/${big.digest}`;
+  for (const s of servers) await timeDownload(`${s.url}${blobPath}`);
+  const downloads = await alternate(servers, cfg.downloads, async (s) => {
+    const [n, ms] = await timeDownload(`${s.url}${blobPath}`);
+    if (n !== big.size) throw new Error(`${s.name} sent ${n} of ${big.size} bytes`);
+    return n / MB / (ms / 1000);
+  });
+  for (const s of servers) log(`blob GET ${s.name}: ${downloads.get(s)!.map((x) => x.v.toFixed(0)).join(', ')} MB/s`);
+
+  // ------------------------------------------------------------ monolithic push
+  // A new blob per repetition, so that neither server can skip work for known content.
+  const pushes = new Map<Server, Measured<number>[]>(servers.map((s) => [s, []]));
+  for (let r = 0; r < cfg.pushes; r++) {
+    const blob: BlobSpec = syntheticBlob(cfg.blobBytes);
+    for (const s of r % 2 ? [...servers].reverse() : servers) {
+      const c0 = cpuMsOf(s.pid);
+      const ms = await pushBlob(s.url, `bench/push${r}`, blob);
+      pushes.get(s)!.push({ v: cfg.blobBytes / MB / (ms / 1000), cpuMs: cpuMsOf(s.pid) - c0 });
+    }
+  }
+  for (const s of servers) log(`push ${s.name}: ${pushes.get(s)!.map((x) => x.v.toFixed(0)).join(', ')} MB/s`);
+
+  // ------------------------------------------------------------ report
+  const rows: Row[] = [];
+  for (const c of cases) {
+    const r = wrkResults.get(c.name)!;
+    const of = (s: Server, f: (x: Measured<WrkResult>) => number) => stat(r.get(s)!.map(f));
+    rows.push(row(`${c.name} (req/s)`, of(nix, (x) => x.v.rps), of(dist, (x) => x.v.rps), 'higher', goal(1.5), 0));
+    rows.push(row(`${c.name} p99 (ms)`, of(nix, (x) => x.v.p99ms), of(dist, (x) => x.v.p99ms), 'lower', undefined, 2));
+    const cpuUs = (x: Measured<WrkResult>) => (x.cpuMs * 1000) / x.v.requests;
+    rows.push(row(`${c.name}: server CPU per request (µs)`, of(nix, cpuUs), of(dist, cpuUs), 'lower', undefined, 0));
+  }
+  const blobMiB = cfg.blobBytes / MiB;
+  const v = (m: Map<Server, Measured<number>[]>, s: Server) => stat(m.get(s)!.map((x) => x.v));
+  const cpu = (m: Map<Server, Measured<number>[]>, s: Server) => stat(m.get(s)!.map((x) => x.cpuMs));
+  rows.push(row(`blob GET ${blobMiB} MiB (MB/s)`, v(downloads, nix), v(downloads, dist), 'higher', goal(1.0), 0));
+  rows.push(row(`blob GET ${blobMiB} MiB: server CPU (ms)`, cpu(downloads, nix), cpu(downloads, dist), 'lower', undefined, 0));
+  rows.push(row(`blob push POST+PUT ${blobMiB} MiB (MB/s)`, v(pushes, nix), v(pushes, dist), 'higher', goal(1.0), 0));
+  rows.push(row(`blob push ${blobMiB} MiB: server CPU (ms)`, cpu(pushes, nix), cpu(pushes, dist), 'lower', undefined, 0));
+  const mn = memory.get(nix)!;
+  const md = memory.get(dist)!;
+  const one = (v: number) => stat([v]);
+  rows.push(row(`blob push ${cfg.rssBytes / MiB} MiB (MB/s, single run)`, one(mn.mbps), one(md.mbps), 'higher', undefined, 0));
+  const rssRow = row(`peak RSS during ${cfg.rssBytes / MiB} MiB push (MB)`, one(mn.peak * 1024 / MB), one(md.peak * 1024 / MB), 'lower', undefined, 1);
+  rssRow.goal = '< 150 MB';
+  rssRow.pass = mn.peak * 1024 / MB < 150;
+  rows.push(rssRow);
+  const hwmRow = row('VmHWM after that push (MB)', one(mn.hwm * 1024 / MB), one(md.hwm * 1024 / MB), 'lower', undefined, 1);
+  hwmRow.goal = '< 150 MB';
+  hwmRow.pass = mn.hwm * 1024 / MB < 150;
+  rows.push(hwmRow);
+
+  return { distVersion, peerLabel, rows };
+}
+
+function report(versus: Versus | undefined, auth: AuthBenchResult) {
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}`;
+  const wrk = `wrk -t${cfg.threads} -c${cfg.connections} -d${cfg.seconds}s × ${cfg.rounds} rounds`;
+  const out: string[] = [];
+  if (versus) {
+    const head = [
+      `nixreg ${gitRev()} (node ${process.version}) vs ${versus.distVersion}; ${machine};`,
+      `${wrk} alternating; ${cfg.downloads} downloads, ${cfg.pushes} pushes;`,
+      'median (min–max); MB = 10^6 bytes.',
+    ].join(' ');
+    out.push(head, '', renderTable(versus.rows, 'nixreg', versus.peerLabel), '');
+  }
+  const authHead = `Authenticated manifest GET: nixreg ${gitRev()} (node ${process.version}); ${auth.setup}; ${machine}; ${wrk}, rotating; median (min–max).`;
+  out.push(authHead, '', renderTable(auth.rows, 'nixreg --auth', 'nixreg'), '');
+  process.stdout.write(out.join('\n'));
+  if (opt.json) writeFileSync(opt.json, JSON.stringify({ cfg, versus, auth }, null, 2));
+  const failed = [...versus?.rows ?? [], ...auth.rows].filter((r) => r.pass === false);
+  if (failed.length) log(`goals missed: ${failed.map((r) => r.metric).join('; ')}`);
 }
 
 function gitRev(root = ROOT): string {

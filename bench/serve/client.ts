@@ -4,7 +4,17 @@ import { execFile } from 'node:child_process';
 import { Agent, request, type IncomingHttpHeaders } from 'node:http';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { BlobSpec } from './content.js';
+import type { BlobSpec, Image } from './content.js';
+
+/** What `docker pull` (20.10) sends, folded into one header (wrk keeps one per name). */
+export const DOCKER_ACCEPT = [
+  'application/vnd.docker.distribution.manifest.v2+json',
+  'application/vnd.docker.distribution.manifest.list.v2+json',
+  'application/vnd.oci.image.index.v1+json',
+  'application/vnd.oci.image.manifest.v1+json',
+  'application/vnd.docker.distribution.manifest.v1+prettyjws',
+  'application/json',
+].join(', ');
 
 const agent = new Agent({ keepAlive: true, maxSockets: 4 });
 
@@ -25,30 +35,46 @@ export function call(method: string, url: string, headers: Record<string, string
   });
 }
 
-function expect(r: Reply, status: number, what: string): Reply {
+export function expect(r: Reply, status: number, what: string): Reply {
   if (r.status !== status) throw new Error(`${what}: expected ${status}, got ${r.status}: ${r.body.toString().slice(0, 500)}`);
   return r;
 }
 
 /**
  * Pushes a blob the way both registries support: POST opens a session, one PUT with
- * ?digest= carries the whole body. Returns the milliseconds from POST to 201.
+ * ?digest= carries the whole body. Returns the milliseconds from POST to 201. `auth`:
+ * headers for a server with --auth (Authorization), sent with every request.
  */
-export async function pushBlob(base: string, repo: string, blob: BlobSpec): Promise<number> {
+export async function pushBlob(base: string, repo: string, blob: BlobSpec, auth: Record<string, string> = {}): Promise<number> {
   const t0 = performance.now();
-  const post = expect(await call('POST', `${base}/v2/${repo}/blobs/uploads/`, { 'Content-Length': '0' }), 202, `POST upload to ${base}`);
+  const post = expect(await call('POST', `${base}/v2/${repo}/blobs/uploads/`, { ...auth, 'Content-Length': '0' }), 202, `POST upload to ${base}`);
   const loc = new URL(String(post.headers.location), base);
   loc.searchParams.set('digest', blob.digest);
   expect(await call('PUT', loc.toString(), {
+    ...auth,
     'Content-Type': 'application/octet-stream',
     'Content-Length': String(blob.size),
   }, Readable.from(blob.chunks(), { objectMode: false })), 201, `PUT ${blob.size} bytes to ${base}`);
   return performance.now() - t0;
 }
 
-export async function putManifest(base: string, repo: string, ref: string, mediaType: string, body: Buffer): Promise<string> {
-  const r = expect(await call('PUT', `${base}/v2/${repo}/manifests/${ref}`, { 'Content-Type': mediaType }, body), 201, `PUT manifest to ${base}`);
+export async function putManifest(base: string, repo: string, ref: string, mediaType: string, body: Buffer, auth: Record<string, string> = {}): Promise<string> {
+  const r = expect(await call('PUT', `${base}/v2/${repo}/manifests/${ref}`, { ...auth, 'Content-Type': mediaType }, body), 201, `PUT manifest to ${base}`);
   return String(r.headers['docker-content-digest']);
+}
+
+/** Pushes the image's blobs and manifest (tagged); returns the manifest digest. */
+export async function pushImage(base: string, img: Image, auth: Record<string, string> = {}): Promise<string> {
+  for (const b of img.blobs) await pushBlob(base, img.repo, b, auth);
+  return putManifest(base, img.repo, img.tag, img.mediaType, img.manifest, auth);
+}
+
+/** Throws unless the server answers the manifest GET the benchmark repeats with exactly what was pushed. */
+export async function checkManifest(base: string, img: Image, digest: string, auth: Record<string, string> = {}, what = base): Promise<void> {
+  const r = await call('GET', `${base}/v2/${img.repo}/manifests/${img.tag}`, { ...auth, Accept: DOCKER_ACCEPT });
+  if (r.status !== 200 || !r.body.equals(img.manifest) || r.headers['docker-content-digest'] !== digest) {
+    throw new Error(`${what} does not serve the manifest it was given (status ${r.status}): ${r.body.toString().slice(0, 300)}`);
+  }
 }
 
 /**

@@ -36,3 +36,23 @@ export function bufferBlob(body: Buffer): BlobSpec {
     *chunks() { yield body; },
   };
 }
+
+export interface Image { repo: string; tag: string; mediaType: string; blobs: BlobSpec[]; manifest: Buffer }
+
+/** A small image: a config and 3 layers (1 KiB, 64 KiB, 2 MiB), Docker schema 2 manifest. */
+export function syntheticImage(repo: string, tag: string): Image {
+  const layers = [1024, 64 * 1024, 2 * 1024 * 1024].map((n) => syntheticBlob(n));
+  const config = bufferBlob(Buffer.from(JSON.stringify({
+    architecture: 'amd64', os: 'linux',
+    config: { Cmd: ['/bin/sh'] },
+    rootfs: { type: 'layers', diff_ids: layers.map((l) => l.digest) },
+  })));
+  const mediaType = 'application/vnd.docker.distribution.manifest.v2+json';
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2,
+    mediaType,
+    config: { mediaType: 'application/vnd.docker.container.image.v1+json', size: config.size, digest: config.digest },
+    layers: layers.map((l) => ({ mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip', size: l.size, digest: l.digest })),
+  }));
+  return { repo, tag, mediaType, blobs: [config, ...layers], manifest };
+}

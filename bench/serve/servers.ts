@@ -1,5 +1,5 @@
-// The two registries under test, each as its real binary on a free loopback port with
-// its own temporary data directory. Their output goes to a log file, not a pipe, so a
+// The registries under test, each as its real binary on a free loopback port with its
+// own temporary data directory. Their output goes to a log file, not a pipe, so a
 // chatty server never stalls on a full pipe and never costs the bench process CPU.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync, writeFileSync, readFileSync } from 'node:fs';
@@ -23,11 +23,12 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-async function launch(name: string, cmd: string, args: string[], url: string, logFile: string, env?: NodeJS.ProcessEnv): Promise<Server> {
+/** `ready`: headers for the readiness probe, GET /v2/ (credentials, for a server with --auth). */
+async function launch(name: string, cmd: string, args: string[], url: string, logFile: string, ready: Record<string, string> = {}): Promise<Server> {
   const fd = openSync(logFile, 'a');
   let child: ChildProcess;
   try {
-    child = spawn(cmd, args, { stdio: ['ignore', fd, fd], env: env ?? process.env });
+    child = spawn(cmd, args, { stdio: ['ignore', fd, fd] });
   } finally {
     closeSync(fd);
   }
@@ -44,7 +45,7 @@ async function launch(name: string, cmd: string, args: string[], url: string, lo
   for (let i = 0; i < 150; i++) {
     if (dead) break;
     try {
-      if ((await call('GET', `${url}/v2/`)).status === 200) return { name, url, pid: child.pid!, logFile, stop };
+      if ((await call('GET', `${url}/v2/`, ready)).status === 200) return { name, url, pid: child.pid!, logFile, stop };
     } catch { /* not listening yet */ }
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -52,12 +53,23 @@ async function launch(name: string, cmd: string, args: string[], url: string, lo
   throw new Error(`${name} did not start; its log:\n${readFileSync(logFile, 'utf8').slice(-4000)}`);
 }
 
+export interface NixregOptions {
+  name?: string;
+  /** More `serve` flags, e.g. --auth FILE. */
+  args?: string[];
+  /** Flags for node itself, e.g. --cpu-prof. */
+  nodeArgs?: string[];
+  /** Headers for the readiness probe (credentials when `args` has --auth). */
+  ready?: Record<string, string>;
+}
+
 /** `nixreg serve` exactly as a user runs it (default log level). */
-export async function startNixreg(cli: string, dir: string): Promise<Server> {
+export async function startNixreg(cli: string, dir: string, o: NixregOptions = {}): Promise<Server> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
-  return launch('nixreg', process.execPath, [cli, 'serve', '--listen', `127.0.0.1:${port}`, '--data', join(dir, 'data')],
-    url, join(dir, 'nixreg.log'));
+  return launch(o.name ?? 'nixreg', process.execPath,
+    [...o.nodeArgs ?? [], cli, 'serve', '--listen', `127.0.0.1:${port}`, '--data', join(dir, 'data'), ...o.args ?? []],
+    url, join(dir, 'nixreg.log'), o.ready);
 }
 
 /**
