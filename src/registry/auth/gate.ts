@@ -22,6 +22,9 @@ import { Logins } from './logins.js';
 import { Policy } from './policy.js';
 import { InvalidToken, MAX_TOKEN_CHARS, SERVICE, Tokens, type Grant } from './tokens.js';
 
+const NONE: ReadonlySet<Action> = new Set();
+const READ: ReadonlySet<Action> = new Set(['read']);
+
 /** What an endpoint requires (routes.ts names one per endpoint). */
 export type Access =
   | 'open' // anyone: the token endpoint
@@ -34,7 +37,8 @@ export interface Identity {
   /** Undefined: no credentials (or an anonymous token). */
   user: string | undefined;
   via: 'none' | 'basic' | 'bearer';
-  grants?: Grant[];
+  /** A token's grants by repository (tokens.ts). */
+  grants?: ReadonlyMap<string, ReadonlySet<string>>;
 }
 
 /** The access checks the handlers rely on; with no --auth, everything is allowed. */
@@ -190,8 +194,14 @@ export class AuthGate implements Gate {
   private allowed(id: Identity, repo: string): ReadonlySet<Action> {
     const actions = this.state.policy.actions(id.user, repo);
     if (id.via !== 'bearer') return actions;
-    const granted = new Set(id.grants!.filter((g) => g.type === 'repository' && g.name === repo).flatMap((g) => g.actions));
-    return new Set([...actions].filter((a) => granted.has(SCOPE_ACTION[a]) || granted.has('*')));
+    const granted = id.grants!.get(repo);
+    if (!granted) return NONE;
+    // The common cases without building a set: a token for everything the policy allows.
+    if (granted.has('*') || (granted.has('pull') && granted.has('push') && granted.has('delete'))) return actions;
+    if (granted.size === 1 && granted.has('pull')) return actions.has('read') ? READ : NONE;
+    const out = new Set<Action>();
+    for (const a of actions) if (granted.has(SCOPE_ACTION[a])) out.add(a);
+    return out;
   }
 
   private async identify(req: Request, forToken = false): Promise<Identity> {
@@ -230,7 +240,7 @@ export class AuthGate implements Gate {
       }
       // A user removed since the token was issued has no access left.
       if (claims.sub !== undefined && !this.state.config.users.has(claims.sub)) throw this.challenge(req, 'token invalid', undefined, 'invalid_token');
-      return { user: claims.sub, via: 'bearer', grants: claims.access };
+      return { user: claims.sub, via: 'bearer', grants: claims.repositories };
     }
     throw this.challenge(req, `unsupported authorization scheme ${JSON.stringify(scheme.slice(0, 20))}`, undefined, undefined, forToken);
   }

@@ -21,7 +21,13 @@ export const MAX_TOKEN_CHARS = 8192;
 /** One grant of the `access` claim, in the Docker vocabulary (pull, push, delete, *). */
 export interface Grant { type: string; name: string; actions: string[] }
 
-export interface Claims { sub: string | undefined; access: Grant[]; exp: number }
+export interface Claims {
+  sub: string | undefined;
+  access: Grant[];
+  exp: number;
+  /** Repository name → the Docker actions granted on it; made once per verified token. */
+  repositories: ReadonlyMap<string, ReadonlySet<string>>;
+}
 
 export class InvalidToken extends Error {}
 
@@ -81,7 +87,14 @@ export class Tokens {
     }
     const access = parseAccess(payload.access);
     if (!access) throw new InvalidToken('token invalid');
-    const claims: Claims = { sub: payload.sub, access, exp: payload.exp! };
+    const repositories = new Map<string, Set<string>>();
+    for (const g of access) {
+      if (g.type !== 'repository') continue;
+      const set = repositories.get(g.name) ?? new Set<string>();
+      for (const a of g.actions) set.add(a);
+      repositories.set(g.name, set);
+    }
+    const claims: Claims = { sub: payload.sub, access, exp: payload.exp!, repositories };
     this.verified.set(token, claims, { ttl: Math.max(1, claims.exp * 1000 - Date.now()) });
     return claims;
   }
