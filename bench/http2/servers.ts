@@ -1,11 +1,11 @@
 // bench/http2's processes: a throwaway CA and server certificate, nixreg as users run it
 // with --tls-cert (HTTP/1.1 only), the HTTP/2 front (front.ts), and the delay proxy
 // (delay.ts). Each runs as its own process on a free loopback port, output to a file.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
-import { freePort } from '../serve/servers.js';
+import { freePort, spawnReady } from '../serve/servers.js';
 
 export interface Certs { dir: string; ca: string; cert: string; key: string; caPem: Buffer }
 
@@ -23,23 +23,8 @@ export function makeCerts(dir: string): Certs {
 export interface Proc { url: string; port: number; pid: number; log: string; stop(): Promise<void> }
 
 async function launch(cmd: string, args: string[], port: number, log: string, ready: () => Promise<boolean>, env?: NodeJS.ProcessEnv): Promise<Proc> {
-  const fd = openSync(log, 'a');
-  let child: ChildProcess;
-  try { child = spawn(cmd, args, { stdio: ['ignore', fd, fd], env: env ?? process.env }); } finally { closeSync(fd); }
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const stop = async () => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-    const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    await exited;
-    clearTimeout(t);
-  };
-  for (let i = 0; i < 150; i++) {
-    if (child.exitCode !== null) break;
-    if (await ready().catch(() => false)) return { url: `https://127.0.0.1:${port}`, port, pid: child.pid!, log, stop };
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  await stop();
-  throw new Error(`${cmd} ${args.join(' ')} did not start; its log:\n${readFileSync(log, 'utf8').slice(-3000)}`);
+  const p = await spawnReady(cmd, args, log, ready, env);
+  return { url: `https://127.0.0.1:${port}`, port, log, ...p };
 }
 
 /** Whether GET /v2/ over TLS answers 200 (HTTP/1.1, a new connection each time). */

@@ -23,12 +23,16 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-/** `ready`: headers for the readiness probe, GET /v2/ (credentials, for a server with --auth). */
-async function launch(name: string, cmd: string, args: string[], url: string, logFile: string, ready: Record<string, string> = {}): Promise<Server> {
+/**
+ * Starts `cmd` with its output appended to `logFile` and waits (at most 15 s) until
+ * `ready` says yes; stop() ends it with SIGTERM, SIGKILL 10 s later. bench/http2 starts
+ * its processes through this too.
+ */
+export async function spawnReady(cmd: string, args: string[], logFile: string, ready: () => Promise<boolean>, env?: NodeJS.ProcessEnv): Promise<{ pid: number; stop(): Promise<void> }> {
   const fd = openSync(logFile, 'a');
   let child: ChildProcess;
   try {
-    child = spawn(cmd, args, { stdio: ['ignore', fd, fd] });
+    child = spawn(cmd, args, { stdio: ['ignore', fd, fd], env: env ?? process.env });
   } finally {
     closeSync(fd);
   }
@@ -41,16 +45,19 @@ async function launch(name: string, cmd: string, args: string[], url: string, lo
     await exited;
     clearTimeout(t);
   };
-  // Bounded wait for the base endpoint to answer.
   for (let i = 0; i < 150; i++) {
     if (dead) break;
-    try {
-      if ((await call('GET', `${url}/v2/`, ready)).status === 200) return { name, url, pid: child.pid!, logFile, stop };
-    } catch { /* not listening yet */ }
+    if (await ready().catch(() => false)) return { pid: child.pid!, stop };
     await new Promise((r) => setTimeout(r, 100));
   }
   await stop();
-  throw new Error(`${name} did not start; its log:\n${readFileSync(logFile, 'utf8').slice(-4000)}`);
+  throw new Error(`${cmd} ${args.join(' ')} did not start; its log:\n${readFileSync(logFile, 'utf8').slice(-4000)}`);
+}
+
+/** `ready`: headers for the readiness probe, GET /v2/ (credentials, for a server with --auth). */
+async function launch(name: string, cmd: string, args: string[], url: string, logFile: string, ready: Record<string, string> = {}): Promise<Server> {
+  const p = await spawnReady(cmd, args, logFile, async () => (await call('GET', `${url}/v2/`, ready)).status === 200);
+  return { name, url, logFile, ...p };
 }
 
 export interface NixregOptions {

@@ -77,7 +77,7 @@ export const openGate: Gate = {
   user: () => undefined,
   need: () => {},
   client: addressOf,
-  token: async (req) => { throw new RegistryError('NAME_UNKNOWN', `no such endpoint: ${req.path}: authentication is not configured`, undefined, 404); },
+  token: async (req) => { throw new RegistryError('NAME_UNKNOWN', `no such endpoint: ${req.path.slice(0, 300)}: authentication is not configured`, undefined, 404); },
 };
 
 /** Docker scope actions for each policy action. */
