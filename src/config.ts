@@ -31,6 +31,21 @@ export function parseSeconds(v: string, what: string): number {
   return Number(v) * 1000;
 }
 
+/**
+ * A size in bytes: plain bytes (`1048576`) or a number with a unit, decimal (`60MB`,
+ * `50GB`, `1.5TB`) or binary (`512MiB`, `2GiB`); `B`, `KB`…`TB`, `KiB`…`TiB`, any case.
+ */
+export function parseSize(v: string, what: string): number {
+  const m = /^\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgt]i?)?b?\s*$/i.exec(v);
+  const unit = m?.[2]?.toLowerCase() ?? '';
+  const scale = unit === '' ? 1 : (unit.endsWith('i') ? 1024 : 1000) ** (' kmgt'.indexOf(unit[0]!));
+  const n = m ? Math.floor(Number(m[1]) * scale) : NaN;
+  if (!Number.isSafeInteger(n) || n < 0 || (unit === '' && m![1]!.includes('.'))) {
+    throw new Error(`${what} must be a size such as 60MB, 50GB, 512MiB or a number of bytes, got ${JSON.stringify(v)}`);
+  }
+  return n;
+}
+
 export function parseListen(v: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(v);
   if (!m) throw new Error(`--listen must be HOST:PORT, got ${JSON.stringify(v)}`);

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { resolve } from 'node:path';
 import { test } from 'node:test';
-import { parseListen, serveConfig } from '../../src/config.js';
+import { parseListen, serveConfig, parseSize } from '../../src/config.js';
 
 test('defaults: 127.0.0.1:5000, ./data, ./examples (resolved against the working directory)', () => {
   const c = serveConfig({}, {});
@@ -36,5 +36,17 @@ test('--public-url / NIXREG_PUBLIC_URL: an origin, flag over variable; anything 
   assert.equal(serveConfig({ publicUrl: 'http://a:5000' }, { NIXREG_PUBLIC_URL: 'http://b' }).publicUrl, 'http://a:5000');
   for (const bad of ['reg.example', 'http://a/path', 'ftp://a', 'http://a b']) {
     assert.throws(() => serveConfig({ publicUrl: bad }, {}), /--public-url must be/, bad);
+  }
+});
+
+test('sizes: bytes, decimal and binary units in any case; anything else is refused', () => {
+  assert.equal(parseSize('1048576', 'x'), 1048576);
+  assert.equal(parseSize('60MB', 'x'), 60_000_000);
+  assert.equal(parseSize('50gb', 'x'), 50_000_000_000);
+  assert.equal(parseSize('512MiB', 'x'), 512 * 1024 * 1024);
+  assert.equal(parseSize('1.5G', 'x'), 1_500_000_000);
+  assert.equal(parseSize('0', 'x'), 0);
+  for (const bad of ['', 'MB', '-1', '1.5', '10 XB', '1e9', '99999999999999999TB']) {
+    assert.throws(() => parseSize(bad, '--cache-max-bytes'), /--cache-max-bytes must be a size/, bad);
   }
 });
