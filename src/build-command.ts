@@ -32,7 +32,8 @@ export async function runBuild(ref: string, opts: { data: string; images: string
   const { name, tag } = parseImageRef(ref);
   const cfg = buildConfig(opts);
   const tty = process.stderr.isTTY;
-  const storage = await Storage.open(opts.data);
+  // No timed collection here: a running server on the same data owns that.
+  const storage = await Storage.open(opts.data, { gcIntervalMs: 0 });
   try {
     const source = new NixImageSource(storage, {
       images: opts.images, ...cfg, log,

@@ -6,6 +6,7 @@ import { Command } from 'commander';
 import { buildConfig, limitsConfig, serveConfig, type BuildFlags, type LimitFlags, type ServeFlags } from './config.js';
 import { AuthConfigError } from './registry/auth/config.js';
 import { runBuild, withBuildOptions } from './build-command.js';
+import { GcRefused, printReport, runGc } from './gc-command.js';
 import { NixImageSource } from './build/source.js';
 import { log } from './log.js';
 import { startRegistry, TlsError } from './server.js';
@@ -31,6 +32,9 @@ withBuildOptions(program
   .option('--max-uploads-per-repo <n>', 'unfinished uploads per repository; more get 429 (env NIXREG_MAX_UPLOADS_PER_REPO, default 100)')
   .option('--max-uploads-per-client <n>', 'unfinished uploads per client address; more get 429 (env NIXREG_MAX_UPLOADS_PER_CLIENT, default 100)')
   .option('--max-uploads <n>', 'unfinished uploads in all; more get 429 (env NIXREG_MAX_UPLOADS, default 10000)')
+  .option('--gc-grace <seconds>', 'garbage collection spares blobs, links and manifests younger than this (env NIXREG_GC_GRACE, default 3600)')
+  .option('--gc-interval <seconds>', 'collect garbage this often; 0: only on POST /nixreg/gc (env NIXREG_GC_INTERVAL, default 3600)')
+  .option('--cache-max-bytes <size>', 'bytes that built images may use (60MB, 50GB, …); the least recently pulled are evicted beyond it (env NIXREG_CACHE_MAX_BYTES, default: no limit)')
   .action(async (flags: ServeFlags & BuildFlags & LimitFlags, cmd: Command) => {
     let cfg, bcfg, limits;
     try { cfg = serveConfig(flags); bcfg = buildConfig(flags); limits = limitsConfig(flags); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
@@ -38,7 +42,11 @@ withBuildOptions(program
     let reg;
     try {
       reg = await startRegistry({
-        host: cfg.host, port: cfg.port, data: cfg.data, log, storage: { uploadMaxAgeMs: cfg.uploadMaxAgeMs }, limits,
+        host: cfg.host, port: cfg.port, data: cfg.data, log, limits,
+        storage: {
+          uploadMaxAgeMs: cfg.uploadMaxAgeMs, gcGraceMs: cfg.gcGraceMs, gcIntervalMs: cfg.gcIntervalMs, cacheMaxBytes: cfg.cacheMaxBytes,
+          onGc: (r) => { if (!r.dryRun) log.info({ gc: r }, 'garbage collected'); },
+        },
         tls: cfg.tls, auth: cfg.auth, publicUrl: cfg.publicUrl,
         source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, log })),
       });
@@ -82,6 +90,23 @@ withBuildOptions(program
   .action(async (ref: string, flags: { data?: string; images?: string } & BuildFlags) => {
     const cfg = serveConfig({ ...flags, listen: '127.0.0.1:0' });
     await runBuild(ref, { ...flags, data: cfg.data, images: cfg.images });
+  });
+
+program
+  .command('gc')
+  .description('collect garbage in a data directory whose server is stopped; --dry-run lists what would go (also while it runs)')
+  .option('--data <dir>', 'blob store and index (env NIXREG_DATA, default ./data)')
+  .option('--dry-run', 'list what would be removed, and remove nothing')
+  .option('--gc-grace <seconds>', 'spare what is younger than this (env NIXREG_GC_GRACE, default 3600)')
+  .action(async (flags: { data?: string; dryRun?: boolean; gcGrace?: string }, cmd: Command) => {
+    let cfg;
+    try { cfg = serveConfig({ data: flags.data, gcGrace: flags.gcGrace, listen: '127.0.0.1:0' }); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
+    try {
+      printReport(await runGc({ data: cfg.data, dryRun: !!flags.dryRun, graceMs: cfg.gcGraceMs }), (s) => process.stdout.write(s));
+    } catch (e) {
+      if (e instanceof GcRefused) cmd.error(`error: ${e.message}`, { exitCode: 2 });
+      throw e;
+    }
   });
 
 /** A wildcard listen address is no place to send a user: name this host instead. */

@@ -17,14 +17,28 @@ export interface ServeConfig {
   tls: { cert: string; key: string } | undefined;
   /** The auth file (--auth, env NIXREG_AUTH); none: no authentication. */
   auth: string | undefined;
+  /** Garbage collection spares what is younger (--gc-grace seconds, env NIXREG_GC_GRACE). */
+  gcGraceMs: number;
+  /** Collect garbage this often; 0: on demand only (--gc-interval seconds, env NIXREG_GC_INTERVAL). */
+  gcIntervalMs: number;
+  /** Bytes built images may use; none: no quota (--cache-max-bytes, env NIXREG_CACHE_MAX_BYTES). */
+  cacheMaxBytes: number | undefined;
 }
 
 export interface ServeFlags {
   listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string;
-  tlsCert?: string; tlsKey?: string; auth?: string;
+  tlsCert?: string; tlsKey?: string; auth?: string; gcGrace?: string; gcInterval?: string; cacheMaxBytes?: string;
 }
 
-export const DEFAULTS = { listen: '127.0.0.1:5000', data: './data', images: './examples', uploadMaxAge: '86400' } as const;
+export const DEFAULTS = {
+  listen: '127.0.0.1:5000', data: './data', images: './examples', uploadMaxAge: '86400', gcGrace: '3600', gcInterval: '3600',
+} as const;
+
+/** Whole seconds, 0 allowed (a grace of 0, an interval of 0 = off). */
+export function parseSecondsOrZero(v: string, what: string): number {
+  if (!/^\d{1,10}$/.test(v.trim())) throw new Error(`${what} must be a whole number of seconds >= 0, got ${JSON.stringify(v)}`);
+  return Number(v) * 1000;
+}
 
 export function parseSeconds(v: string, what: string): number {
   if (!/^\d{1,10}$/.test(v.trim()) || Number(v) < 1) throw new Error(`${what} must be a whole number of seconds >= 1, got ${JSON.stringify(v)}`);
@@ -64,7 +78,11 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
   const key = flags.tlsKey ?? env.NIXREG_TLS_KEY;
   if ((cert === undefined) !== (key === undefined)) throw new Error('--tls-cert and --tls-key go together: give both or neither');
   const auth = flags.auth ?? env.NIXREG_AUTH;
+  const cacheMax = flags.cacheMaxBytes ?? env.NIXREG_CACHE_MAX_BYTES;
   return {
+    gcGraceMs: parseSecondsOrZero(flags.gcGrace ?? env.NIXREG_GC_GRACE ?? DEFAULTS.gcGrace, '--gc-grace'),
+    gcIntervalMs: parseSecondsOrZero(flags.gcInterval ?? env.NIXREG_GC_INTERVAL ?? DEFAULTS.gcInterval, '--gc-interval'),
+    cacheMaxBytes: cacheMax !== undefined ? parseSize(cacheMax, '--cache-max-bytes') : undefined,
     publicUrl,
     tls: cert !== undefined && key !== undefined ? { cert: resolve(cert), key: resolve(key) } : undefined,
     auth: auth !== undefined ? resolve(auth) : undefined,

@@ -2,7 +2,7 @@
 // and the gate; and reloads the certificate and the auth file in place (SIGHUP).
 //
 // Composition root: may import every room; no room imports it.
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -74,6 +74,8 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => { server.off('error', reject); resolve(); });
   });
+  // For `nixreg gc`, which must not collect behind a running server's back.
+  try { writeFileSync(storage.layout.pidPath, `${process.pid}\n`); } catch { /* a full disk: gc --dry-run still works */ }
   const addr = server.address() as AddressInfo;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   let closing: Promise<void> | undefined;
@@ -110,6 +112,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
         clearTimeout(force);
         clearInterval(sweep);
         storage.close();
+        rmSync(storage.layout.pidPath, { force: true });
       })();
       return closing;
     },

@@ -41,6 +41,35 @@ export class StoreCore {
   get trackedRepositories(): number { return this.generations.size; }
 
   /**
+   * Blob links a client has just looked at (HEAD or GET). `docker push` HEADs each layer
+   * and skips the upload of those the repository has, then pushes the manifest: garbage
+   * collection must not take such a link in between, however old it is. In memory and
+   * bounded: what is evicted from it is only less protected, and the grace period of the
+   * links themselves still applies.
+   */
+  private readonly seen = new LRUCache<string, number>({ max: 100_000 });
+  touch(repo: string, digest: string): void { this.seen.set(`${repo}\0${digest}`, Date.now()); }
+  seenSince(repo: string, digest: string, since: number): boolean { return (this.seen.get(`${repo}\0${digest}`) ?? 0) >= since; }
+
+  /**
+   * Work in progress (image builds) that is linking blobs it has not yet referenced from
+   * a manifest. Everything created or linked since the oldest of them began is spared
+   * by garbage collection and by the cache quota.
+   */
+  private readonly holds = new Map<symbol, number>();
+  hold(): () => void {
+    const key = Symbol('hold');
+    this.holds.set(key, Date.now());
+    return () => { this.holds.delete(key); };
+  }
+  /** The start of the oldest hold, or undefined when nothing is held. */
+  get heldSince(): number | undefined {
+    let min: number | undefined;
+    for (const t of this.holds.values()) if (min === undefined || t < min) min = t;
+    return min;
+  }
+
+  /**
    * The durable half of every blob write: fsync the finished file, rename it to its blob
    * path, fsync the directory. Callers hold the digest's lock and add the index row after.
    */

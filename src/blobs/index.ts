@@ -21,6 +21,8 @@ export interface NewManifest {
   artifactType?: string | undefined;
   subject?: string | undefined;
   annotations?: Record<string, string> | undefined;
+  /** Pushed by a client by digest, not by tag (a garbage-collection root; see schema.ts). */
+  byDigest?: boolean | undefined;
 }
 
 /** Which referrers to list: those after digest `after`, at most `limit`, of one type if given. */
@@ -75,7 +77,8 @@ export class Index {
         `SELECT name FROM repositories r WHERE name > ?
            AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id) OR EXISTS (SELECT 1 FROM repo_blobs b WHERE b.repo_id = r.id))
          ORDER BY name LIMIT ?`),
-      link: db.prepare('INSERT OR IGNORE INTO repo_blobs (repo_id, digest) VALUES (?, ?)'),
+      link: db.prepare(`INSERT INTO repo_blobs (repo_id, digest, linked_at) VALUES (?, ?, ?)
+        ON CONFLICT (repo_id, digest) DO UPDATE SET linked_at = excluded.linked_at`),
       unlink: db.prepare('DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ?'),
       linkedSize: db.prepare<[string, string], { size: number }>(
         `SELECT b.size FROM repo_blobs l JOIN repositories r ON r.id = l.repo_id JOIN blobs b ON b.digest = l.digest
@@ -85,10 +88,11 @@ export class Index {
            JOIN repositories r ON r.id = m.repo_id WHERE r.name = ? AND m.digest = ?`),
       insertManifest: db.prepare(
         // Not INSERT OR REPLACE: a replace is a delete, and the delete would cascade to tags.
-        `INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, annotations, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        `INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, annotations, created_at, by_digest)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (repo_id, digest) DO UPDATE SET media_type = excluded.media_type, size = excluded.size,
-           artifact_type = excluded.artifact_type, subject = excluded.subject, annotations = excluded.annotations`),
+           artifact_type = excluded.artifact_type, subject = excluded.subject, annotations = excluded.annotations,
+           by_digest = max(by_digest, excluded.by_digest), created_at = excluded.created_at`),
       deleteManifest: db.prepare('DELETE FROM manifests WHERE repo_id = ? AND digest = ?'),
       getTag: db.prepare<[string, string], { digest: string }>(
         'SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repo_id WHERE r.name = ? AND t.name = ?'),
@@ -120,6 +124,19 @@ export class Index {
 
   close() { this.db.close(); }
 
+  /**
+   * Repositories written to since trackWrites() began, or undefined when not tracking.
+   * Garbage collection marks from a snapshot and sweeps later: a repository written to
+   * in between (a manifest put, a tag moved, a blob linked) is left alone until its next
+   * run. Recorded here, in the same synchronous step as the write itself, so that no
+   * write can fall between its row and its record.
+   */
+  private written: Set<string> | undefined;
+  trackWrites(): void { this.written = new Set(); }
+  writtenSince(): ReadonlySet<string> { return this.written ?? new Set(); }
+  stopTracking(): void { this.written = undefined; }
+  private wrote(repo: string): void { this.written?.add(repo); }
+
   blobSize(digest: string): number | undefined { return this.s.getBlob.get(digest)?.size; }
   allBlobs() { return this.s.allBlobs.all(); }
 
@@ -134,14 +151,16 @@ export class Index {
   addBlob(repo: string, digest: string, size: number): void {
     this.db.transaction(() => {
       this.s.insertBlob.run(digest, size, now());
-      this.s.link.run(this.ensureRepo(repo), digest);
+      this.s.link.run(this.ensureRepo(repo), digest, now());
+      this.wrote(repo);
     })();
   }
   /** Links an already-stored blob; false if the blob is not stored. */
   linkBlob(repo: string, digest: string): boolean {
     return this.db.transaction(() => {
       if (!this.s.getBlob.get(digest)) return false;
-      this.s.link.run(this.ensureRepo(repo), digest);
+      this.s.link.run(this.ensureRepo(repo), digest, now());
+      this.wrote(repo);
       return true;
     })();
   }
@@ -181,8 +200,9 @@ export class Index {
       const id = this.ensureRepo(repo);
       this.s.insertBlob.run(m.digest, m.size, now());
       this.s.insertManifest.run(id, m.digest, m.mediaType, m.size, m.artifactType ?? null, m.subject ?? null,
-        m.annotations ? JSON.stringify(m.annotations) : null, now());
+        m.annotations ? JSON.stringify(m.annotations) : null, now(), m.byDigest ? 1 : 0);
       if (tag !== undefined) this.s.putTag.run(id, tag, m.digest, now());
+      this.wrote(repo);
     })();
   }
   /** Deletes a manifest and (by cascade) its tags; returns the tags it had. */
@@ -198,6 +218,7 @@ export class Index {
   resolveTag(repo: string, tag: string): string | undefined { return this.s.getTag.get(repo, tag)?.digest; }
   putTag(repo: string, tag: string, digest: string): void {
     this.s.putTag.run(this.ensureRepo(repo), tag, digest, now());
+    this.wrote(repo);
   }
   deleteTag(repo: string, tag: string): boolean {
     const id = this.repoId(repo);
@@ -239,14 +260,17 @@ export class Index {
 
   getBuild(repo: string, hash: string): BuildRow | undefined {
     return this.db.prepare<[string, string], BuildRow>(
-      `SELECT repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path
+      `SELECT repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path, evicted_at
          FROM builds WHERE repo = ? AND hash = ?`).get(repo, hash);
   }
-  putBuild(b: Omit<BuildRow, 'created_at'>): void {
+  /** Records a finished build; it counts as pulled now (the pull that asked for it). */
+  putBuild(b: Omit<BuildRow, 'evicted_at'>): void {
+    const t = now();
     this.db.prepare(`INSERT OR REPLACE INTO builds
-      (repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path, created_at)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(b.repo, b.hash, b.manifest, b.media_type, b.size,
-      b.alt_manifest, b.alt_media_type, b.alt_size, b.store_path, now());
+      (repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path, created_at, last_pulled)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(b.repo, b.hash, b.manifest, b.media_type, b.size,
+      b.alt_manifest, b.alt_media_type, b.alt_size, b.store_path, t, t);
+    this.wrote(b.repo);
   }
 }
 
@@ -261,4 +285,6 @@ export interface BuildRow {
   alt_media_type: string | null;
   alt_size: number | null;
   store_path: string;
+  /** When the cache quota evicted it (its manifests are gone); null while it is stored. */
+  evicted_at: number | null;
 }

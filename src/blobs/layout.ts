@@ -19,6 +19,8 @@ export class Layout {
   /** GC roots that keep Nix closures alive while a build reads them. */
   get gcrootsDir() { return join(this.root, 'gcroots'); }
   get logsDir() { return join(this.root, 'logs'); }
+  /** The pid of the `nixreg serve` using this directory, so that `nixreg gc` can tell. */
+  get pidPath() { return join(this.root, 'nixreg.pid'); }
   /** The key that signs bearer tokens (mode 0600; src/registry/auth/tokens.ts). */
   get tokenKeyPath() { return join(this.root, 'token-key.pem'); }
 

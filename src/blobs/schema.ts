@@ -6,7 +6,7 @@
 // reconciliation in storage.ts repairs the one window a crash can leave).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS blobs (
@@ -26,6 +26,10 @@ CREATE TABLE IF NOT EXISTS repositories (
 CREATE TABLE IF NOT EXISTS repo_blobs (
   repo_id     INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
   digest      TEXT NOT NULL REFERENCES blobs(digest),
+  -- Renewed whenever the link is made again (a re-push, a mount, a build reusing a
+  -- layer): garbage collection spares links younger than its grace period, so a client
+  -- that has uploaded layers but not yet pushed their manifest keeps them.
+  linked_at   INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (repo_id, digest)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS repo_blobs_digest ON repo_blobs(digest);
@@ -41,6 +45,9 @@ CREATE TABLE IF NOT EXISTS manifests (
   subject       TEXT,
   annotations   TEXT,
   created_at    INTEGER NOT NULL,
+  -- Pushed by digest (PUT …/manifests/sha256:…) rather than by tag: a root of garbage
+  -- collection even untagged, whereas a manifest whose tag moved away is collectable.
+  by_digest     INTEGER NOT NULL DEFAULT 1,
   PRIMARY KEY (repo_id, digest)
 ) WITHOUT ROWID;
 -- Referrers are listed a page at a time in digest order: the index serves each page directly.
@@ -95,6 +102,12 @@ CREATE TABLE IF NOT EXISTS builds (
   alt_size    INTEGER,
   store_path  TEXT NOT NULL,
   created_at  INTEGER NOT NULL,
+  -- When a client last pulled this image (batched, see blobs/quota.ts): the cache quota
+  -- evicts the images pulled least recently. NULL: never pulled since it was built.
+  last_pulled INTEGER,
+  -- Set when the quota evicted the image: its manifests and tags are gone, the row stays
+  -- so that a pull of its hash tag can say so (or rebuild it).
+  evicted_at  INTEGER,
   PRIMARY KEY (repo, hash)
 ) WITHOUT ROWID;
 `;
@@ -115,5 +128,15 @@ export const MIGRATIONS: Record<number, { before: string; after: string }> = {
             -- Rows that only uploads (or requests for invented names) ever created.
             DELETE FROM repositories WHERE NOT EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = repositories.id)
               AND NOT EXISTS (SELECT 1 FROM repo_blobs b WHERE b.repo_id = repositories.id);`,
+  },
+  // 2 → 3: what garbage collection and the cache quota need. Existing links count as
+  // old (0) and existing manifests as pushed by digest (kept): nothing recorded before
+  // is collected on a guess.
+  2: {
+    before: `ALTER TABLE repo_blobs ADD COLUMN linked_at INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE manifests ADD COLUMN by_digest INTEGER NOT NULL DEFAULT 1;
+             ALTER TABLE builds ADD COLUMN last_pulled INTEGER;
+             ALTER TABLE builds ADD COLUMN evicted_at INTEGER;`,
+    after: '',
   },
 };

@@ -16,6 +16,8 @@ import { BlobFiles } from './files.js';
 import { Index, type ManifestRow, type ReferrersPage } from './index.js';
 import { Layout } from './layout.js';
 import { Manifests, type ManifestInfo } from './manifests.js';
+import { collectGarbage, type GcReport } from './gc.js';
+import { Quota, type Eviction } from './quota.js';
 import { Uploads } from './uploads.js';
 
 export interface StorageOptions {
@@ -23,7 +25,19 @@ export interface StorageOptions {
   uploadMaxAgeMs?: number;
   /** Bytes of manifest bodies kept in memory (default 64 MiB). */
   manifestCacheBytes?: number;
+  /** Garbage collection spares what is younger than this (default 1 h). */
+  gcGraceMs?: number;
+  /** Collect garbage this often (default 1 h; 0: only on demand). */
+  gcIntervalMs?: number;
+  /** Bytes that only built images may use; the least recently pulled go beyond it. */
+  cacheMaxBytes?: number | undefined;
+  /** Told of every collection and eviction, for the log. */
+  onGc?: ((report: GcReport) => void) | undefined;
+  onEvict?: ((eviction: Eviction) => void) | undefined;
 }
+
+/** What garbage collection and the quota have freed since the process started. */
+export interface GcTotals { runs: number; freedBytes: number; freedBlobs: number; freedManifests: number; evictions: number; last?: GcReport | undefined }
 
 export class Storage {
   readonly layout: Layout;
@@ -33,7 +47,13 @@ export class Storage {
   private readonly manifests: Manifests;
   private readonly uploadMaxAgeMs: number;
   private readonly core: StoreCore;
+  private readonly quota: Quota;
+  private readonly opts: StorageOptions;
   private purgeTimer: NodeJS.Timeout | undefined;
+  private gcTimer: NodeJS.Timeout | undefined;
+  /** Collections and evictions run one at a time: each reasons about the store as a whole. */
+  private exclusive: Promise<unknown> = Promise.resolve();
+  readonly gcTotals: GcTotals = { runs: 0, freedBytes: 0, freedBlobs: 0, freedManifests: 0, evictions: 0 };
 
   private constructor(root: string, opts: StorageOptions) {
     this.layout = new Layout(root);
@@ -43,6 +63,8 @@ export class Storage {
     this.files = new BlobFiles(core);
     this.uploads = new Uploads(core, this.files, this.uploadMaxAgeMs);
     this.manifests = new Manifests(core, opts.manifestCacheBytes ?? 64 * 1024 * 1024);
+    this.quota = new Quota(core);
+    this.opts = opts;
   }
 
   static async open(root: string, opts: StorageOptions = {}): Promise<Storage> {
@@ -56,13 +78,84 @@ export class Storage {
     s.purgeTimer = setInterval(() => { void s.purgeStaleUploads().catch(() => {}); },
       Math.max(1000, Math.min(s.uploadMaxAgeMs, 3600_000)));
     s.purgeTimer.unref();
+    const every = opts.gcIntervalMs ?? 3600_000;
+    if (every > 0) {
+      s.gcTimer = setInterval(() => { void s.gc().catch(() => {}); }, every);
+      s.gcTimer.unref();
+    }
     return s;
+  }
+
+  /**
+   * Opens the index of `root` for reading what a collection would do, while a server may
+   * be using it: no reconciliation (which would take the server's blob in mid-commit for
+   * an orphan), no timers.
+   */
+  static inspect(root: string): Storage {
+    return new Storage(root, { gcIntervalMs: 0 });
   }
 
   close(): void {
     if (this.purgeTimer) clearInterval(this.purgeTimer);
+    if (this.gcTimer) clearInterval(this.gcTimer);
+    this.quota.close();
     this.index.close();
   }
+
+  private oneAtATime<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.exclusive.then(fn, fn);
+    this.exclusive = run.catch(() => {});
+    return run;
+  }
+
+  // ---------------------------------------------------------------- garbage collection and quota (gc.ts, quota.ts)
+
+  /** Collects garbage now (see gc.ts); with dryRun, reports what would go. */
+  gc(opts: { dryRun?: boolean; graceMs?: number } = {}): Promise<GcReport> {
+    return this.oneAtATime(async () => {
+      const report = await collectGarbage(this.core, { graceMs: opts.graceMs ?? this.opts.gcGraceMs ?? 3600_000, dryRun: opts.dryRun });
+      if (!report.dryRun) {
+        const t = this.gcTotals;
+        t.runs++;
+        t.freedBytes += report.bytes;
+        t.freedBlobs += report.blobs;
+        t.freedManifests += report.manifests;
+        t.last = report;
+      }
+      this.opts.onGc?.(report);
+      return report;
+    });
+  }
+
+  /**
+   * A build stored image `manifest` in `repo`: enforces the cache quota, if one is set,
+   * never evicting that image.
+   */
+  async builtImageStored(repo: string, manifest: string): Promise<Eviction | undefined> {
+    const max = this.opts.cacheMaxBytes;
+    if (max === undefined) return undefined;
+    return this.oneAtATime(async () => {
+      const e = await this.quota.enforce(max, { repo, manifest });
+      if (e.images.length) {
+        const t = this.gcTotals;
+        t.evictions += e.images.length;
+        t.freedBytes += e.bytes;
+        t.freedBlobs += e.blobs;
+        this.opts.onEvict?.(e);
+      }
+      return e;
+    });
+  }
+
+  /** A client pulled manifest `digest` of `repo`: the quota evicts what is pulled least. */
+  notePulled(repo: string, digest: string): void { this.quota.pulled(repo, digest); }
+  /** Bytes that only built images use (what --cache-max-bytes bounds). */
+  cacheUsage(): number { return this.quota.usage(); }
+  /**
+   * Marks work in progress that links blobs before a manifest references them (a
+   * build): GC and the quota spare whatever is created or linked until it is released.
+   */
+  hold(): () => void { return this.core.hold(); }
 
   /**
    * Brings index and disk back into agreement after a crash. Runs at open, before any
@@ -104,7 +197,12 @@ export class Storage {
   // ---------------------------------------------------------------- blobs (files.ts)
 
   /** Size of a blob as visible in `repo`, or undefined if not linked there. */
-  blobSize(repo: string, digest: string): number | undefined { return this.files.size(repo, digest); }
+  blobSize(repo: string, digest: string): number | undefined {
+    const size = this.files.size(repo, digest);
+    // A client looking at a blob may be about to reference it from a manifest (gc.ts).
+    if (size !== undefined) this.core.touch(repo, digest);
+    return size;
+  }
   blobPath(digest: string): string { return this.layout.blobPath(digest); }
   writeBlob(repo: string, source: Readable | Buffer, expected?: string) { return this.files.write(repo, source, expected); }
   commitFile(repo: string, file: string, digest: string, size: number) { return this.files.commit(repo, file, digest, size); }
@@ -146,6 +244,7 @@ export class Storage {
       cachedReferences: this.manifests.cachedReferences,
       liveUploads: this.uploads.liveCount,
       openUploads: this.index.uploadCount(),
+      gc: { ...this.gcTotals },
     };
   }
 }

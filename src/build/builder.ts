@@ -175,7 +175,8 @@ export class Builder {
   /** An image already built for `hash`, from the index alone (no Nix). */
   lookup(repo: string, hash: string): BuiltImage | undefined {
     const row = this.storage.index.getBuild(repo, hash);
-    if (!row) return undefined;
+    // Evicted by the cache quota: as if never built (image() says so if it cannot be rebuilt).
+    if (!row || row.evicted_at !== null) return undefined;
     const manifest = this.storage.resolveManifest(repo, { digest: row.manifest });
     if (!manifest) return undefined;
     const alternate = row.alt_manifest ? this.storage.resolveManifest(repo, { digest: row.alt_manifest }) : undefined;
@@ -214,6 +215,9 @@ export class Builder {
     const done = this.lookup(ev.repo, ev.hash);
     if (done) return done;
     this.buildsStarted++;
+    // Layers are linked before the manifest that references them is stored: GC and the
+    // cache quota must leave them alone until then.
+    const release = this.storage.hold();
     const log = this.logs.start(ev.repo, ev.hash);
     const rec = log.record;
     const roots = join(this.storage.layout.gcrootsDir, rec.id);
@@ -250,6 +254,7 @@ export class Builder {
           AbortSignal.timeout(Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started))));
       }
       this.record(ev, built, built.hash === ev.hash ? raw.imagePath : outs[0]!);
+      await this.enforceQuota(ev.repo, built.manifest.digest);
       rec.status = 'succeeded';
       rec.digest = built.manifest.digest;
       log.line(`stored ${built.manifest.digest} as ${ev.repo}:${built.hash}`);
@@ -264,6 +269,7 @@ export class Builder {
       this.o.log?.warn({ repo: ev.repo, hash: ev.hash, error: err.message }, 'image build failed');
       throw err;
     } finally {
+      release();
       rec.finished = new Date().toISOString();
       await log.close();
       // The layers are stored: the closure may be collected from now on.
@@ -282,6 +288,18 @@ export class Builder {
     // to it too so that `latest` finds it without asking Nix again.
     if (built.hash !== ev.hash) this.storage.index.putBuild(row(ev.hash, built.manifest, built.alternate));
     this.storage.tag(ev.repo, built.hash, built.manifest.digest);
+  }
+
+  /** Over the cache quota, older built images make room; a failure there fails no build. */
+  private async enforceQuota(repo: string, manifest: string): Promise<void> {
+    try {
+      const e = await this.storage.builtImageStored(repo, manifest);
+      if (e?.images.length) this.o.log?.info({ evicted: e.images, bytes: e.bytes, usage: e.after, limit: e.limit }, 'cache quota: evicted the least recently pulled images');
+      // Only the image just built is left, and it alone is over the limit.
+      if (e && e.after > e.limit) this.o.log?.warn({ usage: e.after, limit: e.limit, repo }, 'cache quota: the newest image alone exceeds --cache-max-bytes');
+    } catch (err) {
+      this.o.log?.warn({ err, repo }, 'cache quota: eviction failed');
+    }
   }
 
   private buildError(ev: Evaluation, e: unknown, log: BuildLog): BuildError {

@@ -39,9 +39,12 @@ export class NixImageSource implements ImageSource {
       if (done) return done;
       const ev = await b.evaluate(repo);
       if (tag !== ev.hash && tag !== ev.outHash) {
-        throw new TagNotServed(
-          `image ${repo}:${tag} was never built here and ${repo} now evaluates to ${ev.outHash ?? ev.hash}; pull ${repo}:latest or ${repo}:${ev.hash}`,
-          { hash: tag, current: ev.hash });
+        const evicted = this.storage.index.getBuild(repo, tag)?.evicted_at != null;
+        const current = ev.outHash ?? ev.hash;
+        throw new TagNotServed(evicted
+          ? `image ${repo}:${tag} was evicted from the cache of built images, and ${repo} now evaluates to ${current}, so it cannot be rebuilt; pull ${repo}:latest or ${repo}:${current}`
+          : `image ${repo}:${tag} was never built here and ${repo} now evaluates to ${current}; pull ${repo}:latest or ${repo}:${ev.hash}`,
+        { hash: tag, current: ev.hash, ...(evicted ? { evicted: true } : {}) });
       }
       return b.ensureBuilt(ev);
     }

@@ -9,7 +9,7 @@ import type { Request, Response } from 'express';
 import { catalog, listTags, referrers } from './handlers/listing.js';
 import { deleteBlob, getBlob } from './handlers/blobs.js';
 import { deleteManifest, getManifest, putManifest } from './handlers/manifests.js';
-import { buildLog, listBuilds, stats } from './handlers/nixreg.js';
+import { buildLog, collect, listBuilds, stats } from './handlers/nixreg.js';
 import { token } from './handlers/token.js';
 import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } from './handlers/uploads.js';
 import type { Ctx } from './handlers/context.js';
@@ -52,4 +52,5 @@ export const endpoints: Endpoint[] = [
   { id: 'nixreg-build-log', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/builds/${ID}/log$`), handler: buildLog },
   { id: 'token', access: 'open', methods: ['get', 'post'], path: /^\/token$/, handler: token },
   { id: 'nixreg-stats', access: 'admin', methods: ['get'], path: /^\/nixreg\/stats$/, handler: stats },
+  { id: 'nixreg-gc', access: 'admin', methods: ['post'], path: /^\/nixreg\/gc$/, handler: collect },
 ];

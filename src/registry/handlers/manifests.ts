@@ -50,6 +50,8 @@ export function getManifest(ctx: Ctx) {
       }
       throw manifestUnknown(repo, ref);
     }
+    // The cache quota evicts the built images pulled least recently.
+    if (owned) ctx.storage.notePulled(repo, d.digest);
     if (!ok(d.mediaType)) {
       throw new RegistryError('MANIFEST_UNKNOWN',
         `manifest ${ref.tag ?? ref.digest} is ${d.mediaType}, which the client's Accept header does not allow`,
@@ -92,7 +94,7 @@ export function putManifest(ctx: Ctx) {
         const current = ctx.storage.resolveManifest(repo, { tag: ref.tag });
         if (current && current.digest !== digest) ctx.gate.need(req, repo, 'update');
       }
-      await ctx.storage.putManifest(repo, body, parsed, ref.tag, digest);
+      await ctx.storage.putManifest(repo, body, { ...parsed, byDigest: ref.tag === undefined }, ref.tag, digest);
       return { digest, parsed };
     });
     res.status(201).set({

@@ -1,5 +1,6 @@
 // nixreg's own endpoints beside the distribution API: the recent builds, a build's
-// log, and counters for operators. The builds exist only where build-on-pull is enabled.
+// log, counters for operators, and garbage collection on demand. The builds exist only
+// where build-on-pull is enabled.
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import { createReadStream } from 'node:fs';
@@ -39,5 +40,23 @@ export function buildLog(ctx: Ctx) {
 export function stats(ctx: Ctx) {
   return (_req: Request, res: Response) => {
     res.json({ ...ctx.source?.stats(), server: { ...ctx.counters(), ...ctx.storage.stats() } });
+  };
+}
+
+/** Listed in a dry run's answer at most; the totals are always whole. */
+const MAX_ITEMS = 10_000;
+
+/** POST /nixreg/gc[?dry-run=1]: collects now (joining none: one collection at a time). */
+export function collect(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const flag = req.query['dry-run'];
+    const dryRun = flag !== undefined && flag !== '0' && flag !== 'false';
+    const report = await ctx.storage.gc({ dryRun });
+    const items = report.items;
+    const truncated = !!items && (items.manifests.length > MAX_ITEMS || items.blobs.length > MAX_ITEMS);
+    res.status(200).json({
+      ...report,
+      ...(items ? { items: { manifests: items.manifests.slice(0, MAX_ITEMS), blobs: items.blobs.slice(0, MAX_ITEMS) }, truncated } : {}),
+    });
   };
 }

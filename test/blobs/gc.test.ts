@@ -1,0 +1,181 @@
+// Garbage collection through the HTTP API, on real storage: what is collected, what is
+// spared (tags, pushes by digest, index children, referrers of live subjects, anything
+// younger than the grace period, links a client just looked at), dry runs, and
+// collections racing pushes and pulls.
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, http, pushBlob, pushImage, putManifest, sha256, startReg, type TestRegistry } from '../api/util.js';
+
+let reg: TestRegistry;
+before(async () => { reg = await startReg({ storage: { gcGraceMs: 0, gcIntervalMs: 0 } }); });
+after(async () => { await reg?.destroy(); });
+
+const onDisk = (digest: string) => existsSync(reg.storage.blobPath(digest));
+const gc = async (query = '') => {
+  const r = await http(reg.url, 'POST', `/nixreg/gc${query}`);
+  assert.equal(r.status, 200, r.text());
+  return r.json() as { manifests: number; links: number; blobs: number; bytes: number; dryRun: boolean; items?: { manifests: { repo: string; digest: string }[]; blobs: { digest: string }[] } };
+};
+
+function manifestOf(config: Buffer, layers: Buffer[], extra: Record<string, unknown> = {}): Buffer {
+  return Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: OCI_MANIFEST,
+    config: { mediaType: OCI_CONFIG, digest: sha256(config), size: config.length },
+    layers: layers.map((l) => ({ mediaType: OCI_LAYER, digest: sha256(l), size: l.length })),
+    ...extra,
+  }));
+}
+
+async function image(repo: string, ref: string, layers: Buffer[], extra: Record<string, unknown> = {}) {
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, n: Math.random() }));
+  await pushBlob(reg.url, repo, config);
+  for (const l of layers) await pushBlob(reg.url, repo, l);
+  const body = manifestOf(config, layers, extra);
+  const r = await putManifest(reg.url, repo, ref, body);
+  assert.equal(r.status, 201, r.text());
+  return { digest: sha256(body), config: sha256(config), body };
+}
+
+const blob = (s: string) => Buffer.from(`${s} ${Math.random()}`);
+const pulls = async (repo: string, ref: string) => (await http(reg.url, 'GET', `/v2/${repo}/manifests/${ref}`, { headers: { accept: OCI_MANIFEST } })).status;
+
+describe('what is collected', () => {
+  test('a layer only a deleted manifest used goes from disk; a shared layer and every tagged image stay and pull', async () => {
+    const shared = blob('shared');
+    const only = blob('only-old');
+    const keep = await image('gc/app', 'v2', [shared, blob('v2 own')]);
+    const old = await image('gc/app', 'v1', [shared, only]);
+    assert.equal((await http(reg.url, 'DELETE', `/v2/gc/app/manifests/${old.digest}`)).status, 202);
+    assert.ok(onDisk(sha256(only)));
+    const r = await gc();
+    assert.ok(r.blobs >= 2 && r.bytes > 0, JSON.stringify(r));
+    assert.equal(onDisk(sha256(only)), false, 'the layer only the deleted manifest used');
+    assert.equal(onDisk(old.config), false, 'its config');
+    assert.equal(onDisk(sha256(shared)), true);
+    assert.equal(await pulls('gc/app', 'v2'), 200);
+    for (const d of [sha256(shared), keep.config]) assert.equal((await http(reg.url, 'GET', `/v2/gc/app/blobs/${d}`)).status, 200);
+    assert.equal((await http(reg.url, 'HEAD', `/v2/gc/app/blobs/${sha256(only)}`)).status, 404);
+  });
+
+  test('a layer linked in another repository is only unlinked here, never removed', async () => {
+    const layer = blob('two repos');
+    const a = await image('gc/a', 'x', [layer]);
+    await image('gc/b', 'x', [layer]);
+    await http(reg.url, 'DELETE', `/v2/gc/a/manifests/${a.digest}`);
+    await gc();
+    assert.equal((await http(reg.url, 'HEAD', `/v2/gc/a/blobs/${sha256(layer)}`)).status, 404, 'not visible where nothing references it');
+    assert.equal((await http(reg.url, 'GET', `/v2/gc/b/blobs/${sha256(layer)}`)).status, 200);
+    assert.ok(onDisk(sha256(layer)));
+  });
+
+  test('a manifest whose tag moved away goes; one pushed by digest stays, untagged', async () => {
+    const first = await image('gc/retag', 'latest', [blob('first')]);
+    const second = await image('gc/retag', 'latest', [blob('second')]);
+    const pinned = blob('pinned layer');
+    const config = Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}');
+    await pushBlob(reg.url, 'gc/retag', config);
+    await pushBlob(reg.url, 'gc/retag', pinned);
+    const body = manifestOf(config, [pinned]);
+    assert.equal((await putManifest(reg.url, 'gc/retag', sha256(body), body)).status, 201);
+    await gc();
+    assert.equal(await pulls('gc/retag', first.digest), 404, 'moved away from: collected');
+    assert.equal(await pulls('gc/retag', second.digest), 200);
+    assert.equal(await pulls('gc/retag', sha256(body)), 200, 'pushed by digest: kept');
+    assert.ok(onDisk(sha256(pinned)));
+  });
+
+  test('an index keeps its children; a referrer lives while its subject does', async () => {
+    const child = await image('gc/multi', 'child', [blob('child layer')]);
+    const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: [{ mediaType: OCI_MANIFEST, digest: child.digest, size: child.body.length }] }));
+    assert.equal((await putManifest(reg.url, 'gc/multi', 'all', index, OCI_INDEX)).status, 201);
+    // The child's own tag goes: only the index keeps it now.
+    const tags = (await http(reg.url, 'GET', '/v2/gc/multi/tags/list')).json().tags as string[];
+    for (const t of tags.filter((t) => t !== 'all')) assert.equal((await http(reg.url, 'DELETE', `/v2/gc/multi/manifests/${t}`)).status, 202);
+    const subject = await image('gc/multi', 'signed', [blob('subject layer')]);
+    const sigLayer = blob('signature');
+    const sig = await image('gc/multi', 'unused-sig-tag', [sigLayer], { subject: { mediaType: OCI_MANIFEST, digest: subject.digest, size: subject.body.length } });
+    assert.equal((await http(reg.url, 'DELETE', '/v2/gc/multi/manifests/unused-sig-tag')).status, 202);
+    await gc();
+    assert.equal(await pulls('gc/multi', child.digest), 200, 'child of a tagged index');
+    assert.equal(await pulls('gc/multi', sig.digest), 200, 'referrer of a live subject');
+    // Delete the subject: its referrer goes with it.
+    assert.equal((await http(reg.url, 'DELETE', `/v2/gc/multi/manifests/${subject.digest}`)).status, 202);
+    await gc();
+    assert.equal(await pulls('gc/multi', sig.digest), 404, 'referrer of a deleted subject');
+    assert.equal(onDisk(sha256(sigLayer)), false);
+  });
+});
+
+describe('what is spared', () => {
+  test('the grace period spares layers pushed without a manifest yet, and old links a client just looked at', async () => {
+    const graced = await startReg({ storage: { gcGraceMs: 1000, gcIntervalMs: 0 } });
+    try {
+      const young = blob('no manifest yet');
+      const looked = blob('looked at');
+      const old = blob('old and unreferenced');
+      await pushBlob(graced.url, 'gc/pending', looked);
+      await pushBlob(graced.url, 'gc/pending', old);
+      await new Promise((r) => setTimeout(r, 1200));
+      await pushBlob(graced.url, 'gc/pending', young);
+      // docker push HEADs the layers it will not upload again, then pushes the manifest.
+      assert.equal((await http(graced.url, 'HEAD', `/v2/gc/pending/blobs/${sha256(looked)}`)).status, 200);
+      const r = await http(graced.url, 'POST', '/nixreg/gc');
+      assert.equal(r.json().blobs, 1, r.text());
+      const exists = (d: string) => existsSync(graced.storage.blobPath(d));
+      assert.equal(exists(sha256(old)), false, 'older than the grace period, unreferenced, unlooked-at');
+      assert.ok(exists(sha256(young)), 'younger than the grace period');
+      assert.ok(exists(sha256(looked)), 'looked at by a client within the grace period');
+    } finally { await graced.destroy(); }
+  });
+
+  test('a dry run reports exactly what the collection then removes', async () => {
+    const gone = await image('gc/dry', 'v1', [blob('dry run')]);
+    await http(reg.url, 'DELETE', `/v2/gc/dry/manifests/${gone.digest}`);
+    // Let the "just looked at" protection of the pushes lapse: the grace here is 0.
+    await new Promise((r) => setTimeout(r, 5));
+    const dry = await gc('?dry-run=1');
+    assert.ok(dry.items!.blobs.some((b) => b.digest === gone.config), JSON.stringify(dry));
+    assert.ok(onDisk(gone.config), 'a dry run removes nothing');
+    const real = await gc();
+    assert.equal(real.blobs, dry.blobs);
+    assert.equal(real.bytes, dry.bytes);
+    assert.equal(onDisk(gone.config), false);
+  });
+});
+
+test('collections racing pushes, pulls and deletes lose nothing that is referenced', { timeout: 120_000 }, async () => {
+  const racing = await startReg({ storage: { gcGraceMs: 2_000, gcIntervalMs: 0 } });
+  try {
+    let stop = false;
+    const collections = (async () => {
+      let n = 0;
+      while (!stop) { assert.equal((await http(racing.url, 'POST', '/nixreg/gc')).status, 200); n++; }
+      return n;
+    })();
+    const kept: { repo: string; tag: string; digest: string }[] = [];
+    for (let i = 0; i < 60; i++) {
+      const repo = `race/r${i % 5}`;
+      const img = await pushImage(racing.url, repo, `t${i}`, { salt: String(i) });
+      kept.push({ repo, tag: `t${i}`, digest: img.digest });
+      // Every third image is deleted again: its blobs become garbage while others push.
+      if (i % 3 === 0) { await http(racing.url, 'DELETE', `/v2/${repo}/manifests/${img.digest}`); kept.pop(); }
+    }
+    stop = true;
+    assert.ok(await collections > 0);
+    for (const k of kept) {
+      const m = await http(racing.url, 'GET', `/v2/${k.repo}/manifests/${k.tag}`, { headers: { accept: OCI_MANIFEST } });
+      assert.equal(m.status, 200, `${k.repo}:${k.tag}`);
+      const parsed = m.json() as { config: { digest: string }; layers: { digest: string }[] };
+      for (const d of [parsed.config.digest, ...parsed.layers.map((l) => l.digest)]) {
+        const b = await http(racing.url, 'GET', `/v2/${k.repo}/blobs/${d}`);
+        assert.equal(b.status, 200, `${k.repo} ${d}`);
+        assert.equal(sha256(b.body), d);
+      }
+    }
+    // Every row has its file, byte for byte.
+    for (const { digest } of racing.storage.index.allBlobs()) {
+      assert.equal(sha256(readFileSync(racing.storage.blobPath(digest))), digest);
+    }
+  } finally { await racing.destroy(); }
+});
