@@ -179,3 +179,16 @@ test('collections racing pushes, pulls and deletes lose nothing that is referenc
     }
   } finally { await racing.destroy(); }
 });
+
+test('work in progress (a build linking layers before its manifest) holds off collection of what it made', async () => {
+  const release = reg.storage.hold();
+  const layer = blob('being built');
+  await new Promise((r) => setTimeout(r, 5));
+  await pushBlob(reg.url, 'gc/building', layer);
+  await new Promise((r) => setTimeout(r, 5));
+  await gc();
+  assert.ok(onDisk(sha256(layer)), 'created after the hold began');
+  release();
+  await gc();
+  assert.equal(onDisk(sha256(layer)), false, 'collected once released (grace 0)');
+});
