@@ -22,6 +22,8 @@ interface UploadState {
   op?: { done: Promise<unknown>; cut?: (() => void) | undefined } | undefined;
   /** Set by cancel: whatever is in progress ends as if the upload never existed. */
   cancelled?: boolean;
+  /** The chunk in progress lost its client and is winding down (see offset()). */
+  failing?: boolean;
 }
 
 export class Uploads {
@@ -42,7 +44,11 @@ export class Uploads {
 
   /** Current size of an upload of `repo`. */
   async offset(repo: string, id: string): Promise<number> {
-    return (await this.state(repo, id)).offset;
+    const st = await this.state(repo, id);
+    // A chunk whose client went away is still counting what reached the file: a client
+    // that reconnects at once to ask where to resume must hear the end of that, not 0.
+    if (st.op && st.failing) await st.op.done.catch(() => {});
+    return st.offset;
   }
 
   /**
@@ -62,7 +68,7 @@ export class Uploads {
     // rather than a reset connection. A client that goes away still fails the chunk.
     const entry = new PassThrough();
     source.pipe(entry);
-    const unwatch = finished(source, (err) => { if (err) entry.destroy(err); });
+    const unwatch = finished(source, (err) => { if (err) { st.failing = true; entry.destroy(err); } });
     const cut = () => { source.unpipe(entry); entry.destroy(new UploadUnknown(id)); };
     const work = (async () => {
       const counter = new Digester(st.hash ?? createHash('sha256'));
@@ -93,6 +99,7 @@ export class Uploads {
     } finally {
       unwatch();
       st.busy = false;
+      st.failing = false;
       st.op = undefined;
     }
   }
