@@ -75,7 +75,6 @@ async function pace(sinceMs: number): Promise<void> {
   const took = performance.now() - sinceMs;
   await new Promise<void>((r) => (took < 1 ? setImmediate(r) : setTimeout(r, Math.min(100, took))));
 }
-const ROLLBACK = Symbol('dry run');
 
 /**
  * What the given roots keep alive in repository `id`. Undefined when a manifest body
@@ -132,25 +131,33 @@ export class Tally {
   deferred = 0;
   readonly dropped: { digest: string; size: number }[] = [];
   readonly gone: { repo: string; digest: string }[] = [];
-  constructor(readonly dryRun: boolean) {}
 }
 
 /** A piece of a sweep, run in one transaction; false: stop this sweep (see deferred). */
 export type Step = () => boolean;
 
 /**
- * The steps that remove from repository `id` the manifests and links `live` does not
+ * What of repository `id` is not live and older than `cutoff`: its manifests and blob
+ * links. Whoever removes them re-checks each (tagged meanwhile? looked at?).
+ */
+function candidates(core: StoreCore, id: number, live: Live, cutoff: number): { manifests: string[]; links: string[] } {
+  const db = core.index.db;
+  return {
+    manifests: db.prepare<[number, number], { digest: string }>('SELECT digest FROM manifests WHERE repo_id = ? AND created_at < ?')
+      .all(id, cutoff).map((r) => r.digest).filter((d) => !live.manifests.has(d)),
+    links: db.prepare<[number, number], { digest: string }>('SELECT digest FROM repo_blobs WHERE repo_id = ? AND linked_at < ?')
+      .all(id, cutoff).map((r) => r.digest).filter((d) => !live.blobs.has(d) && !live.manifests.has(d)),
+  };
+}
+
+/**
+ * The steps that remove from repository `id` the manifests and links that `live` does not
  * keep and that are older than `cutoff`. Each re-checks its rows as it runs.
  */
 export function sweepRepository(core: StoreCore, id: number, name: string, live: Live, cutoff: number, tally: Tally): Step[] {
   const { index } = core;
   const db = index.db;
-  const manifests = db.prepare<[number, number], { digest: string }>(
-    'SELECT digest FROM manifests WHERE repo_id = ? AND created_at < ?').all(id, cutoff).map((r) => r.digest)
-    .filter((d) => !live.manifests.has(d));
-  const links = db.prepare<[number, number], { digest: string }>(
-    'SELECT digest FROM repo_blobs WHERE repo_id = ? AND linked_at < ?').all(id, cutoff).map((r) => r.digest)
-    .filter((d) => !live.blobs.has(d) && !live.manifests.has(d));
+  const { manifests, links } = candidates(core, id, live, cutoff);
   const dropManifest = db.prepare(`DELETE FROM manifests WHERE repo_id = ? AND digest = ? AND created_at < ?
     AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = manifests.repo_id AND t.digest = manifests.digest)`);
   const dropLink = db.prepare('DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ? AND linked_at < ?');
@@ -164,11 +171,11 @@ export function sweepRepository(core: StoreCore, id: number, name: string, live:
       let removed = false;
       for (const { d, manifest } of chunk) {
         if (manifest) {
-          if (dropManifest.run(id, d, cutoff).changes) { tally.manifests++; removed = true; if (tally.dryRun) tally.gone.push({ repo: name, digest: d }); }
+          if (dropManifest.run(id, d, cutoff).changes) { tally.manifests++; removed = true; }
         } else if (!core.seenSince(name, d, cutoff) && dropLink.run(id, d, cutoff).changes) tally.links++;
       }
       // Resolved references of this repository may name a manifest just removed.
-      if (removed && !tally.dryRun) core.bump(name);
+      if (removed) core.bump(name);
       return true;
     });
   }
@@ -223,6 +230,40 @@ export async function runSteps(core: StoreCore, steps: Step[]): Promise<void> {
   }
 }
 
+/**
+ * What a collection would remove now, worked out by reading alone: a dry run must not
+ * hold the index's write lock (a dry run from `nixreg gc` runs beside a live server).
+ * Decides as the sweep does: the same candidates and re-checks, and a blob goes when
+ * every link and manifest row that uses it goes.
+ */
+function dryRun(core: StoreCore, marks: { id: number; name: string; live: Live }[], cutoff: number, tally: Tally): void {
+  const db = core.index.db;
+  const tagged = db.prepare<[number, string], { n: number }>('SELECT count(*) AS n FROM tags WHERE repo_id = ? AND digest = ?');
+  const lessManifests = new Map<string, number>();
+  const lessLinks = new Map<string, number>();
+  const inc = (m: Map<string, number>, d: string) => m.set(d, (m.get(d) ?? 0) + 1);
+  for (const m of marks) {
+    const c = candidates(core, m.id, m.live, cutoff);
+    for (const d of c.manifests) {
+      if (tagged.get(m.id, d)!.n) continue;
+      tally.manifests++;
+      tally.gone.push({ repo: m.name, digest: d });
+      inc(lessManifests, d);
+    }
+    for (const d of c.links) if (!core.seenSince(m.name, d, cutoff)) { tally.links++; inc(lessLinks, d); }
+  }
+  const blobs = db.prepare<[number, number], { digest: string; size: number; links: number; manifests: number; young: number }>(
+    `SELECT digest, size, (SELECT count(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links,
+            (SELECT count(*) FROM manifests m WHERE m.digest = b.digest) AS manifests,
+            (SELECT count(*) FROM layers y WHERE y.digest = b.digest AND y.created_at >= ?) AS young
+       FROM blobs b WHERE created_at < ?`);
+  for (const b of blobs.iterate(cutoff, cutoff)) {
+    if (b.young === 0 && b.links === (lessLinks.get(b.digest) ?? 0) && b.manifests === (lessManifests.get(b.digest) ?? 0)) {
+      tally.dropped.push({ digest: b.digest, size: b.size });
+    }
+  }
+}
+
 /** Removes the files of blobs whose rows are gone, each under its digest's lock. */
 export async function removeFiles(core: StoreCore, dropped: { digest: string }[]): Promise<void> {
   for (let i = 0; i < dropped.length; i += READS_AT_ONCE) {
@@ -239,8 +280,8 @@ export async function removeFiles(core: StoreCore, dropped: { digest: string }[]
 export async function collectGarbage(core: StoreCore, opts: GcOptions): Promise<GcReport> {
   const started = Date.now();
   const { index } = core;
-  const dryRun = !!opts.dryRun;
-  const tally = new Tally(dryRun);
+  const dry = !!opts.dryRun;
+  const tally = new Tally();
   const phases = { markMs: 0, sweepMs: 0, filesMs: 0 };
   let t = Date.now();
   const lap = (k: keyof typeof phases) => { const now = Date.now(); phases[k] = now - t; t = now; };
@@ -254,17 +295,8 @@ export async function collectGarbage(core: StoreCore, opts: GcOptions): Promise<
     }
     lap('markMs');
     const cutoff = Math.min(Date.now() - opts.graceMs, core.heldSince ?? Infinity);
-    if (dryRun) {
-      // One transaction, rolled back: the same code decides, and nothing changes.
-      try {
-        index.db.transaction(() => {
-          for (const m of marks) for (const s of sweepRepository(core, m.id, m.name, m.live, cutoff, tally)) if (!s()) break;
-          for (const s of dropUnused(core, cutoff, tally)) s();
-          throw ROLLBACK;
-        })();
-      } catch (e) {
-        if (e !== ROLLBACK) throw e;
-      }
+    if (dry) {
+      dryRun(core, marks, cutoff, tally);
     } else {
       for (const m of marks) await runSteps(core, sweepRepository(core, m.id, m.name, m.live, cutoff, tally));
       await runSteps(core, dropUnused(core, cutoff, tally));
@@ -276,7 +308,7 @@ export async function collectGarbage(core: StoreCore, opts: GcOptions): Promise<
     index.stopTracking();
   }
   return {
-    dryRun,
+    dryRun: dry,
     manifests: tally.manifests,
     links: tally.links,
     blobs: tally.dropped.length,
@@ -284,7 +316,7 @@ export async function collectGarbage(core: StoreCore, opts: GcOptions): Promise<
     deferred: tally.deferred,
     ms: Date.now() - started,
     phases,
-    ...(dryRun ? { items: { manifests: tally.gone, blobs: tally.dropped } } : {}),
+    ...(dry ? { items: { manifests: tally.gone, blobs: tally.dropped } } : {}),
   };
 }
 

@@ -134,7 +134,7 @@ export class Quota {
       }
     })();
     this.core.bump(repo);
-    const tally = new Tally(false);
+    const tally = new Tally();
     // Whatever was created since the oldest build in progress began is that build's.
     const cutoff = this.core.heldSince ?? Date.now();
     if (id !== undefined) {
