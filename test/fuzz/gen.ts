@@ -122,7 +122,10 @@ function nixreg(rng: Rng, ctx: Ctx): Req {
   const id = ctx.world.builds.length && rng.chance(0.5) ? rng.pick(ctx.world.builds)
     : rng.pick(['x', '..', '%2e%2e', `${rng.hex(8)}-${rng.hex(8)}`, 'a'.repeat(200), 'UPPER', '%00', 'a.log']);
   const path = rng.pick(['/nixreg/builds', '/nixreg/builds', `/nixreg/builds/${id}/log`, `/nixreg/builds/${id}/log`, '/nixreg/stats',
-    '/nixreg/builds?x=1', '/nixreg/builds/', `/nixreg/builds/${id}`, `/nixreg/builds/${id}/log/x`, '/nixreg', '/nixreg/stats/']);
+    '/nixreg/builds?x=1', '/nixreg/builds/', `/nixreg/builds/${id}`, `/nixreg/builds/${id}/log/x`, '/nixreg', '/nixreg/stats/',
+    '/nixreg/gc', '/nixreg/gc?dry-run=1', '/nixreg/gc?dry-run=%ZZ', '/nixreg/gc/']);
+  // Garbage collection runs among everything else, as it does on a live server.
+  if (path.startsWith('/nixreg/gc') && rng.chance(0.7)) return { method: 'POST', path, headers: headers(rng, {}) };
   return { method: rng.chance(0.9) ? 'GET' : rng.pick(['HEAD', 'POST', 'DELETE']), path, headers: headers(rng, {}) };
 }
 

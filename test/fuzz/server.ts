@@ -25,7 +25,9 @@ export async function startFuzzServer(): Promise<FuzzServer> {
   const images = join(dir, 'images');
   mkdirSync(images);
   writeFileSync(join(images, 'trivial.nix'), TRIVIAL);
-  const proc = spawnCli(['serve', '--listen', '127.0.0.1:0', '--data', join(dir, 'data'), '--images', images],
+  // A short grace, so that the collections the fuzz asks for find garbage to remove while
+  // pushes and pulls go on.
+  const proc = spawnCli(['serve', '--listen', '127.0.0.1:0', '--data', join(dir, 'data'), '--images', images, '--gc-grace', '2'],
     { env: cleanEnv({ NIX_CONFIG: 'substituters =\nsandbox = false' }), cwd: dir });
   try {
     const l = await proc.listening;
