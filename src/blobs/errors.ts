@@ -58,8 +58,12 @@ export class StorageFull extends StorageError {
   get detail() { return { reason: this.reason }; }
 }
 
-/** Error codes that mean "no space": errnos, and SQLite's own (better-sqlite3 puts it in `code`). */
-const NO_SPACE = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL']);
+/**
+ * Error codes that mean "no space": errnos, and SQLite's own (better-sqlite3 puts them in
+ * `code`). SQLite reports a write's ENOSPC as SQLITE_FULL, and the WAL index (-shm) it
+ * could not grow as SQLITE_IOERR_SHMSIZE.
+ */
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL', 'SQLITE_IOERR_SHMSIZE']);
 
 /**
  * The code by which `err`, or an error it wraps as its `cause`, says that there is no
