@@ -6,7 +6,7 @@
 // no blob file without its row, and the same write succeeds once the space is back.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
@@ -174,7 +174,11 @@ test('a full index: a blob or manifest file renamed into place is taken back whe
   } finally {
     s.close();
   }
-  await checkStore(data, 'after the full index');
+  try {
+    await checkStore(data, 'after the full index');
+  } finally {
+    rmSync(data, { recursive: true, force: true });
+  }
 });
 
 test('the log sink drops lines while its file is on a full disk, and logs again once space is back', () => {
