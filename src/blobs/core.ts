@@ -9,6 +9,7 @@ import { dirname } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import type { Index } from './index.js';
 import type { Layout } from './layout.js';
+import { StorageFull, noSpaceCode } from './errors.js';
 import { KeyedLock } from './lock.js';
 
 export class StoreCore {
@@ -39,6 +40,20 @@ export class StoreCore {
 
   /** Repositories whose generation is remembered (for stats and the bound's test). */
   get trackedRepositories(): number { return this.generations.size; }
+
+  /** When a write last found no space (ms since the epoch), for readiness checks. */
+  lastFull: number | undefined;
+
+  /**
+   * `err` as StorageFull when it says that the disk or the index is out of space
+   * (`what` completes "no space left to …"); any other error as it is.
+   */
+  noSpace(err: unknown, what: string): unknown {
+    const reason = noSpaceCode(err);
+    if (reason === undefined) return err;
+    this.lastFull = Date.now();
+    return err instanceof StorageFull ? err : new StorageFull(what, reason);
+  }
 
   /**
    * Blob links a client has just looked at (HEAD or GET). `docker push` HEADs each layer
@@ -89,16 +104,36 @@ export async function readdirSafe(dir: string): Promise<string[]> {
 }
 
 /**
+ * mkdir -p, one level at a time, returning the directories it created (outermost
+ * first). Not Node's recursive mkdir: after any failure other than ENOENT that one
+ * stats the path and reports what stat says, so a directory it could not create for
+ * lack of space comes back as ENOENT, and a full disk would look like a bug.
+ */
+export async function makeDir(dir: string): Promise<string[]> {
+  try {
+    await fs.mkdir(dir);
+    return [dir];
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return [];
+    if (code !== 'ENOENT' || dirname(dir) === dir) throw e;
+  }
+  const made = await makeDir(dirname(dir));
+  try {
+    await fs.mkdir(dir);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return made;
+    throw e;
+  }
+  return [...made, dir];
+}
+
+/**
  * mkdir -p that also makes the new directory entries durable: a renamed blob is only
  * as durable as the chain of directories that leads to it.
  */
 async function ensureDir(dir: string): Promise<void> {
-  const first = await fs.mkdir(dir, { recursive: true });
-  if (first === undefined) return;
-  for (let d = dir; ; d = dirname(d)) {
-    await fsyncDir(dirname(d));
-    if (d === first) break;
-  }
+  for (const d of await makeDir(dir)) await fsyncDir(dirname(d));
 }
 
 async function fsyncDir(dir: string): Promise<void> {

@@ -44,3 +44,38 @@ export class SizeMismatch extends StorageError {
   constructor(message: string) { super(message); }
   get detail() { return {}; }
 }
+
+/**
+ * The disk, or the index on it, has no room left (ENOSPC, EDQUOT, SQLITE_FULL). Neither
+ * the client's fault nor a bug, and not for long: an operator or a collection may free
+ * space any moment, so nothing remembers it. Whatever the failed write had made is
+ * removed before this is thrown. `what` completes "no space left to …".
+ */
+export class StorageFull extends StorageError {
+  constructor(what: string, readonly reason: string) {
+    super(`the registry's storage is full: no space left to ${what}`);
+  }
+  get detail() { return { reason: this.reason }; }
+}
+
+/**
+ * Error codes that mean "no space": errnos, and SQLite's own (better-sqlite3 puts them in
+ * `code`). SQLite reports a write's ENOSPC as SQLITE_FULL, and the WAL index (-shm) it
+ * could not grow as SQLITE_IOERR_SHMSIZE.
+ */
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL', 'SQLITE_IOERR_SHMSIZE']);
+
+/**
+ * The code by which `err`, or an error it wraps as its `cause`, says that there is no
+ * space left; undefined when it says something else.
+ */
+export function noSpaceCode(err: unknown): string | undefined {
+  let e = err;
+  for (let depth = 0; depth < 5 && typeof e === 'object' && e !== null; depth++) {
+    if (e instanceof StorageFull) return e.reason;
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && NO_SPACE.has(code)) return code;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}

@@ -10,7 +10,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createWriteStream, promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { PassThrough, Readable, Transform, finished, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Digester, algorithmOf } from '../oci/digest.js';
 import type { StoreCore } from './core.js';
@@ -69,6 +69,19 @@ export class Coalesce extends Transform {
   }
 }
 
+/**
+ * `source` behind a stream of its own, so that a write failing (a full disk) destroys
+ * that stream and not the request: the client must still be able to read the answer
+ * (507) rather than find its connection reset. A source that fails (a client going
+ * away) still fails the write. `release` detaches whatever is left of the source.
+ */
+export function detach(source: Readable): { stream: PassThrough; release(): void } {
+  const stream = new PassThrough();
+  source.pipe(stream);
+  const unwatch = finished(source, (err) => { if (err) stream.destroy(err); });
+  return { stream, release() { unwatch(); source.unpipe(stream); } };
+}
+
 export class BlobFiles {
   constructor(private readonly core: StoreCore) {}
 
@@ -84,15 +97,18 @@ export class BlobFiles {
   async write(repo: string, source: Readable | Buffer, expected?: string): Promise<{ digest: string; size: number }> {
     const alg = expected ? algorithmOf(expected) : 'sha256';
     const tmp = join(this.core.layout.tmpDir, randomUUID());
+    const src = Buffer.isBuffer(source) ? { stream: Readable.from([source]), release() {} } : detach(source);
     try {
       const d = new Digester(createHash(alg), alg);
-      const src = Buffer.isBuffer(source) ? Readable.from([source]) : source;
-      await pipeline(src, new Coalesce(), d, createWriteStream(tmp, { highWaterMark: WRITE_BUFFER }));
+      await pipeline(src.stream, new Coalesce(), d, createWriteStream(tmp, { highWaterMark: WRITE_BUFFER }));
       const digest = d.digest();
       if (expected && digest !== expected) throw new DigestMismatch(expected, digest);
       await this.commit(repo, tmp, digest, d.bytes);
       return { digest, size: d.bytes };
+    } catch (err) {
+      throw this.core.noSpace(err, 'store this blob; nothing was kept');
     } finally {
+      src.release();
       await fs.rm(tmp, { force: true });
     }
   }
@@ -102,16 +118,28 @@ export class BlobFiles {
    * `digest`) and links it into `repo`. The file is consumed either way.
    */
   async commit(repo: string, file: string, digest: string, size: number): Promise<void> {
-    const { index, locks } = this.core;
-    await locks.run(digest, async () => {
-      if (index.blobSize(digest) === undefined) {
-        await this.core.place(file, digest);
-        index.addBlob(repo, digest, size);
-      } else {
-        index.linkBlob(repo, digest);
-        await fs.rm(file, { force: true });
-      }
-    });
+    const { index, layout, locks } = this.core;
+    try {
+      await locks.run(digest, async () => {
+        if (index.blobSize(digest) === undefined) {
+          try {
+            await this.core.place(file, digest);
+            index.addBlob(repo, digest, size);
+          } catch (err) {
+            // No row records the file (a full index refused it, or placing it failed half
+            // way): take it back, under the lock, rather than leave a blob without its row.
+            await fs.rm(layout.blobPath(digest), { force: true });
+            throw err;
+          }
+        } else {
+          index.linkBlob(repo, digest);
+        }
+      });
+    } catch (err) {
+      throw this.core.noSpace(err, 'store this blob; nothing was kept');
+    } finally {
+      await fs.rm(file, { force: true });
+    }
     this.core.bump(repo);
   }
 

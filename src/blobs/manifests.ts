@@ -73,23 +73,24 @@ export class Manifests {
     await locks.run(digest, async () => {
       const fresh = index.blobSize(digest) === undefined;
       const dest = layout.blobPath(digest);
-      if (fresh) {
-        const tmp = join(layout.tmpDir, randomUUID());
-        try {
-          await fs.writeFile(tmp, body);
-          await this.core.place(tmp, digest);
-        } finally {
-          await fs.rm(tmp, { force: true });
-        }
-      }
       try {
+        if (fresh) {
+          const tmp = join(layout.tmpDir, randomUUID());
+          try {
+            await fs.writeFile(tmp, body);
+            await this.core.place(tmp, digest);
+          } finally {
+            await fs.rm(tmp, { force: true });
+          }
+        }
         checkReferences();
+        index.putManifest(repo, { ...info, digest, size: body.length }, tag);
       } catch (err) {
-        // Nothing records the file just written: take it back rather than leave an orphan.
+        // Nothing records the file just written (a reference went away, or the index is
+        // full): take it back rather than leave an orphan.
         if (fresh) await fs.rm(dest, { force: true });
-        throw err;
+        throw this.core.noSpace(err, 'store this manifest; nothing was kept');
       }
-      index.putManifest(repo, { ...info, digest, size: body.length }, tag);
     });
     this.bodyCache.set(digest, body);
     this.core.bump(repo);
@@ -107,7 +108,11 @@ export class Manifests {
   }
 
   tag(repo: string, tag: string, digest: string): void {
-    this.core.index.putTag(repo, tag, digest);
+    try {
+      this.core.index.putTag(repo, tag, digest);
+    } catch (err) {
+      throw this.core.noSpace(err, `tag ${tag}`);
+    }
     this.core.bump(repo);
   }
 

@@ -194,6 +194,11 @@ export class Storage {
 
   purgeStaleUploads(): Promise<number> { return this.uploads.purgeStale(); }
 
+  /** When a write last found the disk or the index full (ms since the epoch), if ever. */
+  lastFull(): number | undefined { return this.core.lastFull; }
+  /** `err` as StorageFull if it means no space (see StoreCore.noSpace), for writers outside storage. */
+  noSpace(err: unknown, what: string): unknown { return this.core.noSpace(err, what); }
+
   // ---------------------------------------------------------------- blobs (files.ts)
 
   /** Size of a blob as visible in `repo`, or undefined if not linked there. */

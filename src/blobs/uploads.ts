@@ -10,7 +10,7 @@ import { PassThrough, finished, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Digester, algorithmOf, digestFile } from '../oci/digest.js';
 import { readdirSafe, type StoreCore } from './core.js';
-import { DigestMismatch, SizeMismatch, UploadOutOfOrder, UploadUnknown } from './errors.js';
+import { DigestMismatch, SizeMismatch, UploadOutOfOrder, UploadUnknown, noSpaceCode } from './errors.js';
 import { Coalesce, WRITE_BUFFER, type BlobFiles } from './files.js';
 
 interface UploadState {
@@ -35,9 +35,14 @@ export class Uploads {
 
   start(repo: string, client = ''): string {
     const id = randomUUID();
-    this.core.index.createUpload(id, repo, client);
-    // Created synchronously so that a status request right after POST finds it.
-    closeSync(openSync(this.core.layout.uploadPath(id), 'wx'));
+    try {
+      this.core.index.createUpload(id, repo, client);
+      // Created synchronously so that a status request right after POST finds it.
+      closeSync(openSync(this.core.layout.uploadPath(id), 'wx'));
+    } catch (err) {
+      try { this.core.index.deleteUpload(id); } catch { /* a row without its file is purged */ }
+      throw this.core.noSpace(err, 'start an upload');
+    }
     this.live.set(id, { hash: createHash('sha256'), offset: 0, busy: false });
     return id;
   }
@@ -96,6 +101,12 @@ export class Uploads {
     st.op = { done: work, cut };
     try {
       return await work;
+    } catch (err) {
+      // The file cannot take the rest of this chunk, nor of the blob: the session ends
+      // now, so that its space is free again at once rather than after --upload-max-age.
+      if (st.cancelled || noSpaceCode(err) === undefined) throw err;
+      await this.remove(id);
+      throw this.core.noSpace(err, 'store this upload; the upload was ended and nothing of it was kept');
     } finally {
       unwatch();
       st.busy = false;
@@ -118,8 +129,10 @@ export class Uploads {
       if (actual !== digest) throw new DigestMismatch(digest, actual);
       const size = (await fs.stat(path)).size;
       await this.files.commit(repo, path, digest, size);
-      this.core.index.deleteUpload(id);
       this.live.delete(id);
+      // The blob is stored: an index too full to drop the row must not fail the upload
+      // (its file is gone, so the row is purged).
+      try { this.core.index.deleteUpload(id); } catch (err) { if (noSpaceCode(err) === undefined) throw err; }
       return size;
     })();
     st.op = { done: work };
@@ -158,10 +171,14 @@ export class Uploads {
     await this.remove(id);
   }
 
+  /**
+   * The file first: on a full disk it is the space to give back, and the row's delete
+   * may fail too (a row whose file is gone counts as no upload, and is purged).
+   */
   private async remove(id: string): Promise<void> {
-    this.core.index.deleteUpload(id);
     this.live.delete(id);
     await fs.rm(this.core.layout.uploadPath(id), { force: true });
+    try { this.core.index.deleteUpload(id); } catch (err) { if (noSpaceCode(err) === undefined) throw err; }
   }
 
   /** Drops uploads untouched for longer than the max age, and files no row records. */

@@ -9,6 +9,7 @@ import { createWriteStream } from 'node:fs';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
+import { noSpaceCode } from '../blobs/errors.js';
 import { Digester } from '../oci/digest.js';
 import { spawnTied } from './child.js';
 import { ParallelGzip } from './gzip.js';
@@ -125,8 +126,10 @@ export async function processEntry(source: AsyncIterable<Buffer>, file: string, 
       z.done,
     ]);
   } catch (e) {
-    // zstd's own complaint (bad data) beats the EPIPE it causes; otherwise keep `e`.
-    const own = await Promise.race([z.done.then(() => undefined, (x: unknown) => x), delay(100)]);
+    // zstd's own complaint (bad data) beats the EPIPE it causes; otherwise keep `e`. A
+    // full disk is no complaint of zstd's, whatever it says once its output is cut.
+    const own = noSpaceCode(e) === undefined
+      ? await Promise.race([z.done.then(() => undefined, (x: unknown) => x), delay(100)]) : undefined;
     z.kill();
     throw own ?? e;
   }

@@ -11,6 +11,7 @@ import { join, posix } from 'node:path';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
+import { noSpaceCode } from '../blobs/errors.js';
 import { digestOf } from '../oci/digest.js';
 import { spawnTied } from './child.js';
 import { ArchiveError } from './errors.js';
@@ -185,6 +186,9 @@ export async function readArchive(path: string, contents: ArchiveContents, opts:
     if (failed) throw failed;
   } catch (e) {
     if (timedOut) throw timeoutError();
+    // Writing the entries out failed for lack of space: nothing is wrong with the archive
+    // (and a stream script's death is then only the broken pipe this left it).
+    if (noSpaceCode(e) !== undefined) throw e;
     // A script that died mid-stream truncates the archive: its exit status says why.
     if (child) {
       const failed = await Promise.race([scriptExit, new Promise<undefined>((r) => setTimeout(() => r(undefined), 1000))]);

@@ -8,6 +8,8 @@ import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
+import { makeDir } from '../blobs/core.js';
+import { StorageFull } from '../blobs/errors.js';
 import type { Storage } from '../blobs/storage.js';
 import type { Descriptor } from '../oci/descriptor.js';
 import { assembleImage } from './assemble.js';
@@ -143,8 +145,11 @@ export class Builder {
     this.evals.set(repo, entry);
     entry.value.then(
       () => { entry.expires = Date.now() + this.o.evalTtlMs; },
-      // An environment problem is re-checked as often as the health check re-probes.
-      (e: unknown) => { entry.expires = Date.now() + (e instanceof NixUnavailable ? this.health.recheckMs : this.o.negativeTtlMs); },
+      // An environment problem is re-checked as often as the health check re-probes; a
+      // full disk at the next request (space may be freed any moment).
+      (e: unknown) => {
+        entry.expires = Date.now() + (e instanceof StorageFull ? 0 : e instanceof NixUnavailable ? this.health.recheckMs : this.o.negativeTtlMs);
+      },
     );
     return entry.value;
   }
@@ -156,6 +161,8 @@ export class Builder {
     try {
       raw = await this.evalSem.run(() => evaluateFile(file.path, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs }));
     } catch (e) {
+      const full = this.outOfSpace(e, `evaluate the image ${repo}`);
+      if (full) throw full;
       const unavailable = diagnose(e);
       if (unavailable) { this.health.lost(unavailable); throw unavailable; }
       const msg = hideImagesDir(e instanceof NixError ? e.message : String(e), this.o.images);
@@ -200,7 +207,8 @@ export class Builder {
       this.inflight.set(key, p);
       p.then(() => { this.failures.delete(key); }, (e: unknown) => {
         // An environment problem is the health check's to remember: fixing the machine
-        // must not wait for a negative TTL.
+        // must not wait for a negative TTL. Nor is a full disk (StorageFull, no BuildError)
+        // remembered: space may come back any second.
         if (!(e instanceof BuildError) || e instanceof NixUnavailable) return;
         const now = Date.now();
         if (this.failures.size > 1000) for (const [k, f] of this.failures) if (f.expires <= now) this.failures.delete(k);
@@ -225,7 +233,7 @@ export class Builder {
     const { raw } = ev;
     rec.drv = raw.contents[0]?.drv;
     try {
-      await fs.mkdir(roots, { recursive: true });
+      await makeDir(roots);
       log.line(`image ${ev.repo} from ${ev.file.name}: ${raw.imagePath}`);
       this.o.progress?.(`building ${ev.repo} (${raw.contents.length} contents)\n`);
       const drvs = [...new Set([...raw.contents.map((c) => c.drv), ...raw.configRefs])];
@@ -302,8 +310,22 @@ export class Builder {
     }
   }
 
-  private buildError(ev: Evaluation, e: unknown, log: BuildLog): BuildError {
+  /**
+   * A failure for lack of space, as StorageFull: our own writes (layers, config,
+   * manifests, the index, GC roots) say so by their error code, Nix and the builders it
+   * runs only in their output.
+   */
+  private outOfSpace(e: unknown, what: string): StorageFull | undefined {
+    const nix = e instanceof NixError ? /No space left on device|Disk quota exceeded/.exec(e.stderr)?.[0] : undefined;
+    const full = this.storage.noSpace(nix ? { code: nix.startsWith('No') ? 'ENOSPC' : 'EDQUOT' } : e, what);
+    // Said in the terms of the build, whichever write of it met the full disk.
+    return full instanceof StorageFull ? new StorageFull(what, full.reason) : undefined;
+  }
+
+  private buildError(ev: Evaluation, e: unknown, log: BuildLog): BuildError | StorageFull {
     const url = `${this.publicUrl}${log.record.log}`;
+    const full = this.outOfSpace(e, `build the image ${ev.repo}; build log: ${url}`);
+    if (full) return full;
     // Nix failing on its own account, not because a builder of the image failed.
     const unavailable = e instanceof NixError && !/builder for '[^']+' failed/.test(e.stderr) ? diagnose(e) : undefined;
     if (unavailable) { this.health.lost(unavailable); return unavailable; }

@@ -11,6 +11,8 @@ import { randomUUID } from 'node:crypto';
 import { constants, createReadStream, promises as fs } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
+import { makeDir } from '../blobs/core.js';
+import { noSpaceCode } from '../blobs/errors.js';
 import type { Storage } from '../blobs/storage.js';
 import type { Descriptor as StoredDescriptor } from '../oci/descriptor.js';
 import { digestOf, isDigest } from '../oci/digest.js';
@@ -73,7 +75,7 @@ export async function ingestImageOutput(storage: Storage, repo: string, outPath:
   if (!f) throw new ArchiveError(`${outPath} is not an image archive file`);
 
   const contents = new ArchiveContents(join(storage.layout.tmpDir, `ingest-${randomUUID()}`));
-  await fs.mkdir(contents.dir, { recursive: true });
+  await makeDir(contents.dir);
   try {
     try {
       await readArchive(outPath, contents, { script: isStreamScript(outPath, f.mode, f.head), timeoutMs: opts.timeoutMs });
@@ -289,6 +291,8 @@ async function layerOf(contents: ArchiveContents, entry: ArchiveEntry): Promise<
     entry.layer = p.layer!;
     return entry.layer;
   } catch (e) {
+    // Our own write failing for lack of space says nothing about the archive.
+    if (noSpaceCode(e) !== undefined) throw e;
     throw malformed(`layer ${entry.name} cannot be read: ${(e as Error).message}`);
   }
 }

@@ -5,7 +5,9 @@
 // registries.
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
-import { DigestMismatch, MissingReferences, SizeMismatch, UploadOutOfOrder, UploadUnknown } from '../blobs/errors.js';
+import {
+  DigestMismatch, MissingReferences, SizeMismatch, StorageFull, UploadOutOfOrder, UploadUnknown, noSpaceCode,
+} from '../blobs/errors.js';
 import {
   ArchiveError, BuildFailed, EvaluationFailed, InvalidImageSpec, NixUnavailable, NoImageExpression, TagNotServed,
 } from '../build/errors.js';
@@ -39,12 +41,17 @@ const STATUS: Record<ErrorCode, number> = {
 type ErrorClass = abstract new (...args: never[]) => Error & { detail: unknown };
 
 /**
- * Domain errors of storage and the builder, and the code each is answered with. Every
- * failure of an image to evaluate, build or ingest is MANIFEST_UNKNOWN (404), not a
- * 5xx: Docker clients print the message of a 4xx answer but only the status line of a
- * 5xx, and the message is what tells the user what to fix.
+ * Domain errors of storage and the builder, and the code each is answered with (and
+ * the status, where it is not the code's own). Every failure of an image to evaluate,
+ * build or ingest is MANIFEST_UNKNOWN (404), not a 5xx: Docker clients print the
+ * message of a 4xx answer but only the status line of a 5xx, and the message is what
+ * tells the user what to fix. A full disk is the exception: it is no verdict on the
+ * push or the image but a state of the server that may pass any moment, and 507
+ * Insufficient Storage (RFC 4918) says exactly that even where only the status line
+ * is shown.
  */
-const DOMAIN: [ErrorClass, ErrorCode][] = [
+const DOMAIN: [ErrorClass, ErrorCode, number?][] = [
+  [StorageFull, 'UNAVAILABLE', 507],
   [DigestMismatch, 'DIGEST_INVALID'],
   [MissingReferences, 'MANIFEST_BLOB_UNKNOWN'],
   [UploadUnknown, 'BLOB_UPLOAD_UNKNOWN'],
@@ -86,8 +93,14 @@ export class RegistryError extends Error {
 export function registryErrorOf(err: unknown): RegistryError | undefined {
   if (err instanceof RegistryError) return err;
   if (err instanceof OciError) return new RegistryError(err.code, err.message, err.detail);
-  for (const [cls, code] of DOMAIN) {
-    if (err instanceof cls) return new RegistryError(code, err.message, err.detail);
+  for (const [cls, code, status] of DOMAIN) {
+    if (err instanceof cls) return new RegistryError(code, err.message, err.detail, status);
+  }
+  // A write that storage did not expect to fail this way: still the full disk it is.
+  const reason = noSpaceCode(err);
+  if (reason !== undefined) {
+    const full = new StorageFull('complete this request', reason);
+    return new RegistryError('UNAVAILABLE', full.message, full.detail, 507);
   }
   return undefined;
 }
