@@ -9,6 +9,8 @@ import { openGate, type Gate } from './auth/gate.js';
 import { RegistryError, registryErrorOf } from './errors.js';
 import type { Limits } from './handlers/context.js';
 import { MemoryBudget } from './http.js';
+import { Metrics } from './metrics.js';
+import { Readiness } from './readiness.js';
 import { endpoints } from './routes.js';
 
 export interface AppOptions {
@@ -20,13 +22,23 @@ export interface AppOptions {
   counters?: () => Record<string, unknown>;
   /** Authentication and access control; everything is allowed without one. */
   gate?: Gate;
+  /** /readyz: free bytes below which the data directory counts as full (default in readiness.ts). */
+  minFreeBytes?: number | undefined;
 }
 
-export function createApp({ storage, source, log, limits, counters, gate = openGate }: AppOptions) {
+export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes }: AppOptions) {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
   app.set('query parser', 'simple');
+
+  // On unless NIXREG_METRICS=off, a switch for measuring what metrics cost (bench/metrics.ts).
+  const metrics = process.env.NIXREG_METRICS === 'off' ? undefined : new Metrics({ storage, source, routes: endpoints.map((e) => e.id) });
+  if (metrics) {
+    // First, so that requests refused by anything below are counted too.
+    app.use(metrics.middleware);
+    metrics.countWrites(app.response);
+  }
 
   // The access log, at debug level only: a line per request costs ~5 µs, which a busy
   // registry at info level should not pay. Path without query, user without credentials.
@@ -56,12 +68,12 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
 
   const bodies = new MemoryBudget(limits.manifestMemoryBytes);
   const ctx = {
-    storage, source, bodies, limits, gate,
+    storage, source, bodies, limits, gate, metrics, readiness: new Readiness({ storage, source, minFreeBytes }),
     counters: () => ({ ...counters?.(), manifestMemory: { used: bodies.used, limit: bodies.limit, refused: bodies.refused } }),
   };
   for (const e of endpoints) {
     const h = e.handler(ctx);
-    const guard = gate.guard(e.access);
+    const guard = metrics ? metrics.labelled(e.id, gate.guard(e.access)) : gate.guard(e.access);
     for (const m of e.methods) app[m](e.path, guard, h);
   }
 

@@ -1,0 +1,205 @@
+// The Prometheus metrics of one app, in a registry of its own (two servers in one
+// process must not share counters): every request by method, route and status, its
+// duration and the bytes it sent; builds, from the image source's listener; and what
+// storage, the build queue and garbage collection hold, read when scraped.
+//
+// A request costs one 'finish' listener, two hrtime readings and three updates of
+// series resolved once per (route, method, status). Labels stay bounded whatever clients
+// send: the route is the endpoint id of routes.ts or `unmatched`, never the path; the
+// method is one of a fixed few or `other`.
+//
+// Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
+import type { NextFunction, Request, Response } from 'express';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Storage } from '../blobs/storage.js';
+import type { ImageSource } from '../build/image-source.js';
+
+export const UNMATCHED = 'unmatched';
+const METHODS = new Set(['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE', 'OPTIONS']);
+/** res.locals keys: the endpoint that took the request, and bytes written without a Content-Length. */
+const ROUTE = 'nixregRoute';
+const WRITTEN = 'nixregWritten';
+
+/** Cumulative GC and quota counters that storage keeps (read defensively: newer than this file). */
+interface GcStats { runs?: number; freedBytes?: number; evictions?: number }
+
+interface Inc { inc(n?: number): void }
+interface Observe { observe(v: number): void }
+
+export interface MetricsOptions {
+  storage: Storage;
+  source?: ImageSource | undefined;
+  /** The endpoint ids of routes.ts: every route label there can be, with `unmatched`. */
+  routes: string[];
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<'method' | 'route' | 'status'>;
+  private readonly duration: Histogram<'method' | 'route'>;
+  private readonly bytes: Counter<'route'>;
+  private readonly routes = new Map<string, RouteSeries>();
+  private readonly unmatched: RouteSeries;
+  private readonly sync: (() => void)[] = [];
+  private defaults = false;
+
+  constructor(private readonly o: MetricsOptions) {
+    const registers = [this.registry];
+    this.requests = new Counter({ name: 'nixreg_http_requests_total', help: 'HTTP requests answered, by method, endpoint id and status', labelNames: ['method', 'route', 'status'], registers });
+    this.duration = new Histogram({
+      name: 'nixreg_http_request_duration_seconds', help: 'Time from a request\'s arrival to the end of its response, by method and endpoint id',
+      labelNames: ['method', 'route'], registers,
+      // From a cached manifest (~1 ms) to a blob download or a pull that waits for its build.
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    });
+    this.bytes = new Counter({ name: 'nixreg_http_response_bytes_total', help: 'Response body bytes sent, by endpoint id', labelNames: ['route'], registers });
+    for (const id of [...o.routes, UNMATCHED]) this.routes.set(id, new RouteSeries(id, this.requests, this.duration, this.bytes));
+    this.unmatched = this.routes.get(UNMATCHED)!;
+
+    const builds = new Counter({ name: 'nixreg_builds_total', help: 'Image builds finished, by result', labelNames: ['result'], registers });
+    const buildSeconds = new Histogram({
+      name: 'nixreg_build_duration_seconds', help: 'Time an image build took, realisation to stored layers', registers,
+      buckets: [1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800],
+    });
+    // Both results from the start, so that rate() sees the first failure as one.
+    builds.labels('succeeded').inc(0);
+    builds.labels('failed').inc(0);
+    o.source?.onBuildFinished((result, seconds) => { builds.labels(result).inc(); buildSeconds.observe(seconds); });
+
+    const gauge = (name: string, help: string, read: () => number) => {
+      const g = new Gauge({ name, help, registers });
+      this.sync.push(() => g.set(read()));
+    };
+    const source = () => o.source?.stats() ?? {};
+    gauge('nixreg_build_queue_length', 'Builds waiting for a build slot (--max-builds)', () => num(source().queued));
+    this.counterOf('nixreg_evaluations_total', 'Evaluations of image expressions started', () => num(source().evaluationsStarted));
+    let totals = { blobs: 0, bytes: 0 };
+    // One query for both gauges, run first in each scrape (sync runs in order).
+    this.sync.push(() => { totals = o.storage.index.totals(); });
+    gauge('nixreg_storage_blobs', 'Blobs stored, manifests included (from the index)', () => totals.blobs);
+    gauge('nixreg_storage_bytes', 'Bytes of the blobs stored (from the index)', () => totals.bytes);
+    const gc = () => (o.storage.stats() as { gc?: GcStats }).gc;
+    this.counterOf('nixreg_gc_runs_total', 'Garbage collection runs', () => num(gc()?.runs));
+    this.counterOf('nixreg_gc_freed_bytes_total', 'Bytes freed by garbage collection', () => num(gc()?.freedBytes));
+    this.counterOf('nixreg_cache_evictions_total', 'Blobs evicted to keep the cache quota', () => num(gc()?.evictions));
+  }
+
+  /** A counter mirroring a cumulative count kept elsewhere; it never goes down. */
+  private counterOf(name: string, help: string, read: () => number): void {
+    const c = new Counter({ name, help, registers: [this.registry] });
+    let last = 0;
+    this.sync.push(() => {
+      last = Math.max(last, read());
+      c.reset();
+      c.inc(last);
+    });
+  }
+
+  /** The middleware that times and counts every request; first in the app. */
+  readonly middleware = (req: Request, res: Response, next: NextFunction): void => {
+    const start = process.hrtime.bigint();
+    res.once('finish', () => this.record(req, res, start));
+    next();
+  };
+
+  /** `guard`, preceded by naming the endpoint `id` as the request's route label. */
+  labelled<F extends (req: Request, res: Response, next: NextFunction) => unknown>(id: string, guard: F) {
+    return (req: Request, res: Response, next: NextFunction) => {
+      res.locals[ROUTE] = id;
+      return guard(req, res, next);
+    };
+  }
+
+  /**
+   * Counts the bytes of responses sent without a Content-Length (a streamed build log),
+   * on `proto`, the prototype of this app's responses only: no wrapper per request.
+   */
+  countWrites(proto: Response): void {
+    const { write, end } = proto;
+    const tally = (res: Response, chunk: unknown, encoding: unknown) => {
+      if (res.hasHeader('content-length')) return;
+      const n = typeof chunk === 'string' ? Buffer.byteLength(chunk, typeof encoding === 'string' ? encoding as BufferEncoding : 'utf8')
+        : chunk instanceof Uint8Array ? chunk.byteLength : 0;
+      res.locals[WRITTEN] = (res.locals[WRITTEN] ?? 0) + n;
+    };
+    proto.write = function (this: Response, chunk: unknown, encoding?: unknown) {
+      tally(this, chunk, encoding);
+      // eslint-disable-next-line prefer-rest-params
+      return (write as (...a: unknown[]) => boolean).apply(this, arguments as unknown as unknown[]);
+    } as typeof proto.write;
+    proto.end = function (this: Response, chunk?: unknown, encoding?: unknown) {
+      if (chunk !== undefined && typeof chunk !== 'function') tally(this, chunk, encoding);
+      // eslint-disable-next-line prefer-rest-params
+      return (end as (...a: unknown[]) => Response).apply(this, arguments as unknown as unknown[]);
+    } as typeof proto.end;
+  }
+
+  /** The text exposition of every metric, the process's own among them. */
+  async scrape(): Promise<{ contentType: string; body: string }> {
+    // Only once scraped: the event-loop monitor behind them wakes every 10 ms, which a
+    // registry that nobody scrapes (a test's, a benchmark's) need not pay.
+    if (!this.defaults) { collectDefaultMetrics({ register: this.registry }); this.defaults = true; }
+    for (const s of this.sync) s();
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+
+  private record(req: Request, res: Response, start: bigint): void {
+    try {
+      const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+      const route = this.routes.get(res.locals[ROUTE]) ?? this.unmatched;
+      const series = route.method(req.method);
+      series.duration.observe(seconds);
+      series.status(res.statusCode).inc();
+      const n = bodyBytes(req, res);
+      if (n > 0) route.bytes.inc(n);
+    } catch {
+      // A fault in counting must never become a fault in serving (this runs in an event).
+    }
+  }
+}
+
+/** The series of one route, resolved once: prom-client hashes label values on every labels() call. */
+class RouteSeries {
+  readonly bytes: Inc;
+  private readonly methods = new Map<string, MethodSeries>();
+
+  constructor(readonly id: string, private readonly requests: Counter<'method' | 'route' | 'status'>,
+    private readonly duration: Histogram<'method' | 'route'>, bytes: Counter<'route'>) {
+    this.bytes = bytes.labels(id);
+  }
+
+  method(raw: string): MethodSeries {
+    const method = METHODS.has(raw) ? raw : 'other';
+    let s = this.methods.get(method);
+    if (!s) this.methods.set(method, s = new MethodSeries(method, this.id, this.requests, this.duration));
+    return s;
+  }
+}
+
+class MethodSeries {
+  readonly duration: Observe;
+  private readonly statuses = new Map<number, Inc>();
+
+  constructor(private readonly method: string, private readonly route: string,
+    private readonly requests: Counter<'method' | 'route' | 'status'>, duration: Histogram<'method' | 'route'>) {
+    this.duration = duration.labels(method, route);
+  }
+
+  /** Statuses are the server's own (at most a few dozen), so the map stays small. */
+  status(code: number): Inc {
+    let c = this.statuses.get(code);
+    if (!c) this.statuses.set(code, c = this.requests.labels(this.method, this.route, String(code)));
+    return c;
+  }
+}
+
+function bodyBytes(req: Request, res: Response): number {
+  if (req.method === 'HEAD' || res.statusCode === 204 || res.statusCode === 304) return 0;
+  const length = res.getHeader('content-length');
+  const n = length !== undefined ? Number(length) : res.locals[WRITTEN] ?? 0;
+  return Number.isSafeInteger(n) && n > 0 ? n : 0;
+}
+
+function num(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) && v >= 0 ? v : 0;
+}
