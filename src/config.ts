@@ -17,11 +17,15 @@ export interface ServeConfig {
   tls: { cert: string; key: string } | undefined;
   /** The auth file (--auth, env NIXREG_AUTH); none: no authentication. */
   auth: string | undefined;
+  /** The bearer token file for /metrics (--metrics-auth, env NIXREG_METRICS_AUTH). */
+  metricsAuth: string | undefined;
+  /** /readyz's free-space threshold in bytes (--min-free-space, env NIXREG_MIN_FREE_SPACE); default: min(1 GiB, 5 %). */
+  minFreeSpace: number | undefined;
 }
 
 export interface ServeFlags {
   listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string;
-  tlsCert?: string; tlsKey?: string; auth?: string;
+  tlsCert?: string; tlsKey?: string; auth?: string; metricsAuth?: string; minFreeSpace?: string;
 }
 
 export const DEFAULTS = { listen: '127.0.0.1:5000', data: './data', images: './examples', uploadMaxAge: '86400' } as const;
@@ -64,10 +68,14 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
   const key = flags.tlsKey ?? env.NIXREG_TLS_KEY;
   if ((cert === undefined) !== (key === undefined)) throw new Error('--tls-cert and --tls-key go together: give both or neither');
   const auth = flags.auth ?? env.NIXREG_AUTH;
+  const metricsAuth = flags.metricsAuth ?? env.NIXREG_METRICS_AUTH;
+  const minFreeSpace = flags.minFreeSpace ?? env.NIXREG_MIN_FREE_SPACE;
   return {
     publicUrl,
     tls: cert !== undefined && key !== undefined ? { cert: resolve(cert), key: resolve(key) } : undefined,
     auth: auth !== undefined ? resolve(auth) : undefined,
+    metricsAuth: metricsAuth !== undefined ? resolve(metricsAuth) : undefined,
+    minFreeSpace: minFreeSpace !== undefined ? parseSize(minFreeSpace, '--min-free-space') : undefined,
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),
