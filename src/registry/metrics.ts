@@ -98,7 +98,8 @@ export class Metrics {
   /** The middleware that times and counts every request; first in the app. */
   readonly middleware = (req: Request, res: Response, next: NextFunction): void => {
     const start = process.hrtime.bigint();
-    res.once('finish', () => this.record(req, res, start));
+    // 'finish' comes once: on() spares the wrapper that once() allocates per request.
+    res.on('finish', () => this.record(req, res, start));
     next();
   };
 
@@ -111,27 +112,23 @@ export class Metrics {
   }
 
   /**
-   * Counts the bytes of responses sent without a Content-Length (a streamed build log),
-   * on `proto`, the prototype of this app's responses only: no wrapper per request.
+   * Counts the bytes of responses streamed without a Content-Length (a build log), on
+   * `proto`, the prototype of this app's responses only: no wrapper per request. `end` is
+   * left alone: every response sent whole in `end(body)` here carries a Content-Length
+   * (express's send, the handlers, the error handler), and wrapping it would cost every
+   * request a call.
    */
   countWrites(proto: Response): void {
-    const { write, end } = proto;
-    const tally = (res: Response, chunk: unknown, encoding: unknown) => {
-      if (res.hasHeader('content-length')) return;
-      const n = typeof chunk === 'string' ? Buffer.byteLength(chunk, typeof encoding === 'string' ? encoding as BufferEncoding : 'utf8')
-        : chunk instanceof Uint8Array ? chunk.byteLength : 0;
-      res.locals[WRITTEN] = (res.locals[WRITTEN] ?? 0) + n;
-    };
+    const { write } = proto;
     proto.write = function (this: Response, chunk: unknown, encoding?: unknown) {
-      tally(this, chunk, encoding);
+      if (!this.hasHeader('content-length')) {
+        const n = typeof chunk === 'string' ? Buffer.byteLength(chunk, typeof encoding === 'string' ? encoding as BufferEncoding : 'utf8')
+          : chunk instanceof Uint8Array ? chunk.byteLength : 0;
+        this.locals[WRITTEN] = (this.locals[WRITTEN] ?? 0) + n;
+      }
       // eslint-disable-next-line prefer-rest-params
       return (write as (...a: unknown[]) => boolean).apply(this, arguments as unknown as unknown[]);
     } as typeof proto.write;
-    proto.end = function (this: Response, chunk?: unknown, encoding?: unknown) {
-      if (chunk !== undefined && typeof chunk !== 'function') tally(this, chunk, encoding);
-      // eslint-disable-next-line prefer-rest-params
-      return (end as (...a: unknown[]) => Response).apply(this, arguments as unknown as unknown[]);
-    } as typeof proto.end;
   }
 
   /** The text exposition of every metric, the process's own among them. */
@@ -169,8 +166,11 @@ class RouteSeries {
   }
 
   method(raw: string): MethodSeries {
+    let s = this.methods.get(raw);
+    if (s) return s;
+    // Keyed by label, never by what the client sent: an unknown method joins `other`.
     const method = METHODS.has(raw) ? raw : 'other';
-    let s = this.methods.get(method);
+    s = this.methods.get(method);
     if (!s) this.methods.set(method, s = new MethodSeries(method, this.id, this.requests, this.duration));
     return s;
   }
