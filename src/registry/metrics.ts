@@ -3,10 +3,11 @@
 // duration and the bytes it sent; builds, from the image source's listener; and what
 // storage, the build queue and garbage collection hold, read when scraped.
 //
-// A request costs one 'finish' listener, two hrtime readings and three updates of
-// series resolved once per (route, method, status). Labels stay bounded whatever clients
-// send: the route is the endpoint id of routes.ts or `unmatched`, never the path; the
-// method is one of a fixed few or `other`.
+// A request costs one 'finish' listener, two hrtime readings, one histogram observation
+// on a series resolved once per (route, method), and two additions to plain numbers that
+// a scrape hands to prom-client. Labels stay bounded whatever clients send: the route is
+// the endpoint id of routes.ts or `unmatched`, never the path; the method is one of a
+// fixed few or `other`.
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { NextFunction, Request, Response } from 'express';
@@ -95,13 +96,12 @@ export class Metrics {
     });
   }
 
-  /** The middleware that times and counts every request; first in the app. */
-  readonly middleware = (req: Request, res: Response, next: NextFunction): void => {
+  /** Times and counts the request once its response has been sent. */
+  time(req: Request, res: Response): void {
     const start = process.hrtime.bigint();
     // 'finish' comes once: on() spares the wrapper that once() allocates per request.
     res.on('finish', () => this.record(req, res, start));
-    next();
-  };
+  }
 
   /** `guard`, preceded by naming the endpoint `id` as the request's route label. */
   labelled<F extends (req: Request, res: Response, next: NextFunction) => unknown>(id: string, guard: F) {
@@ -136,6 +136,7 @@ export class Metrics {
     // Only once scraped: the event-loop monitor behind them wakes every 10 ms, which a
     // registry that nobody scrapes (a test's, a benchmark's) need not pay.
     if (!this.defaults) { collectDefaultMetrics({ register: this.registry }); this.defaults = true; }
+    this.flush();
     for (const s of this.sync) s();
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
@@ -146,23 +147,42 @@ export class Metrics {
       const route = this.routes.get(res.locals[ROUTE]) ?? this.unmatched;
       const series = route.method(req.method);
       series.duration.observe(seconds);
-      series.status(res.statusCode).inc();
-      const n = bodyBytes(req, res);
-      if (n > 0) route.bytes.inc(n);
+      series.status(res.statusCode).n++;
+      route.bytes.n += bodyBytes(req, res);
     } catch {
       // A fault in counting must never become a fault in serving (this runs in an event).
     }
   }
+
+  /** Hands the counts of the requests since the last scrape to prom-client. */
+  private flush(): void {
+    for (const r of this.routes.values()) r.flush();
+  }
 }
 
-/** The series of one route, resolved once: prom-client hashes label values on every labels() call. */
+/**
+ * A count kept as a plain number and handed to its prom-client counter at scrape time:
+ * an inc() on a labelled child hashes its label values on every call, which a request
+ * should not pay for each of its counters.
+ */
+class Tally {
+  n = 0;
+  private flushed = 0;
+  constructor(private readonly child: Inc) {}
+  flush(): void {
+    if (this.n > this.flushed) this.child.inc(this.n - this.flushed);
+    this.flushed = this.n;
+  }
+}
+
+/** The series of one route, resolved once. */
 class RouteSeries {
-  readonly bytes: Inc;
+  readonly bytes: Tally;
   private readonly methods = new Map<string, MethodSeries>();
 
   constructor(readonly id: string, private readonly requests: Counter<'method' | 'route' | 'status'>,
     private readonly duration: Histogram<'method' | 'route'>, bytes: Counter<'route'>) {
-    this.bytes = bytes.labels(id);
+    this.bytes = new Tally(bytes.labels(id));
   }
 
   method(raw: string): MethodSeries {
@@ -174,11 +194,16 @@ class RouteSeries {
     if (!s) this.methods.set(method, s = new MethodSeries(method, this.id, this.requests, this.duration));
     return s;
   }
+
+  flush(): void {
+    this.bytes.flush();
+    for (const m of this.methods.values()) m.flush();
+  }
 }
 
 class MethodSeries {
   readonly duration: Observe;
-  private readonly statuses = new Map<number, Inc>();
+  private readonly statuses = new Map<number, Tally>();
 
   constructor(private readonly method: string, private readonly route: string,
     private readonly requests: Counter<'method' | 'route' | 'status'>, duration: Histogram<'method' | 'route'>) {
@@ -186,10 +211,14 @@ class MethodSeries {
   }
 
   /** Statuses are the server's own (at most a few dozen), so the map stays small. */
-  status(code: number): Inc {
+  status(code: number): Tally {
     let c = this.statuses.get(code);
-    if (!c) this.statuses.set(code, c = this.requests.labels(this.method, this.route, String(code)));
+    if (!c) this.statuses.set(code, c = new Tally(this.requests.labels(this.method, this.route, String(code))));
     return c;
+  }
+
+  flush(): void {
+    for (const t of this.statuses.values()) t.flush();
   }
 }
 
