@@ -1,12 +1,13 @@
 // Issue 11: what build on pull shows in /metrics and /readyz, against the real Nix CLI.
 // A pull that builds counts a succeeded build with its duration and an evaluation; a
 // build that fails counts a failed one; a pull served from storage counts none; the
-// streamed build log is counted in response bytes; readiness reports Nix as working.
+// streamed build log is counted in response bytes; a build waiting for a slot is in the
+// queue length; readiness reports Nix as working.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { requireTool } from '../helpers/exec.js';
 import { scrape } from '../helpers/prometheus.js';
-import { Images, errorOf, get, nonce, startNixRegistry } from './helpers.js';
+import { Images, errorOf, get, nixStr, nonce, startNixRegistry } from './helpers.js';
 
 let images: Images;
 let r: Awaited<ReturnType<typeof startNixRegistry>>;
@@ -70,4 +71,30 @@ test('a failed build counts as failed; its streamed log counts in response bytes
   assert.equal(m.value('nixreg_builds_total', { result: 'succeeded' }), 1);
   assert.equal(m.value('nixreg_build_duration_seconds_count'), 2);
   assert.equal(m.value('nixreg_http_response_bytes_total', { route: 'nixreg-build-log' })! - before, Buffer.byteLength(log.text));
+});
+
+test('a build waiting for its slot (--max-builds 1) is in nixreg_build_queue_length', { timeout: 300_000 }, async () => {
+  const one = await startNixRegistry(images.dir, { maxBuilds: 1 });
+  try {
+    for (const name of ['slow-a', 'slow-b']) {
+      images.write(`${name}.nix`, `derivation {
+  name = "${name}"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin";
+  args = [ "-c" ${nixStr(`sleep 2; mkdir -p $out/share; echo ${nonce()} > $out/share/x`)} ];
+}
+`);
+    }
+    const pulls = ['slow-a', 'slow-b'].map((n) => get(`${one.url}/v2/${n}/manifests/latest`));
+    let seen = 0;
+    for (let i = 0; i < 100 && seen === 0; i++) {
+      seen = (await scrape(one.url)).value('nixreg_build_queue_length')!;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(seen, 1, 'one build ran and the other waited');
+    for (const p of await Promise.all(pulls)) assert.equal(p.status, 200, p.text);
+    const m = await scrape(one.url);
+    assert.equal(m.value('nixreg_build_queue_length'), 0);
+    assert.equal(m.value('nixreg_builds_total', { result: 'succeeded' }), 2);
+  } finally {
+    await one.stop();
+  }
 });
