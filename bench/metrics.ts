@@ -6,7 +6,10 @@
 // than metrics cost). The metrics server is scraped once first, as Prometheus would,
 // so that the process metrics' own monitors run during the measurement too.
 //
-//   npm run bench:metrics [-- --rounds 7 --seconds 5 ...]
+//   npm run bench:metrics [-- --rounds 25 --seconds 2 --cpu-prof ...]
+//
+// Many short rounds rather than a few long ones: paired rounds seconds apart see the same
+// load, and the median of many pairs shrugs off the rounds another process disturbed.
 //
 // Wall-clock ratios on this shared machine swing by more than the 5 % being looked for,
 // so --cpu-prof also runs both servers under `node --cpu-prof` (alike, so the profiler's
@@ -33,8 +36,8 @@ const GOAL = 0.95;
 
 const { values: opt } = parseArgs({
   options: {
-    seconds: { type: 'string', default: '5' },
-    rounds: { type: 'string', default: '5' },
+    seconds: { type: 'string', default: '2' },
+    rounds: { type: 'string', default: '25' },
     threads: { type: 'string', default: '1' },
     connections: { type: 'string', default: '32' },
     'cpu-prof': { type: 'boolean' },
@@ -44,8 +47,8 @@ const { values: opt } = parseArgs({
 });
 if (opt.help) {
   process.stdout.write(`usage: node dist/bench/metrics.js [options]   (defaults in brackets)
-  --seconds N       length of each wrk run [5]
-  --rounds N        rounds, each running both servers back to back [5]
+  --seconds N       length of each wrk run [2]
+  --rounds N        rounds, each running both servers back to back [25]
   --threads N       wrk threads [1]
   --connections N   wrk connections [32]
   --cpu-prof        run both under node --cpu-prof and report the metrics code's share of CPU
