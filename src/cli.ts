@@ -61,8 +61,8 @@ withBuildOptions(program
       log.info({ signal }, 'shutting down: finishing requests in flight');
       reg.close().then(() => { log.info('stopped'); process.exit(0); }, (err: unknown) => { log.error({ err }); process.exit(1); });
     };
-    // SIGHUP: re-read the certificate, the auth file and the metrics token. A faulty new one is logged and the
-    // old one kept: a typo must not take the registry down or open it up.
+    // SIGHUP: re-read the certificate, the auth file and the metrics token. A faulty new
+    // one is logged and the old one kept: a typo must not take the registry down or open it up.
     process.on('SIGHUP', () => {
       const { reloaded, failed } = reg.reload();
       for (const f of failed) log.error({ reload: f }, `reload failed, keeping the previous configuration: ${f}`);

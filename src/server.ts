@@ -64,7 +64,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   let metricsToken: MetricsToken | undefined;
   let server: Server;
   try {
-    // Both read before anything listens: a bad file fails the start, not the first request.
+    // All read before anything listens: a bad file fails the start, not the first request.
     const authConfig = opts.auth !== undefined ? loadAuthConfig(opts.auth) : undefined;
     const secure = tls ? readTls(tls) : undefined;
     if (opts.metricsAuth !== undefined) metricsToken = new MetricsToken(opts.metricsAuth);

@@ -50,8 +50,8 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
   }
 
   app.use((req, res, next) => {
-    // Every request passes here first, refused ones too. Not a layer of its own: the
-    // router's walk over one more layer costs every request as much as the counting.
+    // Every request passes here first, refused ones too; not a router layer of its own,
+    // which every request would pay to walk through.
     metrics?.time(req, res);
     res.set('Docker-Distribution-API-Version', 'registry/2.0');
     // Nothing valid in a /v2 path is ever percent-encoded in a way that changes its
