@@ -75,7 +75,7 @@ export class Metrics {
     gauge('nixreg_build_queue_length', 'Builds waiting for a build slot (--max-builds)', () => num(source().queued));
     this.counterOf('nixreg_evaluations_total', 'Evaluations of image expressions started', () => num(source().evaluationsStarted));
     let totals = { blobs: 0, bytes: 0 };
-    // One query for both gauges, run first in each scrape (sync runs in order).
+    // One query for both gauges, run just before them (a scrape runs `sync` in order).
     this.sync.push(() => { totals = o.storage.index.totals(); });
     gauge('nixreg_storage_blobs', 'Blobs stored, manifests included (from the index)', () => totals.blobs);
     gauge('nixreg_storage_bytes', 'Bytes of the blobs stored (from the index)', () => totals.bytes);
