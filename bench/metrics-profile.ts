@@ -11,8 +11,8 @@ const isMetrics = (n: Node) => n.callFrame.url.endsWith('/src/registry/metrics.j
 /** Callees of metrics code that are the request's own work, not the metrics'. */
 const handedOn = (n: Node) => HANDED_ON.has(n.callFrame.functionName)
   || n.callFrame.url.includes('/dist/src/') || n.callFrame.url.includes('/node_modules/express/') || n.callFrame.url.includes('/node_modules/router/');
-/** next() and the wrapped write are the request's; the module loader's work is start-up, once. */
-const HANDED_ON = new Set(['next', 'write', 'require', 'Module._load', 'Module.require', 'Module._compile', 'wrapSafe', 'compileFunction']);
+/** next() and a wrapped write or end are the request's; the module loader's work is start-up, once. */
+const HANDED_ON = new Set(['next', 'write', 'end', 'require', 'Module._load', 'Module.require', 'Module._compile', 'wrapSafe', 'compileFunction']);
 
 export function metricsShare(file: string): { share: number; metricsMs: number; busyMs: number; top: [string, number][] } {
   const p = JSON.parse(readFileSync(file, 'utf8')) as Profile;

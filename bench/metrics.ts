@@ -10,9 +10,10 @@
 // On this shared machine, load drifts more between rounds than metrics cost, hence:
 // many short rounds rather than a few long ones (paired rounds seconds apart see the same
 // load, and the median of many pairs shrugs off the ones another process disturbed); the
-// two servers started in one order for half the rounds and in the other for the rest (of
-// two identical servers, the one started second used 2-3 % more CPU per request); --aa,
-// both servers with metrics off, to show the noise; and --cpu-prof, both under `node
+// two servers started in one order for half the rounds and in the other for the rest, so
+// that being started first or second (which seemed to matter in early A/A runs) cannot
+// pass for a cost; --aa, both servers with metrics off, to show the noise; and
+// --cpu-prof, both under `node
 // --cpu-prof` (alike, so the profiler's cost cancels out), for the share of the metrics
 // server's CPU spent in metrics code (metrics-profile.ts), steadier than any rate.
 //
@@ -95,8 +96,8 @@ async function main() {
     });
     const measured: Record<Kind, Measured<WrkResult>[]> = { on: [], off: [] };
     const shares: ReturnType<typeof metricsShare>[] = [];
-    // Of two servers started alike, the second used 2-3 % more CPU per request in A/A runs
-    // on this machine: each half of the rounds starts them in the other order.
+    // Each half of the rounds starts them in the other order: which one starts first must
+    // not pass for a cost of metrics.
     for (const [half, order] of ([['off', 'on'], ['on', 'off']] as const).entries()) {
       const started = {} as Record<Kind, Server>;
       for (const kind of order) {
@@ -150,7 +151,7 @@ async function main() {
       + `both fresh with the same image pushed, started in one order for half the rounds and in the other for the rest; `
       + `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}; `
       + `wrk -t${cfg.threads} -c${cfg.connections} -d${cfg.seconds}s × ${cfg.rounds} rounds, rotating; median (min–max); ratio: median of the per-round ratios.`;
-    process.stdout.write(`${head}\n\n${renderTable(rows, 'metrics on', 'metrics off')}\n`);
+    process.stdout.write(`${head}\n\n${renderTable(rows, aa ? 'server A (off)' : 'metrics on', aa ? 'server B (off)' : 'metrics off')}\n`);
     for (const [i, share] of shares.entries()) {
       process.stdout.write(`\nmetrics code in the metrics server's profile, half ${i + 1}: ${(share.share * 100).toFixed(2)} % of its CPU in JavaScript `
         + `(idle, GC and engine time left out; ${share.metricsMs.toFixed(0)} of ${share.busyMs.toFixed(0)} ms; `
