@@ -49,3 +49,16 @@ export async function scrape(base: string, headers: Record<string, string> = {})
   assert.match(r.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
   return parseExposition(text);
 }
+
+/**
+ * Scrapes until `ready` holds (at most ~1 s): a request is counted when its response
+ * ends on the server, which can come just after the client has read the last byte.
+ */
+export async function scrapeUntil(base: string, ready: (m: Exposition) => boolean, headers: Record<string, string> = {}): Promise<Exposition> {
+  let m = await scrape(base, headers);
+  for (let i = 0; i < 50 && !ready(m); i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    m = await scrape(base, headers);
+  }
+  return m;
+}
