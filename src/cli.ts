@@ -5,6 +5,7 @@ import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { buildConfig, limitsConfig, serveConfig, type BuildFlags, type LimitFlags, type ServeFlags } from './config.js';
 import { AuthConfigError } from './registry/auth/config.js';
+import { MetricsTokenError } from './registry/auth/metrics-token.js';
 import { runBuild, withBuildOptions } from './build-command.js';
 import { GcRefused, printReport, runGc } from './gc-command.js';
 import { NixImageSource } from './build/source.js';
@@ -24,6 +25,8 @@ withBuildOptions(program
   .option('--tls-cert <file>', 'serve HTTPS with this PEM certificate (chain); re-read on SIGHUP (env NIXREG_TLS_CERT)')
   .option('--tls-key <file>', 'the PEM private key of --tls-cert; re-read on SIGHUP (env NIXREG_TLS_KEY)')
   .option('--auth <file>', 'users and access policies, YAML or JSON (see README, "Access control"); re-read on SIGHUP (env NIXREG_AUTH)')
+  .option('--metrics-auth <file>', 'a bearer token (one line, >= 16 characters) that may read /metrics; re-read on SIGHUP (env NIXREG_METRICS_AUTH)')
+  .option('--min-free-space <size>', '/readyz fails below this much free space in --data, e.g. 10GB (env NIXREG_MIN_FREE_SPACE, default the smaller of 1 GiB and 5% of the filesystem)')
   .option('--header-timeout <seconds>', 'a request\'s headers must arrive within this (env NIXREG_HEADER_TIMEOUT, default 30)')
   .option('--idle-timeout <seconds>', 'close a keep-alive connection idle this long (env NIXREG_IDLE_TIMEOUT, default 60)')
   .option('--body-timeout <seconds>', 'abort a request body or response that makes no progress this long (env NIXREG_BODY_TIMEOUT, default 60)')
@@ -47,12 +50,12 @@ withBuildOptions(program
           uploadMaxAgeMs: cfg.uploadMaxAgeMs, gcGraceMs: cfg.gcGraceMs, gcIntervalMs: cfg.gcIntervalMs, cacheMaxBytes: cfg.cacheMaxBytes,
           onGc: (r) => { if (!r.dryRun) log.info({ gc: r }, 'garbage collected'); },
         },
-        tls: cfg.tls, auth: cfg.auth, publicUrl: cfg.publicUrl,
+        tls: cfg.tls, auth: cfg.auth, publicUrl: cfg.publicUrl, metricsAuth: cfg.metricsAuth, minFreeSpace: cfg.minFreeSpace,
         source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, log })),
       });
     } catch (e) {
       // A faulty auth file or certificate is a configuration error: one line, exit 2.
-      if (e instanceof AuthConfigError || e instanceof TlsError) cmd.error(`error: ${e.message}`, { exitCode: 2 });
+      if (e instanceof AuthConfigError || e instanceof TlsError || e instanceof MetricsTokenError) cmd.error(`error: ${e.message}`, { exitCode: 2 });
       throw e;
     }
     // Build failure messages link to the build log on this server.
@@ -66,8 +69,8 @@ withBuildOptions(program
       log.info({ signal }, 'shutting down: finishing requests in flight');
       reg.close().then(() => { log.info('stopped'); process.exit(0); }, (err: unknown) => { log.error({ err }); process.exit(1); });
     };
-    // SIGHUP: re-read the certificate and the auth file. A faulty new one is logged and the
-    // old one kept: a typo must not take the registry down or open it up.
+    // SIGHUP: re-read the certificate, the auth file and the metrics token. A faulty new
+    // one is logged and the old one kept: a typo must not take the registry down or open it up.
     process.on('SIGHUP', () => {
       const { reloaded, failed } = reg.reload();
       for (const f of failed) log.error({ reload: f }, `reload failed, keeping the previous configuration: ${f}`);

@@ -23,11 +23,16 @@ export interface ServeConfig {
   gcIntervalMs: number;
   /** Bytes built images may use; none: no quota (--cache-max-bytes, env NIXREG_CACHE_MAX_BYTES). */
   cacheMaxBytes: number | undefined;
+  /** The bearer token file for /metrics (--metrics-auth, env NIXREG_METRICS_AUTH). */
+  metricsAuth: string | undefined;
+  /** /readyz's free-space threshold in bytes (--min-free-space, env NIXREG_MIN_FREE_SPACE); default: min(1 GiB, 5 %). */
+  minFreeSpace: number | undefined;
 }
 
 export interface ServeFlags {
   listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string;
   tlsCert?: string; tlsKey?: string; auth?: string; gcGrace?: string; gcInterval?: string; cacheMaxBytes?: string;
+  metricsAuth?: string; minFreeSpace?: string;
 }
 
 export const DEFAULTS = {
@@ -79,6 +84,8 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
   if ((cert === undefined) !== (key === undefined)) throw new Error('--tls-cert and --tls-key go together: give both or neither');
   const auth = flags.auth ?? env.NIXREG_AUTH;
   const cacheMax = flags.cacheMaxBytes ?? env.NIXREG_CACHE_MAX_BYTES;
+  const metricsAuth = flags.metricsAuth ?? env.NIXREG_METRICS_AUTH;
+  const minFreeSpace = flags.minFreeSpace ?? env.NIXREG_MIN_FREE_SPACE;
   return {
     gcGraceMs: parseSecondsOrZero(flags.gcGrace ?? env.NIXREG_GC_GRACE ?? DEFAULTS.gcGrace, '--gc-grace'),
     gcIntervalMs: parseSecondsOrZero(flags.gcInterval ?? env.NIXREG_GC_INTERVAL ?? DEFAULTS.gcInterval, '--gc-interval'),
@@ -86,6 +93,8 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
     publicUrl,
     tls: cert !== undefined && key !== undefined ? { cert: resolve(cert), key: resolve(key) } : undefined,
     auth: auth !== undefined ? resolve(auth) : undefined,
+    metricsAuth: metricsAuth !== undefined ? resolve(metricsAuth) : undefined,
+    minFreeSpace: minFreeSpace !== undefined ? parseSize(minFreeSpace, '--min-free-space') : undefined,
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),

@@ -1,5 +1,6 @@
 // Starts and stops the registry: storage, the optional image source, the HTTP(S) server
-// and the gate; and reloads the certificate and the auth file in place (SIGHUP).
+// and the gate; and reloads the certificate, the auth file and the metrics token in
+// place (SIGHUP).
 //
 // Composition root: may import every room; no room imports it.
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -14,7 +15,8 @@ import { limitsConfig, type LimitsConfig } from './config.js';
 import { createApp } from './registry/app.js';
 import { limitConnections } from './registry/connections.js';
 import type { ImageSource } from './build/image-source.js';
-import { AuthGate } from './registry/auth/gate.js';
+import { AuthGate, openGate } from './registry/auth/gate.js';
+import { MetricsToken, withMetricsToken } from './registry/auth/metrics-token.js';
 import { loadAuthConfig } from './registry/auth/config.js';
 import { Tokens } from './registry/auth/tokens.js';
 
@@ -22,7 +24,7 @@ export interface RunningRegistry {
   server: Server;
   storage: Storage;
   url: string;
-  /** Re-reads the certificate and the auth file; a faulty one is reported and the old kept. */
+  /** Re-reads the certificate, the auth file and the metrics token; a faulty one is reported and the old kept. */
   reload(): { reloaded: string[]; failed: string[] };
   close(): Promise<void>;
 }
@@ -45,6 +47,10 @@ export interface StartOptions {
   auth?: string | undefined;
   /** Where clients reach this server, for the token realm; else the Host of each request. */
   publicUrl?: string | undefined;
+  /** A file holding the bearer token that may read /metrics (re-read by reload()). */
+  metricsAuth?: string | undefined;
+  /** /readyz: free bytes below which the data directory counts as full. */
+  minFreeSpace?: number | undefined;
   /** Builds the image source once storage is open (build-on-pull). */
   source?: (storage: Storage) => ImageSource | undefined;
 }
@@ -55,11 +61,13 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   const limits = { ...limitsConfig({}), ...opts.limits };
   const tls = opts.tls;
   let gate: AuthGate | undefined;
+  let metricsToken: MetricsToken | undefined;
   let server: Server;
   try {
-    // Both read before anything listens: a bad file fails the start, not the first request.
+    // All read before anything listens: a bad file fails the start, not the first request.
     const authConfig = opts.auth !== undefined ? loadAuthConfig(opts.auth) : undefined;
     const secure = tls ? readTls(tls) : undefined;
+    if (opts.metricsAuth !== undefined) metricsToken = new MetricsToken(opts.metricsAuth);
     if (authConfig) gate = new AuthGate(authConfig, Tokens.open(storage.layout.tokenKeyPath), (req) => realmBase(req, opts.publicUrl, !!tls), opts.log);
     server = secure
       ? createHttpsServer({ ...secure, handshakeTimeout: limits.headersMs }) as unknown as Server
@@ -69,7 +77,10 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
     throw e;
   }
   const connections = limitConnections(server, { ...limits, tls: !!tls });
-  server.on('request', createApp({ storage, source, log: opts.log, limits, gate, counters: () => ({ connections }) }));
+  server.on('request', createApp({
+    storage, source, log: opts.log, limits, counters: () => ({ connections }), minFreeBytes: opts.minFreeSpace,
+    gate: metricsToken ? withMetricsToken(gate ?? openGate, metricsToken) : gate,
+  }));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port, opts.host, () => { server.off('error', reject); resolve(); });
@@ -93,6 +104,10 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
       }
       if (gate && opts.auth !== undefined) {
         try { gate.replace(loadAuthConfig(opts.auth)); reloaded.push(`auth file ${opts.auth}`); }
+        catch (e) { failed.push((e as Error).message); }
+      }
+      if (metricsToken) {
+        try { metricsToken.reload(); reloaded.push(`metrics auth file ${metricsToken.path}`); }
         catch (e) { failed.push((e as Error).message); }
       }
       return { reloaded, failed };

@@ -41,7 +41,10 @@ export function row(metric: string, left: Stat, right: Stat, better: 'higher' | 
   ratio = left.median / right.median): Row {
   const r: Row = { metric, left, right, ratio, better, digits };
   // Judged on the ratio as printed (2 decimals), so that "1.00×" never reads as a failure.
-  if (minRatio !== undefined) { r.goal = `≥ ${minRatio.toFixed(1)}×`; r.pass = Math.round(ratio * 100) / 100 >= minRatio; }
+  if (minRatio !== undefined) {
+    r.goal = `≥ ${minRatio.toFixed(Number.isInteger(Math.round(minRatio * 100) / 10) ? 1 : 2)}×`;
+    r.pass = Math.round(ratio * 100) / 100 >= minRatio;
+  }
   return r;
 }
 

@@ -55,8 +55,8 @@ export async function spawnReady(cmd: string, args: string[], logFile: string, r
 }
 
 /** `ready`: headers for the readiness probe, GET /v2/ (credentials, for a server with --auth). */
-async function launch(name: string, cmd: string, args: string[], url: string, logFile: string, ready: Record<string, string> = {}): Promise<Server> {
-  const p = await spawnReady(cmd, args, logFile, async () => (await call('GET', `${url}/v2/`, ready)).status === 200);
+async function launch(name: string, cmd: string, args: string[], url: string, logFile: string, ready: Record<string, string> = {}, env?: NodeJS.ProcessEnv): Promise<Server> {
+  const p = await spawnReady(cmd, args, logFile, async () => (await call('GET', `${url}/v2/`, ready)).status === 200, env);
   return { name, url, logFile, ...p };
 }
 
@@ -68,6 +68,8 @@ export interface NixregOptions {
   nodeArgs?: string[];
   /** Headers for the readiness probe (credentials when `args` has --auth). */
   ready?: Record<string, string>;
+  /** Its environment (default: this process's), e.g. NIXREG_METRICS=off. */
+  env?: NodeJS.ProcessEnv;
 }
 
 /** `nixreg serve` exactly as a user runs it (default log level). */
@@ -76,7 +78,7 @@ export async function startNixreg(cli: string, dir: string, o: NixregOptions = {
   const url = `http://127.0.0.1:${port}`;
   return launch(o.name ?? 'nixreg', process.execPath,
     [...o.nodeArgs ?? [], cli, 'serve', '--listen', `127.0.0.1:${port}`, '--data', join(dir, 'data'), ...o.args ?? []],
-    url, join(dir, 'nixreg.log'), o.ready);
+    url, join(dir, 'nixreg.log'), o.ready, o.env);
 }
 
 /**

@@ -139,6 +139,13 @@ export class Index {
 
   blobSize(digest: string): number | undefined { return this.s.getBlob.get(digest)?.size; }
   allBlobs() { return this.s.allBlobs.all(); }
+  /** Blobs stored and their bytes: one scan of the table, so for scrapes, not for requests. */
+  totals(): { blobs: number; bytes: number } {
+    const r = this.db.prepare('SELECT count(*) AS n, total(size) AS bytes FROM blobs').get() as { n: number; bytes: number };
+    return { blobs: r.n, bytes: r.bytes };
+  }
+  /** Throws unless the database is open and answers (readiness). */
+  ping(): void { this.db.prepare('SELECT 1').get(); }
 
   repoId(name: string): number | undefined { return this.s.repoId.get(name)?.id; }
   ensureRepo(name: string): number {

@@ -37,7 +37,12 @@ export interface StorageOptions {
 }
 
 /** What garbage collection and the quota have freed since the process started. */
-export interface GcTotals { runs: number; freedBytes: number; freedBlobs: number; freedManifests: number; evictions: number; last?: GcReport | undefined }
+export interface GcTotals {
+  runs: number; freedBytes: number; freedBlobs: number; freedManifests: number;
+  /** Built images the quota evicted, and the bytes of the blob files that went with them. */
+  evictions: number; evictedBytes: number;
+  last?: GcReport | undefined;
+}
 
 export class Storage {
   readonly layout: Layout;
@@ -53,7 +58,7 @@ export class Storage {
   private gcTimer: NodeJS.Timeout | undefined;
   /** Collections and evictions run one at a time: each reasons about the store as a whole. */
   private exclusive: Promise<unknown> = Promise.resolve();
-  readonly gcTotals: GcTotals = { runs: 0, freedBytes: 0, freedBlobs: 0, freedManifests: 0, evictions: 0 };
+  readonly gcTotals: GcTotals = { runs: 0, freedBytes: 0, freedBlobs: 0, freedManifests: 0, evictions: 0, evictedBytes: 0 };
 
   private constructor(root: string, opts: StorageOptions) {
     this.layout = new Layout(root);
@@ -139,8 +144,7 @@ export class Storage {
       if (e.images.length) {
         const t = this.gcTotals;
         t.evictions += e.images.length;
-        t.freedBytes += e.bytes;
-        t.freedBlobs += e.blobs;
+        t.evictedBytes += e.bytes;
         this.opts.onEvict?.(e);
       }
       return e;

@@ -85,6 +85,8 @@ export class Builder {
   /** Pipelines started (each realises and assembles once); for tests and metrics. */
   buildsStarted = 0;
   evaluationsStarted = 0;
+  /** Told of each build as it ends, with its seconds (metrics; image-source.ts). */
+  readonly buildListeners = new Set<(result: 'succeeded' | 'failed', seconds: number) => void>();
   /** Base of log URLs in error messages (set once the server knows its address). */
   publicUrl = '';
   /** Whether Nix can build here at all; builds wait for its verdict. */
@@ -279,6 +281,7 @@ export class Builder {
     } finally {
       release();
       rec.finished = new Date().toISOString();
+      for (const l of this.buildListeners) l(rec.status === 'succeeded' ? 'succeeded' : 'failed', (Date.now() - started) / 1000);
       await log.close();
       // The layers are stored: the closure may be collected from now on.
       await fs.rm(roots, { recursive: true, force: true });

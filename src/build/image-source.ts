@@ -26,4 +26,15 @@ export interface ImageSource {
   buildLogPath(id: string): string | undefined;
   /** Counters for operators (builds, evaluations, queue, Nix processes). */
   stats(): Record<string, unknown>;
+  /** Calls `listener` as each build ends, with its result and how long it took (metrics). */
+  onBuildFinished(listener: (result: 'succeeded' | 'failed', seconds: number) => void): void;
+  /**
+   * Whether Nix can build here, for readiness probes: undefined where no expression is
+   * served (a plain registry needs no Nix); else the verdict as it stands, after asking
+   * for a probe if there is none yet or a failure is old enough to look again.
+   */
+  nixReadiness(): NixStatus | undefined;
 }
+
+/** Nix's verdict (nix-health.ts): `checking` and `unknown` are not failures. */
+export interface NixStatus { state: 'unknown' | 'checking' | 'ok' | 'failed'; problem?: string; fix?: string }

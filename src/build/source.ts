@@ -4,12 +4,13 @@
 // expression still yields it). Digests are plain storage.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
+import { opendirSync } from 'node:fs';
 import type { Storage } from '../blobs/storage.js';
 import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
 import { Builder, type BuilderOptions } from './builder.js';
 import { TagNotServed } from './errors.js';
-import type { ImageSource } from './image-source.js';
+import type { ImageSource, NixStatus } from './image-source.js';
 import type { BuildRecord } from './logs.js';
 import { HASH_TAG, nixProcessCount, probeProcessCount } from './nix.js';
 import type { BuiltImage } from './types.js';
@@ -17,8 +18,11 @@ import type { BuiltImage } from './types.js';
 export class NixImageSource implements ImageSource {
   readonly builder: Builder;
 
+  private readonly images: string;
+
   constructor(private readonly storage: Storage, opts: BuilderOptions) {
     this.builder = new Builder(storage, opts);
+    this.images = opts.images;
   }
 
   owns(repo: string): boolean {
@@ -82,6 +86,27 @@ export class NixImageSource implements ImageSource {
       threadPool: process.env.UV_THREADPOOL_SIZE ?? null,
     };
   }
+
+  onBuildFinished(listener: (result: 'succeeded' | 'failed', seconds: number) => void): void {
+    this.builder.buildListeners.add(listener);
+  }
+
+  nixReadiness(): NixStatus | undefined {
+    if (!hasEntries(this.images)) return undefined;
+    const health = this.builder.health;
+    // Re-probes only a failure older than its recheck interval (else the cached verdict):
+    // a registry taken out of service gets no pulls, so only this can find Nix fixed.
+    health.ready().catch(() => {});
+    return health.status();
+  }
+}
+
+/** Whether `dir` exists and holds anything: reads one entry, not the whole listing. */
+function hasEntries(dir: string): boolean {
+  try {
+    const d = opendirSync(dir);
+    try { return d.readSync() !== null; } finally { d.closeSync(); }
+  } catch { return false; }
 }
 
 /** OCI by default; the second encoding for a client whose Accept excludes the first. */

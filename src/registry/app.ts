@@ -9,6 +9,8 @@ import { openGate, type Gate } from './auth/gate.js';
 import { RegistryError, registryErrorOf } from './errors.js';
 import type { Limits } from './handlers/context.js';
 import { MemoryBudget } from './http.js';
+import { Metrics } from './metrics.js';
+import { Readiness } from './readiness.js';
 import { endpoints } from './routes.js';
 
 export interface AppOptions {
@@ -20,13 +22,19 @@ export interface AppOptions {
   counters?: () => Record<string, unknown>;
   /** Authentication and access control; everything is allowed without one. */
   gate?: Gate;
+  /** /readyz: free bytes below which the data directory counts as full (default in readiness.ts). */
+  minFreeBytes?: number | undefined;
 }
 
-export function createApp({ storage, source, log, limits, counters, gate = openGate }: AppOptions) {
+export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes }: AppOptions) {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
   app.set('query parser', 'simple');
+
+  // On unless NIXREG_METRICS=off, a switch for measuring what metrics cost (bench/metrics.ts).
+  const metrics = process.env.NIXREG_METRICS === 'off' ? undefined : new Metrics({ storage, source, routes: endpoints.map((e) => e.id) });
+  metrics?.countWrites(app.response);
 
   // The access log, at debug level only: a line per request costs ~5 µs, which a busy
   // registry at info level should not pay. Path without query, user without credentials.
@@ -42,6 +50,9 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
   }
 
   app.use((req, res, next) => {
+    // Every request passes here first, refused ones too; not a router layer of its own,
+    // which every request would pay to walk through.
+    metrics?.time(req, res);
     res.set('Docker-Distribution-API-Version', 'registry/2.0');
     // Nothing valid in a /v2 path is ever percent-encoded in a way that changes its
     // structure: an encoded slash, backslash or NUL, or broken encoding, is refused here
@@ -56,12 +67,12 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
 
   const bodies = new MemoryBudget(limits.manifestMemoryBytes);
   const ctx = {
-    storage, source, bodies, limits, gate,
+    storage, source, bodies, limits, gate, metrics, readiness: new Readiness({ storage, source, minFreeBytes }),
     counters: () => ({ ...counters?.(), manifestMemory: { used: bodies.used, limit: bodies.limit, refused: bodies.refused } }),
   };
   for (const e of endpoints) {
     const h = e.handler(ctx);
-    const guard = gate.guard(e.access);
+    const guard = metrics ? metrics.labelled(e.id, gate.guard(e.access)) : gate.guard(e.access);
     for (const m of e.methods) app[m](e.path, guard, h);
   }
 

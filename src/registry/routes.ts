@@ -1,5 +1,5 @@
 // The endpoint table: every route of the OCI distribution-spec v1.1, by its spec id,
-// nixreg's own under /nixreg, and the token endpoint; with what each one requires of
+// nixreg's own under /nixreg, the token endpoint, health probes and metrics; with what each one requires of
 // the caller when auth is on (auth/gate.ts).
 // Names may contain slashes, so each pattern anchors the suffix and lets the name be
 // the greedy rest; the name is then checked against the spec grammar in the handler.
@@ -10,6 +10,7 @@ import { catalog, listTags, referrers } from './handlers/listing.js';
 import { deleteBlob, getBlob } from './handlers/blobs.js';
 import { deleteManifest, getManifest, putManifest } from './handlers/manifests.js';
 import { buildLog, collect, listBuilds, stats } from './handlers/nixreg.js';
+import { healthz, metrics, readyz } from './handlers/monitoring.js';
 import { token } from './handlers/token.js';
 import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } from './handlers/uploads.js';
 import type { Ctx } from './handlers/context.js';
@@ -53,4 +54,7 @@ export const endpoints: Endpoint[] = [
   { id: 'token', access: 'open', methods: ['get', 'post'], path: /^\/token$/, handler: token },
   { id: 'nixreg-stats', access: 'admin', methods: ['get'], path: /^\/nixreg\/stats$/, handler: stats },
   { id: 'nixreg-gc', access: 'admin', methods: ['post'], path: /^\/nixreg\/gc$/, handler: collect },
+  { id: 'healthz', access: 'open', methods: ['get', 'head'], path: /^\/healthz$/, handler: healthz },
+  { id: 'readyz', access: 'open', methods: ['get', 'head'], path: /^\/readyz$/, handler: readyz },
+  { id: 'metrics', access: 'metrics', methods: ['get'], path: /^\/metrics$/, handler: metrics },
 ];

@@ -27,11 +27,12 @@ const READ: ReadonlySet<Action> = new Set(['read']);
 
 /** What an endpoint requires (routes.ts names one per endpoint). */
 export type Access =
-  | 'open' // anyone: the token endpoint
+  | 'open' // anyone, credentials unread: the token endpoint, health probes (kubelet sends none)
   | 'signed-in' // any valid credentials: GET /v2/, which clients use to learn how to log in
   | 'listing' // anyone; the handler shows only what the caller may read
   | 'pull' | 'push' | 'delete' // that action on the request's repository
-  | 'admin'; // nixreg's operator endpoints
+  | 'admin' // nixreg's operator endpoints
+  | 'metrics'; // /metrics: an admin, or the scraper's token (metrics-token.ts); anyone with neither configured
 
 export interface Identity {
   /** Undefined: no credentials (or an anonymous token). */
@@ -106,7 +107,7 @@ export class AuthGate implements Gate {
       if (access === 'open') { next(); return; }
       const id = await this.identify(req);
       if (access === 'signed-in' && id.via === 'none') throw this.challenge(req, 'authentication required');
-      if (access === 'admin' && !this.state.policy.isAdmin(id.user)) {
+      if ((access === 'admin' || access === 'metrics') && !this.state.policy.isAdmin(id.user)) {
         if (id.via === 'none') throw this.challenge(req, 'authentication required');
         throw new RegistryError('DENIED', `${who(id)} is not an administrator of this registry`);
       }

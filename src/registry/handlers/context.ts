@@ -9,6 +9,8 @@ import { checkName } from '../../oci/reference.js';
 import type { Gate } from '../auth/gate.js';
 import { RegistryError } from '../errors.js';
 import type { MemoryBudget } from '../http.js';
+import type { Metrics } from '../metrics.js';
+import type { Readiness } from '../readiness.js';
 
 /** What one client may hold open (see README, "Limits"). */
 export interface Limits {
@@ -28,6 +30,10 @@ export interface Ctx {
   gate: Gate;
   /** Counters of the layers above the handlers, for /nixreg/stats. */
   counters: () => Record<string, unknown>;
+  /** The app's Prometheus metrics; undefined when turned off (NIXREG_METRICS=off). */
+  metrics?: Metrics | undefined;
+  /** The checks of /readyz. */
+  readiness: Readiness;
 }
 
 /** The validated repository name of a request. */
