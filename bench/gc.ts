@@ -4,17 +4,18 @@
 // The store is seeded straight into the layout and the index (the seeding is not what is
 // measured, and 100,000 pushes with their fsyncs would take far longer than the bench):
 // `--repos` repositories of tagged images, each manifest with `--layers` layers, live;
-// and as many blobs again linked into those repositories but referenced by nothing,
-// older than the grace period: garbage. Then `nixreg serve` of this build opens it, and
-// each round:
+// and `--garbage` blobs linked into those repositories but referenced by nothing, older
+// than the grace period. Then `nixreg serve` of this build opens it, and each round:
 //  1. idle: wrk runs manifest GET by tag for as long as the last collection took (the
 //     first round: 2 s);
 //  2. collecting: wrk runs the same while `POST /nixreg/gc` removes the garbage;
-// then the garbage is seeded again for the next round. The rate while collecting is
-// compared with the idle rate of the same round, so that the machine's drift between
-// rounds cancels out; the ratio reported is the median of the rounds'.
+//  3. the garbage is seeded again and collected with no traffic at all.
+// The rate while collecting is compared with the idle rate of the same round, so that
+// the machine's drift between rounds cancels out; the ratio reported is the median of
+// the rounds'. A collection yields to traffic (src/blobs/gc.ts, pace()), so the two
+// collection times differ by design.
 //
-// npm run bench:gc [-- --rounds 3 --repos 100 --manifests 50 --layers 10]
+// npm run bench:gc [-- --rounds 3 --repos 100 --manifests 50 --layers 16 --garbage 10000]
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -37,9 +38,10 @@ const o = new Command('bench-gc')
   .option('--rounds <n>', 'rounds of idle + collecting', '3')
   .option('--repos <n>', 'repositories', '100')
   .option('--manifests <n>', 'tagged manifests per repository', '50')
-  .option('--layers <n>', 'layers per manifest; as many garbage blobs again are seeded', '10')
+  .option('--layers <n>', 'layers per manifest', '16')
+  .option('--garbage <n>', 'garbage blobs seeded before each collection', '10000')
   .option('--connections <n>', 'wrk connections', '16')
-  .parse().opts<{ rounds: string; repos: string; manifests: string; layers: string; connections: string }>();
+  .parse().opts<{ rounds: string; repos: string; manifests: string; layers: string; garbage: string; connections: string }>();
 const rounds = Number(o.rounds);
 const repos = Number(o.repos);
 const perRepo = Number(o.manifests);
@@ -47,7 +49,10 @@ const layers = Number(o.layers);
 
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-/** Writes blob files and their rows, as storage would have (without the fsyncs). */
+/**
+ * Writes blob files and their rows, as storage would have (without the fsyncs): the live
+ * images, or `garbage` blobs linked round-robin into the same repositories.
+ */
 function seed(layout: Layout, index: Index, live: boolean): number {
   const old = Date.now() - 7 * 86400_000;
   const db = index.db;
@@ -65,12 +70,15 @@ function seed(layout: Layout, index: Index, live: boolean): number {
   };
   let blobs = 0;
   db.transaction(() => {
+    if (!live) {
+      for (let i = 0; i < Number(o.garbage); i++) { insLink.run(index.ensureRepo(`bench/repo${i % repos}`), file(randomBytes(256)), old); blobs++; }
+      return;
+    }
     for (let r = 0; r < repos; r++) {
       const id = index.ensureRepo(`bench/repo${r}`);
       for (let m = 0; m < perRepo; m++) {
         const ls = Array.from({ length: layers }, () => randomBytes(256));
         for (const l of ls) { insLink.run(id, file(l), old); blobs++; }
-        if (!live) continue;
         const config = randomBytes(128);
         const cd = file(config);
         insLink.run(id, cd, old);
@@ -125,6 +133,7 @@ async function main() {
       const target = `${url}/v2/bench/repo7/manifests/t3`;
       const ratios: number[] = [];
       const gcMs: number[] = [];
+      const quietMs: number[] = [];
       const freed: number[] = [];
       let window = 2000;
       for (let r = 0; r < rounds; r++) {
@@ -141,18 +150,26 @@ async function main() {
           report = JSON.parse(g.body.toString());
         });
         window = busy.ms;
+        index = new Index(layout.dbPath);
+        seed(layout, index, false);
+        index.close();
+        const t = performance.now();
+        const q = await call('POST', `${url}/nixreg/gc`);
+        if (q.status !== 200) throw new Error(`gc: ${q.status}`);
+        quietMs.push(performance.now() - t);
         const idleRate = idle.requests / (idle.ms / 1000);
         const busyRate = busy.requests / (busy.ms / 1000);
         ratios.push(busyRate / idleRate);
         gcMs.push(report!.ms);
         freed.push(report!.blobs);
-        process.stderr.write(`round ${r + 1}: gc ${report!.ms} ms ${JSON.stringify(report!.phases)}, ${report!.blobs} blobs; GET ${idleRate.toFixed(0)}/s idle, ${busyRate.toFixed(0)}/s collecting (p99 ${idle.p99ms.toFixed(1)} / ${busy.p99ms.toFixed(1)} ms)\n`);
+        process.stderr.write(`round ${r + 1}: gc ${report!.ms} ms ${JSON.stringify(report!.phases)}, ${report!.blobs} blobs (no traffic: ${quietMs[quietMs.length - 1]!.toFixed(0)} ms); GET ${idleRate.toFixed(0)}/s idle, ${busyRate.toFixed(0)}/s collecting (p99 ${idle.p99ms.toFixed(1)} / ${busy.p99ms.toFixed(1)} ms)\n`);
       }
       const f = (s: ReturnType<typeof stat>, d = 2) => `${s.median.toFixed(d)} (${s.min.toFixed(d)}–${s.max.toFixed(d)})`;
-      console.log(`GC of a store of ${live + garbage} blobs (${repos} repositories × ${perRepo} tagged manifests × ${layers} layers live, ${garbage} garbage blobs each round); nixreg ${rev()} (node ${process.version}); ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}; wrk -t1 -c${o.connections} manifest GET by tag; ${rounds} rounds; median (min–max).\n`);
+      console.log(`GC of a store of ${live + garbage} blobs (${repos} repositories × ${perRepo} tagged manifests × ${layers} layers, with configs and manifests: ${live} live; ${garbage} garbage blobs before each collection); nixreg ${rev()} (node ${process.version}); ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}; wrk -t1 -c${o.connections} manifest GET by tag; ${rounds} rounds; median (min–max).\n`);
       console.log('| metric | value |');
       console.log('|---|---:|');
-      console.log(`| collection time (ms) | ${f(stat(gcMs), 0)} |`);
+      console.log(`| collection time under load (ms) | ${f(stat(gcMs), 0)} |`);
+      console.log(`| collection time, no traffic (ms) | ${f(stat(quietMs), 0)} |`);
       console.log(`| blobs removed per collection | ${f(stat(freed), 0)} |`);
       console.log(`| manifest GET rate while collecting ÷ idle | ${f(stat(ratios))}× |`);
     } finally {

@@ -77,6 +77,14 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
     throw e;
   }
   const connections = limitConnections(server, { ...limits, tls: !!tls });
+  // When the last request came, so that garbage collection stands back while requests
+  // come. Not a count in flight: a cached manifest GET starts and ends in one callback.
+  let lastRequest = 0;
+  server.on('request', (req) => {
+    // A collection asked for over HTTP is not traffic it should stand back for.
+    if (!req.url?.startsWith('/nixreg/gc')) lastRequest = performance.now();
+  });
+  storage.busy = () => performance.now() - lastRequest < 200;
   server.on('request', createApp({
     storage, source, log: opts.log, limits, counters: () => ({ connections }), minFreeBytes: opts.minFreeSpace,
     gate: metricsToken ? withMetricsToken(gate ?? openGate, metricsToken) : gate,

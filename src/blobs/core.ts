@@ -38,6 +38,9 @@ export class StoreCore {
     this.generations.set(repo, ++this.counter);
   }
 
+  /** Whether requests are being served now (set by the server): background work yields to them. */
+  busy: () => boolean = () => false;
+
   /** Repositories whose generation is remembered (for stats and the bound's test). */
   get trackedRepositories(): number { return this.generations.size; }
 

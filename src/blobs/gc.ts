@@ -67,13 +67,17 @@ const CHUNK = 500;
 /** Manifest bodies read, and blob files removed, side by side. */
 const READS_AT_ONCE = 64;
 /**
- * Collection is background work: after each piece of it, it pauses as long as the piece
- * took (up to 100 ms), so that it takes at most about half of the event loop from the
- * requests being served, at the price of taking twice as long itself.
+ * Collection is background work and yields to traffic, as a database's vacuum does: while
+ * requests are coming, after each piece of work it pauses nineteen times as long as the
+ * piece took (up to half a second), so that it takes about 5 % of the process from them;
+ * with no request coming it only lets the event loop turn. A busy registry collects
+ * slowly, an idle one at full speed.
  */
-async function pace(sinceMs: number): Promise<void> {
+const BUSY_PAUSE = 19;
+async function pace(core: StoreCore, sinceMs: number): Promise<void> {
   const took = performance.now() - sinceMs;
-  await new Promise<void>((r) => (took < 1 ? setImmediate(r) : setTimeout(r, Math.min(100, took))));
+  const wait = core.busy() ? Math.min(500, took * BUSY_PAUSE) : 0;
+  await new Promise<void>((r) => (wait < 1 ? setImmediate(r) : setTimeout(r, wait)));
 }
 
 /**
@@ -102,7 +106,7 @@ export async function markRepository(core: StoreCore, id: number, roots: Iterabl
         for (const b of p!.blobs) live.blobs.add(b);
         queue.push(...p!.manifests);
       }
-      await pace(t0);
+      await pace(core, t0);
     }
     // Referrers of what is live are live: a signature stays while its image does.
     queue = [...rows.values()].filter((r) => r.subject !== null && live.manifests.has(r.subject) && !live.manifests.has(r.digest)).map((r) => r.digest);
@@ -225,7 +229,7 @@ export async function runSteps(core: StoreCore, steps: Step[]): Promise<void> {
   for (const s of steps) {
     const t0 = performance.now();
     const go = core.index.db.transaction(s)();
-    await pace(t0);
+    await pace(core, t0);
     if (!go) return;
   }
 }
@@ -272,7 +276,7 @@ export async function removeFiles(core: StoreCore, dropped: { digest: string }[]
       // Stored again meanwhile (a push of the same bytes): the file is theirs now.
       if (core.index.blobSize(digest) === undefined) await fs.unlink(core.layout.blobPath(digest)).catch(() => {});
     })));
-    await pace(t0);
+    await pace(core, t0);
   }
 }
 

@@ -160,6 +160,8 @@ export class Storage {
    * build): GC and the quota spare whatever is created or linked until it is released.
    */
   hold(): () => void { return this.core.hold(); }
+  /** Tells storage whether requests are in flight: garbage collection slows down for them. */
+  set busy(probe: () => boolean) { this.core.busy = probe; }
 
   /**
    * Brings index and disk back into agreement after a crash. Runs at open, before any
