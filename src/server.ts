@@ -77,6 +77,16 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
     throw e;
   }
   const connections = limitConnections(server, { ...limits, tls: !!tls });
+  // Expect: 100-continue. Node writes the 100 at once, but while the previous response on
+  // a kept-alive connection is still being flushed it queues it, and a response sent in
+  // one piece then goes out as its headers, the 100, its body: a framing error for the
+  // client (seen in the fuzz). A request without content needs no 100 (RFC 9110 §10.1.1).
+  server.on('checkContinue', (req, res) => {
+    const te = req.headers['transfer-encoding'];
+    const cl = req.headers['content-length'];
+    if (te !== undefined || (cl !== undefined && cl !== '0')) res.writeContinue();
+    server.emit('request', req, res);
+  });
   // When the last request came, so that garbage collection stands back while requests
   // come. Not a count in flight: a cached manifest GET starts and ends in one callback.
   let lastRequest = 0;

@@ -124,10 +124,12 @@ export class Uploads {
     const work = (async () => {
       const alg = algorithmOf(digest);
       let actual: string;
+      // A file gone meanwhile (purged, or a full disk ended the session) is an upload gone.
+      const gone = (err: unknown) => { throw (err as NodeJS.ErrnoException).code === 'ENOENT' ? new UploadUnknown(id) : err; };
       if (alg === 'sha256' && st.hash) actual = `sha256:${st.hash.copy().digest('hex')}`;
-      else actual = await digestFile(path, alg);
+      else actual = await digestFile(path, alg).catch(gone);
       if (actual !== digest) throw new DigestMismatch(digest, actual);
-      const size = (await fs.stat(path)).size;
+      const size = (await fs.stat(path).catch(gone)).size;
       await this.files.commit(repo, path, digest, size);
       this.live.delete(id);
       // The blob is stored: an index too full to drop the row must not fail the upload
@@ -176,9 +178,15 @@ export class Uploads {
    * may fail too (a row whose file is gone counts as no upload, and is purged).
    */
   private async remove(id: string): Promise<void> {
+    // The row and the session go in one synchronous step, so that no request finds the
+    // session half-removed (a finish would start over from a file being deleted). The
+    // file goes whatever the index says: a full index must not keep a dead upload's space
+    // (a row left without its file is dropped by the next request or purge).
+    let rowError: unknown;
+    try { this.core.index.deleteUpload(id); } catch (err) { if (noSpaceCode(err) === undefined) rowError = err; }
     this.live.delete(id);
     await fs.rm(this.core.layout.uploadPath(id), { force: true });
-    try { this.core.index.deleteUpload(id); } catch (err) { if (noSpaceCode(err) === undefined) throw err; }
+    if (rowError) throw rowError;
   }
 
   /** Drops uploads untouched for longer than the max age, and files no row records. */
