@@ -142,6 +142,8 @@ export interface LimitsConfig {
   uploadsPerRepo: number;
   uploadsPerClient: number;
   uploads: number;
+  /** How long a lingering close may last (src/registry/connections.ts); no flag, tests shorten it. */
+  lingerMs?: number;
 }
 
 export interface LimitFlags {

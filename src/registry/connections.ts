@@ -17,6 +17,15 @@
 // Beyond `maxConnections`, a new connection gets a 503 and is closed at once, before any
 // of its bytes are parsed, rather than holding a descriptor that every other client needs.
 //
+// Why a lingering close. An answer that comes before the request body has all arrived
+// (a 507 when the disk fills mid-upload, a 401, a 413) on a connection that must close
+// (the client sent `Connection: close`, as skopeo does on every PATCH) is lost if the
+// socket is simply closed: the unread body makes the kernel send a reset, and a reset
+// throws away the answer the client has not read yet. skopeo then reports "broken pipe"
+// instead of the 507. Node closes such a socket as soon as the answer is flushed, so we
+// close only our sending side and read and drop the rest of the body, for at most
+// LINGER_MS (nginx's `lingering_close` does the same; Go's server waits 500 ms).
+//
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
@@ -35,9 +44,14 @@ export interface ConnectionLimits {
    * an HTTP answer there; it is a close, before any handshake work is spent on it.
    */
   tls?: boolean;
+  /** A lingering close (see the header) ends after this long; LINGER_MS unless set. */
+  lingerMs?: number;
 }
 
 interface InFlight { req: IncomingMessage; res: ServerResponse }
+
+/** How long a connection may keep sending a body nobody will read after its answer. */
+const LINGER_MS = 10_000;
 
 export interface ConnectionStats { open: number; refused: number; stalled: number }
 
@@ -55,6 +69,7 @@ export function limitConnections(server: Server, limits: ConnectionLimits): Conn
   server.timeout = limits.bodyMs;
 
   const inflight = new WeakMap<Socket, InFlight>();
+  const lingering = new WeakSet<Socket>();
   server.on('connection', (socket: Socket) => {
     if (stats.open >= limits.maxConnections) {
       stats.refused++;
@@ -66,6 +81,8 @@ export function limitConnections(server: Server, limits: ConnectionLimits): Conn
   });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket;
+    // The socket of the request, not of 'connection': under TLS that is the TLS socket.
+    if (!lingering.has(socket)) { lingering.add(socket); lingerOnClose(socket, inflight, limits.lingerMs ?? LINGER_MS); }
     inflight.set(socket, { req, res });
     res.once('close', () => { if (inflight.get(socket)?.res === res) inflight.delete(socket); });
   });
@@ -102,6 +119,24 @@ function errorResponse(status: string, code: string, message: string, headers: R
     'Connection: close',
     '', body,
   ].join('\r\n'));
+}
+
+/**
+ * Makes Node's close after a last answer (`destroySoon`, called as the answer is
+ * finished) a lingering close when the request body is still coming: see the header.
+ */
+function lingerOnClose(socket: Socket, inflight: WeakMap<Socket, InFlight>, ms: number): void {
+  const destroySoon = socket.destroySoon.bind(socket);
+  socket.destroySoon = () => {
+    const req = inflight.get(socket)?.req;
+    if (!req || req.complete || req.destroyed) { destroySoon(); return; }
+    socket.end();
+    req.resume();
+    const close = () => socket.destroy();
+    req.once('end', close);
+    req.once('error', close);
+    setTimeout(close, ms).unref();
+  };
 }
 
 function refuse(socket: Socket): void {

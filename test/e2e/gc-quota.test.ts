@@ -211,17 +211,24 @@ test('kill -9 at any moment of a collection leaves a consistent store', { timeou
     const kept = await pushRaw(reg.url, 'keep/app', randomBytes(64 * 1024));
     /** Per crash: whether it came in the middle of a collection (some garbage rows gone, not all files). */
     const midway: boolean[] = [];
-    for (let round = 0; round < 4; round++) {
+    // When to kill: at once, as soon as the collection has begun to drop rows (polled from
+    // the index: then rows are gone and files not yet), and late.
+    const when: (() => Promise<void>)[] = [
+      () => new Promise((r) => setTimeout(r, 5)),
+      () => rowsDropping(data),
+      () => new Promise((r) => setTimeout(r, 300)),
+    ];
+    for (let round = 0; round < when.length; round++) {
       // Garbage to collect: blobs uploaded without a manifest.
       await Promise.all(Array.from({ length: 8 }, async (_, w) => {
-        for (let i = 0; i < 150; i++) {
+        for (let i = 0; i < 250; i++) {
           const b = randomBytes(512);
           const r = await fetch(`${reg.url}/v2/junk/r${w}/blobs/uploads/?digest=${sha256(b)}`, { method: 'POST', body: b as unknown as BodyInit });
           assert.equal(r.status, 201);
         }
       }));
       const collecting = fetch(`${reg.url}/nixreg/gc`, { method: 'POST' }).catch(() => undefined);
-      await new Promise((r) => setTimeout(r, [5, 40, 120, 300][round]));
+      await when[round]!();
       reg.child.kill('SIGKILL');
       await reg.stop();
       await collecting;
@@ -232,7 +239,7 @@ test('kill -9 at any moment of a collection leaves a consistent store', { timeou
       assert.equal(sha256(Buffer.from(await got.arrayBuffer())), kept);
     }
     await post(`${reg.url}/nixreg/gc`);
-    assert.ok(midway.some(Boolean), `no kill landed in the middle of a collection: ${JSON.stringify(midway)}`);
+    assert.ok(midway[1], `the kill as rows went did not land in the middle of a collection: ${JSON.stringify(midway)}`);
     const db = new Database(join(data, 'index.db'), { readonly: true });
     try {
       assert.equal((db.prepare('SELECT count(*) AS n FROM blobs').get() as { n: number }).n, 3, 'kept: the config, the layer, the manifest');
@@ -242,6 +249,20 @@ test('kill -9 at any moment of a collection leaves a consistent store', { timeou
     await reg.stop();
   }
 });
+
+/** Resolves once the blob rows of the index start to go (a collection is sweeping). */
+async function rowsDropping(data: string): Promise<void> {
+  const db = new Database(join(data, 'index.db'), { readonly: true });
+  try {
+    const count = db.prepare('SELECT count(*) AS n FROM blobs');
+    const start = (count.get() as { n: number }).n;
+    const end = Date.now() + 30_000;
+    while ((count.get() as { n: number }).n >= start) {
+      if (Date.now() > end) throw new Error('the collection never began to drop rows');
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  } finally { db.close(); }
+}
 
 /**
  * After a crash, before the restart: no row without its file (files without rows are

@@ -6,7 +6,7 @@ import { connect, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { http, pushBlob, sha256, startReg, type TestRegistry } from '../api/util.js';
 
-const LIMITS = { headersMs: 1000, idleMs: 1000, bodyMs: 1500, maxConnections: 20 };
+const LIMITS = { headersMs: 1000, idleMs: 1000, bodyMs: 1500, maxConnections: 20, lingerMs: 2000 };
 
 function open(url: string): Promise<Socket> {
   const u = new URL(url);
@@ -108,6 +108,39 @@ describe('connection bounds', () => {
     assert.ok(stalled > stalledBefore, 'the stalled download was never cut');
     s.destroy();
     await done;
+  });
+
+  // skopeo sends `Connection: close` on each PATCH and reads the answer only once its
+  // write fails: a server that closed at once after an early 507 reset the connection,
+  // and skopeo said "broken pipe" instead of what the 507 said.
+  test('an answer before the body has come, on a connection that must close, reaches a client that reads only after sending', { timeout: 20_000 }, async () => {
+    const s = await open(reg.url);
+    s.pause();
+    s.on('error', () => {});
+    const write = (b: Buffer) => new Promise<boolean>((r) => s.write(b, (err) => r(!err)));
+    const size = 8 * 1024 * 1024;
+    await write(Buffer.from(`PATCH /v2/linger/a/blobs/uploads/00000000-0000-4000-8000-000000000000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ${size}\r\n\r\n`));
+    await write(Buffer.alloc(1024 * 1024));
+    await sleep(300); // the server has answered 404 by now
+    let sent = 1024 * 1024;
+    while (sent < size && await write(Buffer.alloc(256 * 1024))) sent += 256 * 1024;
+    assert.equal(sent, size, 'the server cut the body off');
+    const { data } = await closed(s.resume());
+    assert.match(data, /^HTTP\/1\.1 404/);
+    assert.match(data, /BLOB_UPLOAD_UNKNOWN/);
+  });
+
+  test('a client that goes on sending a body after the answer is cut off after the linger time', { timeout: 20_000 }, async () => {
+    const s = await open(reg.url);
+    s.pause();
+    const done = closed(s);
+    s.write(`PATCH /v2/linger/b/blobs/uploads/00000000-0000-4000-8000-000000000000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ${2 ** 40}\r\n\r\n`);
+    const t0 = Date.now();
+    const pump = setInterval(() => { if (!s.destroyed) s.write(Buffer.alloc(64 * 1024)); }, 20);
+    const { ms } = await done;
+    clearInterval(pump);
+    assert.ok(ms >= 1500 && ms < 5000, `closed after ${ms} ms`);
+    assert.ok(Date.now() - t0 < 5000);
   });
 
   test('beyond --max-connections new connections get 503 and are closed; others keep working', async () => {
