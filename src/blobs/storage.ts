@@ -107,6 +107,9 @@ export class Storage {
     this.index.close();
   }
 
+  /** A collection asked for and not yet started, per kind (see gc()). */
+  private readonly gcWaiting: Record<'dry' | 'real', { graceMs?: number; report: Promise<GcReport> } | undefined> = { dry: undefined, real: undefined };
+
   private oneAtATime<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.exclusive.then(fn, fn);
     this.exclusive = run.catch(() => {});
@@ -115,9 +118,21 @@ export class Storage {
 
   // ---------------------------------------------------------------- garbage collection and quota (gc.ts, quota.ts)
 
-  /** Collects garbage now (see gc.ts); with dryRun, reports what would go. */
+  /**
+   * Collects garbage now (see gc.ts); with dryRun, reports what would go. A call while a
+   * collection of its kind waits its turn joins that one rather than queue another: it
+   * has not started, so it will see everything the caller saw. Collections asked for in
+   * a burst (a script, a fuzz, impatient operators) are thus at most one running and one
+   * waiting per kind, and none waits longer than the one running and its own.
+   */
   gc(opts: { dryRun?: boolean; graceMs?: number } = {}): Promise<GcReport> {
-    return this.oneAtATime(async () => {
+    const kind = opts.dryRun ? 'dry' : 'real';
+    const waiting = this.gcWaiting[kind];
+    if (waiting && waiting.graceMs === opts.graceMs) return waiting.report;
+    const entry = { graceMs: opts.graceMs, report: undefined as unknown as Promise<GcReport> };
+    this.gcWaiting[kind] = entry;
+    entry.report = this.oneAtATime(async () => {
+      if (this.gcWaiting[kind] === entry) this.gcWaiting[kind] = undefined;
       const report = await collectGarbage(this.core, { graceMs: opts.graceMs ?? this.opts.gcGraceMs ?? 3600_000, dryRun: opts.dryRun });
       if (!report.dryRun) {
         const t = this.gcTotals;
@@ -130,6 +145,7 @@ export class Storage {
       this.opts.onGc?.(report);
       return report;
     });
+    return entry.report;
   }
 
   /**

@@ -151,6 +151,33 @@ describe('what is spared', () => {
   });
 });
 
+// The fuzz asked for collections faster than a collection paced behind its traffic could
+// finish; queued one by one, the last waited over 30 s. Now a burst is at most one
+// collection running and one waiting per kind.
+test('a burst of collection requests joins the one waiting its turn: at most one runs after the running one', async () => {
+  const runs = reg.storage.gcTotals.runs;
+  // Asked for together, before any started: one collection for all.
+  const first = [reg.storage.gc(), reg.storage.gc()];
+  assert.equal(first[0], first[1]);
+  await Promise.all(first);
+  assert.equal(reg.storage.gcTotals.runs - runs, 1);
+  // Something to mark, so that a collection spans several turns of the event loop.
+  await image('gc/burst', 'v1', [blob('burst')]);
+  let settled = false;
+  const running = reg.storage.gc();
+  void running.then(() => { settled = true; }, () => { settled = true; });
+  await new Promise((r) => setImmediate(r));
+  assert.equal(settled, false, 'the collection is under way');
+  const burst = Array.from({ length: 10 }, () => reg.storage.gc());
+  const dry = [reg.storage.gc({ dryRun: true }), reg.storage.gc({ dryRun: true })];
+  assert.ok(burst.every((p) => p === burst[0]), 'every later call joined the waiting collection');
+  assert.notEqual(burst[0], running, 'but not the running one, which may have missed what they saw');
+  assert.equal(dry[0], dry[1]);
+  assert.notEqual(dry[0], burst[0], 'a dry run does not stand for a collection, nor the other way round');
+  await Promise.all([running, ...burst, ...dry]);
+  assert.equal(reg.storage.gcTotals.runs - runs, 3);
+});
+
 test('collections racing pushes, pulls and deletes lose nothing that is referenced', { timeout: 120_000 }, async () => {
   const racing = await startReg({ storage: { gcGraceMs: 2_000, gcIntervalMs: 0 } });
   try {

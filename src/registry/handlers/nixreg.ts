@@ -46,7 +46,7 @@ export function stats(ctx: Ctx) {
 /** Listed in a dry run's answer at most; the totals are always whole. */
 const MAX_ITEMS = 10_000;
 
-/** POST /nixreg/gc[?dry-run=1]: collects now (joining none: one collection at a time). */
+/** POST /nixreg/gc[?dry-run=1]: collects now, or joins a collection asked for and not yet started (Storage.gc). */
 export function collect(ctx: Ctx) {
   return async (req: Request, res: Response) => {
     const flag = req.query['dry-run'];
