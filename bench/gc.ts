@@ -6,12 +6,13 @@
 // `--repos` repositories of tagged images, each manifest with `--layers` layers, live;
 // and `--garbage` blobs linked into those repositories but referenced by nothing, older
 // than the grace period. Then `nixreg serve` of this build opens it, and each round:
-//  1. idle: wrk runs manifest GET by tag for as long as the last collection took (the
-//     first round: 2 s);
+//  1. idle: wrk runs manifest GET by tag for as long as the last collection took, at
+//     most 30 s (the first round: 2 s);
 //  2. collecting: wrk runs the same while `POST /nixreg/gc` removes the garbage;
-//  3. the garbage is seeded again and collected with no traffic at all.
-// The rate while collecting is compared with the idle rate of the same round, so that
-// the machine's drift between rounds cancels out; the ratio reported is the median of
+//  3. idle again, as long as in 1;
+//  4. the garbage is seeded again and collected with no traffic at all.
+// The rate while collecting is compared with the idle rate of the same round, before and
+// after together, so that the machine's drift within and between rounds cancels out; the ratio reported is the median of
 // the rounds'. A collection yields to traffic (src/blobs/gc.ts, pace()), so the two
 // collection times differ by design.
 //
@@ -97,6 +98,9 @@ function seed(layout: Layout, index: Index, live: boolean): number {
   return blobs;
 }
 
+/** The longest idle window: enough for a steady rate, short enough to stay near the collection. */
+const IDLE_MAX_MS = 30_000;
+
 /** wrk until `until` settles; the rate over exactly that window. */
 async function wrkDuring(url: string, until: () => Promise<unknown>): Promise<WrkResult & { ms: number }> {
   const child = spawn('wrk', ['-t1', `-c${o.connections}`, '-d600s', '--timeout', '5s', '--latency', '-H', `Accept: ${DOCKER_ACCEPT}`, url], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -142,7 +146,8 @@ async function main() {
           seed(layout, index, false);
           index.close();
         }
-        const idle = await wrkDuring(target, () => new Promise((res) => setTimeout(res, window)));
+        const idleFor = () => wrkDuring(target, () => new Promise((res) => setTimeout(res, Math.min(window, IDLE_MAX_MS))));
+        const before = await idleFor();
         let report: { blobs: number; bytes: number; ms: number; phases: unknown } | undefined;
         const busy = await wrkDuring(target, async () => {
           const g = await call('POST', `${url}/nixreg/gc`);
@@ -150,6 +155,8 @@ async function main() {
           report = JSON.parse(g.body.toString());
         });
         window = busy.ms;
+        const after = await idleFor();
+        const idle = { requests: before.requests + after.requests, ms: before.ms + after.ms, p99ms: Math.max(before.p99ms, after.p99ms) };
         index = new Index(layout.dbPath);
         seed(layout, index, false);
         index.close();
@@ -162,7 +169,7 @@ async function main() {
         ratios.push(busyRate / idleRate);
         gcMs.push(report!.ms);
         freed.push(report!.blobs);
-        process.stderr.write(`round ${r + 1}: gc ${report!.ms} ms ${JSON.stringify(report!.phases)}, ${report!.blobs} blobs (no traffic: ${quietMs[quietMs.length - 1]!.toFixed(0)} ms); GET ${idleRate.toFixed(0)}/s idle, ${busyRate.toFixed(0)}/s collecting (p99 ${idle.p99ms.toFixed(1)} / ${busy.p99ms.toFixed(1)} ms)\n`);
+        process.stderr.write(`round ${r + 1}: gc ${report!.ms} ms ${JSON.stringify(report!.phases)}, ${report!.blobs} blobs (no traffic: ${quietMs[quietMs.length - 1]!.toFixed(0)} ms); GET ${idleRate.toFixed(0)}/s idle (${(before.requests / (before.ms / 1000)).toFixed(0)} before, ${(after.requests / (after.ms / 1000)).toFixed(0)} after), ${busyRate.toFixed(0)}/s collecting (p99 ${idle.p99ms.toFixed(1)} / ${busy.p99ms.toFixed(1)} ms)\n`);
       }
       const f = (s: ReturnType<typeof stat>, d = 2) => `${s.median.toFixed(d)} (${s.min.toFixed(d)}–${s.max.toFixed(d)})`;
       console.log(`GC of a store of ${live + garbage} blobs (${repos} repositories × ${perRepo} tagged manifests × ${layers} layers, with configs and manifests: ${live} live; ${garbage} garbage blobs before each collection); nixreg ${rev()} (node ${process.version}); ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}; wrk -t1 -c${o.connections} manifest GET by tag; ${rounds} rounds; median (min–max).\n`);
