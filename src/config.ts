@@ -39,14 +39,9 @@ export const DEFAULTS = {
   listen: '127.0.0.1:5000', data: './data', images: './examples', uploadMaxAge: '86400', gcGrace: '3600', gcInterval: '3600',
 } as const;
 
-/** Whole seconds, 0 allowed (a grace of 0, an interval of 0 = off). */
-export function parseSecondsOrZero(v: string, what: string): number {
-  if (!/^\d{1,10}$/.test(v.trim())) throw new Error(`${what} must be a whole number of seconds >= 0, got ${JSON.stringify(v)}`);
-  return Number(v) * 1000;
-}
-
-export function parseSeconds(v: string, what: string): number {
-  if (!/^\d{1,10}$/.test(v.trim()) || Number(v) < 1) throw new Error(`${what} must be a whole number of seconds >= 1, got ${JSON.stringify(v)}`);
+/** Whole seconds, at least `min` (0 for a grace of 0, or an interval of 0 = off), in ms. */
+export function parseSeconds(v: string, what: string, min = 1): number {
+  if (!/^\d{1,10}$/.test(v.trim()) || Number(v) < min) throw new Error(`${what} must be a whole number of seconds >= ${min}, got ${JSON.stringify(v)}`);
   return Number(v) * 1000;
 }
 
@@ -87,8 +82,8 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
   const metricsAuth = flags.metricsAuth ?? env.NIXREG_METRICS_AUTH;
   const minFreeSpace = flags.minFreeSpace ?? env.NIXREG_MIN_FREE_SPACE;
   return {
-    gcGraceMs: parseSecondsOrZero(flags.gcGrace ?? env.NIXREG_GC_GRACE ?? DEFAULTS.gcGrace, '--gc-grace'),
-    gcIntervalMs: parseSecondsOrZero(flags.gcInterval ?? env.NIXREG_GC_INTERVAL ?? DEFAULTS.gcInterval, '--gc-interval'),
+    gcGraceMs: parseSeconds(flags.gcGrace ?? env.NIXREG_GC_GRACE ?? DEFAULTS.gcGrace, '--gc-grace', 0),
+    gcIntervalMs: parseSeconds(flags.gcInterval ?? env.NIXREG_GC_INTERVAL ?? DEFAULTS.gcInterval, '--gc-interval', 0),
     cacheMaxBytes: cacheMax !== undefined ? parseSize(cacheMax, '--cache-max-bytes') : undefined,
     publicUrl,
     tls: cert !== undefined && key !== undefined ? { cert: resolve(cert), key: resolve(key) } : undefined,
