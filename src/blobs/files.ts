@@ -73,12 +73,13 @@ export class Coalesce extends Transform {
  * `source` behind a stream of its own, so that a write failing (a full disk) destroys
  * that stream and not the request: the client must still be able to read the answer
  * (507) rather than find its connection reset. A source that fails (a client going
- * away) still fails the write. `release` detaches whatever is left of the source.
+ * away) still fails the write, after telling `onFail`. `release` detaches whatever is
+ * left of the source.
  */
-export function detach(source: Readable): { stream: PassThrough; release(): void } {
+export function detach(source: Readable, onFail?: () => void): { stream: PassThrough; release(): void } {
   const stream = new PassThrough();
   source.pipe(stream);
-  const unwatch = finished(source, (err) => { if (err) stream.destroy(err); });
+  const unwatch = finished(source, (err) => { if (err) { onFail?.(); stream.destroy(err); } });
   return { stream, release() { unwatch(); source.unpipe(stream); } };
 }
 

@@ -6,12 +6,12 @@
 import { createHash, randomUUID, type Hash } from 'node:crypto';
 import { closeSync, createWriteStream, openSync, promises as fs } from 'node:fs';
 import { join } from 'node:path';
-import { PassThrough, finished, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Digester, algorithmOf, digestFile } from '../oci/digest.js';
 import { readdirSafe, type StoreCore } from './core.js';
 import { DigestMismatch, SizeMismatch, UploadOutOfOrder, UploadUnknown, noSpaceCode } from './errors.js';
-import { Coalesce, WRITE_BUFFER, type BlobFiles } from './files.js';
+import { Coalesce, WRITE_BUFFER, detach, type BlobFiles } from './files.js';
 
 interface UploadState {
   /** sha256 of bytes [0, offset), or null when it must be recomputed from the file. */
@@ -68,17 +68,16 @@ export class Uploads {
     }
     const path = this.core.layout.uploadPath(id);
     st.busy = true;
-    // The request feeds the file through `entry`, not directly: a cancel then detaches
-    // the request instead of destroying it, so the client still gets an answer (404)
-    // rather than a reset connection. A client that goes away still fails the chunk.
-    const entry = new PassThrough();
-    source.pipe(entry);
-    const unwatch = finished(source, (err) => { if (err) { st.failing = true; entry.destroy(err); } });
-    const cut = () => { source.unpipe(entry); entry.destroy(new UploadUnknown(id)); };
+    // The request feeds the file through a stream of its own (detach), not directly: a
+    // cancel then detaches the request instead of destroying it, so the client still gets
+    // an answer (404) rather than a reset connection. A client that goes away still fails
+    // the chunk.
+    const entry = detach(source, () => { st.failing = true; });
+    const cut = () => { entry.release(); entry.stream.destroy(new UploadUnknown(id)); };
     const work = (async () => {
       const counter = new Digester(st.hash ?? createHash('sha256'));
       try {
-        await pipeline(entry, new Coalesce(), counter, createWriteStream(path, { flags: 'a', highWaterMark: WRITE_BUFFER }));
+        await pipeline(entry.stream, new Coalesce(), counter, createWriteStream(path, { flags: 'a', highWaterMark: WRITE_BUFFER }));
       } catch (err) {
         if (st.cancelled) throw new UploadUnknown(id);
         // The file may hold part of the chunk: the file is the truth from here on.
@@ -108,7 +107,7 @@ export class Uploads {
       await this.remove(id);
       throw this.core.noSpace(err, 'store this upload; the upload was ended and nothing of it was kept');
     } finally {
-      unwatch();
+      entry.release();
       st.busy = false;
       st.failing = false;
       st.op = undefined;
