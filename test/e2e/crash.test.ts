@@ -3,12 +3,11 @@
 // disk (every blob file is named by its digest, every index row has its file) and what
 // is served (every acknowledged blob intact; interrupted uploads resumable or unknown).
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
-import Database from 'better-sqlite3';
-import { digestFile } from '../../src/oci/digest.js';
 import { spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
+import { filesIn, inspectStore } from '../helpers/store-check.js';
 import { MiB, Pattern, digestOfGet, openRequest, send } from './stream.js';
 
 const REPO = 'crash/test';
@@ -53,44 +52,9 @@ function waitUntil(what: string, cond: () => boolean, timeoutMs = 30_000): Promi
   });
 }
 
-function filesIn(dir: string): string[] {
-  return existsSync(dir) ? readdirSync(dir, { recursive: true, withFileTypes: true })
-    .filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name)) : [];
-}
-
-/**
- * The on-disk invariants, checked right after a kill (before startup repairs anything)
- * and again after restart: no partial or foreign file at any final blob path, and no
- * index row whose file is missing or of another size.
- */
-async function checkDisk(when: string): Promise<void> {
-  const blobs = join(data, 'blobs');
-  const onDisk = new Map<string, number>();
-  for (const f of filesIn(blobs)) {
-    const rel = f.slice(blobs.length + 1).split('/');
-    assert.equal(rel.length, 3, `${when}: unexpected path ${f}`);
-    const [alg, prefix, hex] = rel as [string, string, string];
-    assert.equal(prefix, hex.slice(0, 2), `${when}: ${f} is under the wrong prefix`);
-    assert.equal(await digestFile(f, alg as 'sha256'), `${alg}:${hex}`, `${when}: ${f} does not hash to its name`);
-    onDisk.set(`${alg}:${hex}`, statSync(f).size);
-  }
-  const db = new Database(join(data, 'index.db'), { readonly: true, fileMustExist: true });
-  try {
-    const rows = db.prepare('SELECT digest, size FROM blobs').all() as { digest: string; size: number }[];
-    for (const r of rows) {
-      assert.ok(onDisk.has(r.digest), `${when}: index row ${r.digest} has no file`);
-      assert.equal(onDisk.get(r.digest), r.size, `${when}: index row ${r.digest} has the wrong size`);
-    }
-    const manifests = db.prepare('SELECT digest FROM manifests').all() as { digest: string }[];
-    for (const m of manifests) assert.ok(onDisk.has(m.digest), `${when}: manifest ${m.digest} has no file`);
-  } finally {
-    db.close();
-  }
-}
-
 /**
  * Every acknowledged blob is served at its size; its content is read back and hashed
- * when `full` (checkDisk already hashed every file, so per cycle a HEAD suffices).
+ * when `full` (inspectStore already hashed every file, so per cycle a HEAD suffices).
  */
 async function checkServed(full = true): Promise<void> {
   for (const [digest, size] of committed) {
@@ -180,10 +144,10 @@ test('kill -9 with a finished, a chunked half-way and a monolithic mid-stream up
 
   await crash();
   for (const req of [third, half, halfManifest]) req.destroy();
-  await checkDisk('after kill -9');
+  await inspectStore(data, 'after kill -9');
 
   await start();
-  await checkDisk('after restart');
+  await inspectStore(data, 'after restart');
   await checkServed();
   assert.deepEqual(filesIn(join(data, 'tmp')), [], 'startup clears half-written temporary files');
   const m = await send(url(`/v2/${REPO}/manifests/v1`), 'GET', undefined, { Accept: 'application/vnd.oci.image.manifest.v1+json' });
@@ -277,10 +241,10 @@ test('kill -9 during the commit of a large blob, at several moments', { timeout:
       void done.then((status) => { acknowledged = status === 201; });
       if (delay) await new Promise((r) => setTimeout(r, delay));
       await crash();
-      await checkDisk(`${how}, killed ${delay} ms into the commit`);
+      await inspectStore(data, `${how}, killed ${delay} ms into the commit`);
 
       await start();
-      await checkDisk(`${how}, restarted after a kill ${delay} ms into the commit`);
+      await inspectStore(data, `${how}, restarted after a kill ${delay} ms into the commit`);
       await checkServed(false);
       const head = await send(url(`/v2/${REPO}/blobs/${digest}`), 'HEAD');
       let outcome: string;
@@ -315,7 +279,7 @@ test('kill -9 during the commit of a large blob, at several moments', { timeout:
   }
   t.diagnostic(outcomes.join('; '));
   await start();
-  await checkDisk('final');
+  await inspectStore(data, 'final');
   await checkServed();
   await crash();
 });
@@ -340,6 +304,6 @@ test('stale uploads are purged after --upload-max-age: at startup after a crash,
   assert.ok(Date.now() - t0 >= 500, 'not purged before it was stale');
   assert.equal((await send(url(idle), 'GET')).status, 404);
   await checkServed(false);
-  await checkDisk('after purges');
+  await inspectStore(data, 'after purges');
   await crash();
 });

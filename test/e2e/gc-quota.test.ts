@@ -5,7 +5,7 @@
 // collection.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import Database from 'better-sqlite3';
@@ -13,6 +13,7 @@ import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { requireTool, run } from '../helpers/exec.js';
 import { NIX_TEST_ENV } from '../helpers/nix.js';
 import { CLI, spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
+import { checkStore, inspectStore } from '../helpers/store-check.js';
 import { Images, nonce } from '../build/helpers.js';
 import { sha256 } from '../api/util.js';
 import { getManifest, multiLayerContext } from './fixtures.js';
@@ -27,17 +28,6 @@ const post = async (url: string) => {
   assert.equal(r.status, 200, await r.clone().text());
   return r.json() as Promise<{ blobs: number; bytes: number; manifests: number }>;
 };
-
-/** Every index row has its file, and every file its row, byte for byte. */
-function checkStore(data: string): void {
-  const db = new Database(join(data, 'index.db'), { readonly: true });
-  try {
-    const rows = db.prepare('SELECT digest FROM blobs').all() as { digest: string }[];
-    for (const { digest } of rows) assert.equal(sha256(readFileSync(blobFile(data, digest))), digest, `row ${digest}`);
-    const missing = db.prepare(`SELECT m.digest FROM manifests m LEFT JOIN blobs b ON b.digest = m.digest WHERE b.digest IS NULL`).all();
-    assert.deepEqual(missing, [], 'manifest rows without blob rows');
-  } finally { db.close(); }
-}
 
 describe('garbage collection with docker and skopeo', () => {
   let dockerd: Dockerd;
@@ -89,7 +79,7 @@ describe('garbage collection with docker and skopeo', () => {
       await docker(['pull', t]);
       assert.equal((await docker(['run', '--rm', '--network', 'none', t])).stdout.trim(), says);
     }
-    checkStore(reg.data);
+    await checkStore(reg.data, 'after the collection');
   });
 
   test('nixreg gc: --dry-run lists while the server runs; collecting is refused until it stops, then works', { timeout: 120_000 }, async () => {
@@ -110,7 +100,7 @@ describe('garbage collection with docker and skopeo', () => {
     const done = await run(process.execPath, [CLI, 'gc', '--data', reg.data, '--gc-grace', '0']);
     assert.match(done.stdout, /removed \d+ manifests, \d+ links, 1 blobs \(4096 bytes\)/);
     assert.equal(existsSync(blobFile(reg.data, sha256(junk))), false);
-    checkStore(reg.data);
+    await checkStore(reg.data, 'after the collection');
   });
 });
 
@@ -232,9 +222,10 @@ test('kill -9 at any moment of a collection leaves a consistent store', { timeou
       reg.child.kill('SIGKILL');
       await reg.stop();
       await collecting;
-      midway.push(checkStoreAfterCrash(data));
+      // Mid-collection: files whose rows were already gone.
+      midway.push((await inspectStore(data, `after kill -9 in round ${round}`)).filesWithoutRows.length > 0);
       reg = await spawnRegistry({ data, args: ['--gc-grace', '0', '--gc-interval', '0'] });
-      checkStore(data);
+      await checkStore(data, `restarted after kill -9 in round ${round}`);
       const got = await fetch(`${reg.url}/v2/keep/app/blobs/${kept}`);
       assert.equal(sha256(Buffer.from(await got.arrayBuffer())), kept);
     }
@@ -261,20 +252,5 @@ async function rowsDropping(data: string): Promise<void> {
       if (Date.now() > end) throw new Error('the collection never began to drop rows');
       await new Promise((r) => setTimeout(r, 1));
     }
-  } finally { db.close(); }
-}
-
-/**
- * After a crash, before the restart: no row without its file (files without rows are
- * removed by reconciliation at start). Says whether the crash came mid-collection: files
- * whose rows were already gone.
- */
-function checkStoreAfterCrash(data: string): boolean {
-  const db = new Database(join(data, 'index.db'), { readonly: true });
-  try {
-    const rows = new Set((db.prepare('SELECT digest FROM blobs').all() as { digest: string }[]).map((r) => r.digest));
-    for (const digest of rows) assert.ok(existsSync(blobFile(data, digest)), `row without its file: ${digest}`);
-    const files = readdirSync(join(data, 'blobs/sha256'), { recursive: true, withFileTypes: true }).filter((e) => e.isFile());
-    return files.some((f) => !rows.has(`sha256:${f.name}`));
   } finally { db.close(); }
 }

@@ -17,12 +17,19 @@ export function bytesIn(dir: string): number {
   return filesIn(dir).reduce((n, f) => n + statSync(f).size, 0);
 }
 
-/** Checks `data` (a data directory) through a read-only connection; returns the blob count. */
-export async function checkStore(data: string, when: string): Promise<number> {
+/**
+ * The invariants that hold at every instant, a kill -9 included, checked through a
+ * read-only connection: every blob file sits at the path of its digest and hashes to it,
+ * and every index row (blob or manifest) has its complete file. Files without a row may
+ * exist right after a crash (startup reconciliation removes them): they are returned.
+ */
+export async function inspectStore(data: string, when: string): Promise<{ blobs: number; filesWithoutRows: string[] }> {
   const blobs = join(data, 'blobs');
   const onDisk = new Map<string, number>();
   for (const f of filesIn(blobs)) {
-    const [alg, prefix, hex] = f.slice(blobs.length + 1).split('/') as [string, string, string];
+    const rel = f.slice(blobs.length + 1).split('/');
+    assert.equal(rel.length, 3, `${when}: unexpected path ${f}`);
+    const [alg, prefix, hex] = rel as [string, string, string];
     assert.equal(prefix, hex.slice(0, 2), `${when}: ${f} is under the wrong prefix`);
     assert.equal(await digestFile(f, alg as 'sha256'), `${alg}:${hex}`, `${when}: ${f} does not hash to its name`);
     onDisk.set(`${alg}:${hex}`, statSync(f).size);
@@ -34,13 +41,19 @@ export async function checkStore(data: string, when: string): Promise<number> {
       assert.ok(onDisk.has(r.digest), `${when}: index row ${r.digest} has no file`);
       assert.equal(onDisk.get(r.digest), r.size, `${when}: index row ${r.digest} has the wrong size`);
     }
-    const known = new Set(rows.map((r) => r.digest));
-    for (const d of onDisk.keys()) assert.ok(known.has(d), `${when}: blob file ${d} has no index row`);
     for (const { digest } of db.prepare('SELECT digest FROM manifests').all() as { digest: string }[]) {
       assert.ok(onDisk.has(digest), `${when}: manifest ${digest} has no file`);
     }
-    return rows.length;
+    const known = new Set(rows.map((r) => r.digest));
+    return { blobs: rows.length, filesWithoutRows: [...onDisk.keys()].filter((d) => !known.has(d)) };
   } finally {
     db.close();
   }
+}
+
+/** inspectStore, and every blob file has its index row (the settled state); returns the blob count. */
+export async function checkStore(data: string, when: string): Promise<number> {
+  const { blobs, filesWithoutRows } = await inspectStore(data, when);
+  for (const d of filesWithoutRows) assert.fail(`${when}: blob file ${d} has no index row`);
+  return blobs;
 }
