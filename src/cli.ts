@@ -6,7 +6,7 @@ import { Command } from 'commander';
 import { buildConfig, limitsConfig, serveConfig, type BuildFlags, type LimitFlags, type ServeFlags } from './config.js';
 import { AuthConfigError } from './registry/auth/config.js';
 import { MetricsTokenError } from './registry/auth/metrics-token.js';
-import { runBuild, withBuildOptions } from './build-command.js';
+import { BuildCommandFailed, runBuild, runRemoteBuild, withBuildOptions } from './build-command.js';
 import { GcRefused, printReport, runGc } from './gc-command.js';
 import { NixImageSource } from './build/source.js';
 import { log } from './log.js';
@@ -37,6 +37,8 @@ withBuildOptions(program
   .option('--max-uploads <n>', 'unfinished uploads in all; more get 429 (env NIXREG_MAX_UPLOADS, default 10000)')
   .option('--gc-grace <seconds>', 'garbage collection spares blobs, links and manifests younger than this (env NIXREG_GC_GRACE, default 3600)')
   .option('--gc-interval <seconds>', 'collect garbage this often; 0: only on POST /nixreg/gc (env NIXREG_GC_INTERVAL, default 3600)')
+  .option('--pull-wait <seconds>', 'a pull waits this long for its build, then gets 429 with Retry-After while the build goes on (env NIXREG_PULL_WAIT, default 25)')
+  .option('--prebuild', 'at start and after each change under --images, build every image whose expression changed (env NIXREG_PREBUILD=1)')
   .option('--cache-max-bytes <size>', 'bytes that built images may use (60MB, 50GB, …); the least recently pulled are evicted beyond it (env NIXREG_CACHE_MAX_BYTES, default: no limit)')
   .action(async (flags: ServeFlags & BuildFlags & LimitFlags, cmd: Command) => {
     let cfg, bcfg, limits;
@@ -51,7 +53,7 @@ withBuildOptions(program
           onGc: (r) => { if (!r.dryRun) log.info({ gc: r }, 'garbage collected'); },
         },
         tls: cfg.tls, auth: cfg.auth, publicUrl: cfg.publicUrl, metricsAuth: cfg.metricsAuth, minFreeSpace: cfg.minFreeSpace,
-        source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, log })),
+        source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, prebuild: cfg.prebuild, log })),
       });
     } catch (e) {
       // A faulty auth file or certificate is a configuration error: one line, exit 2.
@@ -87,12 +89,26 @@ withBuildOptions(program
 
 withBuildOptions(program
   .command('build <name[:tag]>')
-  .description('build an image ahead of time; prints its hash tag and manifest digest')
+  .description('build an image ahead of time, here or (--remote) on a running registry; prints its hash tag and manifest digest; exits 1 if the build fails')
   .option('--data <dir>', 'blob store and index (env NIXREG_DATA, default ./data)')
-  .option('--images <dir>', 'Nix expressions served as images (env NIXREG_IMAGES, default ./examples)'))
-  .action(async (ref: string, flags: { data?: string; images?: string } & BuildFlags) => {
-    const cfg = serveConfig({ ...flags, listen: '127.0.0.1:0' });
-    await runBuild(ref, { ...flags, data: cfg.data, images: cfg.images });
+  .option('--images <dir>', 'Nix expressions served as images (env NIXREG_IMAGES, default ./examples)')
+  .option('--remote <url>', 'build on the registry at this URL instead, and follow the build to its end (env NIXREG_REMOTE)')
+  .option('--user <name:password>', 'credentials for --remote, where the registry has --auth (env NIXREG_USER)'))
+  .action(async (ref: string, flags: { data?: string; images?: string; remote?: string; user?: string } & BuildFlags) => {
+    try {
+      const remote = flags.remote ?? process.env.NIXREG_REMOTE;
+      if (remote !== undefined) {
+        if (!/^https?:\/\/[^\s/]+\/?$/.test(remote)) throw new BuildCommandFailed(`--remote must be http(s)://host[:port], got ${JSON.stringify(remote)}`);
+        await runRemoteBuild(ref, remote, flags.user ?? process.env.NIXREG_USER);
+        return;
+      }
+      const cfg = serveConfig({ ...flags, listen: '127.0.0.1:0' });
+      await runBuild(ref, { ...flags, data: cfg.data, images: cfg.images });
+    } catch (e) {
+      if (!(e instanceof BuildCommandFailed)) throw e;
+      process.stderr.write(`nixreg: ${e.message}\n`);
+      process.exit(1);
+    }
   });
 
 program

@@ -27,12 +27,14 @@ export interface ServeConfig {
   metricsAuth: string | undefined;
   /** /readyz's free-space threshold in bytes (--min-free-space, env NIXREG_MIN_FREE_SPACE); default: min(1 GiB, 5 %). */
   minFreeSpace: number | undefined;
+  /** Build what changed under --images, at start and after each change (--prebuild, env NIXREG_PREBUILD=1). */
+  prebuild: boolean;
 }
 
 export interface ServeFlags {
   listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string;
   tlsCert?: string; tlsKey?: string; auth?: string; gcGrace?: string; gcInterval?: string; cacheMaxBytes?: string;
-  metricsAuth?: string; minFreeSpace?: string;
+  metricsAuth?: string; minFreeSpace?: string; prebuild?: boolean;
 }
 
 export const DEFAULTS = {
@@ -58,6 +60,15 @@ export function parseSize(v: string, what: string): number {
     throw new Error(`${what} must be a size such as 60MB, 50GB, 512MiB or a number of bytes, got ${JSON.stringify(v)}`);
   }
   return n;
+}
+
+/** An on/off environment variable: 1/true/yes/on or 0/false/no/off (unset: off). */
+export function parseSwitch(v: string | undefined, what: string): boolean {
+  if (v === undefined || v === '') return false;
+  const s = v.trim().toLowerCase();
+  if (['1', 'true', 'yes', 'on'].includes(s)) return true;
+  if (['0', 'false', 'no', 'off'].includes(s)) return false;
+  throw new Error(`${what} must be 1 or 0 (true/false, yes/no, on/off), got ${JSON.stringify(v)}`);
 }
 
 export function parseListen(v: string): { host: string; port: number } {
@@ -90,6 +101,7 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
     auth: auth !== undefined ? resolve(auth) : undefined,
     metricsAuth: metricsAuth !== undefined ? resolve(metricsAuth) : undefined,
     minFreeSpace: minFreeSpace !== undefined ? parseSize(minFreeSpace, '--min-free-space') : undefined,
+    prebuild: flags.prebuild ?? parseSwitch(env.NIXREG_PREBUILD, 'NIXREG_PREBUILD'),
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),
@@ -100,14 +112,20 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
 /** Build-on-pull settings, shared by `serve` and `build`. */
 export interface BuildConfig {
   buildTimeoutMs: number;
+  /** A pull waits this long for a build, then gets 429 with Retry-After (--pull-wait, env NIXREG_PULL_WAIT). */
+  pullWaitMs: number;
   maxBuilds: number;
   evalTtlMs: number;
   negativeTtlMs: number;
 }
 
-export interface BuildFlags { buildTimeout?: string; maxBuilds?: string; evalTtl?: string; negativeTtl?: string }
+export interface BuildFlags { buildTimeout?: string; maxBuilds?: string; evalTtl?: string; negativeTtl?: string; pullWait?: string }
 
-export const BUILD_DEFAULTS = { buildTimeout: '600', maxBuilds: '2', evalTtl: '10', negativeTtl: '30' } as const;
+/**
+ * --pull-wait 25: below the 30 s that containerd (>= 2.3, so most Kubernetes nodes)
+ * gives a registry to send response headers before it drops the request.
+ */
+export const BUILD_DEFAULTS = { buildTimeout: '600', maxBuilds: '2', evalTtl: '10', negativeTtl: '30', pullWait: '25' } as const;
 
 export function buildConfig(flags: BuildFlags, env = process.env): BuildConfig {
   const secs = (v: string, what: string) => {
@@ -121,6 +139,7 @@ export function buildConfig(flags: BuildFlags, env = process.env): BuildConfig {
   if (buildTimeoutMs < 1000) throw new Error('--build-timeout must be at least 1 second');
   return {
     buildTimeoutMs,
+    pullWaitMs: parseSeconds(flags.pullWait ?? env.NIXREG_PULL_WAIT ?? BUILD_DEFAULTS.pullWait, '--pull-wait'),
     maxBuilds: Number(maxBuilds),
     evalTtlMs: secs(flags.evalTtl ?? env.NIXREG_EVAL_TTL ?? BUILD_DEFAULTS.evalTtl, '--eval-ttl'),
     negativeTtlMs: secs(flags.negativeTtl ?? env.NIXREG_NEGATIVE_TTL ?? BUILD_DEFAULTS.negativeTtl, '--negative-ttl'),

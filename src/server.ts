@@ -73,6 +73,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
       ? createHttpsServer({ ...secure, handshakeTimeout: limits.headersMs }) as unknown as Server
       : createServer();
   } catch (e) {
+    await source?.close();
     storage.close();
     throw e;
   }
@@ -144,6 +145,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
         await done;
         clearTimeout(force);
         clearInterval(sweep);
+        await source?.close();
         storage.close();
         rmSync(storage.layout.pidPath, { force: true });
       })();

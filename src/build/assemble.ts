@@ -29,6 +29,7 @@ import { BuildError, BuildFailed, InvalidImageSpec } from './errors.js';
 import { FARM_FORMAT, rootfsEntries } from './farm.js';
 import { ParallelGzip } from './gzip.js';
 import { imageConfig, imageManifest, type LayerDescriptor } from './image.js';
+import type { Progress } from './jobs.js';
 import { groupStorePaths } from './layers.js';
 import { storePathEntries, tarStream, type TarEntry } from './tar.js';
 import type { BuiltImage, ImageSpec, StorePathInfo } from './types.js';
@@ -79,11 +80,12 @@ export interface AssembleStats {
  * the same set of store paths) and stores an OCI manifest plus a Docker schema2
  * manifest of the image in `repo`, untagged. `hash` is passed through as the image tag
  * the caller will use. When `signal` aborts, assembly stops and rejects with a
- * BuildFailed saying so (a timeout, for AbortSignal.timeout).
+ * BuildFailed saying so (a timeout, for AbortSignal.timeout). `progress` learns the
+ * layers, store paths and bytes done of the total as they are packed.
  */
 export async function assembleImage(
   storage: Storage, repo: string, spec: ImageSpec, closure: StorePathInfo[], hash: string,
-  stats?: AssembleStats, signal?: AbortSignal,
+  stats?: AssembleStats, signal?: AbortSignal, progress?: Progress,
 ): Promise<BuiltImage> {
   if (!Number.isInteger(spec.maxLayers) || spec.maxLayers < 1) {
     throw new InvalidImageSpec(`maxLayers must be a positive integer, not ${String(spec.maxLayers)}`);
@@ -91,7 +93,19 @@ export async function assembleImage(
   try {
     signal?.throwIfAborted();
     const plans = planLayers(spec, closure);
-    const rows = await buildAll(plans, (p, s) => layerFor(storage, repo, p, s, stats), signal);
+    const sizes = new Map(closure.map((p) => [p.path, p.narSize]));
+    const narBytes = (plan: LayerPlan) => plan.paths.reduce((n, p) => n + (sizes.get(p) ?? 0), 0);
+    if (progress) {
+      progress.layers = { done: 0, total: plans.length };
+      progress.paths = { done: 0, total: sizes.size };
+      progress.bytesTotal = [...sizes.values()].reduce((a, b) => a + b, 0);
+      progress.bytesFinished = 0;
+    }
+    const rows = await buildAll(plans, async (p, s) => {
+      const row = await layerFor(storage, repo, p, s, stats, progress);
+      if (progress) { progress.layers.done++; progress.paths.done += p.paths.length; progress.bytesFinished += narBytes(p); }
+      return row;
+    }, signal);
     const layers: LayerDescriptor[] = plans.map((p, i) => ({
       digest: rows[i]!.digest, diffId: rows[i]!.diff_id, size: rows[i]!.size, paths: p.paths, rootfs: p.rootfs,
     }));
@@ -145,7 +159,9 @@ function planLayers(spec: ImageSpec, closure: StorePathInfo[]): LayerPlan[] {
   ];
 }
 
-async function layerFor(storage: Storage, repo: string, plan: LayerPlan, signal: AbortSignal, stats?: AssembleStats): Promise<LayerRow> {
+async function layerFor(
+  storage: Storage, repo: string, plan: LayerPlan, signal: AbortSignal, stats?: AssembleStats, progress?: Progress,
+): Promise<LayerRow> {
   signal.throwIfAborted();
   const known = storage.index.getLayer(plan.key);
   if (known && storage.index.linkBlob(repo, known.digest)) {
@@ -156,7 +172,7 @@ async function layerFor(storage: Storage, repo: string, plan: LayerPlan, signal:
   let flight = inflight.get(flightKey);
   if (!flight) {
     const stop = new AbortController();
-    const done = buildLayer(storage, repo, plan, stop.signal, stats).finally(() => { if (inflight.get(flightKey) === f) inflight.delete(flightKey); });
+    const done = buildLayer(storage, repo, plan, stop.signal, stats, progress).finally(() => { if (inflight.get(flightKey) === f) inflight.delete(flightKey); });
     const f: Flight = { waiters: 0, stop, done };
     inflight.set(flightKey, flight = f);
   }
@@ -190,7 +206,9 @@ function board(f: Flight, key: string, signal: AbortSignal): Promise<LayerRow> {
   });
 }
 
-async function buildLayer(storage: Storage, repo: string, plan: LayerPlan, signal: AbortSignal, stats?: AssembleStats): Promise<LayerRow> {
+async function buildLayer(
+  storage: Storage, repo: string, plan: LayerPlan, signal: AbortSignal, stats?: AssembleStats, progress?: Progress,
+): Promise<LayerRow> {
   const tmp = join(storage.layout.tmpDir, randomUUID());
   // Opened before anything is streamed, so no open still under way can recreate the file
   // after a cancelled build has removed it.
@@ -198,7 +216,13 @@ async function buildLayer(storage: Storage, repo: string, plan: LayerPlan, signa
   try {
     const diff = new Digester();
     const compressed = new Digester();
-    await pipeline(tarStream(plan.entries(signal)), diff, new ParallelGzip(6), compressed, file.createWriteStream(), { signal });
+    // Counted where it already is: the digester of the tar knows its bytes.
+    progress?.live.add(diff);
+    try {
+      await pipeline(tarStream(plan.entries(signal)), diff, new ParallelGzip(6), compressed, file.createWriteStream(), { signal });
+    } finally {
+      progress?.live.delete(diff);
+    }
     signal.throwIfAborted();
     const row: LayerRow = { digest: compressed.digest(), diff_id: diff.digest(), size: compressed.bytes };
     await storage.commitFile(repo, tmp, row.digest, row.size);

@@ -2,9 +2,10 @@
 // realisation under GC roots (bounded concurrency, timeout) → closure → assembly or
 // ingestion → recorded and tagged by hash. Any number of concurrent requests for the
 // same image share one evaluation and one build; failures are remembered briefly.
+// Each build runs for a job (jobs.ts), whose log and progress it writes.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
-import { promises as fs } from 'node:fs';
+import { promises as fs, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from 'pino';
@@ -16,10 +17,11 @@ import { assembleImage } from './assemble.js';
 import { BuildError, BuildFailed, EvaluationFailed, NixUnavailable, NoImageExpression } from './errors.js';
 import { ingestImageOutput, isImageOutput } from './ingest.js';
 import { warnIfUntied } from './child.js';
-import { BuildLogs, type BuildLog } from './logs.js';
+import { Jobs, type Job, type Progress } from './jobs.js';
 import { NixError, closureOf, evaluateFile, hashPart, outputsOf, realise, type EvalJSON } from './nix.js';
 import { NixHealth, diagnose, sandboxHint } from './nix-health.js';
 import { hideImagesDir, resolveImageFile, type ImageFile } from './resolve.js';
+import { ownRootsDir, removeDeadRoots } from './roots.js';
 import { Semaphore } from './semaphore.js';
 import { validateSpec } from './spec.js';
 import type { BuiltImage, ImageSpec } from './types.js';
@@ -40,8 +42,6 @@ export interface BuilderOptions {
   /** Environment of Nix processes (tests pass offline settings; users' own apply otherwise). */
   nixEnv?: NodeJS.ProcessEnv | undefined;
   log?: Logger | undefined;
-  /** Progress for a terminal: stage lines and Nix's own output. */
-  progress?: ((text: string) => void) | undefined;
 }
 
 /** An evaluated image file: what to build and the tag it will have. */
@@ -56,7 +56,8 @@ export interface Evaluation {
   spec: Omit<ImageSpec, 'contents'>;
 }
 
-interface EvalEntry { key: string; expires: number; value: Promise<Evaluation> }
+interface EvalEntry { path: string; key: string; expires: number; value: Promise<Evaluation>; result?: Evaluation }
+interface Flight { done: Promise<BuiltImage>; job: Job }
 interface Failure { key: string; expires: number; error: BuildError }
 
 const SYSTEMS: Record<string, [string, string]> = {
@@ -81,7 +82,7 @@ export function platformOf(system: string): { architecture: string; os: string }
 }
 
 export class Builder {
-  readonly logs: BuildLogs;
+  readonly jobs: Jobs;
   /** Pipelines started (each realises and assembles once); for tests and metrics. */
   buildsStarted = 0;
   evaluationsStarted = 0;
@@ -93,12 +94,16 @@ export class Builder {
   readonly health: NixHealth;
   /** By repository: bounded, since image files may come and go under --images. */
   private readonly evals = new LRUCache<string, EvalEntry>({ max: 10_000 });
-  private readonly inflight = new Map<string, Promise<BuiltImage>>();
+  private readonly inflight = new Map<string, Flight>();
   private readonly failures = new Map<string, Failure>();
   private readonly sem: Semaphore;
   /** Evaluations of large package sets take much memory: bounded like builds. */
   private readonly evalSem: Semaphore;
-  private readonly o: Required<Omit<BuilderOptions, 'log' | 'progress' | 'nixEnv'>> & Pick<BuilderOptions, 'log' | 'progress' | 'nixEnv'>;
+  private readonly o: Required<Omit<BuilderOptions, 'log' | 'nixEnv'>> & Pick<BuilderOptions, 'log' | 'nixEnv'>;
+  /** Where this process's builds keep their GC roots (roots.ts). */
+  private readonly rootsDir: string;
+  /** Builds of this process holding roots under rootsDir. */
+  private rooted = 0;
 
   constructor(readonly storage: Storage, opts: BuilderOptions) {
     this.o = {
@@ -107,26 +112,24 @@ export class Builder {
     } as typeof this.o;
     this.sem = new Semaphore(Math.max(1, this.o.maxBuilds));
     this.evalSem = new Semaphore(Math.max(2, this.o.maxBuilds));
-    this.logs = new BuildLogs(storage.layout, this.o.keepLogs);
+    this.jobs = new Jobs(storage.layout, this.o.keepLogs);
     this.health = new NixHealth({ env: this.o.nixEnv, log: this.o.log });
+    this.rootsDir = ownRootsDir(storage.layout.gcrootsDir);
     warnIfUntied(this.o.log);
-    void this.removeStaleRoots();
+    // Roots of builds that a crash (kill -9) cut short would pin their closures forever.
+    void removeDeadRoots(storage.layout.gcrootsDir, this.o.log);
   }
 
   /**
-   * GC roots left by a build that a crash interrupted. Only old ones: a `nixreg build`
-   * may share the data directory with a running server whose builds are under way.
+   * The file `path` under the images directory changed (to the version `key`, if it
+   * still exists): any cached evaluation may be stale, since an image file may import
+   * any file there, and the next pull of each image evaluates again. Spared are only
+   * evaluations of that very file that already read that very version: the change is
+   * often seen after the pull that it prompted has evaluated it.
    */
-  private async removeStaleRoots(): Promise<void> {
-    const dir = this.storage.layout.gcrootsDir;
-    const cutoff = Date.now() - 2 * this.o.buildTimeoutMs - 60_000;
-    let names: string[] = [];
-    try { names = await fs.readdir(dir); } catch { return; }
-    for (const n of names) {
-      try {
-        if ((await fs.lstat(join(dir, n))).mtimeMs < cutoff) await fs.rm(join(dir, n), { recursive: true, force: true });
-      } catch { /* gone already */ }
-    }
+  invalidate(path: string, key: string | undefined): void {
+    const stale = [...this.evals.entries()].filter(([, e]) => !(e.path === path && e.key === key)).map(([repo]) => repo);
+    for (const repo of stale) this.evals.delete(repo);
   }
 
   /** The image file of `repo`, if an expression backs it. */
@@ -138,15 +141,17 @@ export class Builder {
    * Evaluates `repo`'s file, reusing a recent evaluation (or failure) of the same file
    * content; concurrent callers share one nix-instantiate.
    */
-  evaluate(repo: string): Promise<Evaluation> {
+  evaluate(repo: string, job?: Job): Promise<Evaluation> {
     const file = this.file(repo);
     if (!file) return Promise.reject(new NoImageExpression(`no image expression for ${repo}`, { name: repo }));
     const hit = this.evals.get(repo);
     if (hit && hit.key === file.key && Date.now() < hit.expires) return hit.value;
-    const entry: EvalEntry = { key: file.key, expires: Infinity, value: this.runEval(repo, file) };
+    job?.progress.enter('evaluating');
+    job?.line(`evaluating ${file.name}`);
+    const entry: EvalEntry = { path: file.path, key: file.key, expires: Infinity, value: this.runEval(repo, file) };
     this.evals.set(repo, entry);
     entry.value.then(
-      () => { entry.expires = Date.now() + this.o.evalTtlMs; },
+      (ev) => { entry.result = ev; entry.expires = Date.now() + this.o.evalTtlMs; },
       // An environment problem is re-checked as often as the health check re-probes; a
       // full disk at the next request (space may be freed any moment).
       (e: unknown) => {
@@ -156,9 +161,17 @@ export class Builder {
     return entry.value;
   }
 
+  /** The evaluation of `repo` that evaluate() would reuse now, if it has ended well. */
+  cachedEvaluation(repo: string): Evaluation | undefined {
+    const hit = this.evals.get(repo);
+    if (!hit?.result || Date.now() >= hit.expires) return undefined;
+    return this.file(repo)?.key === hit.key ? hit.result : undefined;
+  }
+
+  get log(): Logger | undefined { return this.o.log; }
+
   private async runEval(repo: string, file: ImageFile): Promise<Evaluation> {
     this.evaluationsStarted++;
-    this.o.progress?.(`evaluating ${file.path}\n`);
     let raw: EvalJSON;
     try {
       raw = await this.evalSem.run(() => evaluateFile(file.path, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs }));
@@ -194,8 +207,11 @@ export class Builder {
     return { hash: hashPart(row.store_path), manifest, alternate };
   }
 
-  /** The built image of an evaluation: from storage, or built now (once for all callers). */
-  async ensureBuilt(ev: Evaluation): Promise<BuiltImage> {
+  /**
+   * The built image of an evaluation: from storage, or built now for `job` (once for all
+   * callers: a job that finds the build under way joins it, its progress and its log).
+   */
+  async ensureBuilt(ev: Evaluation, job: Job): Promise<BuiltImage> {
     const done = this.lookup(ev.repo, ev.hash);
     if (done) return done;
     const key = `${ev.repo}\0${ev.hash}`;
@@ -203,88 +219,90 @@ export class Builder {
     if (failed && failed.key === ev.file.key && Date.now() < failed.expires) throw failed.error;
     // A machine where Nix cannot build gets the diagnosis, not a build that fails with a trace.
     if (!this.inflight.has(key)) await this.health.ready();
-    let p = this.inflight.get(key);
-    if (!p) {
-      p = this.sem.run(() => this.runBuild(ev));
-      this.inflight.set(key, p);
-      p.then(() => { this.failures.delete(key); }, (e: unknown) => {
-        // An environment problem is the health check's to remember: fixing the machine
-        // must not wait for a negative TTL. Nor is a full disk (StorageFull, no BuildError)
-        // remembered: space may come back any second.
-        if (!(e instanceof BuildError) || e instanceof NixUnavailable) return;
-        const now = Date.now();
-        if (this.failures.size > 1000) for (const [k, f] of this.failures) if (f.expires <= now) this.failures.delete(k);
-        this.failures.set(key, { key: ev.file.key, expires: now + this.o.negativeTtlMs, error: e });
-      }).finally(() => { this.inflight.delete(key); });
-    }
+    job.keep = true;
+    const flight = this.inflight.get(key);
+    if (flight) { job.join(flight.job); return flight.done; }
+    job.progress.enter('queued');
+    const p = this.sem.run(() => this.runBuild(ev, job));
+    this.inflight.set(key, { done: p, job });
+    p.then(() => { this.failures.delete(key); }, (e: unknown) => {
+      // An environment problem is the health check's to remember: fixing the machine
+      // must not wait for a negative TTL. Nor is a full disk (StorageFull, no BuildError)
+      // remembered: space may come back any second.
+      if (!(e instanceof BuildError) || e instanceof NixUnavailable) return;
+      const now = Date.now();
+      if (this.failures.size > 1000) for (const [k, f] of this.failures) if (f.expires <= now) this.failures.delete(k);
+      this.failures.set(key, { key: ev.file.key, expires: now + this.o.negativeTtlMs, error: e });
+    }).finally(() => { this.inflight.delete(key); });
     return p;
   }
 
-  private async runBuild(ev: Evaluation): Promise<BuiltImage> {
+  private async runBuild(ev: Evaluation, job: Job): Promise<BuiltImage> {
     // Another caller may have finished this image while we queued.
     const done = this.lookup(ev.repo, ev.hash);
     if (done) return done;
     this.buildsStarted++;
+    job.buildStarted = Date.now();
     // Layers are linked before the manifest that references them is stored: GC and the
     // cache quota must leave them alone until then.
     const release = this.storage.hold();
-    const log = this.logs.start(ev.repo, ev.hash);
-    const rec = log.record;
-    const roots = join(this.storage.layout.gcrootsDir, rec.id);
+    const progress = job.progress;
+    const roots = join(this.rootsDir, job.id);
+    this.rooted++;
     const started = Date.now();
     const { raw } = ev;
-    rec.drv = raw.contents[0]?.drv;
+    job.drv = raw.contents[0]?.drv;
+    let ok = false;
     try {
       await makeDir(roots);
-      log.line(`image ${ev.repo} from ${ev.file.name}: ${raw.imagePath}`);
-      this.o.progress?.(`building ${ev.repo} (${raw.contents.length} contents)\n`);
+      progress.enter('building');
+      job.line(`image ${ev.repo} from ${ev.file.name}: ${raw.imagePath}`);
       const drvs = [...new Set([...raw.contents.map((c) => c.drv), ...raw.configRefs])];
+      const counter = nixProgress(progress);
       await realise(drvs, join(roots, 'root'), {
         env: this.o.nixEnv,
         timeoutMs: this.o.buildTimeoutMs,
-        onStderr: (c) => { log.write(c); this.o.progress?.(c.toString()); },
+        onStderr: (c) => { job.write(c); counter(c); },
       });
+      progress.paths.done = progress.paths.total;
       const outs = raw.contents.map((c) => c.out);
       const cfgOuts = [
         ...raw.configRefs.filter((r) => !r.endsWith('.drv')),
         ...await outputsOf(raw.configRefs.filter((r) => r.endsWith('.drv')), { env: this.o.nixEnv }),
       ];
       let built: BuiltImage;
+      progress.enter('assembling');
       if (raw.kind === 'derivation' && await isImageOutput(outs[0]!)) {
-        log.line(`${outs[0]} is an image archive: ingesting`);
-        this.o.progress?.('ingesting image archive\n');
+        job.line(`${outs[0]} is an image archive: ingesting`);
         built = await ingestImageOutput(this.storage, ev.repo, outs[0]!, {
           hash: ev.outHash!, timeoutMs: Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started)),
         });
       } else {
         const closure = await closureOf([...new Set([...outs, ...cfgOuts])], { env: this.o.nixEnv });
-        log.line(`closure: ${closure.length} store paths, ${closure.reduce((n, p) => n + p.narSize, 0)} bytes`);
-        this.o.progress?.(`assembling ${closure.length} store paths\n`);
+        job.line(`closure: ${closure.length} store paths, ${closure.reduce((n, p) => n + p.narSize, 0)} bytes`);
         built = await assembleImage(this.storage, ev.repo, { ...ev.spec, contents: outs }, closure, ev.hash, undefined,
-          AbortSignal.timeout(Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started))));
+          AbortSignal.timeout(Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started))), progress);
       }
       this.record(ev, built, built.hash === ev.hash ? raw.imagePath : outs[0]!);
       await this.enforceQuota(ev.repo, built.manifest.digest);
-      rec.status = 'succeeded';
-      rec.digest = built.manifest.digest;
-      log.line(`stored ${built.manifest.digest} as ${ev.repo}:${built.hash}`);
+      ok = true;
+      job.line(`stored ${built.manifest.digest} as ${ev.repo}:${built.hash}`);
       this.o.log?.info({ repo: ev.repo, hash: built.hash, digest: built.manifest.digest, ms: Date.now() - started }, 'image built');
       return built;
     } catch (e) {
-      const err = this.buildError(ev, e, log);
+      const err = this.buildError(ev, e, job);
       err.message = hideImagesDir(err.message, this.o.images);
-      rec.status = 'failed';
-      rec.error = err.message;
-      log.line(`failed: ${err.message}`);
       this.o.log?.warn({ repo: ev.repo, hash: ev.hash, error: err.message }, 'image build failed');
       throw err;
     } finally {
       release();
-      rec.finished = new Date().toISOString();
-      for (const l of this.buildListeners) l(rec.status === 'succeeded' ? 'succeeded' : 'failed', (Date.now() - started) / 1000);
-      await log.close();
+      job.buildEnded = Date.now();
+      for (const l of this.buildListeners) l(ok ? 'succeeded' : 'failed', (Date.now() - started) / 1000);
       // The layers are stored: the closure may be collected from now on.
       await fs.rm(roots, { recursive: true, force: true });
+      // The last build of this process out: its directory goes too (synchronously, so that
+      // no build starting meanwhile can have made its own root inside it).
+      if (--this.rooted === 0) try { rmdirSync(this.rootsDir); } catch { /* in use again, or gone */ }
     }
   }
 
@@ -325,8 +343,8 @@ export class Builder {
     return full instanceof StorageFull ? new StorageFull(what, full.reason) : undefined;
   }
 
-  private buildError(ev: Evaluation, e: unknown, log: BuildLog): BuildError | StorageFull {
-    const url = `${this.publicUrl}${log.record.log}`;
+  private buildError(ev: Evaluation, e: unknown, job: Job): BuildError | StorageFull {
+    const url = `${this.publicUrl}${job.logUrl}`;
     const full = this.outOfSpace(e, `build the image ${ev.repo}; build log: ${url}`);
     if (full) return full;
     // Nix failing on its own account, not because a builder of the image failed.
@@ -335,7 +353,7 @@ export class Builder {
     if (e instanceof NixError) {
       const failedDrv = /builder for '([^']+\.drv)' failed/.exec(e.stderr)?.[1]
         ?? /derivation '([^']+\.drv)'/.exec(e.stderr)?.[1] ?? ev.raw.contents[0]?.drv;
-      log.record.drv = failedDrv;
+      job.drv = failedDrv;
       const why = e.timedOut ? e.message : e.message.split('\n')[0]!.replace(/^error: /, '');
       const what = failedDrv && !why.includes(failedDrv) ? `${failedDrv}: ${why}` : why;
       return new BuildFailed(`building ${ev.repo} failed: ${what}${sandboxHint(e.stderr)}; build log: ${url}`, { drv: failedDrv, log: url });
@@ -348,6 +366,29 @@ export class Builder {
   }
 
   stats() {
-    return { buildsStarted: this.buildsStarted, evaluationsStarted: this.evaluationsStarted, queued: this.sem.queued, inflight: this.inflight.size };
+    return {
+      buildsStarted: this.buildsStarted, evaluationsStarted: this.evaluationsStarted, queued: this.sem.queued,
+      inflight: this.inflight.size, jobs: this.jobs.runningCount,
+    };
   }
+}
+
+/**
+ * Reads Nix's plain progress from a realisation's stderr into `p.paths`: "these 3
+ * derivations will be built:" sets the total, each "building '…drv'" line starts one
+ * (so one fewer than started are done, as far as the log tells).
+ */
+function nixProgress(p: Progress): (chunk: Buffer) => void {
+  let started = 0;
+  let rest = '';
+  return (chunk) => {
+    const lines = (rest + chunk.toString()).split('\n');
+    rest = lines.pop()!.slice(-4096);
+    for (const l of lines) {
+      const m = /^these (\d+) derivations will be built:/.exec(l);
+      if (m) p.paths.total += Number(m[1]);
+      else if (l.startsWith('this derivation will be built:')) p.paths.total += 1;
+      else if (l.startsWith('building \'')) { started++; p.paths.done = Math.max(0, Math.min(started - 1, p.paths.total)); }
+    }
+  };
 }

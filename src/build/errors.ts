@@ -37,3 +37,16 @@ export class NixUnavailable extends BuildError {
     super(`this server cannot build images: ${problem}. To fix it: ${fix}`, { problem, fix });
   }
 }
+
+/**
+ * A pull waited --pull-wait for a build that goes on: ask again in `retryAfterSeconds`.
+ * Not a failure of the build, which the next request joins or finds done.
+ */
+export class StillBuilding extends BuildError {
+  constructor(message: string, readonly retryAfterSeconds: number, detail: Record<string, unknown> = {}) { super(message, detail); }
+}
+
+/** Too many builds are running or queued to take another one now. */
+export class BuildQueueFull extends BuildError {
+  readonly retryAfterSeconds = 10;
+}

@@ -6,7 +6,7 @@
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
-import type { BuildRecord } from './logs.js';
+import type { JobView } from './jobs.js';
 
 export interface ImageSource {
   /** Whether `repo` is backed by an expression (and so read-only). */
@@ -15,15 +15,24 @@ export interface ImageSource {
    * Produces (building if needed) the manifest for `ref` in `repo`, already stored and
    * recorded in the blob store. `accepts` tells which manifest media types the client
    * takes. Throws the errors of ./errors.ts for what the user must see (evaluation or
-   * build errors). Returns undefined to fall through to plain storage.
+   * build errors). Returns undefined to fall through to plain storage. A build that
+   * takes longer than the source lets a request wait (--pull-wait) goes on as a job,
+   * and the request gets StillBuilding.
    */
   resolve(repo: string, ref: Reference, accepts: (mediaType: string) => boolean): Promise<Descriptor | undefined>;
   /** Tags `repo` always answers, built or not (listed by tags/list before any build). */
   standingTags(repo: string): string[];
-  /** The recent builds, newest first. */
-  builds(): BuildRecord[];
-  /** The log file of a recent build, or undefined if there is no such build. */
-  buildLogPath(id: string): string | undefined;
+  /** The running and recent builds, newest first. */
+  builds(): JobView[];
+  /** A running or recent build. */
+  build(id: string): JobView | undefined;
+  /**
+   * Starts building `repo:tag` (latest or a hash tag) as a job, or joins the one under
+   * way; returns at once. Throws as resolve() does for what cannot be built.
+   */
+  startBuild(repo: string, tag: string): JobView;
+  /** The log of a running or recent build: its file, and how to wait for it to grow. */
+  buildLog(id: string): BuildLogHandle | undefined;
   /** Counters for operators (builds, evaluations, queue, Nix processes). */
   stats(): Record<string, unknown>;
   /** Calls `listener` as each build ends, with its result and how long it took (metrics). */
@@ -34,6 +43,19 @@ export interface ImageSource {
    * for a probe if there is none yet or a failure is old enough to look again.
    */
   nixReadiness(): NixStatus | undefined;
+  /** Stops watching files; builds under way are left to the process's end. */
+  close(): Promise<void>;
+}
+
+export interface BuildLogHandle {
+  path: string;
+  repo: string;
+  /** Whether the build has ended, so that its log will not grow any more. */
+  finished(): boolean;
+  /** Resolves when the log grows or the build ends, or after `ms`. */
+  changed(ms: number): Promise<void>;
+  /** A line on where the build stands (for a follower when the log is quiet). */
+  describe(): string;
 }
 
 /** Nix's verdict (nix-health.ts): `checking` and `unknown` are not failures. */

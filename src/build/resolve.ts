@@ -7,7 +7,7 @@
 // each evaluated and built on its own.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
-import { realpathSync, statSync } from 'node:fs';
+import { realpathSync, statSync, type BigIntStats } from 'node:fs';
 import { join, relative, resolve, sep } from 'node:path';
 
 export interface ImageFile {
@@ -69,9 +69,14 @@ export function resolveImageFile(imagesDir: string, name: string): ImageFile | u
     let st;
     try { st = statSync(real, { bigint: true }); } catch { continue; }
     if (!st.isFile()) continue;
-    return { path: real, name: relative(root, real), key: `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}` };
+    return { path: real, name: relative(root, real), key: fileKey(st) };
   }
   return undefined;
+}
+
+/** ImageFile.key of stat results (bigint, for the mtime's nanoseconds). */
+export function fileKey(st: BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
 }
 
 const PATH_CHAR = String.raw`[\w+@%~-]`;

@@ -9,7 +9,8 @@ import {
   DigestMismatch, MissingReferences, SizeMismatch, StorageFull, UploadOutOfOrder, UploadUnknown, noSpaceCode,
 } from '../blobs/errors.js';
 import {
-  ArchiveError, BuildFailed, EvaluationFailed, InvalidImageSpec, NixUnavailable, NoImageExpression, TagNotServed,
+  ArchiveError, BuildFailed, BuildQueueFull, EvaluationFailed, InvalidImageSpec, NixUnavailable, NoImageExpression, StillBuilding,
+  TagNotServed,
 } from '../build/errors.js';
 import { OCI_ERROR_CODES, OciError, type OciErrorCode } from '../oci/errors.js';
 
@@ -48,7 +49,8 @@ type ErrorClass = abstract new (...args: never[]) => Error & { detail: unknown }
  * tells the user what to fix. A full disk is the exception: it is no verdict on the
  * push or the image but a state of the server that may pass any moment, and 507
  * Insufficient Storage (RFC 4918) says exactly that even where only the status line
- * is shown.
+ * is shown. A pull that waited --pull-wait for a build still running is 429 with a
+ * Retry-After: containerd (so kubelet) retries it, and docker prints its message.
  */
 const DOMAIN: [ErrorClass, ErrorCode, number?][] = [
   [StorageFull, 'UNAVAILABLE', 507],
@@ -64,6 +66,8 @@ const DOMAIN: [ErrorClass, ErrorCode, number?][] = [
   [BuildFailed, 'MANIFEST_UNKNOWN'],
   [ArchiveError, 'MANIFEST_UNKNOWN'],
   [NixUnavailable, 'MANIFEST_UNKNOWN'],
+  [StillBuilding, 'TOOMANYREQUESTS'],
+  [BuildQueueFull, 'TOOMANYREQUESTS'],
 ];
 
 /** An error that the HTTP layer turns into `{"errors":[{code,message,detail}]}`. */
@@ -94,7 +98,11 @@ export function registryErrorOf(err: unknown): RegistryError | undefined {
   if (err instanceof RegistryError) return err;
   if (err instanceof OciError) return new RegistryError(err.code, err.message, err.detail);
   for (const [cls, code, status] of DOMAIN) {
-    if (err instanceof cls) return new RegistryError(code, err.message, err.detail, status);
+    if (!(err instanceof cls)) continue;
+    const e = new RegistryError(code, err.message, err.detail, status);
+    const retry = (err as { retryAfterSeconds?: unknown }).retryAfterSeconds;
+    if (typeof retry === 'number') e.headers['Retry-After'] = String(retry);
+    return e;
   }
   // A write that storage did not expect to fail this way: still the full disk it is.
   const reason = noSpaceCode(err);

@@ -9,7 +9,7 @@ import type { Request, Response } from 'express';
 import { catalog, listTags, referrers } from './handlers/listing.js';
 import { deleteBlob, getBlob } from './handlers/blobs.js';
 import { deleteManifest, getManifest, putManifest } from './handlers/manifests.js';
-import { buildLog, collect, listBuilds, stats } from './handlers/nixreg.js';
+import { buildLog, collect, getBuild, listBuilds, startBuild, stats } from './handlers/nixreg.js';
 import { healthz, metrics, readyz } from './handlers/monitoring.js';
 import { token } from './handlers/token.js';
 import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } from './handlers/uploads.js';
@@ -50,6 +50,9 @@ export const endpoints: Endpoint[] = [
   { id: 'end-8a/8b', access: 'pull', methods: ['get'], path: new RegExp(`^/v2/${NAME}/tags/list$`), handler: listTags },
   { id: 'end-12a/12b', access: 'pull', methods: ['get'], path: new RegExp(`^/v2/${NAME}/referrers/${DIGEST}$`), handler: referrers },
   { id: 'nixreg-builds', access: 'listing', methods: ['get'], path: /^\/nixreg\/builds$/, handler: listBuilds },
+  // The handler asks for `pull` on the body's repository: the name is not in the path.
+  { id: 'nixreg-build-start', access: 'listing', methods: ['post'], path: /^\/nixreg\/builds$/, handler: startBuild },
+  { id: 'nixreg-build', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/builds/${ID}$`), handler: getBuild },
   { id: 'nixreg-build-log', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/builds/${ID}/log$`), handler: buildLog },
   { id: 'token', access: 'open', methods: ['get', 'post'], path: /^\/token$/, handler: token },
   { id: 'nixreg-stats', access: 'admin', methods: ['get'], path: /^\/nixreg\/stats$/, handler: stats },

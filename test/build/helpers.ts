@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { NixImageSource } from '../../src/build/source.js';
-import type { BuilderOptions } from '../../src/build/builder.js';
+import type { SourceOptions } from '../../src/build/source.js';
 import type { StartOptions } from '../../src/server.js';
 import { NIX_TEST_ENV } from '../helpers/nix.js';
 import { ROOT, startTestRegistry, tempDir } from '../helpers/registry.js';
@@ -19,6 +19,19 @@ export function nonce(): string { return randomBytes(8).toString('hex'); }
 
 /** Nix source of a string literal (test-controlled values only). */
 export function nixStr(s: string): string { return JSON.stringify(s).replace(/\$\{/g, '\\${'); }
+
+/**
+ * A derivation from host tools only: prints "NAME: started", sleeps `seconds`, then
+ * builds a small fresh tree (or, with `fail`, says "NAME: giving up" and fails).
+ */
+export function sleeper(name: string, seconds: number, fail = false): string {
+  const end = fail ? `echo "${name}: giving up" >&2; exit 3` : `echo "${name}: slept"; mkdir -p $out/share; echo ${nonce()} > $out/share/${name}`;
+  return `derivation {
+  name = ${nixStr(name)}; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin";
+  args = [ "-c" ${nixStr(`echo "${name}: started"; sleep ${seconds}; ${end}`)} ];
+}
+`;
+}
 
 export class Images {
   readonly dir = tempDir('nixreg-images-');
@@ -41,7 +54,7 @@ export class Images {
   cleanup() { rmSync(this.dir, { recursive: true, force: true }); }
 }
 
-export async function startNixRegistry(images: string, opts: Partial<BuilderOptions> = {}, data?: string, server: Partial<StartOptions> = {}) {
+export async function startNixRegistry(images: string, opts: Partial<SourceOptions> = {}, data?: string, server: Partial<StartOptions> = {}) {
   let source!: NixImageSource;
   const reg = await startTestRegistry({
     ...server,

@@ -97,9 +97,9 @@ describe('caching and single flight', () => {
     assert.equal(new Set(res.map((x) => x.headers.get('docker-content-digest'))).size, 1);
     assert.equal(b.evaluationsStarted - evals, 1);
     assert.equal(b.buildsStarted - builds, 1);
-    const records = (await get(`${r.url}/nixreg/builds`)).json().builds.filter((x: { repo: string }) => x.repo === 'crowd');
+    const records = (await get(`${r.url}/nixreg/builds`)).json().builds.filter((x: { repository: string }) => x.repository === 'crowd');
     assert.equal(records.length, 1);
-    assert.equal(records[0].status, 'succeeded');
+    assert.equal(records[0].status, 'done');
   });
 
   test('HEAD then GET costs one evaluation; a changed file is evaluated again at once', async () => {
@@ -161,7 +161,7 @@ describe('errors', () => {
     assert.equal(log.status, 200);
     assert.match(log.headers.get('content-type')!, /^text\/plain/);
     assert.match(log.text, /fatal: this package is broken on purpose/);
-    const rec = (await get(`${r.url}/nixreg/builds`)).json().builds.find((x: { repo: string }) => x.repo === 'broken');
+    const rec = (await get(`${r.url}/nixreg/builds`)).json().builds.find((x: { repository: string }) => x.repository === 'broken');
     assert.equal(rec.status, 'failed');
     assert.match(rec.drv, /-broken\.drv$/);
 
@@ -247,7 +247,7 @@ describe('image archives', () => {
     assert.equal(res.status, 200, res.text);
     const tags = hashTags((await get(`${r.url}/v2/archived/tags/list`)).json().tags);
     assert.equal(tags.length, 1);
-    const rec = (await get(`${r.url}/nixreg/builds`)).json().builds.find((x: { repo: string }) => x.repo === 'archived');
+    const rec = (await get(`${r.url}/nixreg/builds`)).json().builds.find((x: { repository: string }) => x.repository === 'archived');
     const log = await get(`${r.url}${rec.log}`);
     // The tag is the hash part of the derivation's own output path.
     assert.match(log.text, new RegExp(`/nix/store/${tags[0]}-archived\\.tar is an image archive`));
@@ -271,10 +271,10 @@ describe('limits', () => {
       const [a, b] = await Promise.all([get(`${small.url}/v2/s1/manifests/latest`), get(`${small.url}/v2/s2/manifests/latest`)]);
       assert.equal(a.status, 200, a.text);
       assert.equal(b.status, 200, b.text);
-      const recs = (await get(`${small.url}/nixreg/builds`)).json().builds as { started: string; finished: string }[];
+      const recs = (await get(`${small.url}/nixreg/builds`)).json().builds as { buildStarted: string; buildEnded: string }[];
       assert.equal(recs.length, 2);
-      const [x, y] = recs.sort((p, q) => p.started.localeCompare(q.started));
-      assert.ok(x!.finished <= y!.started, `builds overlapped with --max-builds 1: ${JSON.stringify(recs)}`);
+      const [x, y] = recs.sort((p, q) => p.buildStarted.localeCompare(q.buildStarted));
+      assert.ok(x!.buildEnded <= y!.buildStarted, `builds overlapped with --max-builds 1: ${JSON.stringify(recs)}`);
 
       const t0 = Date.now();
       const to = await get(`${small.url}/v2/forever/manifests/latest`);

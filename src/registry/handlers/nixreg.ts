@@ -1,12 +1,17 @@
-// nixreg's own endpoints beside the distribution API: the recent builds, a build's
-// log, counters for operators, and garbage collection on demand. The builds exist only
-// where build-on-pull is enabled.
+// nixreg's own endpoints beside the distribution API: builds (start one ahead of pulls,
+// see one, follow its log), counters for operators, and garbage collection on demand.
+// The builds exist only where build-on-pull is enabled.
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
+import { once } from 'node:events';
 import { createReadStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import type { Request, Response } from 'express';
 import type { ImageSource } from '../../build/image-source.js';
+import type { JobView } from '../../build/jobs.js';
+import { checkName, isTag } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
+import { withBody } from '../http.js';
 import type { Ctx } from './context.js';
 
 function sourceOf(ctx: Ctx, req: Request): ImageSource {
@@ -14,25 +19,106 @@ function sourceOf(ctx: Ctx, req: Request): ImageSource {
   return ctx.source;
 }
 
+/** A build the caller may see: a build of a repository it may not read is one it cannot know of. */
+function visibleBuild(ctx: Ctx, req: Request): { source: ImageSource; build: JobView } {
+  const id = String(req.params.id);
+  const source = sourceOf(ctx, req);
+  const build = source.build(id);
+  if (!build || !ctx.gate.visible(req, build.repository)) {
+    throw new RegistryError('NAME_UNKNOWN', `no build ${id.slice(0, 100)} among the running and recent builds`, undefined, 404);
+  }
+  return { source, build };
+}
+
 export function listBuilds(ctx: Ctx) {
   return (req: Request, res: Response) => {
-    res.json({ builds: sourceOf(ctx, req).builds().filter((b) => ctx.gate.visible(req, b.repo)) });
+    res.json({ builds: sourceOf(ctx, req).builds().filter((b) => ctx.gate.visible(req, b.repository)) });
   };
 }
 
-export function buildLog(ctx: Ctx) {
-  return (req: Request, res: Response) => {
-    const id = String(req.params.id);
+export function getBuild(ctx: Ctx) {
+  return (req: Request, res: Response) => { res.json(visibleBuild(ctx, req).build); };
+}
+
+const BUILD_REQUEST_BYTES = 4096;
+
+/** POST /nixreg/builds {"repository","tag"}: starts a build, or joins the one under way. */
+export function startBuild(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
     const source = sourceOf(ctx, req);
-    const build = source.builds().find((b) => b.id === id);
-    // A build of a repository the caller may not read is one it cannot know of.
-    const path = build && ctx.gate.visible(req, build.repo) ? source.buildLogPath(id) : undefined;
-    if (!path) throw new RegistryError('NAME_UNKNOWN', `no build ${id.slice(0, 100)} among the recent builds`, undefined, 404);
-    res.status(200).type('text/plain; charset=utf-8');
-    const s = createReadStream(path);
-    // A log not yet written (or pruned meanwhile) reads as empty rather than failing.
-    s.on('error', () => { if (!res.headersSent) res.end(''); else res.destroy(); });
-    s.pipe(res);
+    const { repository, tag } = await withBody(req, BUILD_REQUEST_BYTES, ctx.bodies, (body) => {
+      let v: unknown;
+      try { v = JSON.parse(body.toString('utf8')); } catch { v = undefined; }
+      const o = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;
+      if (typeof o.repository !== 'string' || (o.tag !== undefined && typeof o.tag !== 'string')) {
+        throw new RegistryError('UNSUPPORTED', 'the body must be JSON: {"repository": NAME, "tag": "latest" or a hash tag}', undefined, 400);
+      }
+      const t = o.tag ?? 'latest';
+      if (!isTag(t)) throw new RegistryError('TAG_INVALID', `invalid tag ${JSON.stringify(t.slice(0, 200))}`);
+      return { repository: checkName(o.repository), tag: t };
+    });
+    // Anyone who may pull the image may make it be built: a pull would build it too.
+    ctx.gate.need(req, repository, 'read');
+    if (!source.owns(repository)) {
+      throw new RegistryError('NAME_UNKNOWN', `${repository} is not built from an expression here: there is nothing to build`, { name: repository });
+    }
+    const build = source.startBuild(repository, tag);
+    res.status(202).set('Location', build.url).json(build);
+  };
+}
+
+/** Lines a follower gets when the log has been quiet this long: where the build stands. */
+const QUIET_MS = 20_000;
+const CHUNK = 64 * 1024;
+
+/**
+ * GET /nixreg/builds/<id>/log[?follow=1]: the log as written so far, or (follow) as it
+ * is written, ending when the build does.
+ */
+export function buildLog(ctx: Ctx) {
+  return async (req: Request, res: Response) => {
+    const { source, build } = visibleBuild(ctx, req);
+    const handle = source.buildLog(build.id);
+    if (!handle) throw new RegistryError('NAME_UNKNOWN', `no build ${build.id} among the running and recent builds`, undefined, 404);
+    const flag = req.query.follow;
+    const follow = flag !== undefined && flag !== '0' && flag !== 'false';
+    res.status(200).type('text/plain; charset=utf-8').set('Cache-Control', 'no-store');
+    if (!follow) {
+      const s = createReadStream(handle.path);
+      // A log not yet written (or pruned meanwhile) reads as empty rather than failing.
+      s.on('error', () => { if (!res.headersSent) res.end(''); else res.destroy(); });
+      s.pipe(res);
+      return;
+    }
+    let gone = false;
+    res.on('close', () => { gone = true; });
+    res.flushHeaders();
+    let file: FileHandle | undefined;
+    let pos = 0;
+    const buf = Buffer.allocUnsafe(CHUNK);
+    try {
+      while (!gone) {
+        // Read to the end of what is there; then wait for more, unless the build has ended
+        // (checked before the read, so nothing written before the end is missed).
+        const ended = handle.finished();
+        file ??= await open(handle.path, 'r').catch(() => undefined);
+        let n = 0;
+        if (file) {
+          while (!gone && (n = (await file.read(buf, 0, CHUNK, pos)).bytesRead) > 0) {
+            pos += n;
+            // Respect a slow reader: the log is not held in memory for it.
+            if (!res.write(Buffer.from(buf.subarray(0, n)))) await once(res, 'drain').catch(() => {});
+          }
+        }
+        if (ended || gone) break;
+        const before = pos;
+        await handle.changed(QUIET_MS);
+        if (!handle.finished() && (await file?.stat())?.size === before) res.write(`[nixreg] ${handle.describe()}\n`);
+      }
+    } finally {
+      await file?.close();
+    }
+    res.end();
   };
 }
 

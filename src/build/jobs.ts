@@ -1,0 +1,272 @@
+// Builds as jobs: each pipeline run for an image (`repo:tag`) is a Job with an id, a
+// stage, live progress and a log file, that lives apart from whichever requests wait
+// for it. A request may stop waiting (src/registry answers 429 after --pull-wait) or
+// its client may go away; the job goes on, and the next request for the same image
+// joins it. Only the build timeout ends a job early.
+//
+// This module owns the records of jobs (running ones, and the last `keep` finished ones
+// worth showing), their log files under <data>/logs, and the words a waiting client is
+// told. The registry serves them at /nixreg/builds; knows nothing of HTTP.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
+import { EventEmitter } from 'node:events';
+import { createWriteStream, promises as fs, type WriteStream } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import type { Layout } from '../blobs/layout.js';
+import type { BuiltImage } from './types.js';
+
+export type Stage = 'queued' | 'evaluating' | 'building' | 'assembling';
+export type JobStatus = Stage | 'done' | 'failed';
+
+export interface Count { done: number; total: number }
+
+/**
+ * Live progress of one build, shared by every job that waits for it. `paths` are the
+ * derivations Nix builds while `building`, then the store paths packed into layers;
+ * `bytes` are the closure's bytes packed so far (known while `assembling`).
+ */
+export class Progress {
+  stage: Stage = 'queued';
+  paths: Count = { done: 0, total: 0 };
+  layers: Count = { done: 0, total: 0 };
+  /** Bytes of finished layers; those being packed are counted live from their streams. */
+  bytesFinished = 0;
+  bytesTotal = 0;
+  /** Byte counters of the layers being packed now (read, never written, by progress). */
+  readonly live = new Set<{ readonly bytes: number }>();
+  /** When the stage began (ms), for throughput and ETA. */
+  since = Date.now();
+
+  enter(stage: Stage): void { this.stage = stage; this.since = Date.now(); }
+
+  bytes(): Count {
+    let done = this.bytesFinished;
+    for (const l of this.live) done += l.bytes;
+    // A tar is a little larger than the NAR sizes that make the total.
+    return { done: Math.min(done, this.bytesTotal), total: this.bytesTotal };
+  }
+
+  snapshot(): ProgressView {
+    return { stage: this.stage, paths: { ...this.paths }, layers: { ...this.layers }, bytes: this.bytes(), stageSeconds: secondsSince(this.since) };
+  }
+}
+
+export interface ProgressView { stage: Stage; paths: Count; layers: Count; bytes: Count; stageSeconds: number }
+
+/** What /nixreg/builds shows of a job. */
+export interface JobView {
+  id: string;
+  repository: string;
+  tag: string;
+  status: JobStatus;
+  url: string;
+  /** The log that holds the build's output (another job's, where this one joined it). */
+  log: string;
+  created: string;
+  finished?: string | undefined;
+  /** When this job's own build ran (a job that joined another's, or found the image built, has none). */
+  buildStarted?: string | undefined;
+  buildEnded?: string | undefined;
+  seconds: number;
+  progress: ProgressView;
+  hash?: string | undefined;
+  digest?: string | undefined;
+  /** The derivation that failed, or the first one of the image. */
+  drv?: string | undefined;
+  error?: string | undefined;
+}
+
+const iso = (t: number | undefined) => (t !== undefined ? new Date(t).toISOString() : undefined);
+const secondsSince = (t: number) => Math.round((Date.now() - t) / 100) / 10;
+
+export class Job {
+  readonly created = Date.now();
+  finished: number | undefined;
+  buildStarted: number | undefined;
+  buildEnded: number | undefined;
+  progress = new Progress();
+  /** The job whose log holds the build's output: this one, unless it joined another's build. */
+  logOf: Job = this;
+  result: { hash: string; digest: string } | undefined;
+  error: string | undefined;
+  drv: string | undefined;
+  /** Worth listing once finished: it built (or tried to), failed, or was asked for by name. */
+  keep = false;
+  /** Settles with the job; never rejects unhandled (nobody may be waiting). */
+  done!: Promise<BuiltImage>;
+  /** Set once the log's last line is on disk: followers may stop reading then. */
+  logClosed = false;
+  /** 'data' when the log grows, 'end' when the job ends: log followers wait on these. */
+  readonly events = new EventEmitter();
+  private readonly stream: WriteStream;
+
+  constructor(readonly id: string, readonly repo: string, readonly tag: string, readonly logPath: string) {
+    this.events.setMaxListeners(0);
+    this.stream = createWriteStream(logPath, { flags: 'w' });
+    this.stream.on('error', () => { /* a lost log line must not fail the build */ });
+  }
+
+  get status(): JobStatus {
+    if (this.finished === undefined) return this.progress.stage;
+    return this.error !== undefined ? 'failed' : 'done';
+  }
+
+  get url(): string { return `/nixreg/builds/${this.id}`; }
+  get logUrl(): string { return `/nixreg/builds/${this.logOf.id}/log`; }
+
+  write(chunk: string | Buffer): void {
+    if (this.finished !== undefined) return;
+    this.stream.write(chunk, () => this.events.emit('data'));
+  }
+
+  line(s: string): void { this.write(`[nixreg] ${s}\n`); }
+
+  /** Waits for the build `other` is running, showing its progress and its log. */
+  join(other: Job): void {
+    if (other === this) return;
+    this.progress = other.progress;
+    this.logOf = other.logOf;
+    this.line(`the build is already under way as ${other.id}: its log is ${other.logUrl}`);
+  }
+
+  async finish(result: BuiltImage | undefined, error: string | undefined): Promise<void> {
+    if (result) this.result = { hash: result.hash, digest: result.manifest.digest };
+    this.error = error;
+    if (error !== undefined) { this.keep = true; this.line(`failed: ${error}`); }
+    else if (result) this.line(`done: ${this.repo}:${result.hash} is ${result.manifest.digest}`);
+    this.finished = Date.now();
+    await new Promise<void>((r) => this.stream.end(() => r()));
+    this.logClosed = true;
+    this.events.emit('end');
+  }
+
+  view(): JobView {
+    return {
+      id: this.id, repository: this.repo, tag: this.tag, status: this.status, url: this.url, log: this.logUrl,
+      created: new Date(this.created).toISOString(),
+      finished: iso(this.finished), buildStarted: iso(this.buildStarted), buildEnded: iso(this.buildEnded),
+      seconds: secondsSince(this.created) - (this.finished !== undefined ? secondsSince(this.finished) : 0),
+      progress: this.progress.snapshot(),
+      hash: this.result?.hash, digest: this.result?.digest, drv: this.drv, error: this.error,
+    };
+  }
+
+  /**
+   * What a client that stopped waiting is told: "building hello:latest: assembling
+   * layer 12 of 40 (61%), 38 s so far; log: URL".
+   */
+  describe(publicUrl: string): string {
+    const p = this.progress;
+    let doing: string;
+    switch (p.stage) {
+      case 'queued': doing = 'waiting for a free build slot'; break;
+      case 'evaluating': doing = 'evaluating its expression'; break;
+      case 'building': doing = p.paths.total
+        ? `building derivation ${Math.min(p.paths.done + 1, p.paths.total)} of ${p.paths.total}` : 'building with Nix'; break;
+      case 'assembling': {
+        const b = p.bytes();
+        const pct = b.total ? ` (${Math.floor((100 * b.done) / b.total)}%)` : '';
+        doing = `assembling layer ${Math.min(p.layers.done + 1, p.layers.total)} of ${p.layers.total}${pct}`;
+        break;
+      }
+    }
+    return `building ${this.repo}:${this.tag}: ${doing}, ${Math.round((Date.now() - this.created) / 1000)} s so far; log: ${publicUrl}${this.logUrl}`;
+  }
+
+  /** Seconds a client should wait before asking again: the ETA where one is known. */
+  retryAfter(): number {
+    const p = this.progress;
+    const b = p.bytes();
+    if (p.stage === 'assembling' && b.done > 0 && b.total > b.done) {
+      const rate = b.done / Math.max(0.1, (Date.now() - p.since) / 1000);
+      return Math.min(30, Math.max(2, Math.ceil((b.total - b.done) / rate)));
+    }
+    return 10;
+  }
+}
+
+/** Jobs running at once (all stages, queued ones included); beyond it a new one is refused. */
+export const MAX_RUNNING_JOBS = 256;
+
+export class JobsFull extends Error {}
+
+export class Jobs {
+  private readonly running = new Map<string, Job>();
+  private readonly byId = new Map<string, Job>();
+  /** Finished jobs worth showing, oldest first. */
+  private readonly kept: Job[] = [];
+
+  constructor(private readonly layout: Layout, private readonly keep = 100) {
+    void this.prune();
+  }
+
+  /** Logs of earlier runs: records are in memory only, so keep just the newest files. */
+  private async prune(): Promise<void> {
+    try {
+      const dir = this.layout.logsDir;
+      const files = await Promise.all((await fs.readdir(dir)).filter((n) => n.endsWith('.log'))
+        .map(async (n) => ({ n, t: (await fs.stat(join(dir, n))).mtimeMs })));
+      files.sort((a, b) => b.t - a.t);
+      for (const f of files.slice(this.keep)) await fs.rm(join(dir, f.n), { force: true });
+    } catch { /* nothing to prune */ }
+  }
+
+  /** The job running for `repo:tag`, if any. */
+  find(repo: string, tag: string): Job | undefined { return this.running.get(`${repo}\0${tag}`); }
+
+  /**
+   * The job for `repo:tag`: the running one, or a new one that runs `work`. Throws
+   * JobsFull when MAX_RUNNING_JOBS are running already.
+   */
+  start(repo: string, tag: string, work: (job: Job) => Promise<BuiltImage>, errorText: (e: unknown) => string): Job {
+    const key = `${repo}\0${tag}`;
+    const existing = this.running.get(key);
+    if (existing) return existing;
+    if (this.running.size >= MAX_RUNNING_JOBS) throw new JobsFull(`${MAX_RUNNING_JOBS} builds are running or queued already`);
+    // Sortable by time, unguessable enough that ids do not collide across restarts.
+    const id = `${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+    const job = new Job(id, repo, tag, this.layout.logPath(id));
+    this.running.set(key, job);
+    this.byId.set(id, job);
+    job.done = (async () => {
+      // Not inline: `work` may throw before `job.done` is assigned.
+      await Promise.resolve();
+      return work(job);
+    })();
+    // Out of the running ones the moment it settles: a request right after must start
+    // a new job (the file may have changed), not join one that has ended.
+    const end = (r: BuiltImage | undefined, error: string | undefined) => {
+      this.running.delete(key);
+      return job.finish(r, error).finally(() => this.retire(job));
+    };
+    job.done.then((r) => end(r, undefined), (e: unknown) => end(undefined, errorText(e)));
+    // Whoever started it may not wait; the rejection is theirs to see if they do.
+    job.done.catch(() => {});
+    return job;
+  }
+
+  private retire(job: Job): void {
+    if (!job.keep) {
+      this.byId.delete(job.id);
+      void fs.rm(job.logPath, { force: true });
+      return;
+    }
+    this.kept.push(job);
+    while (this.kept.length > this.keep) {
+      const old = this.kept.shift()!;
+      // A job another one joined keeps its log while the joiner is still listed.
+      this.byId.delete(old.id);
+      void fs.rm(old.logPath, { force: true });
+    }
+  }
+
+  /** Running jobs, then the kept finished ones, newest first. */
+  list(): Job[] {
+    return [...[...this.running.values()].sort((a, b) => b.created - a.created), ...[...this.kept].reverse()];
+  }
+
+  get(id: string): Job | undefined { return this.byId.get(id); }
+
+  get runningCount(): number { return this.running.size; }
+}

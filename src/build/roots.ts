@@ -1,0 +1,66 @@
+// Who owns the GC roots under <data>/gcroots. A build registers its closure there (as
+// Nix indirect roots) so that a concurrent `nix-store --gc` cannot delete what is being
+// packed; the build removes them when its layers are stored. A process killed by
+// kill -9 never does, and its roots would pin their closures in the Nix store for good.
+//
+// So each process keeps its roots in a directory named for itself, `<pid>.<start>`, where
+// <start> is the process's start time in clock ticks since boot (/proc/<pid>/stat): a pid
+// alone may be reused by an unrelated process. At start-up every directory whose owner is
+// no longer that very process is removed. Another live process on the same data (a
+// `nixreg build` beside a server) keeps its roots.
+//
+// Room: build. May import src/blobs and src/oci; never src/registry.
+import { readFileSync, promises as fs } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+
+/** The start time of process `pid` in clock ticks since boot; undefined if there is no such process. */
+export function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    if (!readableProc()) {
+      // No /proc (not Linux): whether the pid exists is all there is to know.
+      try { process.kill(pid, 0); return '0'; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM' ? '0' : undefined; }
+    }
+    return undefined;
+  }
+}
+
+function readableProc(): boolean {
+  try { readFileSync('/proc/self/stat'); return true; } catch { return false; }
+}
+
+/** This process's directory of GC roots under `gcroots`. */
+export function ownRootsDir(gcroots: string): string {
+  return join(gcroots, `${process.pid}.${processStart(process.pid) ?? '0'}`);
+}
+
+const OWNER = /^(\d{1,10})\.(\d{1,20})$/;
+
+/**
+ * Removes the roots of processes that are gone. Entries of the old layout (one directory
+ * per build, no owner) are removed once older than `legacyAgeMs`: no running version
+ * writes them any more.
+ */
+export async function removeDeadRoots(gcroots: string, log?: Logger, legacyAgeMs = 3_600_000): Promise<string[]> {
+  let names: string[];
+  try { names = await fs.readdir(gcroots); } catch { return []; }
+  const removed: string[] = [];
+  for (const n of names) {
+    const m = OWNER.exec(n);
+    try {
+      if (m) {
+        if (processStart(Number(m[1])) === m[2]) continue;
+      } else if ((await fs.lstat(join(gcroots, n))).mtimeMs > Date.now() - legacyAgeMs) {
+        continue;
+      }
+      await fs.rm(join(gcroots, n), { recursive: true, force: true });
+      removed.push(n);
+    } catch { /* gone already */ }
+  }
+  if (removed.length) log?.info({ removed }, 'removed the GC roots of builds whose process is gone');
+  return removed;
+}
