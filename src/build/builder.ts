@@ -146,8 +146,11 @@ export class Builder {
     if (!file) return Promise.reject(new NoImageExpression(`no image expression for ${repo}`, { name: repo }));
     const hit = this.evals.get(repo);
     if (hit && hit.key === file.key && Date.now() < hit.expires) return hit.value;
-    job?.progress.enter('evaluating');
-    job?.line(`evaluating ${file.name}`);
+    if (job) {
+      job.evaluated = true;
+      job.progress.enter('evaluating');
+      job.line(`evaluating ${file.name}`);
+    }
     const entry: EvalEntry = { path: file.path, key: file.key, expires: Infinity, value: this.runEval(repo, file) };
     this.evals.set(repo, entry);
     entry.value.then(

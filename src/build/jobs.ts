@@ -91,8 +91,15 @@ export class Job {
   result: { hash: string; digest: string } | undefined;
   error: string | undefined;
   drv: string | undefined;
-  /** Worth listing once finished: it built (or tried to), failed, or was asked for by name. */
+  /**
+   * Worth listing once finished: it built (or joined a build), its own evaluation
+   * failed, or it was asked for by name. A pull that only re-evaluated, or was answered
+   * from the caches (a failure remembered for --negative-ttl included), leaves no
+   * record: a busy `latest` or a flood of failing pulls must not push the builds out.
+   */
   keep = false;
+  /** It ran an evaluation of its own (not one from the cache). */
+  evaluated = false;
   /** Settles with the job; never rejects unhandled (nobody may be waiting). */
   done!: Promise<BuiltImage>;
   /** Set once the log's last line is on disk: followers may stop reading then. */
@@ -133,7 +140,7 @@ export class Job {
   async finish(result: BuiltImage | undefined, error: string | undefined): Promise<void> {
     if (result) this.result = { hash: result.hash, digest: result.manifest.digest };
     this.error = error;
-    if (error !== undefined) { this.keep = true; this.line(`failed: ${error}`); }
+    if (error !== undefined) { this.line(`failed: ${error}`); if (this.evaluated) this.keep = true; }
     else if (result) this.line(`done: ${this.repo}:${result.hash} is ${result.manifest.digest}`);
     this.finished = Date.now();
     await new Promise<void>((r) => this.stream.end(() => r()));

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import { Layout } from '../../src/blobs/layout.js';
 import { Jobs, JobsFull, MAX_RUNNING_JOBS } from '../../src/build/jobs.js';
@@ -159,6 +159,24 @@ describe('builds ahead of pulls', () => {
     assert.equal(v.status, 'failed');
     assert.match(v.error, /building fails failed/);
     assert.match(v.drv, /-fails\.drv$/);
+  });
+
+  test('records: a failed evaluation leaves one, pulls answered from the caches or that only re-evaluate leave none', { timeout: 60_000 }, async () => {
+    const records = async (repo: string) => ((await (await fetch(`${r.url}/nixreg/builds`)).json()) as { builds: { repository: string; status: string }[] })
+      .builds.filter((b) => b.repository === repo);
+    images.write('undef.nix', '{ contents = [ undefinedThing ]; }\n');
+    for (let i = 0; i < 5; i++) assert.equal((await get(`${r.url}/v2/undef/manifests/latest`, OCI)).status, 404);
+    assert.deepEqual((await records('undef')).map((b) => b.status), ['failed'], 'one evaluation, one record');
+
+    const file = images.write('again.nix', sleeper('again', 0));
+    assert.equal((await get(`${r.url}/v2/again/manifests/latest`, OCI)).status, 200);
+    const evals = r.source.builder.evaluationsStarted;
+    // The same content with a new mtime: evaluated again, the same image, nothing built.
+    images.write('again.nix', readFileSync(file, 'utf8'));
+    utimesSync(file, new Date(), new Date(Date.now() + 5000));
+    assert.equal((await get(`${r.url}/v2/again/manifests/latest`, OCI)).status, 200);
+    assert.equal(r.source.builder.evaluationsStarted - evals, 1);
+    assert.deepEqual((await records('again')).map((b) => b.status), ['done'], 'the build, not the re-evaluation');
   });
 
   test('a flood of distinct never-built hash tags costs one evaluation', { timeout: 60_000 }, async () => {
