@@ -20,12 +20,12 @@ RUN npx tsc -p . && npm prune --omit=dev --no-audit --no-fund
 
 FROM ${NODE_IMAGE}
 # nix-bin builds images on pull; busybox-static is what examples/hello.nix copies into the
-# store. Nix runs builds as root's build users, which Debian creates in the recommended
+# store; git is what --packages git+… (a package set pinned by tags) and Nix's fetchGit run. Nix runs builds as root's build users, which Debian creates in the recommended
 # nix-setup-systemd package; that package would bring systemd into the image, so its
 # postinst's users are created here instead (without nix-users, the group of nix-daemon's
 # socket: no daemon runs here).
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nix-bin ca-certificates busybox-static \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nix-bin ca-certificates busybox-static git \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --force --system nixbld \
  && for n in 1 2 3 4 5 6 7 8 9 10; do \

@@ -20,7 +20,8 @@ export function withBuildOptions(cmd: Command): Command {
     .option('--build-timeout <seconds>', 'kill a build after this long (env NIXREG_BUILD_TIMEOUT, default 600)')
     .option('--max-builds <n>', 'builds running at once; more wait (env NIXREG_MAX_BUILDS, default 2)')
     .option('--eval-ttl <seconds>', 'reuse an evaluation this long while its file is unchanged (env NIXREG_EVAL_TTL, default 10)')
-    .option('--negative-ttl <seconds>', 'answer a failed evaluation or build from memory this long (env NIXREG_NEGATIVE_TTL, default 30)');
+    .option('--negative-ttl <seconds>', 'answer a failed evaluation or build from memory this long (env NIXREG_NEGATIVE_TTL, default 30)')
+    .option('--packages <source>', 'serve package-list images (/v2/git/htop) from this package set: a path, <nixpkgs>, or git+file:///repo / git+https://… whose tags pin revisions (env NIXREG_PACKAGES)');
 }
 
 export function parseImageRef(ref: string): { name: string; tag: string } {
@@ -56,7 +57,7 @@ export async function runBuild(ref: string, opts: { data: string; images: string
   let source: NixImageSource | undefined;
   try {
     source = new NixImageSource(storage, { images: opts.images, ...cfg, log, watch: false });
-    if (!source.owns(name)) throw new Error(`no image expression for ${name} in ${opts.images} (looked for ${name}.nix and ${name}/default.nix)`);
+    if (!source.serves(name)) throw new Error(`no image expression for ${name} in ${opts.images} (looked for ${name}.nix and ${name}/default.nix)`);
     const view = new ProgressView(process.stderr, `${name}:${tag}`);
     const id = source.startBuild(name, tag).id;
     for (;;) {

@@ -3,6 +3,7 @@
 // Composition root: may import every room; no room imports it.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { PackageSource } from './build/origins.js';
 
 export interface ServeConfig {
   host: string;
@@ -114,18 +115,27 @@ export interface BuildConfig {
   buildTimeoutMs: number;
   /** A pull waits this long for a build, then gets 429 with Retry-After (--pull-wait, env NIXREG_PULL_WAIT). */
   pullWaitMs: number;
+  /** The package set of package-list images (--packages, env NIXREG_PACKAGES); none: off. */
+  packages?: string | undefined;
   maxBuilds: number;
   evalTtlMs: number;
   negativeTtlMs: number;
 }
 
-export interface BuildFlags { buildTimeout?: string; maxBuilds?: string; evalTtl?: string; negativeTtl?: string; pullWait?: string }
+export interface BuildFlags { buildTimeout?: string; maxBuilds?: string; evalTtl?: string; negativeTtl?: string; pullWait?: string; packages?: string }
 
 /**
  * --pull-wait 25: below the 30 s that containerd (>= 2.3, so most Kubernetes nodes)
  * gives a registry to send response headers before it drops the request.
  */
 export const BUILD_DEFAULTS = { buildTimeout: '600', maxBuilds: '2', evalTtl: '10', negativeTtl: '30', pullWait: '25' } as const;
+
+/** --packages, checked now (a typo is a start-up error, not a failing pull). */
+function packagesOf(v: string | undefined): { packages?: string } {
+  if (v === undefined || v === '') return {};
+  PackageSource.parse(v);
+  return { packages: v };
+}
 
 export function buildConfig(flags: BuildFlags, env = process.env): BuildConfig {
   const secs = (v: string, what: string) => {
@@ -140,6 +150,7 @@ export function buildConfig(flags: BuildFlags, env = process.env): BuildConfig {
   return {
     buildTimeoutMs,
     pullWaitMs: parseSeconds(flags.pullWait ?? env.NIXREG_PULL_WAIT ?? BUILD_DEFAULTS.pullWait, '--pull-wait'),
+    ...packagesOf(flags.packages ?? env.NIXREG_PACKAGES),
     maxBuilds: Number(maxBuilds),
     evalTtlMs: secs(flags.evalTtl ?? env.NIXREG_EVAL_TTL ?? BUILD_DEFAULTS.evalTtl, '--eval-ttl'),
     negativeTtlMs: secs(flags.negativeTtl ?? env.NIXREG_NEGATIVE_TTL ?? BUILD_DEFAULTS.negativeTtl, '--negative-ttl'),

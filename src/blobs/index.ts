@@ -270,6 +270,10 @@ export class Index {
       `SELECT repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path, evicted_at
          FROM builds WHERE repo = ? AND hash = ?`).get(repo, hash);
   }
+  /** Whether `repo` holds images built here (not only pushed ones). */
+  hasBuilds(repo: string): boolean {
+    return this.db.prepare<[string], { one: number }>('SELECT 1 AS one FROM builds WHERE repo = ? LIMIT 1').get(repo) !== undefined;
+  }
   /** Records a finished build; it counts as pulled now (the pull that asked for it). */
   putBuild(b: Omit<BuildRow, 'evicted_at'>): void {
     const t = now();

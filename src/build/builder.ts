@@ -14,16 +14,17 @@ import { StorageFull } from '../blobs/errors.js';
 import type { Storage } from '../blobs/storage.js';
 import type { Descriptor } from '../oci/descriptor.js';
 import { assembleImage } from './assemble.js';
-import { BuildError, BuildFailed, EvaluationFailed, NixUnavailable, NoImageExpression } from './errors.js';
+import { BuildError, BuildFailed, EvaluationFailed, FlakeOutputMissing, NixUnavailable, NoImageExpression, UnknownPackages } from './errors.js';
 import { ingestImageOutput, isImageOutput } from './ingest.js';
 import { warnIfUntied } from './child.js';
-import { Jobs, type Job, type Progress } from './jobs.js';
-import { NixError, closureOf, evaluateFile, hashPart, outputsOf, realise, type EvalJSON } from './nix.js';
+import { Jobs, type Job } from './jobs.js';
+import { NixError, closureOf, evaluateImage, hashPart, outputsOf, realise, realiseProgress, type EvalJSON } from './nix.js';
+import { closest, fileOrigin, flakeOrigin, type Origin } from './origins.js';
 import { NixHealth, diagnose, sandboxHint } from './nix-health.js';
-import { hideImagesDir, resolveImageFile, type ImageFile } from './resolve.js';
+import { hideImagesDir, resolveFlake, resolveImageFile, type ImageFile } from './resolve.js';
 import { ownRootsDir, removeDeadRoots } from './roots.js';
 import { Semaphore } from './semaphore.js';
-import { validateSpec } from './spec.js';
+import { platformOf, validateSpec } from './spec.js';
 import type { BuiltImage, ImageSpec } from './types.js';
 
 export interface BuilderOptions {
@@ -44,10 +45,10 @@ export interface BuilderOptions {
   log?: Logger | undefined;
 }
 
-/** An evaluated image file: what to build and the tag it will have. */
+/** An evaluated image: what to build and the tag it will have. */
 export interface Evaluation {
   repo: string;
-  file: ImageFile;
+  origin: Origin;
   /** Hash part of the image's identity path (eval.nix); the hash tag. */
   hash: string;
   /** For a bare derivation: the hash part of its own output, the tag if it is an image archive. */
@@ -59,27 +60,6 @@ export interface Evaluation {
 interface EvalEntry { path: string; key: string; expires: number; value: Promise<Evaluation>; result?: Evaluation }
 interface Flight { done: Promise<BuiltImage>; job: Job }
 interface Failure { key: string; expires: number; error: BuildError }
-
-const SYSTEMS: Record<string, [string, string]> = {
-  'x86_64-linux': ['amd64', 'linux'],
-  'aarch64-linux': ['arm64', 'linux'],
-  'i686-linux': ['386', 'linux'],
-  'armv7l-linux': ['arm', 'linux'],
-  'armv6l-linux': ['arm', 'linux'],
-  'riscv64-linux': ['riscv64', 'linux'],
-  'powerpc64le-linux': ['ppc64le', 'linux'],
-  's390x-linux': ['s390x', 'linux'],
-  'x86_64-darwin': ['amd64', 'darwin'],
-  'aarch64-darwin': ['arm64', 'darwin'],
-};
-
-/** OCI architecture and os of a Nix system double. */
-export function platformOf(system: string): { architecture: string; os: string } {
-  const p = SYSTEMS[system];
-  if (p) return { architecture: p[0], os: p[1] };
-  const [cpu = system, os = 'linux'] = system.split('-');
-  return { architecture: cpu, os };
-}
 
 export class Builder {
   readonly jobs: Jobs;
@@ -137,22 +117,30 @@ export class Builder {
     return resolveImageFile(this.o.images, repo);
   }
 
-  /**
-   * Evaluates `repo`'s file, reusing a recent evaluation (or failure) of the same file
-   * content; concurrent callers share one nix-instantiate.
-   */
-  evaluate(repo: string, job?: Job): Promise<Evaluation> {
+  /** What `repo` is built from under --images: its image file, else a flake's output. */
+  origin(repo: string): Origin | undefined {
     const file = this.file(repo);
-    if (!file) return Promise.reject(new NoImageExpression(`no image expression for ${repo}`, { name: repo }));
-    const hit = this.evals.get(repo);
-    if (hit && hit.key === file.key && Date.now() < hit.expires) return hit.value;
+    if (file) return fileOrigin(repo, file);
+    const flake = resolveFlake(this.o.images, repo);
+    return flake && flakeOrigin(repo, flake);
+  }
+
+  /**
+   * Evaluates `repo` (from `origin`, by default its file or flake), reusing a recent
+   * evaluation (or failure) of the same origin as it is now; concurrent callers share
+   * one nix-instantiate.
+   */
+  evaluate(repo: string, job?: Job, origin = this.origin(repo)): Promise<Evaluation> {
+    if (!origin) return Promise.reject(new NoImageExpression(`no image expression for ${repo}`, { name: repo }));
+    const hit = this.evals.get(origin.slot);
+    if (hit && hit.key === origin.key && Date.now() < hit.expires) return hit.value;
     if (job) {
       job.evaluated = true;
       job.progress.enter('evaluating');
-      job.line(`evaluating ${file.name}`);
+      job.line(`evaluating ${origin.name}`);
     }
-    const entry: EvalEntry = { path: file.path, key: file.key, expires: Infinity, value: this.runEval(repo, file) };
-    this.evals.set(repo, entry);
+    const entry: EvalEntry = { path: origin.path ?? '', key: origin.key, expires: Infinity, value: this.runEval(repo, origin) };
+    this.evals.set(origin.slot, entry);
     entry.value.then(
       (ev) => { entry.result = ev; entry.expires = Date.now() + this.o.evalTtlMs; },
       // An environment problem is re-checked as often as the health check re-probes; a
@@ -164,33 +152,45 @@ export class Builder {
     return entry.value;
   }
 
-  /** The evaluation of `repo` that evaluate() would reuse now, if it has ended well. */
-  cachedEvaluation(repo: string): Evaluation | undefined {
-    const hit = this.evals.get(repo);
-    if (!hit?.result || Date.now() >= hit.expires) return undefined;
-    return this.file(repo)?.key === hit.key ? hit.result : undefined;
+  /** The evaluation that evaluate() would reuse now, if it has ended well. */
+  cachedEvaluation(repo: string, origin = this.origin(repo)): Evaluation | undefined {
+    const hit = origin && this.evals.get(origin.slot);
+    if (!origin || !hit?.result || Date.now() >= hit.expires) return undefined;
+    return origin.key === hit.key ? hit.result : undefined;
   }
 
   get log(): Logger | undefined { return this.o.log; }
 
-  private async runEval(repo: string, file: ImageFile): Promise<Evaluation> {
+  private async runEval(repo: string, origin: Origin): Promise<Evaluation> {
     this.evaluationsStarted++;
     let raw: EvalJSON;
     try {
-      raw = await this.evalSem.run(() => evaluateFile(file.path, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs }));
+      raw = await this.evalSem.run(() => evaluateImage(origin.args, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs, flakes: origin.flakes }));
     } catch (e) {
       const full = this.outOfSpace(e, `evaluate the image ${repo}`);
       if (full) throw full;
       const unavailable = diagnose(e);
       if (unavailable) { this.health.lost(unavailable); throw unavailable; }
       const msg = hideImagesDir(e instanceof NixError ? e.message : String(e), this.o.images);
-      this.o.log?.info({ repo, file: file.path, error: msg }, 'evaluation failed');
-      throw new EvaluationFailed(`evaluating ${repo} failed:\n${msg}`, { file: file.name });
+      this.o.log?.info({ repo, origin: origin.name, error: msg }, 'evaluation failed');
+      throw new EvaluationFailed(`evaluating ${repo} failed:\n${msg}`, origin.kind === 'file' ? { file: origin.name } : { origin: origin.name });
+    }
+    if (raw.missing?.output !== undefined) {
+      throw new FlakeOutputMissing(`${origin.name.replace(/#.*$/, '')} has no output packages.<system>.${raw.missing.output} or legacyPackages.<system>.${raw.missing.output}`, { output: raw.missing.output });
+    }
+    if (raw.missing?.packages) {
+      const unknown = raw.missing.packages.map((m) => {
+        const near = closest(m.part.split('.').pop()!, m.near);
+        if (m.part === 'shell') return 'shell (it adds the shell packages only as the first component)';
+        return `${m.part}${near.length ? ` (did you mean ${near.join(', ')}?)` : ''}`;
+      });
+      throw new UnknownPackages(`${repo} is a package list, and the package set has no ${unknown.join('; no ')}`,
+        { unknown: raw.missing.packages.map((m) => m.part) });
     }
     const spec = validateSpec(repo, raw);
     const plat = platformOf(raw.system);
     return {
-      repo, file, raw,
+      repo, origin, raw,
       hash: hashPart(raw.imagePath),
       outHash: raw.kind === 'derivation' ? hashPart(raw.contents[0]!.out) : undefined,
       spec: { ...spec, architecture: spec.architecture ?? plat.architecture, os: plat.os },
@@ -219,7 +219,7 @@ export class Builder {
     if (done) return done;
     const key = `${ev.repo}\0${ev.hash}`;
     const failed = this.failures.get(key);
-    if (failed && failed.key === ev.file.key && Date.now() < failed.expires) throw failed.error;
+    if (failed && failed.key === ev.origin.key && Date.now() < failed.expires) throw failed.error;
     // A machine where Nix cannot build gets the diagnosis, not a build that fails with a trace.
     if (!this.inflight.has(key)) await this.health.ready();
     job.keep = true;
@@ -235,7 +235,7 @@ export class Builder {
       if (!(e instanceof BuildError) || e instanceof NixUnavailable) return;
       const now = Date.now();
       if (this.failures.size > 1000) for (const [k, f] of this.failures) if (f.expires <= now) this.failures.delete(k);
-      this.failures.set(key, { key: ev.file.key, expires: now + this.o.negativeTtlMs, error: e });
+      this.failures.set(key, { key: ev.origin.key, expires: now + this.o.negativeTtlMs, error: e });
     }).finally(() => { this.inflight.delete(key); });
     return p;
   }
@@ -259,9 +259,9 @@ export class Builder {
     try {
       await makeDir(roots);
       progress.enter('building');
-      job.line(`image ${ev.repo} from ${ev.file.name}: ${raw.imagePath}`);
+      job.line(`image ${ev.repo} from ${ev.origin.name}: ${raw.imagePath}`);
       const drvs = [...new Set([...raw.contents.map((c) => c.drv), ...raw.configRefs])];
-      const counter = nixProgress(progress);
+      const counter = realiseProgress((done, total) => { progress.paths = { done, total }; });
       await realise(drvs, join(roots, 'root'), {
         env: this.o.nixEnv,
         timeoutMs: this.o.buildTimeoutMs,
@@ -310,16 +310,22 @@ export class Builder {
   }
 
   private record(ev: Evaluation, built: BuiltImage, storePath: string): void {
-    const row = (hash: string, m: Descriptor, a?: Descriptor) => ({
-      repo: ev.repo, hash, manifest: m.digest, media_type: m.mediaType, size: m.size,
-      alt_manifest: a?.digest ?? null, alt_media_type: a?.mediaType ?? null, alt_size: a?.size ?? null,
-      store_path: storePath,
-    });
-    this.storage.index.putBuild(row(built.hash, built.manifest, built.alternate));
+    this.storage.index.putBuild(buildRow(ev.repo, built.hash, storePath, built));
     // An ingested archive is tagged by its own output hash; the evaluation's hash maps
     // to it too so that `latest` finds it without asking Nix again.
-    if (built.hash !== ev.hash) this.storage.index.putBuild(row(ev.hash, built.manifest, built.alternate));
+    if (built.hash !== ev.hash) this.storage.index.putBuild(buildRow(ev.repo, ev.hash, storePath, built));
     this.storage.tag(ev.repo, built.hash, built.manifest.digest);
+  }
+
+  /**
+   * Files `built` also under `alias` (a full git commit of a pinned package set), so
+   * that the alias is served from the index alone, and tags it: commits are immutable.
+   */
+  recordAlias(ev: Evaluation, alias: string, built: BuiltImage): void {
+    if (this.storage.index.getBuild(ev.repo, alias)?.manifest === built.manifest.digest) return;
+    const storePath = built.hash === ev.hash ? ev.raw.imagePath : ev.raw.contents[0]!.out;
+    this.storage.index.putBuild(buildRow(ev.repo, alias, storePath, built));
+    this.storage.tag(ev.repo, alias, built.manifest.digest);
   }
 
   /** Over the cache quota, older built images make room; a failure there fails no build. */
@@ -376,22 +382,12 @@ export class Builder {
   }
 }
 
-/**
- * Reads Nix's plain progress from a realisation's stderr into `p.paths`: "these 3
- * derivations will be built:" sets the total, each "building '…drv'" line starts one
- * (so one fewer than started are done, as far as the log tells).
- */
-function nixProgress(p: Progress): (chunk: Buffer) => void {
-  let started = 0;
-  let rest = '';
-  return (chunk) => {
-    const lines = (rest + chunk.toString()).split('\n');
-    rest = lines.pop()!.slice(-4096);
-    for (const l of lines) {
-      const m = /^these (\d+) derivations will be built:/.exec(l);
-      if (m) p.paths.total += Number(m[1]);
-      else if (l.startsWith('this derivation will be built:')) p.paths.total += 1;
-      else if (l.startsWith('building \'')) { started++; p.paths.done = Math.max(0, Math.min(started - 1, p.paths.total)); }
-    }
+function buildRow(repo: string, hash: string, storePath: string, built: BuiltImage) {
+  const m: Descriptor = built.manifest;
+  const a: Descriptor | undefined = built.alternate;
+  return {
+    repo, hash, manifest: m.digest, media_type: m.mediaType, size: m.size,
+    alt_manifest: a?.digest ?? null, alt_media_type: a?.mediaType ?? null, alt_size: a?.size ?? null,
+    store_path: storePath,
   };
 }

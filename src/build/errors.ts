@@ -11,6 +11,12 @@ export abstract class BuildError extends Error {
 /** No image expression backs this repository name. */
 export class NoImageExpression extends BuildError {}
 
+/** A flake has no output of this name (origins.ts): a package list may serve it instead. */
+export class FlakeOutputMissing extends NoImageExpression {}
+
+/** A package list names attributes the package set does not have. */
+export class UnknownPackages extends NoImageExpression {}
+
 /** The expression did not evaluate (Nix's essential error lines are the message). */
 export class EvaluationFailed extends BuildError {}
 

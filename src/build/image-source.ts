@@ -9,8 +9,13 @@ import type { Reference } from '../oci/reference.js';
 import type { JobView } from './jobs.js';
 
 export interface ImageSource {
-  /** Whether `repo` is backed by an expression (and so read-only). */
+  /** Whether `repo` is backed by an expression or a flake (and so read-only). */
   owns(repo: string): boolean;
+  /**
+   * Whether the source answers pulls of `repo`: what it owns, and with --packages the
+   * package lists (which stay open to pushes: a pushed repository is plain storage).
+   */
+  serves(repo: string): boolean;
   /**
    * Produces (building if needed) the manifest for `ref` in `repo`, already stored and
    * recorded in the blob store. `accepts` tells which manifest media types the client

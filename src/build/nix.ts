@@ -114,8 +114,19 @@ export function essentialError(stderr: string): string {
   return lines.slice(i, i + 12).join('\n').replace(/\s+$/, '');
 }
 
+/** What an origin lacks (eval.nix answers this instead of an image). */
+export interface EvalMissing {
+  /** The flake has no such output. */
+  output?: string;
+  /** The package set has no such names: the part not found, and names beside it. */
+  packages?: { name: string; part: string; near: string[] }[];
+}
+
 /** The raw result of eval.nix (see there). */
 export interface EvalJSON {
+  missing?: EvalMissing;
+  /** A flake's output names (list mode). */
+  outputs?: string[];
   kind: 'spec' | 'derivation' | 'list';
   keys: string[];
   config: unknown;
@@ -130,11 +141,17 @@ export interface EvalJSON {
   imagePath: string;
 }
 
-/** Evaluates an image file (absolute path) with the helper expression. */
-export async function evaluateFile(file: string, opts: NixRunOptions = {}): Promise<EvalJSON> {
-  const stdout = await runNix('nix-instantiate',
-    ['--eval', '--strict', '--json', '--read-write-mode', EVAL_NIX, '--argstr', 'file', file], opts);
-  return JSON.parse(stdout) as EvalJSON;
+/**
+ * Evaluates an image with the helper expression; `args` are its `--argstr` pairs
+ * (origins.ts). Flakes are enabled for this one call where `flakes` says so, never in
+ * the user's settings.
+ */
+export async function evaluateImage(args: Record<string, string>, opts: NixRunOptions & { flakes?: boolean } = {}): Promise<EvalJSON> {
+  const argv = ['--eval', '--strict', '--json', '--read-write-mode'];
+  if (opts.flakes) argv.push('--extra-experimental-features', 'nix-command flakes');
+  argv.push(EVAL_NIX);
+  for (const [k, v] of Object.entries(args)) argv.push('--argstr', k, v);
+  return JSON.parse(await runNix('nix-instantiate', argv, opts)) as EvalJSON;
 }
 
 /**
@@ -210,3 +227,26 @@ export function hashPart(storePath: string): string {
 
 /** Nix base32 hash part syntax (the alphabet omits e, o, t, u). */
 export const HASH_TAG = /^[0-9a-df-np-sv-z]{32}$/;
+
+/**
+ * Reads Nix's plain progress from a realisation's stderr: "these 3 derivations will be
+ * built:" sets the total, each "building '…drv'" line starts one (so one fewer than
+ * started are done, as far as the log tells). `report(done, total)` hears each change.
+ */
+export function realiseProgress(report: (done: number, total: number) => void): (chunk: Buffer) => void {
+  let started = 0;
+  let total = 0;
+  let rest = '';
+  return (chunk) => {
+    const lines = (rest + chunk.toString()).split('\n');
+    rest = lines.pop()!.slice(-4096);
+    for (const l of lines) {
+      const m = /^these (\d+) derivations will be built:/.exec(l);
+      if (m) total += Number(m[1]);
+      else if (l.startsWith('this derivation will be built:')) total += 1;
+      else if (l.startsWith('building \'')) started++;
+      else continue;
+      report(Math.max(0, Math.min(started - 1, total)), total);
+    }
+  };
+}

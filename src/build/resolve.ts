@@ -56,7 +56,8 @@ export function resolveImageFile(imagesDir: string, name: string): ImageFile | u
   }
   const last = parts[parts.length - 1]!;
   const dir = visited[visited.length - 1]!;
-  const candidates = [() => join(dir, `${last}.nix`), () => {
+  // flake.nix is a flake (origins.ts), never an image file of its own.
+  const candidates = [() => (last === 'flake' ? undefined : join(dir, `${last}.nix`)), () => {
     const sub = step(root, visited, last);
     return sub && join(sub, 'default.nix');
   }];
@@ -77,6 +78,59 @@ export function resolveImageFile(imagesDir: string, name: string): ImageFile | u
 /** ImageFile.key of stat results (bigint, for the mtime's nanoseconds). */
 export function fileKey(st: BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+}
+
+/** A flake that serves a repository (origins.ts): its directory and the output's name. */
+export interface FlakeFile extends ImageFile {
+  /** The flake's real directory. */
+  dir: string;
+  /** packages.<system>.ATTR (else legacyPackages.<system>.ATTR). */
+  attr: string;
+}
+
+/**
+ * The flake that serves `name`: `<images>/NAME/flake.nix` (its `default` output), else,
+ * for a one-segment name, `<images>/flake.nix` (its output NAME). Under the same rules
+ * as image files: nothing outside the images directory is ever read.
+ */
+export function resolveFlake(imagesDir: string, name: string): FlakeFile | undefined {
+  const parts = safeSegments(name);
+  if (!parts) return undefined;
+  let root: string;
+  try { root = realpathSync(imagesDir); } catch { return undefined; }
+  const visited = [root];
+  let own = true;
+  for (const p of parts) {
+    const next = step(root, visited, p);
+    if (!next) { own = false; break; }
+    visited.push(next);
+  }
+  const found = (dir: string, attr: string): FlakeFile | undefined => {
+    let real: string;
+    try { real = realpathSync(join(dir, 'flake.nix')); } catch { return undefined; }
+    if (!real.startsWith(root + sep) && real !== join(root, 'flake.nix')) return undefined;
+    let st;
+    try { st = statSync(real, { bigint: true }); } catch { return undefined; }
+    if (!st.isFile()) return undefined;
+    return { path: real, name: relative(root, real), key: fileKey(st), dir, attr };
+  };
+  if (own) {
+    const f = found(visited[visited.length - 1]!, 'default');
+    if (f) return f;
+  }
+  return parts.length === 1 ? found(root, parts[0]!) : undefined;
+}
+
+/** `<images>/flake.nix`, whose outputs serve one-segment names. */
+export function resolveTopFlake(imagesDir: string): FlakeFile | undefined {
+  let root: string;
+  try { root = realpathSync(imagesDir); } catch { return undefined; }
+  try {
+    const real = realpathSync(join(root, 'flake.nix'));
+    const st = statSync(real, { bigint: true });
+    if (real !== join(root, 'flake.nix') || !st.isFile()) return undefined;
+    return { path: real, name: 'flake.nix', key: fileKey(st), dir: root, attr: '' };
+  } catch { return undefined; }
 }
 
 const PATH_CHAR = String.raw`[\w+@%~-]`;

@@ -7,18 +7,23 @@
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { opendirSync, realpathSync } from 'node:fs';
+import { LRUCache } from 'lru-cache';
 import type { Storage } from '../blobs/storage.js';
 import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
 import { Builder, type BuilderOptions, type Evaluation } from './builder.js';
-import { BuildQueueFull, NoImageExpression, StillBuilding, TagNotServed } from './errors.js';
+import { BuildQueueFull, FlakeOutputMissing, NoImageExpression, StillBuilding, TagNotServed } from './errors.js';
 import type { BuildLogHandle, ImageSource, NixStatus } from './image-source.js';
 import { JobsFull, type Job, type JobView } from './jobs.js';
-import { HASH_TAG, nixProcessCount, probeProcessCount } from './nix.js';
+import { HASH_TAG, evaluateImage, nixProcessCount, probeProcessCount } from './nix.js';
+import { COMMIT_TAG, PackageSource, UnknownRevision, packagesOrigin, type Origin } from './origins.js';
+import { resolveTopFlake } from './resolve.js';
 import type { BuiltImage } from './types.js';
 import { ImagesWatcher, listImages } from './watch.js';
 
 export interface SourceOptions extends BuilderOptions {
+  /** --packages SOURCE: names no image file or flake serves are package lists of this set (origins.ts). */
+  packages?: string | undefined;
   /** A pull waits this long for a build, then gets StillBuilding (default 25 s; --pull-wait). */
   pullWaitMs?: number | undefined;
   /** Watch the images directory (default on; `nixreg build` turns it off). */
@@ -41,10 +46,22 @@ export class NixImageSource implements ImageSource {
   private prebuilding: Promise<void> | undefined;
   private prebuildAgain = false;
   private closed = false;
+  private readonly packages: PackageSource | undefined;
+  private readonly evalTtlMs: number;
+  private readonly nixEnv: NodeJS.ProcessEnv | undefined;
+  /** Commits that tags of the pinned package set named lately (reused for --eval-ttl). */
+  private readonly revisions = new Map<string, { sha: string; expires: number }>();
+  /** One-segment names the top-level flake turned out not to have (until the next change). */
+  private readonly flakeMissing = new LRUCache<string, true>({ max: 10_000 });
+  /** The top-level flake's output names, as of the flake.nix version `key`. */
+  private flakeNames: { key: string; names: Set<string> } | undefined;
 
   constructor(private readonly storage: Storage, opts: SourceOptions) {
     this.builder = new Builder(storage, opts);
     this.images = opts.images;
+    this.packages = opts.packages !== undefined ? PackageSource.parse(opts.packages) : undefined;
+    this.evalTtlMs = opts.evalTtlMs ?? 10_000;
+    this.nixEnv = opts.nixEnv;
     this.pullWaitMs = opts.pullWaitMs ?? 25_000;
     this.prebuildOn = !!opts.prebuild;
     if (opts.watch ?? true) {
@@ -52,15 +69,19 @@ export class NixImageSource implements ImageSource {
       try { dir = realpathSync(dir); } catch { /* not there yet: watched as named */ }
       this.watcher = new ImagesWatcher(dir, {
         log: opts.log,
-        onChange: (path, key) => this.builder.invalidate(path, key),
-        onSettled: this.prebuildOn ? () => this.prebuild() : undefined,
+        onChange: (path, key) => { this.builder.invalidate(path, key); this.flakeMissing.clear(); },
+        onSettled: () => { void this.settled(); },
       });
     }
-    if (this.prebuildOn) void (this.watcher?.ready ?? Promise.resolve()).then(() => this.prebuild());
+    void (this.watcher?.ready ?? Promise.resolve()).then(() => this.settled());
   }
 
   owns(repo: string): boolean {
-    return this.builder.file(repo) !== undefined;
+    return this.originOf(repo) !== undefined;
+  }
+
+  serves(repo: string): boolean {
+    return this.owns(repo) || (this.isPackageList(repo));
   }
 
   async resolve(repo: string, ref: Reference, accepts: (mediaType: string) => boolean): Promise<Descriptor | undefined> {
@@ -91,6 +112,17 @@ export class NixImageSource implements ImageSource {
 
   /** The built image for `tag`, building it if needed; `w` learns the job it waits for. */
   async image(repo: string, tag: string, w: Waiting = { since: Date.now() }): Promise<BuiltImage> {
+    try {
+      return await this.imageFrom(repo, tag, w);
+    } catch (e) {
+      // A flake at the top of --images without this output: a package list, if any.
+      if (!(e instanceof FlakeOutputMissing) || !this.packages || this.flakeMissing.has(repo)) throw e;
+      this.flakeMissing.set(repo, true);
+      return this.imageFrom(repo, tag, w);
+    }
+  }
+
+  private async imageFrom(repo: string, tag: string, w: Waiting): Promise<BuiltImage> {
     const b = this.builder;
     if (HASH_TAG.test(tag)) {
       const done = b.lookup(repo, tag);
@@ -99,26 +131,88 @@ export class NixImageSource implements ImageSource {
       if (running) { w.job = running; return running.done; }
       // No job yet: distinct hash tags of one repository share its one evaluation, so a
       // flood of made-up tags costs one nix-instantiate, and no job each.
-      const ev = await b.evaluate(repo);
+      const ev = await b.evaluate(repo, undefined, await this.originAt(repo, 'latest'));
       this.checkHashTag(repo, tag, ev);
       w.job = this.startJob(repo, tag, (job) => b.ensureBuilt(ev, job));
       return w.job.done;
     }
-    if (tag !== 'latest') {
-      throw new TagNotServed(
-        `${repo} is built from a Nix expression: its tags are latest and the hashes of built images, not ${tag}`, { tag });
-    }
+    this.checkTag(repo, tag);
+    // A full commit of a pinned package set is immutable: once built, no git, no Nix.
+    const pinned = COMMIT_TAG.test(tag) ? b.lookup(repo, tag) : undefined;
+    if (pinned) return pinned;
     // The common pull: evaluated a moment ago and built long ago. No job for that.
-    const ev = b.cachedEvaluation(repo);
+    const origin = await this.originAt(repo, tag);
+    const ev = b.cachedEvaluation(repo, origin);
     const done = ev && b.lookup(repo, ev.hash);
-    if (done) return this.tagLatest(repo, done);
-    w.job = this.startJob(repo, 'latest', (job) => this.buildLatest(repo, job));
+    if (done) return this.tagged(repo, tag, ev, done);
+    w.job = this.startJob(repo, tag, (job) => this.buildTag(repo, tag, job));
     return w.job.done;
   }
 
-  private async buildLatest(repo: string, job: Job): Promise<BuiltImage> {
-    const ev = await this.builder.evaluate(repo, job);
-    return this.tagLatest(repo, await this.builder.ensureBuilt(ev, job));
+  private async buildTag(repo: string, tag: string, job: Job): Promise<BuiltImage> {
+    const ev = await this.builder.evaluate(repo, job, await this.originAt(repo, tag));
+    return this.tagged(repo, tag, ev, await this.builder.ensureBuilt(ev, job));
+  }
+
+  /** `latest` moves to the image; a pinned package set's commit names it for good. */
+  private tagged(repo: string, tag: string, ev: Evaluation, built: BuiltImage): BuiltImage {
+    if (tag === 'latest') this.tagLatest(repo, built);
+    const rev = ev.origin.args.rev;
+    if (rev !== undefined) this.builder.recordAlias(ev, rev, built);
+    return built;
+  }
+
+  /** Where `repo` comes from under --images: its image file, else a flake output not known to be missing. */
+  private originOf(repo: string): Origin | undefined {
+    const o = this.builder.origin(repo);
+    if (o?.kind !== 'flake' || o.args.attr === 'default') return o;
+    if (this.flakeMissing.has(repo)) return undefined;
+    const known = this.flakeNames;
+    return !known || known.key !== o.key || known.names.has(repo) ? o : undefined;
+  }
+
+  /** Whether `repo` is a package list here: --packages is on and no image file or flake serves it. */
+  private isPackageList(repo: string): boolean {
+    if (!this.packages || this.originOf(repo)) return false;
+    // A repository pushed to (content, but no image built here) is plain storage.
+    return this.storage.index.hasBuilds(repo) || !this.storage.repositoryExists(repo);
+  }
+
+  /** What `repo:tag` is built from now (for a pinned package set, at the commit the tag names). */
+  private async originAt(repo: string, tag: string): Promise<Origin> {
+    const o = this.originOf(repo);
+    if (o) return o;
+    if (!this.isPackageList(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
+    return packagesOrigin(repo, this.packages!, await this.revision(tag));
+  }
+
+  private checkTag(repo: string, tag: string): void {
+    if (tag === 'latest') return;
+    if (this.originOf(repo) || !this.packages?.pinned) {
+      throw new TagNotServed(this.originOf(repo)
+        ? `${repo} is built from a Nix expression: its tags are latest and the hashes of built images, not ${tag}`
+        : `${repo} is a package list from ${this.packages?.spec ?? 'the package set'}: its tags are latest and the hashes of built images, not ${tag}`, { tag });
+    }
+  }
+
+  /** The commit a tag names in a pinned package set, reused for --eval-ttl; undefined for other sets. */
+  private async revision(tag: string): Promise<string | undefined> {
+    const src = this.packages!;
+    if (!src.pinned) return undefined;
+    const hit = this.revisions.get(tag);
+    if (hit && Date.now() < hit.expires) return hit.sha;
+    let sha: string | undefined;
+    try {
+      sha = await src.revision(tag);
+    } catch (e) {
+      if (e instanceof UnknownRevision) {
+        throw new TagNotServed(`the package set ${src.spec} has no branch, tag or commit ${tag}`, { tag });
+      }
+      throw e;
+    }
+    if (this.revisions.size >= 1000) this.revisions.clear();
+    if (sha !== undefined) this.revisions.set(tag, { sha, expires: Date.now() + this.evalTtlMs });
+    return sha;
   }
 
   private tagLatest(repo: string, built: BuiltImage): BuiltImage {
@@ -146,25 +240,46 @@ export class NixImageSource implements ImageSource {
   }
 
   startBuild(repo: string, tag: string): JobView {
-    if (!this.owns(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
+    if (!this.serves(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
     const b = this.builder;
     let job: Job;
     if (HASH_TAG.test(tag)) {
       job = this.startJob(repo, tag, async (j) => {
         const done = b.lookup(repo, tag);
         if (done) return done;
-        const ev = await b.evaluate(repo, j);
+        const ev = await b.evaluate(repo, j, await this.originAt(repo, 'latest'));
         this.checkHashTag(repo, tag, ev);
         return b.ensureBuilt(ev, j);
       });
-    } else if (tag === 'latest') {
-      job = this.startJob(repo, 'latest', (j) => this.buildLatest(repo, j));
     } else {
-      throw new TagNotServed(`${repo} is built from a Nix expression: its tags are latest and the hashes of built images, not ${tag}`, { tag });
+      this.checkTag(repo, tag);
+      job = this.startJob(repo, tag, (j) => this.buildTag(repo, tag, j));
     }
     // Asked for by name: listed even if there was nothing to build.
     job.keep = true;
     return job.view();
+  }
+
+  /** After start and after changes: learn the top-level flake's outputs, then prebuild. */
+  private async settled(): Promise<void> {
+    await this.readFlakeNames();
+    if (this.prebuildOn) await this.prebuild();
+  }
+
+  /**
+   * The output names of `<images>/flake.nix`, so that a one-segment name it does not
+   * have is a package list, or a plain repository one may push to. Until they are known
+   * every one-segment name is the flake's.
+   */
+  private async readFlakeNames(): Promise<void> {
+    const top = resolveTopFlake(this.images);
+    if (!top) { this.flakeNames = undefined; return; }
+    try {
+      const r = await evaluateImage({ flake: top.dir, list: '1' }, { env: this.nixEnv, timeoutMs: 120_000, flakes: true });
+      this.flakeNames = { key: top.key, names: new Set(r.outputs ?? []) };
+    } catch (e) {
+      this.builder.log?.warn({ error: (e as Error).message.slice(0, 2000) }, 'cannot list the outputs of flake.nix in --images');
+    }
   }
 
   /**
@@ -178,7 +293,7 @@ export class NixImageSource implements ImageSource {
     this.prebuilding = (async () => {
       do {
         this.prebuildAgain = false;
-        const names = listImages(this.images);
+        const names = [...new Set([...listImages(this.images), ...(this.flakeNames?.names ?? [])])];
         let built = 0;
         for (const repo of names) {
           if (this.closed || this.prebuildAgain) break;

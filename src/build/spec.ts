@@ -1,5 +1,6 @@
 // Validation of an evaluated image spec (the dockerTools.streamLayeredImage names), so a
-// typo in an expression is a clear error at pull time instead of a broken image.
+// typo in an expression is a clear error at pull time instead of a broken image; and the
+// OCI platform (architecture, os) of the Nix system it was evaluated for.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { InvalidImageSpec } from './errors.js';
@@ -64,4 +65,25 @@ export function validateSpec(repo: string, raw: EvalJSON): Omit<ImageSpec, 'cont
     created: raw.created,
     ...(raw.architecture !== null ? { architecture: raw.architecture as string } : {}),
   };
+}
+
+const SYSTEMS: Record<string, [string, string]> = {
+  'x86_64-linux': ['amd64', 'linux'],
+  'aarch64-linux': ['arm64', 'linux'],
+  'i686-linux': ['386', 'linux'],
+  'armv7l-linux': ['arm', 'linux'],
+  'armv6l-linux': ['arm', 'linux'],
+  'riscv64-linux': ['riscv64', 'linux'],
+  'powerpc64le-linux': ['ppc64le', 'linux'],
+  's390x-linux': ['s390x', 'linux'],
+  'x86_64-darwin': ['amd64', 'darwin'],
+  'aarch64-darwin': ['arm64', 'darwin'],
+};
+
+/** OCI architecture and os of a Nix system double. */
+export function platformOf(system: string): { architecture: string; os: string } {
+  const p = SYSTEMS[system];
+  if (p) return { architecture: p[0], os: p[1] };
+  const [cpu = system, os = 'linux'] = system.split('-');
+  return { architecture: cpu, os };
 }

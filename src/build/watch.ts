@@ -14,7 +14,7 @@ import { readdirSync, statSync, type Dirent } from 'node:fs';
 import { join } from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';
 import type { Logger } from 'pino';
-import { fileKey, resolveImageFile, safeSegments } from './resolve.js';
+import { fileKey, resolveFlake, resolveImageFile, safeSegments } from './resolve.js';
 
 /** Quiet time after the last change before --prebuild starts. */
 export const SETTLE_MS = 1000;
@@ -70,8 +70,9 @@ export class ImagesWatcher {
 }
 
 /**
- * The repository names that image files in `dir` give (`a/b.nix` and `a/b/default.nix`
- * are `a/b`), each as resolve.ts would find it: what --prebuild evaluates.
+ * The repository names that image files and subfolder flakes in `dir` give (`a/b.nix`,
+ * `a/b/default.nix` and `a/b/flake.nix` are `a/b`), each as resolve.ts would find it:
+ * what --prebuild evaluates, with the top-level flake's outputs.
  */
 export function listImages(dir: string): string[] {
   const names = new Set<string>();
@@ -81,7 +82,11 @@ export function listImages(dir: string): string[] {
     for (const e of entries) {
       if (names.size >= MAX_IMAGES || e.name.startsWith('.')) continue;
       if (e.isDirectory() && depth < MAX_DEPTH) walk([...rel, e.name], depth + 1);
-      else if (e.name.endsWith('.nix')) {
+      else if (e.name === 'flake.nix') {
+        // A flake in a subfolder serves the subfolder's name (the top one: its outputs, listed by the caller).
+        const name = rel.join('/');
+        if (rel.length && safeSegments(name) && resolveFlake(dir, name)?.attr === 'default') names.add(name);
+      } else if (e.name.endsWith('.nix')) {
         const base = e.name.slice(0, -4);
         const parts = base === 'default' ? rel : [...rel, base];
         const name = parts.join('/');

@@ -3,8 +3,8 @@
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import { platformOf } from '../../src/build/builder.js';
-import { closureOf, essentialError, evaluateFile, hashPart, nixProcessCount, parseDumpDb, realise } from '../../src/build/nix.js';
+import { platformOf } from '../../src/build/spec.js';
+import { closureOf, essentialError, evaluateImage, hashPart, nixProcessCount, parseDumpDb, realise } from '../../src/build/nix.js';
 import { buildConfig } from '../../src/config.js';
 import { requireTool } from '../helpers/exec.js';
 import { NIX_TEST_ENV } from '../helpers/nix.js';
@@ -18,36 +18,36 @@ after(() => images?.cleanup());
 test('evaluation applies defaults, lists contents, and hashes the spec deterministically', async () => {
   const n = nonce();
   const f = images.image('e.nix', { nonce: n });
-  const a = await evaluateFile(f, { env: NIX_TEST_ENV });
+  const a = await evaluateImage({ file: f }, { env: NIX_TEST_ENV });
   assert.equal(a.kind, 'spec');
   assert.equal(a.maxLayers, 100);
   assert.equal(a.created, '1970-01-01T00:00:01Z');
   assert.equal(a.contents.length, 1);
   assert.match(a.contents[0]!.drv, /-hello\.drv$/);
   assert.match(a.contents[0]!.out, /-hello$/);
-  const again = await evaluateFile(f, { env: NIX_TEST_ENV });
+  const again = await evaluateImage({ file: f }, { env: NIX_TEST_ENV });
   assert.equal(again.imagePath, a.imagePath);
   // Any change to the spec, even a default made explicit with another value, moves the hash.
   const g = images.image('g.nix', { nonce: n, extra: 'maxLayers = 50;' });
-  assert.notEqual((await evaluateFile(g, { env: NIX_TEST_ENV })).imagePath, a.imagePath);
+  assert.notEqual((await evaluateImage({ file: g }, { env: NIX_TEST_ENV })).imagePath, a.imagePath);
   const same = images.image('s.nix', { nonce: n, extra: 'maxLayers = 100;' });
-  assert.equal((await evaluateFile(same, { env: NIX_TEST_ENV })).imagePath, a.imagePath, 'defaults are part of the hash');
+  assert.equal((await evaluateImage({ file: same }, { env: NIX_TEST_ENV })).imagePath, a.imagePath, 'defaults are part of the hash');
 });
 
 test('bare derivations and lists are contents; functions with defaults are auto-called', async () => {
   const drv = images.write('drv.nix', `{ n ? "${nonce()}" }: derivation { name = "one"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; inherit n; }\n`);
-  const r = await evaluateFile(drv, { env: NIX_TEST_ENV });
+  const r = await evaluateImage({ file: drv }, { env: NIX_TEST_ENV });
   assert.equal(r.kind, 'derivation');
   assert.equal(r.contents.length, 1);
   const list = images.write('list.nix', `let m = x: derivation { name = x; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }; in [ (m "a") (m "b") ]\n`);
-  const l = await evaluateFile(list, { env: NIX_TEST_ENV });
+  const l = await evaluateImage({ file: list }, { env: NIX_TEST_ENV });
   assert.equal(l.kind, 'list');
   assert.deepEqual(l.contents.map((c) => c.name), ['a', 'b']);
 });
 
 test('closure: requisites with sizes and references, in two processes', async () => {
   const f = images.image('c.nix', { nonce: nonce() });
-  const ev = await evaluateFile(f, { env: NIX_TEST_ENV });
+  const ev = await evaluateImage({ file: f }, { env: NIX_TEST_ENV });
   const roots = tempDir('nixreg-roots-');
   await realise(ev.contents.map((c) => c.drv), `${roots}/r`, { env: NIX_TEST_ENV });
   const before = nixProcessCount();

@@ -30,7 +30,7 @@ function report(r: Res, status: number, data?: string): Report {
 /** An image source that only answers readiness, as the test says. */
 function fakeSource(nix: () => NixStatus | undefined): ImageSource {
   return {
-    owns: () => false, resolve: async () => undefined, standingTags: () => [], builds: () => [], build: () => undefined, buildLog: () => undefined, startBuild: () => { throw new Error('no builds'); }, close: async () => {},
+    owns: () => false, serves: () => false, resolve: async () => undefined, standingTags: () => [], builds: () => [], build: () => undefined, buildLog: () => undefined, startBuild: () => { throw new Error('no builds'); }, close: async () => {},
     stats: () => ({}), onBuildFinished: () => {}, nixReadiness: nix,
   };
 }

@@ -27,7 +27,7 @@ export function listTags(ctx: Ctx) {
     const repo = repoOf(req);
     const { n, last } = parsePage(req.query);
     // Expression-backed repositories exist before their first build.
-    const owned = ctx.source?.owns(repo) ?? false;
+    const owned = ctx.source?.serves(repo) ?? false;
     if (!owned && !ctx.storage.repositoryExists(repo)) {
       throw new RegistryError('NAME_UNKNOWN', `repository ${repo} not known to registry`, { name: repo });
     }

@@ -39,8 +39,8 @@ export function getManifest(ctx: Ctx) {
     const ref = lookupRefOf(req);
     const accept = req.headers.accept;
     const ok = (mt: string) => accepts(accept, mt);
-    // owns() looks for the repository's image file on disk: once per request is enough.
-    const owned = ctx.source?.owns(repo) ?? false;
+    // serves() looks for the repository's image file on disk: once per request is enough.
+    const owned = ctx.source?.serves(repo) ?? false;
     let d: Descriptor | undefined;
     if (owned) d = await ctx.source!.resolve(repo, ref, ok);
     d ??= ctx.storage.resolveManifest(repo, ref);

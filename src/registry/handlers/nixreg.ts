@@ -59,7 +59,7 @@ export function startBuild(ctx: Ctx) {
     });
     // Anyone who may pull the image may make it be built: a pull would build it too.
     ctx.gate.need(req, repository, 'read');
-    if (!source.owns(repository)) {
+    if (!source.serves(repository)) {
       throw new RegistryError('NAME_UNKNOWN', `${repository} is not built from an expression here: there is nothing to build`, { name: repository });
     }
     const build = source.startBuild(repository, tag);
