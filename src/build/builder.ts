@@ -121,9 +121,13 @@ export class Builder {
   origin(repo: string): Origin | undefined {
     const file = this.file(repo);
     if (file) return fileOrigin(repo, file);
-    const flake = resolveFlake(this.o.images, repo);
+    // Most images directories hold no flake: a plain repository's pull looks for none.
+    const flake = this.flakes ? resolveFlake(this.o.images, repo) : undefined;
     return flake && flakeOrigin(repo, flake);
   }
+
+  /** Whether --images holds a flake.nix anywhere (the source keeps it current, watch.ts). */
+  flakes = true;
 
   /**
    * Evaluates `repo` (from `origin`, by default its file or flake), reusing a recent

@@ -14,6 +14,7 @@ import { createWriteStream, promises as fs, type WriteStream } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { Layout } from '../blobs/layout.js';
+import type { BuildLogHandle } from './image-source.js';
 import type { BuiltImage } from './types.js';
 
 export type Stage = 'queued' | 'evaluating' | 'building' | 'assembling';
@@ -146,6 +147,23 @@ export class Job {
     await new Promise<void>((r) => this.stream.end(() => r()));
     this.logClosed = true;
     this.events.emit('end');
+  }
+
+  /** The log as /nixreg/builds/<id>/log serves it (image-source.ts). */
+  logHandle(publicUrl: string): BuildLogHandle {
+    return {
+      path: this.logPath,
+      repo: this.repo,
+      finished: () => this.logClosed,
+      changed: (ms) => new Promise<void>((r) => {
+        if (this.logClosed) { r(); return; }
+        const done = () => { clearTimeout(t); this.events.off('data', done); this.events.off('end', done); r(); };
+        const t = setTimeout(done, ms);
+        this.events.once('data', done);
+        this.events.once('end', done);
+      }),
+      describe: () => this.describe(publicUrl),
+    };
   }
 
   view(): JobView {

@@ -19,7 +19,7 @@ import { HASH_TAG, evaluateImage, nixProcessCount, probeProcessCount } from './n
 import { COMMIT_TAG, PackageSource, UnknownRevision, packagesOrigin, type Origin } from './origins.js';
 import { resolveTopFlake } from './resolve.js';
 import type { BuiltImage } from './types.js';
-import { ImagesWatcher, listImages } from './watch.js';
+import { ImagesWatcher, hasFlake, listImages } from './watch.js';
 
 export interface SourceOptions extends BuilderOptions {
   /** --packages SOURCE: names no image file or flake serves are package lists of this set (origins.ts). */
@@ -62,6 +62,7 @@ export class NixImageSource implements ImageSource {
     this.packages = opts.packages !== undefined ? PackageSource.parse(opts.packages) : undefined;
     this.evalTtlMs = opts.evalTtlMs ?? 10_000;
     this.nixEnv = opts.nixEnv;
+    this.builder.flakes = hasFlake(opts.images);
     this.pullWaitMs = opts.pullWaitMs ?? 25_000;
     this.prebuildOn = !!opts.prebuild;
     if (opts.watch ?? true) {
@@ -69,7 +70,12 @@ export class NixImageSource implements ImageSource {
       try { dir = realpathSync(dir); } catch { /* not there yet: watched as named */ }
       this.watcher = new ImagesWatcher(dir, {
         log: opts.log,
-        onChange: (path, key) => { this.builder.invalidate(path, key); this.flakeMissing.clear(); },
+        onChange: (path, key) => {
+          this.builder.invalidate(path, key);
+          this.flakeMissing.clear();
+          // Seen at once, so that the next pull finds a new flake; a removed one when settled.
+          if (path.endsWith('/flake.nix')) this.builder.flakes = true;
+        },
         onSettled: () => { void this.settled(); },
       });
     }
@@ -81,7 +87,7 @@ export class NixImageSource implements ImageSource {
   }
 
   serves(repo: string): boolean {
-    return this.owns(repo) || (this.isPackageList(repo));
+    return this.owns(repo) || this.unclaimedPackageList(repo);
   }
 
   async resolve(repo: string, ref: Reference, accepts: (mediaType: string) => boolean): Promise<Descriptor | undefined> {
@@ -173,7 +179,12 @@ export class NixImageSource implements ImageSource {
 
   /** Whether `repo` is a package list here: --packages is on and no image file or flake serves it. */
   private isPackageList(repo: string): boolean {
-    if (!this.packages || this.originOf(repo)) return false;
+    return !this.originOf(repo) && this.unclaimedPackageList(repo);
+  }
+
+  /** isPackageList() for a name already known to have no image file or flake. */
+  private unclaimedPackageList(repo: string): boolean {
+    if (!this.packages) return false;
     // A repository pushed to (content, but no image built here) is plain storage.
     return this.storage.index.hasBuilds(repo) || !this.storage.repositoryExists(repo);
   }
@@ -262,6 +273,7 @@ export class NixImageSource implements ImageSource {
 
   /** After start and after changes: learn the top-level flake's outputs, then prebuild. */
   private async settled(): Promise<void> {
+    this.builder.flakes = hasFlake(this.images);
     await this.readFlakeNames();
     if (this.prebuildOn) await this.prebuild();
   }
@@ -326,22 +338,7 @@ export class NixImageSource implements ImageSource {
   }
 
   buildLog(id: string): BuildLogHandle | undefined {
-    const job = this.builder.jobs.get(id);
-    if (!job) return undefined;
-    const publicUrl = this.builder.publicUrl;
-    return {
-      path: job.logPath,
-      repo: job.repo,
-      finished: () => job.logClosed,
-      changed: (ms) => new Promise<void>((r) => {
-        if (job.logClosed) { r(); return; }
-        const done = () => { clearTimeout(t); job.events.off('data', done); job.events.off('end', done); r(); };
-        const t = setTimeout(done, ms);
-        job.events.once('data', done);
-        job.events.once('end', done);
-      }),
-      describe: () => job.describe(publicUrl),
-    };
+    return this.builder.jobs.get(id)?.logHandle(this.builder.publicUrl);
   }
 
   stats(): Record<string, unknown> {

@@ -69,6 +69,24 @@ export class ImagesWatcher {
   }
 }
 
+/** Whether a flake.nix lies anywhere under `dir` (where listImages would look). */
+export function hasFlake(dir: string): boolean {
+  let found = false;
+  let seen = 0;
+  const walk = (rel: string[], depth: number) => {
+    let entries: Dirent[];
+    try { entries = readdirSync(join(dir, ...rel), { withFileTypes: true }); } catch { return; }
+    for (const e of entries) {
+      if (found || ++seen > MAX_IMAGES * 10 || e.name.startsWith('.')) continue;
+      if (e.name === 'flake.nix') found = true;
+      else if (e.isDirectory() && depth < MAX_DEPTH) walk([...rel, e.name], depth + 1);
+    }
+  };
+  walk([], 0);
+  // Too large to tell: look for flakes at every pull rather than miss one.
+  return found || seen > MAX_IMAGES * 10;
+}
+
 /**
  * The repository names that image files and subfolder flakes in `dir` give (`a/b.nix`,
  * `a/b/default.nix` and `a/b/flake.nix` are `a/b`), each as resolve.ts would find it:
