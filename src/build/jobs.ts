@@ -263,7 +263,11 @@ export class Jobs {
     // a new job (the file may have changed), not join one that has ended.
     const end = (r: BuiltImage | undefined, error: string | undefined) => {
       this.running.delete(key);
-      return job.finish(r, error).finally(() => this.retire(job));
+      // finish() settles the job before its first await; the log file closes after. The
+      // job moves to the kept ones at once, so no listing made meanwhile misses it.
+      const closing = job.finish(r, error);
+      this.retire(job);
+      return closing;
     };
     job.done.then((r) => end(r, undefined), (e: unknown) => end(undefined, errorText(e)));
     // Whoever started it may not wait; the rejection is theirs to see if they do.
