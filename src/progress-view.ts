@@ -4,7 +4,7 @@
 // CI log stays readable.
 //
 // Composition root: may import every room; no room imports it.
-import type { JobView } from './build/jobs.js';
+import { stageWords, type JobView } from './build/jobs.js';
 
 const PIPE_EVERY_MS = 5000;
 const BAR = 20;
@@ -38,11 +38,8 @@ export class ProgressView {
   private doing(v: JobView): string {
     const p = v.progress;
     switch (v.status) {
-      case 'queued': return 'waiting for a build slot';
-      case 'evaluating': return 'evaluating';
-      case 'building': return p.paths.total ? `building derivation ${Math.min(p.paths.done + 1, p.paths.total)} of ${p.paths.total}` : 'building';
       case 'assembling': {
-        const parts = [`assembling layer ${Math.min(p.layers.done + 1, p.layers.total)} of ${p.layers.total}`];
+        const parts = [stageWords(p)];
         if (p.bytes.total) {
           parts.push(`${formatBytes(p.bytes.done)} of ${formatBytes(p.bytes.total)}`);
           if (this.rate > 0) {
@@ -54,6 +51,7 @@ export class ProgressView {
       }
       case 'done': return `done: ${v.hash} ${v.digest}`;
       case 'failed': return 'failed';
+      default: return stageWords(p);
     }
   }
 

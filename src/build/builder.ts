@@ -184,8 +184,8 @@ export class Builder {
     }
     if (raw.missing?.packages) {
       const unknown = raw.missing.packages.map((m) => {
-        const near = closest(m.part.split('.').pop()!, m.near);
         if (m.part === 'shell') return 'shell (it adds the shell packages only as the first component)';
+        const near = closest(m.part.split('.').pop()!, m.near);
         return `${m.part}${near.length ? ` (did you mean ${near.join(', ')}?)` : ''}`;
       });
       throw new UnknownPackages(`${repo} is a package list, and the package set has no ${unknown.join('; no ')}`,

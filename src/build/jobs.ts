@@ -78,6 +78,17 @@ export interface JobView {
   error?: string | undefined;
 }
 
+/** What a build at `p` is doing, in words: the 429's message and `nixreg build`'s line both say it so. */
+export function stageWords(p: ProgressView): string {
+  switch (p.stage) {
+    case 'queued': return 'waiting for a free build slot';
+    case 'evaluating': return 'evaluating its expression';
+    case 'building': return p.paths.total
+      ? `building derivation ${Math.min(p.paths.done + 1, p.paths.total)} of ${p.paths.total}` : 'building with Nix';
+    case 'assembling': return `assembling layer ${Math.min(p.layers.done + 1, p.layers.total)} of ${p.layers.total}`;
+  }
+}
+
 const iso = (t: number | undefined) => (t !== undefined ? new Date(t).toISOString() : undefined);
 const secondsSince = (t: number) => Math.round((Date.now() - t) / 100) / 10;
 
@@ -182,21 +193,9 @@ export class Job {
    * layer 12 of 40 (61%), 38 s so far; log: URL".
    */
   describe(publicUrl: string): string {
-    const p = this.progress;
-    let doing: string;
-    switch (p.stage) {
-      case 'queued': doing = 'waiting for a free build slot'; break;
-      case 'evaluating': doing = 'evaluating its expression'; break;
-      case 'building': doing = p.paths.total
-        ? `building derivation ${Math.min(p.paths.done + 1, p.paths.total)} of ${p.paths.total}` : 'building with Nix'; break;
-      case 'assembling': {
-        const b = p.bytes();
-        const pct = b.total ? ` (${Math.floor((100 * b.done) / b.total)}%)` : '';
-        doing = `assembling layer ${Math.min(p.layers.done + 1, p.layers.total)} of ${p.layers.total}${pct}`;
-        break;
-      }
-    }
-    return `building ${this.repo}:${this.tag}: ${doing}, ${Math.round((Date.now() - this.created) / 1000)} s so far; log: ${publicUrl}${this.logUrl}`;
+    const p = this.progress.snapshot();
+    const pct = p.stage === 'assembling' && p.bytes.total ? ` (${Math.floor((100 * p.bytes.done) / p.bytes.total)}%)` : '';
+    return `building ${this.repo}:${this.tag}: ${stageWords(p)}${pct}, ${Math.round((Date.now() - this.created) / 1000)} s so far; log: ${publicUrl}${this.logUrl}`;
   }
 
   /** Seconds a client should wait before asking again: the ETA where one is known. */

@@ -18,7 +18,6 @@
 import { resolve as resolvePath } from 'node:path';
 import { spawnTied } from './child.js';
 import { BuildFailed } from './errors.js';
-import { HASH_TAG } from './nix.js';
 import type { FlakeFile, ImageFile } from './resolve.js';
 
 export interface Origin {
@@ -94,33 +93,43 @@ export class PackageSource {
 
   /**
    * The commit `tag` names: `latest` is HEAD of the default branch, a full commit is
-   * itself, else a branch or a git tag of that name. Undefined for a source that is not
-   * git (only `latest` and hash tags name its images). Throws BuildFailed when git
-   * cannot say, and UnknownRevision when the repository has no such name.
+   * itself, else a branch or a git tag of that name, as listed at most `maxAgeMs` ago.
+   * Undefined for a source that is not git (only `latest` and hash tags name its
+   * images). Throws BuildFailed when git cannot say, and UnknownRevision when the
+   * repository has no such name.
    */
-  async revision(tag: string): Promise<string | undefined> {
+  async revision(tag: string, maxAgeMs: number): Promise<string | undefined> {
     if (!this.pinned) return undefined;
     if (COMMIT_TAG.test(tag)) return tag;
-    const refs = tag === 'latest' ? ['HEAD'] : [`refs/heads/${tag}`, `refs/tags/${tag}`, `refs/tags/${tag}^{}`];
-    const out = await git(['ls-remote', '--', this.location, ...refs]);
-    const found = new Map(out.split('\n').filter(Boolean).map((l) => { const [sha, ref] = l.split('\t'); return [ref!, sha!] as const; }));
+    const found = await this.refs(maxAgeMs);
     // A branch wins over a tag of the same name; an annotated tag is its commit (^{}).
     const sha = tag === 'latest' ? found.get('HEAD') : found.get(`refs/heads/${tag}`) ?? found.get(`refs/tags/${tag}^{}`) ?? found.get(`refs/tags/${tag}`);
     if (!sha) throw new UnknownRevision(tag);
     return sha;
+  }
+
+  private listed: { refs: Map<string, string>; expires: number } | undefined;
+  private listing: Promise<Map<string, string>> | undefined;
+
+  /**
+   * HEAD, the branches and the tags, from one `git ls-remote` that every tag asked for
+   * within `maxAgeMs` shares, concurrent callers included: pulls of made-up tags cost
+   * one git process per --eval-ttl, not one each.
+   */
+  private refs(maxAgeMs: number): Promise<Map<string, string>> {
+    if (this.listed && Date.now() < this.listed.expires) return Promise.resolve(this.listed.refs);
+    this.listing ??= git(['ls-remote', '--', this.location, 'HEAD', 'refs/heads/*', 'refs/tags/*']).then((out) => {
+      const refs = new Map(out.split('\n').filter(Boolean).map((l) => { const [sha, ref] = l.split('\t'); return [ref!, sha!] as const; }));
+      this.listed = { refs, expires: Date.now() + maxAgeMs };
+      return refs;
+    }).finally(() => { this.listing = undefined; });
+    return this.listing;
   }
 }
 
 /** A tag that names no branch, git tag or commit of the package set's repository. */
 export class UnknownRevision extends Error {
   constructor(readonly tag: string) { super(tag); }
-}
-
-/** Whether `tag` can name an image of a package list from `source`. */
-export function packageTagKind(tag: string, source: PackageSource): 'latest' | 'hash' | 'revision' | undefined {
-  if (tag === 'latest') return 'latest';
-  if (HASH_TAG.test(tag)) return 'hash';
-  return source.pinned ? 'revision' : undefined;
 }
 
 const GIT_TIMEOUT_MS = 60_000;

@@ -42,18 +42,28 @@ function step(root: string, visited: string[], segment: string): string | undefi
   return real;
 }
 
+/**
+ * The real directories `parts` lead through from the images directory `root` (root
+ * first), or undefined where one of them does not exist, escapes or loops (step()).
+ */
+function walk(root: string, parts: string[]): string[] | undefined {
+  const visited = [root];
+  for (const p of parts) {
+    const next = step(root, visited, p);
+    if (!next) return undefined;
+    visited.push(next);
+  }
+  return visited;
+}
+
 /** Finds the image file of `name`, or undefined when there is none (or it escapes). */
 export function resolveImageFile(imagesDir: string, name: string): ImageFile | undefined {
   const parts = safeSegments(name);
   if (!parts) return undefined;
   let root: string;
   try { root = realpathSync(imagesDir); } catch { return undefined; }
-  const visited = [root];
-  for (const p of parts.slice(0, -1)) {
-    const next = step(root, visited, p);
-    if (!next) return undefined;
-    visited.push(next);
-  }
+  const visited = walk(root, parts.slice(0, -1));
+  if (!visited) return undefined;
   const last = parts[parts.length - 1]!;
   const dir = visited[visited.length - 1]!;
   // flake.nix is a flake (origins.ts), never an image file of its own.
@@ -63,16 +73,20 @@ export function resolveImageFile(imagesDir: string, name: string): ImageFile | u
   }];
   for (const candidate of candidates) {
     const file = candidate();
-    if (!file) continue;
-    let real: string;
-    try { real = realpathSync(file); } catch { continue; }
-    if (!real.startsWith(root + sep)) continue;
-    let st;
-    try { st = statSync(real, { bigint: true }); } catch { continue; }
-    if (!st.isFile()) continue;
-    return { path: real, name: relative(root, real), key: fileKey(st) };
+    const found = file && fileInside(root, file);
+    if (found) return found;
   }
   return undefined;
+}
+
+/** `file` as an ImageFile, if its real path is a regular file under the real images directory `root`. */
+function fileInside(root: string, file: string): ImageFile | undefined {
+  try {
+    const real = realpathSync(file);
+    if (!real.startsWith(root + sep)) return undefined;
+    const st = statSync(real, { bigint: true });
+    return st.isFile() ? { path: real, name: relative(root, real), key: fileKey(st) } : undefined;
+  } catch { return undefined; }
 }
 
 /** ImageFile.key of stat results (bigint, for the mtime's nanoseconds). */
@@ -98,39 +112,22 @@ export function resolveFlake(imagesDir: string, name: string): FlakeFile | undef
   if (!parts) return undefined;
   let root: string;
   try { root = realpathSync(imagesDir); } catch { return undefined; }
-  const visited = [root];
-  let own = true;
-  for (const p of parts) {
-    const next = step(root, visited, p);
-    if (!next) { own = false; break; }
-    visited.push(next);
-  }
   const found = (dir: string, attr: string): FlakeFile | undefined => {
-    let real: string;
-    try { real = realpathSync(join(dir, 'flake.nix')); } catch { return undefined; }
-    if (!real.startsWith(root + sep) && real !== join(root, 'flake.nix')) return undefined;
-    let st;
-    try { st = statSync(real, { bigint: true }); } catch { return undefined; }
-    if (!st.isFile()) return undefined;
-    return { path: real, name: relative(root, real), key: fileKey(st), dir, attr };
+    const f = fileInside(root, join(dir, 'flake.nix'));
+    return f && { ...f, dir, attr };
   };
-  if (own) {
-    const f = found(visited[visited.length - 1]!, 'default');
-    if (f) return f;
-  }
+  const visited = walk(root, parts);
+  const own = visited && found(visited[visited.length - 1]!, 'default');
+  if (own) return own;
   return parts.length === 1 ? found(root, parts[0]!) : undefined;
 }
 
-/** `<images>/flake.nix`, whose outputs serve one-segment names. */
+/** `<images>/flake.nix`, whose outputs serve one-segment names (resolveFlake's top-level case). */
 export function resolveTopFlake(imagesDir: string): FlakeFile | undefined {
   let root: string;
   try { root = realpathSync(imagesDir); } catch { return undefined; }
-  try {
-    const real = realpathSync(join(root, 'flake.nix'));
-    const st = statSync(real, { bigint: true });
-    if (real !== join(root, 'flake.nix') || !st.isFile()) return undefined;
-    return { path: real, name: 'flake.nix', key: fileKey(st), dir: root, attr: '' };
-  } catch { return undefined; }
+  const f = fileInside(root, join(root, 'flake.nix'));
+  return f && { ...f, dir: root, attr: '' };
 }
 
 const PATH_CHAR = String.raw`[\w+@%~-]`;

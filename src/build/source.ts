@@ -49,8 +49,6 @@ export class NixImageSource implements ImageSource {
   private readonly packages: PackageSource | undefined;
   private readonly evalTtlMs: number;
   private readonly nixEnv: NodeJS.ProcessEnv | undefined;
-  /** Commits that tags of the pinned package set named lately (reused for --eval-ttl). */
-  private readonly revisions = new Map<string, { sha: string; expires: number }>();
   /** One-segment names the top-level flake turned out not to have (until the next change). */
   private readonly flakeMissing = new LRUCache<string, true>({ max: 10_000 });
   /** The top-level flake's output names, as of the flake.nix version `key`. */
@@ -62,7 +60,6 @@ export class NixImageSource implements ImageSource {
     this.packages = opts.packages !== undefined ? PackageSource.parse(opts.packages) : undefined;
     this.evalTtlMs = opts.evalTtlMs ?? 10_000;
     this.nixEnv = opts.nixEnv;
-    this.builder.flakes = hasFlake(opts.images);
     this.pullWaitMs = opts.pullWaitMs ?? 25_000;
     this.prebuildOn = !!opts.prebuild;
     if (opts.watch ?? true) {
@@ -177,12 +174,10 @@ export class NixImageSource implements ImageSource {
     return !known || known.key !== o.key || known.names.has(repo) ? o : undefined;
   }
 
-  /** Whether `repo` is a package list here: --packages is on and no image file or flake serves it. */
-  private isPackageList(repo: string): boolean {
-    return !this.originOf(repo) && this.unclaimedPackageList(repo);
-  }
-
-  /** isPackageList() for a name already known to have no image file or flake. */
+  /**
+   * Whether `repo`, a name no image file or flake serves (the caller has looked), is a
+   * package list: --packages is on and nobody pushed to it.
+   */
   private unclaimedPackageList(repo: string): boolean {
     if (!this.packages) return false;
     // A repository pushed to (content, but no image built here) is plain storage.
@@ -193,37 +188,31 @@ export class NixImageSource implements ImageSource {
   private async originAt(repo: string, tag: string): Promise<Origin> {
     const o = this.originOf(repo);
     if (o) return o;
-    if (!this.isPackageList(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
+    if (!this.unclaimedPackageList(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
     return packagesOrigin(repo, this.packages!, await this.revision(tag));
   }
 
   private checkTag(repo: string, tag: string): void {
     if (tag === 'latest') return;
-    if (this.originOf(repo) || !this.packages?.pinned) {
-      throw new TagNotServed(this.originOf(repo)
+    const expression = this.originOf(repo) !== undefined;
+    if (expression || !this.packages?.pinned) {
+      throw new TagNotServed(expression
         ? `${repo} is built from a Nix expression: its tags are latest and the hashes of built images, not ${tag}`
         : `${repo} is a package list from ${this.packages?.spec ?? 'the package set'}: its tags are latest and the hashes of built images, not ${tag}`, { tag });
     }
   }
 
-  /** The commit a tag names in a pinned package set, reused for --eval-ttl; undefined for other sets. */
+  /** The commit a tag names in a pinned package set (refs listed within --eval-ttl); undefined for other sets. */
   private async revision(tag: string): Promise<string | undefined> {
     const src = this.packages!;
-    if (!src.pinned) return undefined;
-    const hit = this.revisions.get(tag);
-    if (hit && Date.now() < hit.expires) return hit.sha;
-    let sha: string | undefined;
     try {
-      sha = await src.revision(tag);
+      return await src.revision(tag, this.evalTtlMs);
     } catch (e) {
       if (e instanceof UnknownRevision) {
         throw new TagNotServed(`the package set ${src.spec} has no branch, tag or commit ${tag}`, { tag });
       }
       throw e;
     }
-    if (this.revisions.size >= 1000) this.revisions.clear();
-    if (sha !== undefined) this.revisions.set(tag, { sha, expires: Date.now() + this.evalTtlMs });
-    return sha;
   }
 
   private tagLatest(repo: string, built: BuiltImage): BuiltImage {

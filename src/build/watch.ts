@@ -69,22 +69,33 @@ export class ImagesWatcher {
   }
 }
 
-/** Whether a flake.nix lies anywhere under `dir` (where listImages would look). */
-export function hasFlake(dir: string): boolean {
-  let found = false;
+/**
+ * Visits the entries under `dir` as the watcher sees them (no dot-names, MAX_DEPTH
+ * levels) until `visit` returns true or `limit` entries have been seen; says whether
+ * the limit cut the walk short.
+ */
+function walkImages(dir: string, limit: number, visit: (rel: string[], e: Dirent) => boolean): boolean {
   let seen = 0;
+  let stop = false;
   const walk = (rel: string[], depth: number) => {
     let entries: Dirent[];
     try { entries = readdirSync(join(dir, ...rel), { withFileTypes: true }); } catch { return; }
     for (const e of entries) {
-      if (found || ++seen > MAX_IMAGES * 10 || e.name.startsWith('.')) continue;
-      if (e.name === 'flake.nix') found = true;
-      else if (e.isDirectory() && depth < MAX_DEPTH) walk([...rel, e.name], depth + 1);
+      if (stop || e.name.startsWith('.')) continue;
+      if (++seen > limit || visit(rel, e)) { stop = true; continue; }
+      if (e.isDirectory() && depth < MAX_DEPTH) walk([...rel, e.name], depth + 1);
     }
   };
   walk([], 0);
+  return seen > limit;
+}
+
+/** Whether a flake.nix lies anywhere under `dir` (where listImages would look). */
+export function hasFlake(dir: string): boolean {
+  let found = false;
+  const cut = walkImages(dir, MAX_IMAGES * 10, (_rel, e) => (found = e.name === 'flake.nix'));
   // Too large to tell: look for flakes at every pull rather than miss one.
-  return found || seen > MAX_IMAGES * 10;
+  return found || cut;
 }
 
 /**
@@ -94,24 +105,19 @@ export function hasFlake(dir: string): boolean {
  */
 export function listImages(dir: string): string[] {
   const names = new Set<string>();
-  const walk = (rel: string[], depth: number) => {
-    let entries: Dirent[];
-    try { entries = readdirSync(join(dir, ...rel), { withFileTypes: true }); } catch { return; }
-    for (const e of entries) {
-      if (names.size >= MAX_IMAGES || e.name.startsWith('.')) continue;
-      if (e.isDirectory() && depth < MAX_DEPTH) walk([...rel, e.name], depth + 1);
-      else if (e.name === 'flake.nix') {
-        // A flake in a subfolder serves the subfolder's name (the top one: its outputs, listed by the caller).
-        const name = rel.join('/');
-        if (rel.length && safeSegments(name) && resolveFlake(dir, name)?.attr === 'default') names.add(name);
-      } else if (e.name.endsWith('.nix')) {
-        const base = e.name.slice(0, -4);
-        const parts = base === 'default' ? rel : [...rel, base];
-        const name = parts.join('/');
-        if (parts.length && safeSegments(name) && resolveImageFile(dir, name)) names.add(name);
-      }
+  walkImages(dir, Infinity, (rel, e) => {
+    if (e.isDirectory()) return false;
+    if (e.name === 'flake.nix') {
+      // A flake in a subfolder serves the subfolder's name (the top one: its outputs, listed by the caller).
+      const name = rel.join('/');
+      if (rel.length && safeSegments(name) && resolveFlake(dir, name)?.attr === 'default') names.add(name);
+    } else if (e.name.endsWith('.nix')) {
+      const base = e.name.slice(0, -4);
+      const parts = base === 'default' ? rel : [...rel, base];
+      const name = parts.join('/');
+      if (parts.length && safeSegments(name) && resolveImageFile(dir, name)) names.add(name);
     }
-  };
-  walk([], 0);
+    return names.size >= MAX_IMAGES;
+  });
   return [...names].sort();
 }

@@ -2,7 +2,7 @@
 // (a path, or a git repository whose tags pin revisions) and flake outputs. The docker
 // pull + run of each kind is in origins-docker.test.ts.
 import assert from 'node:assert/strict';
-import { cpSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { nixProcessCount } from '../../src/build/nix.js';
@@ -110,7 +110,7 @@ describe('a pinned package set (git)', () => {
     images = new Images();
     repo = await packageRepo(['greeting one', 'greeting two']);
     await run('git', ['-C', repo.dir, 'branch', 'old', repo.commits[0]!]);
-    r = await startNixRegistry(images.dir, { packages: `git+file://${repo.dir}` });
+    r = await startNixRegistry(images.dir, { packages: `git+file://${repo.dir}`, evalTtlMs: 600_000 });
   });
   after(async () => { await r?.stop(); images?.cleanup(); });
 
@@ -135,6 +135,16 @@ describe('a pinned package set (git)', () => {
     const none = await get(`${r.url}/v2/pythonpackages.flask/manifests/nosuchbranch`, OCI);
     assert.equal(none.status, 404, none.text);
     assert.match(errorOf(none).message, /has no branch, tag or commit nosuchbranch/);
+
+    // Made-up tags are answered from the one listing of the repository's refs: with the
+    // repository gone, git could not have been asked.
+    renameSync(repo.dir, `${repo.dir}.away`);
+    try {
+      const made = await Promise.all(Array.from({ length: 20 }, (_, i) => get(`${r.url}/v2/pythonpackages.flask/manifests/madeup${i}`, OCI)));
+      for (const m of made) assert.match(errorOf(m).message, /has no branch, tag or commit madeup\d+/, m.text);
+    } finally {
+      renameSync(`${repo.dir}.away`, repo.dir);
+    }
   });
 });
 
