@@ -21,7 +21,9 @@ export function withBuildOptions(cmd: Command): Command {
     .option('--max-builds <n>', 'builds running at once; more wait (env NIXREG_MAX_BUILDS, default 2)')
     .option('--eval-ttl <seconds>', 'reuse an evaluation this long while its file is unchanged (env NIXREG_EVAL_TTL, default 10)')
     .option('--negative-ttl <seconds>', 'answer a failed evaluation or build from memory this long (env NIXREG_NEGATIVE_TTL, default 30)')
-    .option('--packages <source>', 'serve package-list images (/v2/git/htop) from this package set: a path, <nixpkgs>, or git+file:///repo / git+https://… whose tags pin revisions (env NIXREG_PACKAGES)');
+    .option('--packages <source>', 'serve package-list images (/v2/git/htop) from this package set: a path, <nixpkgs>, or git+file:///repo / git+https://… whose tags pin revisions (env NIXREG_PACKAGES)')
+    .option('--layer-compression <kind>', 'gzip, zstd or none (uncompressed tar, as nix2container); images built otherwise are rebuilt when pulled (env NIXREG_LAYER_COMPRESSION, default gzip)')
+    .option('--gzip-level <1-9>', 'gzip level of built layers (env NIXREG_GZIP_LEVEL, default 6)');
 }
 
 export function parseImageRef(ref: string): { name: string; tag: string } {

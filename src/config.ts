@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { PackageSource } from './build/origins.js';
+import { parseCompression, type CompressionSetting } from './build/compression.js';
 
 export interface ServeConfig {
   host: string;
@@ -120,15 +121,22 @@ export interface BuildConfig {
   maxBuilds: number;
   evalTtlMs: number;
   negativeTtlMs: number;
+  /** How layers are compressed (--layer-compression, --gzip-level). */
+  compression: CompressionSetting;
 }
 
-export interface BuildFlags { buildTimeout?: string; maxBuilds?: string; evalTtl?: string; negativeTtl?: string; pullWait?: string; packages?: string }
+export interface BuildFlags {
+  buildTimeout?: string; maxBuilds?: string; evalTtl?: string; negativeTtl?: string; pullWait?: string; packages?: string;
+  layerCompression?: string; gzipLevel?: string;
+}
 
 /**
  * --pull-wait 25: below the 30 s that containerd (>= 2.3, so most Kubernetes nodes)
  * gives a registry to send response headers before it drops the request.
  */
-export const BUILD_DEFAULTS = { buildTimeout: '600', maxBuilds: '2', evalTtl: '10', negativeTtl: '30', pullWait: '25' } as const;
+export const BUILD_DEFAULTS = {
+  buildTimeout: '600', maxBuilds: '2', evalTtl: '10', negativeTtl: '30', pullWait: '25', layerCompression: 'gzip', gzipLevel: '6',
+} as const;
 
 /** --packages, checked now (a typo is a start-up error, not a failing pull). */
 function packagesOf(v: string | undefined): { packages?: string } {
@@ -154,6 +162,8 @@ export function buildConfig(flags: BuildFlags, env = process.env): BuildConfig {
     maxBuilds: Number(maxBuilds),
     evalTtlMs: secs(flags.evalTtl ?? env.NIXREG_EVAL_TTL ?? BUILD_DEFAULTS.evalTtl, '--eval-ttl'),
     negativeTtlMs: secs(flags.negativeTtl ?? env.NIXREG_NEGATIVE_TTL ?? BUILD_DEFAULTS.negativeTtl, '--negative-ttl'),
+    compression: parseCompression(flags.layerCompression ?? env.NIXREG_LAYER_COMPRESSION ?? BUILD_DEFAULTS.layerCompression,
+      flags.gzipLevel ?? env.NIXREG_GZIP_LEVEL ?? BUILD_DEFAULTS.gzipLevel),
   };
 }
 

@@ -267,7 +267,7 @@ export class Index {
 
   getBuild(repo: string, hash: string): BuildRow | undefined {
     return this.db.prepare<[string, string], BuildRow>(
-      `SELECT repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path, evicted_at
+      `SELECT repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path, evicted_at, layer_format
          FROM builds WHERE repo = ? AND hash = ?`).get(repo, hash);
   }
   /** Whether `repo` holds images built here (not only pushed ones). */
@@ -278,9 +278,9 @@ export class Index {
   putBuild(b: Omit<BuildRow, 'evicted_at'>): void {
     const t = now();
     this.db.prepare(`INSERT OR REPLACE INTO builds
-      (repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path, created_at, last_pulled)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(b.repo, b.hash, b.manifest, b.media_type, b.size,
-      b.alt_manifest, b.alt_media_type, b.alt_size, b.store_path, t, t);
+      (repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path, created_at, last_pulled, layer_format)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(b.repo, b.hash, b.manifest, b.media_type, b.size,
+      b.alt_manifest, b.alt_media_type, b.alt_size, b.store_path, t, t, b.layer_format);
     this.wrote(b.repo);
   }
 }
@@ -298,4 +298,6 @@ export interface BuildRow {
   store_path: string;
   /** When the cache quota evicted it (its manifests are gone); null while it is stored. */
   evicted_at: number | null;
+  /** How its layers were compressed (gzip-6, zstd-3, none); null: before the choice, gzip-6. */
+  layer_format: string | null;
 }

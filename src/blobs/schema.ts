@@ -6,7 +6,7 @@
 // reconciliation in storage.ts repairs the one window a crash can leave).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS blobs (
@@ -108,6 +108,9 @@ CREATE TABLE IF NOT EXISTS builds (
   -- Set when the quota evicted the image: its manifests and tags are gone, the row stays
   -- so that a pull of its hash tag can say so (or rebuild it).
   evicted_at  INTEGER,
+  -- How its layers were compressed (gzip-6, zstd-3, none): a pull under another
+  -- --layer-compression rebuilds it. NULL: built before the choice existed (gzip-6).
+  layer_format TEXT,
   PRIMARY KEY (repo, hash)
 ) WITHOUT ROWID;
 `;
@@ -139,4 +142,6 @@ export const MIGRATIONS: Record<number, { before: string; after: string }> = {
              ALTER TABLE builds ADD COLUMN evicted_at INTEGER;`,
     after: '',
   },
+  // 3 → 4: layer compression became a choice; what was built before was gzip -6 (NULL).
+  3: { before: 'ALTER TABLE builds ADD COLUMN layer_format TEXT;', after: '' },
 };

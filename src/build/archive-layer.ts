@@ -11,8 +11,8 @@ import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import { noSpaceCode } from '../blobs/errors.js';
 import { Digester } from '../oci/digest.js';
-import { spawnTied } from './child.js';
-import { ParallelGzip } from './gzip.js';
+import { spawnFilter } from './child.js';
+import { compressor, DEFAULT_COMPRESSION, type CompressionSetting, type LayerCompression } from './compression.js';
 
 export type Compression = 'gzip' | 'zstd' | 'tar' | 'other';
 
@@ -62,12 +62,13 @@ export async function peek(source: AsyncIterable<Buffer>, n: number): Promise<{ 
   return { head, stream: Readable.from(rest(), { objectMode: false }) };
 }
 
-/** A layer as it will be stored: a gzip file, its digest, and the digest of its tar. */
+/** A layer as it will be stored: a file, its digest and compression, and the digest of its tar. */
 export interface LayerFile {
   file: string;
   digest: string;
   size: number;
   diffId: string;
+  compression: LayerCompression;
   /** False when the stored bytes are the archive's own (a layer that was already gzip). */
   recompressed: boolean;
 }
@@ -84,10 +85,13 @@ export interface Processed {
 
 /**
  * Streams `source` into `file`. A gzip layer keeps its bytes (its diff_id is hashed from a
- * parallel gunzip); a tar or zstd layer is gzip-compressed on the way. Anything else is
- * written as it is, unless `forceLayer`, in which case it is taken for an uncompressed tar.
+ * parallel gunzip): recompressing it would cost a build's worth of CPU to gain nothing. A
+ * tar or zstd layer is unpacked and compressed as `compression` says on the way. Anything
+ * else is written as it is, unless `forceLayer`, in which case it is taken for an uncompressed tar.
  */
-export async function processEntry(source: AsyncIterable<Buffer>, file: string, forceLayer: boolean): Promise<Processed> {
+export async function processEntry(
+  source: AsyncIterable<Buffer>, file: string, forceLayer: boolean, compression: CompressionSetting = DEFAULT_COMPRESSION,
+): Promise<Processed> {
   const { head, stream } = await peek(source, 512);
   let kind = sniff(head);
   if (kind === 'other' && forceLayer) kind = 'tar';
@@ -108,24 +112,32 @@ export async function processEntry(source: AsyncIterable<Buffer>, file: string, 
       throw e;
     }
     const digest = raw.digest();
-    return { rawDigest: digest, rawSize: raw.bytes, layer: { file, digest, size: raw.bytes, diffId: diff.digest(), recompressed: false } };
+    return { rawDigest: digest, rawSize: raw.bytes, layer: { file, digest, size: raw.bytes, diffId: diff.digest(), compression: 'gzip', recompressed: false } };
   }
   const diff = new Digester();
-  const packed = new Digester();
+  const packer = compressor(compression);
+  // Stored as a tar, the layer's digest is its diff_id: one hash for both.
+  const packed = packer ? new Digester() : diff;
+  const pack = (from: Readable) => Promise.all([
+    pipeline([from, diff, ...(packer ? [packer.stream, packed] : []), createWriteStream(file)]), packer?.done,
+  ]);
+  const layer = (): LayerFile => ({ file, digest: packed.digest(), size: packed.bytes, diffId: diff.digest(), compression: compression.kind, recompressed: true });
   if (kind === 'tar') {
-    await pipeline(stream, raw, diff, new ParallelGzip(6), packed, createWriteStream(file));
-    const diffId = diff.digest();
-    return { rawDigest: diffId, rawSize: raw.bytes, layer: { file, digest: packed.digest(), size: packed.bytes, diffId, recompressed: true } };
+    // The raw bytes are the tar: its digest is the diff_id's, not hashed twice.
+    try {
+      await pack(stream);
+    } catch (e) {
+      packer?.stream.destroy();
+      throw e;
+    }
+    return { rawDigest: diff.digest(), rawSize: diff.bytes, layer: layer() };
   }
   // zstd: Node 20's zlib has no zstd, so the zstd binary decompresses (argv, no shell).
   const z = spawnFilter('zstd', ['-dc']);
   try {
-    await Promise.all([
-      pipeline(stream, raw, z.stdin),
-      pipeline(z.stdout, diff, new ParallelGzip(6), packed, createWriteStream(file)),
-      z.done,
-    ]);
+    await Promise.all([pipeline(stream, raw, z.stdin), pack(z.stdout), z.done]);
   } catch (e) {
+    packer?.stream.destroy();
     // zstd's own complaint (bad data) beats the EPIPE it causes; otherwise keep `e`. A
     // full disk is no complaint of zstd's, whatever it says once its output is cut.
     const own = noSpaceCode(e) === undefined
@@ -133,25 +145,7 @@ export async function processEntry(source: AsyncIterable<Buffer>, file: string, 
     z.kill();
     throw own ?? e;
   }
-  return { rawDigest: raw.digest(), rawSize: raw.bytes, layer: { file, digest: packed.digest(), size: packed.bytes, diffId: diff.digest(), recompressed: true } };
-}
-
-/** A child process used as a stream filter; `done` rejects on a nonzero exit. */
-export function spawnFilter(cmd: string, args: string[]): { stdin: Writable; stdout: Readable; done: Promise<void>; kill(): void } {
-  // SIGKILL if nixreg dies: a filter holds nothing that needs cleaning up.
-  const child = spawnTied(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], deathSignal: 'SIGKILL' });
-  let stderr = '';
-  child.stderr!.on('data', (c: Buffer) => { if (stderr.length < 4096) stderr += c.toString(); });
-  const done = new Promise<void>((resolve, reject) => {
-    child.once('error', (e) => reject(new Error(`${cmd}: ${e.message}`)));
-    child.once('close', (code, signal) => {
-      if (code === 0) resolve();
-      else reject(new Error(`${cmd} ${args.join(' ')} failed (${signal ?? `exit ${code}`}): ${stderr.trim().slice(0, 500)}`));
-    });
-  });
-  // The reason a filter dies is in its exit status; an EPIPE on its stdin says less.
-  done.catch(() => {});
-  return { stdin: child.stdin!, stdout: child.stdout!, done, kill: () => { child.kill('SIGKILL'); } };
+  return { rawDigest: raw.digest(), rawSize: raw.bytes, layer: layer() };
 }
 
 /** Passes chunks through while also writing them to `other` (with its backpressure). */

@@ -13,9 +13,10 @@ import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { noSpaceCode } from '../blobs/errors.js';
 import { digestOf } from '../oci/digest.js';
-import { spawnTied } from './child.js';
+import { spawnFilter, spawnTied } from './child.js';
+import { DEFAULT_COMPRESSION, type CompressionSetting } from './compression.js';
 import { ArchiveError } from './errors.js';
-import { peek, processEntry, sniff, spawnFilter, type LayerFile } from './archive-layer.js';
+import { peek, processEntry, sniff, type LayerFile } from './archive-layer.js';
 
 /** Entries up to this size are kept in memory (configs, manifests, small layers). */
 const SMALL_ENTRY = 1024 * 1024;
@@ -38,7 +39,8 @@ export class ArchiveContents {
   /** Symbolic and hard links: name → the archive path they point at. */
   readonly links = new Map<string, string>();
   private counter = 0;
-  constructor(readonly dir: string) {}
+  /** `compression`: what layers that must be (re)compressed become (gzip layers stay as they are). */
+  constructor(readonly dir: string, readonly compression: CompressionSetting = DEFAULT_COMPRESSION) {}
 
   nextTemp(): string {
     return join(this.dir, String(this.counter++));
@@ -177,7 +179,7 @@ export async function readArchive(path: string, contents: ArchiveContents, opts:
         memory += mem.length;
         contents.entries.set(name, { name, rawDigest: digestOf(mem), rawSize: mem.length, mem });
       } else {
-        const p = await processEntry(entry as AsyncIterable<Buffer>, contents.nextTemp(), false);
+        const p = await processEntry(entry as AsyncIterable<Buffer>, contents.nextTemp(), false, contents.compression);
         contents.entries.set(name, { name, rawDigest: p.rawDigest, rawSize: p.rawSize, rawFile: p.rawFile, layer: p.layer });
       }
     }

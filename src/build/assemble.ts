@@ -1,12 +1,12 @@
 // Assembly of a built image: closure → layer groups (layers.ts) → reproducible tar
-// (tar.ts) → parallel gzip (gzip.ts) → blob store, then config and manifests (image.ts)
-// written through Storage exactly like a pushed image.
+// (tar.ts) → the chosen compression (compression.ts) → blob store, then config and
+// manifests (image.ts) written through Storage exactly like a pushed image.
 //
 // Each layer is streamed once from the Nix store into a temporary file in the store's
-// tmp dir while both digests (diff_id of the tar, digest of the gzip) are computed, and
+// tmp dir while both digests (diff_id of the tar, digest of what is stored) are computed, and
 // committed with Storage.commitFile: nothing is copied to a staging tree, no tarball is
 // written to the Nix store, nothing half-written is ever visible. A layer is identified
-// by what it contains (LAYER_FORMAT + its sorted store paths, or the ordered contents
+// by what it contains (TAR_FORMAT, the compression + its sorted store paths, or the ordered contents
 // for the root filesystem layer); store paths are immutable, so a key once built is
 // reused by every later build and image in any repository without reading the store.
 //
@@ -27,7 +27,8 @@ import { parseManifest } from '../oci/manifest.js';
 import { MediaTypes } from '../oci/media-types.js';
 import { BuildError, BuildFailed, InvalidImageSpec } from './errors.js';
 import { FARM_FORMAT, rootfsEntries } from './farm.js';
-import { ParallelGzip } from './gzip.js';
+import { fileSink } from './blocks.js';
+import { compressor, DEFAULT_COMPRESSION, type CompressionSetting } from './compression.js';
 import { imageConfig, imageManifest, type LayerDescriptor } from './image.js';
 import type { Progress } from './jobs.js';
 import { groupStorePaths } from './layers.js';
@@ -35,11 +36,22 @@ import { storePathEntries, tarStream, type TarEntry } from './tar.js';
 import type { BuiltImage, ImageSpec, StorePathInfo } from './types.js';
 
 /**
- * Names everything that decides a layer's bytes besides its paths: tar conventions
- * (tar.ts), the gzip block scheme (gzip.ts). Bump it when either changes, so that old
- * layers are not reused under a new format.
+ * Names everything that decides a layer's bytes besides its paths and compression: the
+ * tar conventions (tar.ts). Bump it when they change, so that old layers are not reused
+ * under a new format.
  */
-export const LAYER_FORMAT = 'nixreg-layer-v1 tar(mtime=1,root,hardlinks) pgzip(6,1MiB)';
+const TAR_FORMAT = 'nixreg-layer-v1 tar(mtime=1,root,hardlinks)';
+
+/**
+ * The layer format in a reuse key: tar and compression. A key names what its blob is (a
+ * gzip of level N of that tar), not the encoder's exact bytes: any blob filed under it is
+ * right to serve. gzip is named as the keys made before the choice existed were, so an
+ * upgrade reuses them.
+ */
+export function layerFormat(c: CompressionSetting): string {
+  const packed = c.kind === 'gzip' ? `pgzip(${c.gzipLevel},1MiB)` : 'none';
+  return `${TAR_FORMAT} ${packed}`;
+}
 
 /**
  * Layers built at once. Each layer stream already compresses on all cores (gzip.ts, whose
@@ -52,6 +64,7 @@ const LAYERS_AT_ONCE = Math.min(Math.max(4, availableParallelism()), 8);
 /** What one layer is made of, before it is built. */
 interface LayerPlan {
   key: string;
+  compression: CompressionSetting;
   paths: string[];
   rootfs: boolean;
   entries: (signal: AbortSignal) => AsyncIterable<TarEntry> | Iterable<TarEntry>;
@@ -81,18 +94,19 @@ export interface AssembleStats {
  * manifest of the image in `repo`, untagged. `hash` is passed through as the image tag
  * the caller will use. When `signal` aborts, assembly stops and rejects with a
  * BuildFailed saying so (a timeout, for AbortSignal.timeout). `progress` learns the
- * layers, store paths and bytes done of the total as they are packed.
+ * layers, store paths and bytes done of the total as they are packed. Layers are
+ * compressed as `compression` says.
  */
 export async function assembleImage(
   storage: Storage, repo: string, spec: ImageSpec, closure: StorePathInfo[], hash: string,
-  stats?: AssembleStats, signal?: AbortSignal, progress?: Progress,
+  stats?: AssembleStats, signal?: AbortSignal, progress?: Progress, compression: CompressionSetting = DEFAULT_COMPRESSION,
 ): Promise<BuiltImage> {
   if (!Number.isInteger(spec.maxLayers) || spec.maxLayers < 1) {
     throw new InvalidImageSpec(`maxLayers must be a positive integer, not ${String(spec.maxLayers)}`);
   }
   try {
     signal?.throwIfAborted();
-    const plans = planLayers(spec, closure);
+    const plans = planLayers(spec, closure, compression);
     const sizes = new Map(closure.map((p) => [p.path, p.narSize]));
     const narBytes = (plan: LayerPlan) => plan.paths.reduce((n, p) => n + (sizes.get(p) ?? 0), 0);
     if (progress) {
@@ -108,6 +122,7 @@ export async function assembleImage(
     }, signal);
     const layers: LayerDescriptor[] = plans.map((p, i) => ({
       digest: rows[i]!.digest, diffId: rows[i]!.diff_id, size: rows[i]!.size, paths: p.paths, rootfs: p.rootfs,
+      compression: compression.kind,
     }));
 
     const configBody = imageConfig(spec, layers);
@@ -130,12 +145,13 @@ function cancelled(repo: string, signal: AbortSignal): BuildError {
     : new BuildFailed(`building ${repo} failed: assembling the image was cancelled`);
 }
 
-function layerKey(kind: string, items: string[]): string {
-  return createHash('sha256').update(`${LAYER_FORMAT}\n${kind}\n${items.join('\n')}`).digest('hex');
+function layerKey(format: string, kind: string, items: string[]): string {
+  return createHash('sha256').update(`${format}\n${kind}\n${items.join('\n')}`).digest('hex');
 }
 
 /** Store-path groups bottom up, then the root filesystem layer (merged when maxLayers is 1). */
-function planLayers(spec: ImageSpec, closure: StorePathInfo[]): LayerPlan[] {
+function planLayers(spec: ImageSpec, closure: StorePathInfo[], compression: CompressionSetting): LayerPlan[] {
+  const format = layerFormat(compression);
   const contents = [...spec.contents];
   const all = [...new Set(closure.map((p) => p.path))].sort();
   // The farm follows links only into the closure, so it depends on the contents, their
@@ -143,17 +159,18 @@ function planLayers(spec: ImageSpec, closure: StorePathInfo[]): LayerPlan[] {
   const farm = (signal: AbortSignal) => rootfsEntries(contents, { closure: all, signal });
   if (spec.maxLayers === 1) {
     return [{
-      key: layerKey(`single ${FARM_FORMAT}`, [...all, '', ...contents]), paths: all, rootfs: true,
+      key: layerKey(format, `single ${FARM_FORMAT}`, [...all, '', ...contents]), paths: all, rootfs: true, compression,
       entries: async function* (signal) { yield* storePathEntries(all, signal); yield* await farm(signal); },
     }];
   }
   const groups = groupStorePaths(closure, spec.maxLayers - 1);
   return [
     ...groups.map((g): LayerPlan => ({
-      key: layerKey('store', g.paths), paths: g.paths, rootfs: false, entries: (signal) => storePathEntries(g.paths, signal),
+      key: layerKey(format, 'store', g.paths), paths: g.paths, rootfs: false, compression,
+      entries: (signal) => storePathEntries(g.paths, signal),
     })),
     {
-      key: layerKey(`rootfs ${FARM_FORMAT}`, [...contents, '', ...all]), paths: [], rootfs: true,
+      key: layerKey(format, `rootfs ${FARM_FORMAT}`, [...contents, '', ...all]), paths: [], rootfs: true, compression,
       entries: async function* (signal) { yield* await farm(signal); },
     },
   ];
@@ -215,11 +232,14 @@ async function buildLayer(
   const file = await fs.open(tmp, 'wx');
   try {
     const diff = new Digester();
-    const compressed = new Digester();
+    const packer = compressor(plan.compression);
+    // Uncompressed, the stored bytes are the tar: its digest is the diff_id, hashed once.
+    const compressed = packer ? new Digester() : diff;
     // Counted where it already is: the digester of the tar knows its bytes.
     progress?.live.add(diff);
     try {
-      await pipeline(tarStream(plan.entries(signal)), diff, new ParallelGzip(6), compressed, file.createWriteStream(), { signal });
+      const stages = packer ? [diff, packer.stream, compressed] : [diff];
+      await Promise.all([pipeline([tarStream(plan.entries(signal)), ...stages, fileSink(file)], { signal }), packer?.done]);
     } finally {
       progress?.live.delete(diff);
     }

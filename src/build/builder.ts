@@ -12,11 +12,11 @@ import type { Logger } from 'pino';
 import { makeDir } from '../blobs/core.js';
 import { StorageFull } from '../blobs/errors.js';
 import type { Storage } from '../blobs/storage.js';
-import type { Descriptor } from '../oci/descriptor.js';
 import { assembleImage } from './assemble.js';
 import { BuildError, BuildFailed, EvaluationFailed, FlakeOutputMissing, NixUnavailable, NoImageExpression, UnknownPackages } from './errors.js';
 import { ingestImageOutput, isImageOutput } from './ingest.js';
 import { warnIfUntied } from './child.js';
+import { DEFAULT_COMPRESSION, formatOf, LEGACY_FORMAT, type CompressionSetting } from './compression.js';
 import { Jobs, type Job } from './jobs.js';
 import { NixError, closureOf, evaluateImage, hashPart, outputsOf, realise, realiseProgress, type EvalJSON } from './nix.js';
 import { closest, fileOrigin, flakeOrigin, type Origin } from './origins.js';
@@ -40,6 +40,8 @@ export interface BuilderOptions {
   negativeTtlMs?: number | undefined;
   /** Build records and logs kept (default 100). */
   keepLogs?: number | undefined;
+  /** How layers are compressed (default gzip -6); an image built otherwise is rebuilt when pulled. */
+  compression?: CompressionSetting | undefined;
   /** Environment of Nix processes (tests pass offline settings; users' own apply otherwise). */
   nixEnv?: NodeJS.ProcessEnv | undefined;
   log?: Logger | undefined;
@@ -84,12 +86,15 @@ export class Builder {
   private readonly rootsDir: string;
   /** Builds of this process holding roots under rootsDir. */
   private rooted = 0;
+  /** The layer format of this process's builds (compression.ts), recorded with each. */
+  private readonly format: string;
 
   constructor(readonly storage: Storage, opts: BuilderOptions) {
     this.o = {
-      buildTimeoutMs: 600_000, maxBuilds: 2, evalTtlMs: 10_000, negativeTtlMs: 30_000, keepLogs: 100,
+      buildTimeoutMs: 600_000, maxBuilds: 2, evalTtlMs: 10_000, negativeTtlMs: 30_000, keepLogs: 100, compression: DEFAULT_COMPRESSION,
       ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
     } as typeof this.o;
+    this.format = formatOf(this.o.compression);
     this.sem = new Semaphore(Math.max(1, this.o.maxBuilds));
     this.evalSem = new Semaphore(Math.max(2, this.o.maxBuilds));
     this.jobs = new Jobs(storage.layout, this.o.keepLogs);
@@ -205,7 +210,8 @@ export class Builder {
   lookup(repo: string, hash: string): BuiltImage | undefined {
     const row = this.storage.index.getBuild(repo, hash);
     // Evicted by the cache quota: as if never built (image() says so if it cannot be rebuilt).
-    if (!row || row.evicted_at !== null) return undefined;
+    // Built under another --layer-compression: built again (from the store, Nix only realises).
+    if (!row || row.evicted_at !== null || (row.layer_format ?? LEGACY_FORMAT) !== this.format) return undefined;
     const manifest = this.storage.resolveManifest(repo, { digest: row.manifest });
     if (!manifest) return undefined;
     const alternate = row.alt_manifest ? this.storage.resolveManifest(repo, { digest: row.alt_manifest }) : undefined;
@@ -282,13 +288,13 @@ export class Builder {
       if (raw.kind === 'derivation' && await isImageOutput(outs[0]!)) {
         job.line(`${outs[0]} is an image archive: ingesting`);
         built = await ingestImageOutput(this.storage, ev.repo, outs[0]!, {
-          hash: ev.outHash!, timeoutMs: Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started)),
+          hash: ev.outHash!, timeoutMs: Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started)), compression: this.o.compression,
         });
       } else {
         const closure = await closureOf([...new Set([...outs, ...cfgOuts])], { env: this.o.nixEnv });
         job.line(`closure: ${closure.length} store paths, ${closure.reduce((n, p) => n + p.narSize, 0)} bytes`);
         built = await assembleImage(this.storage, ev.repo, { ...ev.spec, contents: outs }, closure, ev.hash, undefined,
-          AbortSignal.timeout(Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started))), progress);
+          AbortSignal.timeout(Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started))), progress, this.o.compression);
       }
       this.record(ev, built, built.hash === ev.hash ? raw.imagePath : outs[0]!);
       await this.enforceQuota(ev.repo, built.manifest.digest);
@@ -314,10 +320,10 @@ export class Builder {
   }
 
   private record(ev: Evaluation, built: BuiltImage, storePath: string): void {
-    this.storage.index.putBuild(buildRow(ev.repo, built.hash, storePath, built));
+    this.storage.index.putBuild(buildRow(ev.repo, built.hash, storePath, built, this.format));
     // An ingested archive is tagged by its own output hash; the evaluation's hash maps
     // to it too so that `latest` finds it without asking Nix again.
-    if (built.hash !== ev.hash) this.storage.index.putBuild(buildRow(ev.repo, ev.hash, storePath, built));
+    if (built.hash !== ev.hash) this.storage.index.putBuild(buildRow(ev.repo, ev.hash, storePath, built, this.format));
     this.storage.tag(ev.repo, built.hash, built.manifest.digest);
   }
 
@@ -328,7 +334,7 @@ export class Builder {
   recordAlias(ev: Evaluation, alias: string, built: BuiltImage): void {
     if (this.storage.index.getBuild(ev.repo, alias)?.manifest === built.manifest.digest) return;
     const storePath = built.hash === ev.hash ? ev.raw.imagePath : ev.raw.contents[0]!.out;
-    this.storage.index.putBuild(buildRow(ev.repo, alias, storePath, built));
+    this.storage.index.putBuild(buildRow(ev.repo, alias, storePath, built, this.format));
     this.storage.tag(ev.repo, alias, built.manifest.digest);
   }
 
@@ -379,19 +385,15 @@ export class Builder {
   }
 
   stats() {
-    return {
-      buildsStarted: this.buildsStarted, evaluationsStarted: this.evaluationsStarted, queued: this.sem.queued,
-      inflight: this.inflight.size, jobs: this.jobs.runningCount,
-    };
+    const { buildsStarted, evaluationsStarted } = this;
+    return { buildsStarted, evaluationsStarted, queued: this.sem.queued, inflight: this.inflight.size, jobs: this.jobs.runningCount };
   }
 }
 
-function buildRow(repo: string, hash: string, storePath: string, built: BuiltImage) {
-  const m: Descriptor = built.manifest;
-  const a: Descriptor | undefined = built.alternate;
+function buildRow(repo: string, hash: string, storePath: string, built: BuiltImage, layerFormat: string) {
+  const { manifest: m, alternate: a } = built;
   return {
     repo, hash, manifest: m.digest, media_type: m.mediaType, size: m.size,
-    alt_manifest: a?.digest ?? null, alt_media_type: a?.mediaType ?? null, alt_size: a?.size ?? null,
-    store_path: storePath,
+    alt_manifest: a?.digest ?? null, alt_media_type: a?.mediaType ?? null, alt_size: a?.size ?? null, store_path: storePath, layer_format: layerFormat,
   };
 }

@@ -14,6 +14,7 @@
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, isAbsolute, join } from 'node:path';
+import type { Readable, Writable } from 'node:stream';
 
 export interface TiedOptions extends SpawnOptions {
   /**
@@ -85,4 +86,22 @@ export function spawnTied(cmd: string, args: string[], opts: TiedOptions): Child
   if (!program) return spawn(cmd, args, spawnOpts);
   const inner = wholeGroup && h.timeout ? [h.timeout, '--kill-after=5', '0', program] : [program];
   return spawn(h.setpriv!, ['--pdeathsig', deathSignal, '--', ...inner, ...args], spawnOpts);
+}
+
+/** A child process used as a stream filter; `done` rejects on a nonzero exit. */
+export function spawnFilter(cmd: string, args: string[]): { stdin: Writable; stdout: Readable; done: Promise<void>; kill(): void } {
+  // SIGKILL if nixreg dies: a filter holds nothing that needs cleaning up.
+  const child = spawnTied(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], deathSignal: 'SIGKILL' });
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => { if (stderr.length < 4096) stderr += c.toString(); });
+  const done = new Promise<void>((resolve, reject) => {
+    child.once('error', (e) => reject(new Error(`${cmd}: ${e.message}`)));
+    child.once('close', (code, signal) => {
+      if (code === 0) resolve();
+      else reject(new Error(`${cmd} ${args.join(' ')} failed (${signal ?? `exit ${code}`}): ${stderr.trim().slice(0, 500)}`));
+    });
+  });
+  // The reason a filter dies is in its exit status; an EPIPE on its stdin says less.
+  done.catch(() => {});
+  return { stdin: child.stdin!, stdout: child.stdout!, done, kill: () => { child.kill('SIGKILL'); } };
 }

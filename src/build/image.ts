@@ -9,6 +9,7 @@
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import type { BlobRef } from '../oci/descriptor.js';
 import { MediaTypes } from '../oci/media-types.js';
+import { layerMediaType, type LayerCompression } from './compression.js';
 import type { ImageSpec } from './types.js';
 
 export interface LayerDescriptor {
@@ -19,6 +20,7 @@ export interface LayerDescriptor {
   paths: string[];
   /** Whether this layer holds the root filesystem (symlink farm and /tmp). */
   rootfs: boolean;
+  compression: LayerCompression;
 }
 
 /** JSON with object keys sorted at every depth, arrays kept in order. */
@@ -60,20 +62,20 @@ export function imageConfig(spec: ImageSpec, layers: LayerDescriptor[]): Buffer 
 
 /** The media types of each manifest encoding: the only thing in which the two differ. */
 const ENCODINGS = {
-  oci: { manifest: MediaTypes.ociManifest, config: MediaTypes.ociConfig, layer: MediaTypes.ociLayerGzip },
-  docker: { manifest: MediaTypes.dockerManifest, config: MediaTypes.dockerConfig, layer: MediaTypes.dockerLayerGzip },
+  oci: { manifest: MediaTypes.ociManifest, config: MediaTypes.ociConfig },
+  docker: { manifest: MediaTypes.dockerManifest, config: MediaTypes.dockerConfig },
 } as const;
 
 /**
- * An image manifest over one config blob and gzip layers: OCI, or Docker schema2 for
+ * An image manifest over one config blob and its layers: OCI, or Docker schema2 for
  * clients that do not accept OCI. Built images and ingested archives both use it.
  */
-export function imageManifest(encoding: keyof typeof ENCODINGS, config: BlobRef, layers: BlobRef[]): Buffer {
+export function imageManifest(encoding: keyof typeof ENCODINGS, config: BlobRef, layers: (BlobRef & { compression: LayerCompression })[]): Buffer {
   const t = ENCODINGS[encoding];
   return Buffer.from(JSON.stringify({
     schemaVersion: 2,
     mediaType: t.manifest,
     config: { mediaType: t.config, digest: config.digest, size: config.size },
-    layers: layers.map((l) => ({ mediaType: t.layer, digest: l.digest, size: l.size })),
+    layers: layers.map((l) => ({ mediaType: layerMediaType(l.compression, encoding), digest: l.digest, size: l.size })),
   }));
 }

@@ -23,6 +23,7 @@ import { processEntry, sniff, type LayerFile } from './archive-layer.js';
 import { ArchiveContents, entryName, malformed, readArchive, type ArchiveEntry } from './archive-read.js';
 import { ArchiveError } from './errors.js';
 import { imageManifest } from './image.js';
+import { layerMediaType, type CompressionSetting } from './compression.js';
 import type { BuiltImage } from './types.js';
 
 export interface IngestOptions {
@@ -30,6 +31,8 @@ export interface IngestOptions {
   hash: string;
   /** Kills a stream script that runs longer than this. */
   timeoutMs: number;
+  /** What tar and zstd layers become (gzip layers are kept as they are); default gzip -6. */
+  compression?: CompressionSetting | undefined;
 }
 
 const MAX_JSON_BYTES = 16 * 1024 * 1024;
@@ -74,7 +77,7 @@ export async function ingestImageOutput(storage: Storage, repo: string, outPath:
   const f = await fileHead(outPath).catch(() => undefined);
   if (!f) throw new ArchiveError(`${outPath} is not an image archive file`);
 
-  const contents = new ArchiveContents(join(storage.layout.tmpDir, `ingest-${randomUUID()}`));
+  const contents = new ArchiveContents(join(storage.layout.tmpDir, `ingest-${randomUUID()}`), opts.compression);
   await makeDir(contents.dir);
   try {
     try {
@@ -176,7 +179,7 @@ async function fromOciLayout(contents: ArchiveContents): Promise<Image> {
 
   const layers: LayerFile[] = [];
   let asIs = true;
-  const gzipType = parsed.mediaType === MediaTypes.dockerManifest ? MediaTypes.dockerLayerGzip : MediaTypes.ociLayerGzip;
+  const encoding = parsed.mediaType === MediaTypes.dockerManifest ? 'docker' : 'oci';
   const rewritten: Descriptor[] = [];
   for (const [i, d] of manifest.layers.entries()) {
     if (d.urls !== undefined) throw malformed(`layer ${i + 1} (${d.digest}) is a foreign layer, which cannot be ingested`);
@@ -190,7 +193,7 @@ async function fromOciLayout(contents: ArchiveContents): Promise<Image> {
       rewritten.push(d);
     } else {
       asIs = false;
-      rewritten.push({ ...d, mediaType: gzipType, digest: layer.digest, size: layer.size });
+      rewritten.push({ ...d, mediaType: layerMediaType(layer.compression, encoding), digest: layer.digest, size: layer.size });
     }
   }
   // Layers that had to be (re)compressed change the manifest; otherwise keep it byte for byte.
@@ -287,7 +290,7 @@ async function layerOf(contents: ArchiveContents, entry: ArchiveEntry): Promise<
   if (entry.layer) return entry.layer;
   const source = entry.mem ? Readable.from([entry.mem]) : createReadStream(entry.rawFile!);
   try {
-    const p = await processEntry(source, contents.nextTemp(), true);
+    const p = await processEntry(source, contents.nextTemp(), true, contents.compression);
     entry.layer = p.layer!;
     return entry.layer;
   } catch (e) {

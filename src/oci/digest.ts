@@ -52,5 +52,7 @@ export class Digester extends Transform {
     this.bytes += chunk.length;
     cb(null, chunk);
   }
-  digest(): string { return `${this.alg}:${this.hash.digest('hex')}`; }
+  private done: string | undefined;
+  /** The digest of everything that passed; asking again gives the same answer. */
+  digest(): string { return (this.done ??= `${this.alg}:${this.hash.digest('hex')}`); }
 }

@@ -8,8 +8,11 @@ export const MediaTypes = {
   dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
   ociConfig: 'application/vnd.oci.image.config.v1+json',
   dockerConfig: 'application/vnd.docker.container.image.v1+json',
+  ociLayer: 'application/vnd.oci.image.layer.v1.tar',
   ociLayerGzip: 'application/vnd.oci.image.layer.v1.tar+gzip',
   dockerLayerGzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  // Not in Docker's schema2 text, but containerd's and moby's name for these layers.
+  dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar',
   ociEmpty: 'application/vnd.oci.empty.v1+json',
 } as const;
 

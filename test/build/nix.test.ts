@@ -97,9 +97,15 @@ test('essentialError keeps the error and its excerpt, not the trace or colours',
 test('platforms and build settings', () => {
   assert.deepEqual(platformOf('x86_64-linux'), { architecture: 'amd64', os: 'linux' });
   assert.deepEqual(platformOf('aarch64-linux'), { architecture: 'arm64', os: 'linux' });
-  assert.deepEqual(buildConfig({}, {}), { buildTimeoutMs: 600_000, maxBuilds: 2, evalTtlMs: 10_000, negativeTtlMs: 30_000, pullWaitMs: 25_000 });
+  const gzip6 = { kind: 'gzip', gzipLevel: 6 };
+  assert.deepEqual(buildConfig({}, {}), { buildTimeoutMs: 600_000, maxBuilds: 2, evalTtlMs: 10_000, negativeTtlMs: 30_000, pullWaitMs: 25_000, compression: gzip6 });
   assert.deepEqual(buildConfig({ maxBuilds: '4' }, { NIXREG_BUILD_TIMEOUT: '60', NIXREG_EVAL_TTL: '0', NIXREG_PULL_WAIT: '5' }),
-    { buildTimeoutMs: 60_000, maxBuilds: 4, evalTtlMs: 0, negativeTtlMs: 30_000, pullWaitMs: 5_000 });
+    { buildTimeoutMs: 60_000, maxBuilds: 4, evalTtlMs: 0, negativeTtlMs: 30_000, pullWaitMs: 5_000, compression: gzip6 });
+  // A flag wins over its variable; the variable over the default.
+  assert.deepEqual(buildConfig({ gzipLevel: '9' }, { NIXREG_LAYER_COMPRESSION: 'None', NIXREG_GZIP_LEVEL: '1' }).compression, { kind: 'none', gzipLevel: 9 });
+  assert.deepEqual(buildConfig({ layerCompression: 'gzip' }, { NIXREG_LAYER_COMPRESSION: 'none' }).compression, gzip6);
+  assert.throws(() => buildConfig({ layerCompression: 'zstd' }, {}), /--layer-compression must be one of gzip, none/);
+  assert.throws(() => buildConfig({ gzipLevel: '0' }, {}), /--gzip-level must be a whole number from 1 to 9/);
   assert.throws(() => buildConfig({ pullWait: '0' }, {}), /--pull-wait must be a whole number of seconds >= 1/);
   assert.throws(() => buildConfig({ maxBuilds: '0' }, {}), /--max-builds/);
   assert.throws(() => buildConfig({ buildTimeout: '10m' }, {}), /--build-timeout/);

@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { after, test } from 'node:test';
 import { ParallelGzip } from '../../src/build/gzip.js';
 import { rootfsEntries } from '../../src/build/farm.js';
+import * as tar from 'tar-stream';
 import { storePathEntries, tarStream, type TarEntry } from '../../src/build/tar.js';
 import { requireTool, run } from '../helpers/exec.js';
 import { tempDir } from '../helpers/registry.js';
@@ -152,4 +153,43 @@ test('a file name that is not UTF-8 is refused with a clear error, not mangled',
   mkdirSync(src);
   writeFileSync(Buffer.from(`${src}/bad-\xff-name`, 'latin1'), 'x');
   await assert.rejects(writeTar(storePathEntries([src]), join(temp(), 'l.tar'), false), /not valid UTF-8/);
+});
+
+/** The layer writer before tarStream read files into its own chunks: tar-stream's packer. */
+async function tarStreamPack(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  const collected = (async () => { for await (const c of pack) chunks.push(c as Buffer); })();
+  const base = { mtime: new Date(1000), uid: 0, gid: 0, uname: 'root', gname: 'root' };
+  for await (const e of entries) {
+    const h = { ...base, name: e.name };
+    await new Promise<void>((res, rej) => {
+      const cb = (err?: Error | null) => (err ? rej(err) : res());
+      if (e.type === 'directory') pack.entry({ ...h, type: 'directory', mode: e.mode }, cb);
+      else if (e.type === 'symlink') pack.entry({ ...h, type: 'symlink', linkname: e.target, mode: 0o777 }, cb);
+      else if (e.type === 'link') pack.entry({ ...h, type: 'link', linkname: e.target, mode: 0o644 }, cb);
+      else pack.entry({ ...h, type: 'file', mode: e.mode, size: e.size }, readFileSync(e.source), cb);
+    });
+  }
+  pack.finalize();
+  await collected;
+  return Buffer.concat(chunks);
+}
+
+test('the chunked tar writer gives the bytes tar-stream gave, so layers built before it are still reused', async () => {
+  const src = join(temp(), 'store', 'abc-odd');
+  makeOddTree(src);
+  // Sizes around the writer's 1 MiB chunks and the 512-byte records, and long link targets.
+  for (const n of [0, 1, 511, 512, 513, (1 << 20) - 100, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) + 777]) {
+    writeFileSync(join(src, `size-${n}`), Buffer.alloc(n, n % 251));
+  }
+  symlinkSync('t/'.repeat(80) + 'target', join(src, 'long-link'));
+  symlinkSync('ü'.repeat(40), join(src, 'unicode-link'));
+  mkdirSync(join(src, 'd'.repeat(120)));
+  const file = join(temp(), 'new.tar');
+  const digest = await writeTar(storePathEntries([src]), file, false);
+  const old = await tarStreamPack(storePathEntries([src]));
+  assert.equal(readFileSync(file).length, old.length);
+  assert.ok(readFileSync(file).equals(old), 'same bytes');
+  assert.equal(digest, createHash('sha256').update(old).digest('hex'));
 });
