@@ -12,7 +12,10 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY package.json package-lock.json ./
+# npm ci's install script also compiles native/sendfile.c, the addon that sends blob
+# bodies by sendfile(2) (src/registry/zero-copy.ts).
+COPY package.json package-lock.json binding.gyp ./
+COPY native ./native
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY src ./src
@@ -38,6 +41,9 @@ ENV NODE_ENV=production
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist/src ./dist/src
+# Named, not globbed: an image whose addon did not build must fail here, not copy blobs
+# through user space unnoticed.
+COPY --from=build /app/build/Release/nixreg_sendfile.node ./build/Release/
 # Read at run time by the builder (src/build/nix.ts looks for them here, beside dist/).
 COPY src/build/*.nix ./src/build/
 COPY examples /images

@@ -6,7 +6,9 @@
 // Prints a markdown table of absolute numbers, ratios nixreg / Distribution, and
 // pass/fail against the goals. With --peer-nixreg, the baseline is another nixreg build
 // instead (e.g. the previous commit's, to show a change costs nothing), without goals.
-// Then a second table, from serve/auth.ts: manifest GET with --auth (Bearer token, Basic
+// Then blob downloads (serve/blobs.ts): CPU per GiB and rate, one at a time and 32 at once,
+// with nixreg's sendfile turned off as a third column (--blobs-only runs just that one).
+// Then a table from serve/auth.ts: manifest GET with --auth (Bearer token, Basic
 // credentials) against the same build without it (--auth-only runs just that one).
 // Everything runs on 127.0.0.1 with bounded loops; both servers and all temporary files
 // are removed at the end, also on Ctrl-C.
@@ -17,6 +19,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { runAuthBench, type AuthBenchResult } from './serve/auth.js';
+import { renderBlobTable, runBlobBench, type BlobBenchResult } from './serve/blobs.js';
 import { checkManifest, closeClient, DOCKER_ACCEPT, pushBlob, pushImage, timeDownload } from './serve/client.js';
 import { syntheticBlob, syntheticImage, type BlobSpec } from './serve/content.js';
 import { cpuMsOf, memoryOf, sampleRss } from './serve/proc.js';
@@ -42,6 +45,9 @@ const { values: opt } = parseArgs({
     distribution: { type: 'string', default: '/usr/bin/docker-registry' },
     'peer-nixreg': { type: 'string' },
     'auth-only': { type: 'boolean' },
+    'blobs-only': { type: 'boolean' },
+    'blob-concurrency': { type: 'string', default: '32' },
+    'blob-rounds': { type: 'string', default: '3' },
     'cpu-prof': { type: 'string' },
     json: { type: 'string' },
     help: { type: 'boolean' },
@@ -61,6 +67,9 @@ if (opt.help) {
   --peer-nixreg P   compare with another nixreg build (its dist/src/main.cjs) instead
                     of Distribution; no goals are judged
   --auth-only       only the authenticated manifest GET section (no Distribution, no blobs)
+  --blobs-only      only the blob download section (CPU per GiB, 1 and N at once)
+  --blob-concurrency N  downloads at once in that section [32]
+  --blob-rounds N   alternating rounds of that section [3]
   --cpu-prof DIR    write node --cpu-prof profiles of the auth section's two servers to DIR
   --json FILE       also write the results as JSON
 `);
@@ -74,6 +83,7 @@ const int = (k: keyof typeof opt) => {
 const cfg = {
   seconds: int('seconds'), rounds: int('rounds'), threads: int('threads'), connections: int('connections'),
   blobBytes: int('blob-mib') * MiB, rssBytes: int('rss-mib') * MiB, downloads: int('downloads'), pushes: int('pushes'),
+  blobConcurrency: int('blob-concurrency'), blobRounds: int('blob-rounds'),
 };
 
 function log(msg: string) { process.stderr.write(`[bench/serve] ${msg}\n`); }
@@ -111,7 +121,7 @@ async function main() {
     const versus = authOnly ? undefined : await againstPeer(cli, peerCli, tmp, servers);
     // After the other sections, whose servers sit idle from here on.
     mkdirSync(join(tmp, 'auth'));
-    const auth = await runAuthBench({
+    const auth = opt['blobs-only'] ? undefined : await runAuthBench({
       cli, dir: join(tmp, 'auth'), seconds: cfg.seconds, rounds: cfg.rounds, threads: cfg.threads, connections: cfg.connections,
       cpuProfDir, track: (s) => servers.push(s), log,
     });
@@ -123,7 +133,7 @@ async function main() {
   }
 }
 
-interface Versus { distVersion: string; peerLabel: string; rows: Row[] }
+interface Versus { distVersion: string; peerLabel: string; rows: Row[]; blobs: BlobBenchResult }
 
 /** nixreg against Distribution (or --peer-nixreg): every section but the auth one. */
 async function againstPeer(cli: string, peerCli: string | undefined, tmp: string, servers: Server[]): Promise<Versus> {
@@ -152,6 +162,11 @@ async function againstPeer(cli: string, peerCli: string | undefined, tmp: string
   const bigRepo = 'bench/big';
   for (const s of servers) await pushBlob(s.url, bigRepo, big);
   log(`pushed a ${cfg.blobBytes / MiB} MiB blob ${big.digest} to both`);
+  const blobSection = () => runBlobBench({
+    cli, dir: join(tmp, 'nixreg-copy'), nixreg: nix, baseline: dist, baselineLabel: peerLabel, blob: big, repo: bigRepo,
+    rounds: cfg.blobRounds, concurrency: cfg.blobConcurrency, goals: !peerCli, track: (s) => servers.push(s), log,
+  });
+  if (opt['blobs-only']) return { distVersion, peerLabel, rows: [], blobs: await blobSection() };
 
   // ------------------------------------------------------------ memory during a big push
   const huge = syntheticBlob(cfg.rssBytes);
@@ -192,6 +207,7 @@ async function againstPeer(cli: string, peerCli: string | undefined, tmp: string
     return n / MB / (ms / 1000);
   });
   for (const s of servers) log(`blob GET ${s.name}: ${downloads.get(s)!.map((x) => x.v.toFixed(0)).join(', ')} MB/s`);
+  const blobs = await blobSection();
 
   // ------------------------------------------------------------ monolithic push
   // A new blob per repetition, so that neither server can skip work for known content.
@@ -236,10 +252,10 @@ async function againstPeer(cli: string, peerCli: string | undefined, tmp: string
   hwmRow.pass = mn.hwm * 1024 / MB < 150;
   rows.push(hwmRow);
 
-  return { distVersion, peerLabel, rows };
+  return { distVersion, peerLabel, rows, blobs };
 }
 
-function report(versus: Versus | undefined, auth: AuthBenchResult) {
+function report(versus: Versus | undefined, auth: AuthBenchResult | undefined) {
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}`;
   const wrk = `wrk -t${cfg.threads} -c${cfg.connections} -d${cfg.seconds}s × ${cfg.rounds} rounds`;
   const out: string[] = [];
@@ -249,13 +265,21 @@ function report(versus: Versus | undefined, auth: AuthBenchResult) {
       `${wrk} alternating; ${cfg.downloads} downloads, ${cfg.pushes} pushes;`,
       'median (min–max); MB = 10^6 bytes.',
     ].join(' ');
-    out.push(head, '', renderTable(versus.rows, 'nixreg', versus.peerLabel), '');
+    if (versus.rows.length) out.push(head, '', renderTable(versus.rows, 'nixreg', versus.peerLabel), '');
+    const blobHead = [
+      `Blob GET: nixreg ${gitRev()} (node ${process.version}) with sendfile and with NIXREG_SENDFILE=0, vs ${versus.distVersion}; ${machine};`,
+      `${cfg.blobBytes / MiB} MiB blob, curl (one process, --parallel for N at once); ${cfg.blobRounds} rounds alternating;`,
+      'CPU = server user+system time from /proc per GiB sent; median (min–max); MiB = 2^20 bytes.',
+    ].join(' ');
+    out.push(blobHead, '', renderBlobTable(versus.blobs), '');
   }
-  const authHead = `Authenticated manifest GET: nixreg ${gitRev()} (node ${process.version}); ${auth.setup}; ${machine}; ${wrk}, rotating; median (min–max).`;
-  out.push(authHead, '', renderTable(auth.rows, 'nixreg --auth', 'nixreg'), '');
+  if (auth) {
+    const authHead = `Authenticated manifest GET: nixreg ${gitRev()} (node ${process.version}); ${auth.setup}; ${machine}; ${wrk}, rotating; median (min–max).`;
+    out.push(authHead, '', renderTable(auth.rows, 'nixreg --auth', 'nixreg'), '');
+  }
   process.stdout.write(out.join('\n'));
   if (opt.json) writeFileSync(opt.json, JSON.stringify({ cfg, versus, auth }, null, 2));
-  const failed = [...versus?.rows ?? [], ...auth.rows].filter((r) => r.pass === false);
+  const failed = [...versus?.rows ?? [], ...versus?.blobs.rows ?? [], ...auth?.rows ?? []].filter((r) => r.pass === false);
   if (failed.length) log(`goals missed: ${failed.map((r) => r.metric).join('; ')}`);
 }
 

@@ -53,6 +53,8 @@ export interface StartOptions {
   minFreeSpace?: number | undefined;
   /** Builds the image source once storage is open (build-on-pull). */
   source?: (storage: Storage) => ImageSource | undefined;
+  /** Blob bodies by sendfile(2) where possible; undefined: unless NIXREG_SENDFILE=0|off (registry/zero-copy.ts). */
+  sendfile?: boolean | undefined;
 }
 
 export async function startRegistry(opts: StartOptions): Promise<RunningRegistry> {
@@ -97,7 +99,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   });
   storage.busy = () => performance.now() - lastRequest < 200;
   server.on('request', createApp({
-    storage, source, log: opts.log, limits, counters: () => ({ connections }), minFreeBytes: opts.minFreeSpace,
+    storage, source, log: opts.log, limits, counters: () => ({ connections }), minFreeBytes: opts.minFreeSpace, sendfile: opts.sendfile,
     gate: metricsToken ? withMetricsToken(gate ?? openGate, metricsToken) : gate,
   }));
   await new Promise<void>((resolve, reject) => {

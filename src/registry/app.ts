@@ -12,6 +12,8 @@ import { MemoryBudget } from './http.js';
 import { Metrics } from './metrics.js';
 import { Readiness } from './readiness.js';
 import { endpoints } from './routes.js';
+import type { BodyBytes } from './send-file.js';
+import { sendfileSupport } from './zero-copy.js';
 
 export interface AppOptions {
   storage: Storage;
@@ -24,16 +26,25 @@ export interface AppOptions {
   gate?: Gate;
   /** /readyz: free bytes below which the data directory counts as full (default in readiness.ts). */
   minFreeBytes?: number | undefined;
+  /** Send blob bodies by sendfile where possible; undefined: unless NIXREG_SENDFILE turns it off (zero-copy.ts). */
+  sendfile?: boolean | undefined;
 }
 
-export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes }: AppOptions) {
+export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile }: AppOptions) {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
   app.set('query parser', 'simple');
 
+  // Said once, at start-up: a server that quietly copies (no compiler at npm ci) costs CPU.
+  const support = sendfileSupport(sendfile);
+  const blobBodies = { sendfile: support.available, bytes: { sendfile: 0, copy: 0 } satisfies BodyBytes };
+  log.info({ sendfile: support.available, reason: support.reason }, support.available
+    ? 'blob bodies are sent by sendfile(2)' : 'blob bodies are copied through user space');
+
   // On unless NIXREG_METRICS=off, a switch for measuring what metrics cost (bench/metrics.ts).
-  const metrics = process.env.NIXREG_METRICS === 'off' ? undefined : new Metrics({ storage, source, routes: endpoints.map((e) => e.id) });
+  const metrics = process.env.NIXREG_METRICS === 'off' ? undefined
+    : new Metrics({ storage, source, routes: endpoints.map((e) => e.id), blobBodies });
   metrics?.countWrites(app.response);
 
   // The access log, at debug level only: a line per request costs ~5 µs, which a busy
@@ -67,7 +78,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
 
   const bodies = new MemoryBudget(limits.manifestMemoryBytes);
   const ctx = {
-    storage, source, bodies, limits, gate, metrics, readiness: new Readiness({ storage, source, minFreeBytes }),
+    storage, source, bodies, limits, gate, metrics, blobBodies, readiness: new Readiness({ storage, source, minFreeBytes }),
     counters: () => ({ ...counters?.(), manifestMemory: { used: bodies.used, limit: bodies.limit, refused: bodies.refused } }),
   };
   for (const e of endpoints) {

@@ -1,7 +1,8 @@
 // The Prometheus metrics of one app, in a registry of its own (two servers in one
 // process must not share counters): every request by method, route and status, its
-// duration and the bytes it sent; builds, from the image source's listener; and what
-// storage, the build queue and garbage collection hold, read when scraped.
+// duration and the bytes it sent; builds, from the image source's listener; what
+// storage, the build queue and garbage collection hold, read when scraped; and how blob
+// bodies go out (sendfile or copied: send-file.ts counts, a scrape reads).
 //
 // A request costs one 'finish' listener, two hrtime readings and a few additions to plain
 // numbers, in series resolved once per (route, method, status), which a scrape hands to
@@ -14,6 +15,7 @@ import type { NextFunction, Request, Response } from 'express';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Storage } from '../blobs/storage.js';
 import type { ImageSource } from '../build/image-source.js';
+import type { BodyBytes } from './send-file.js';
 
 export const UNMATCHED = 'unmatched';
 const METHODS = new Set(['GET', 'HEAD', 'PUT', 'POST', 'PATCH', 'DELETE', 'OPTIONS']);
@@ -30,6 +32,8 @@ export interface MetricsOptions {
   source?: ImageSource | undefined;
   /** The endpoint ids of routes.ts: every route label there can be, with `unmatched`. */
   routes: string[];
+  /** Whether this app sends blob bodies by sendfile, and the bytes sent each way so far. */
+  blobBodies?: { sendfile: boolean; bytes: BodyBytes } | undefined;
 }
 
 export class Metrics {
@@ -80,6 +84,15 @@ export class Metrics {
     this.counterOf('nixreg_gc_freed_bytes_total', 'Bytes of blob files garbage collection removed', () => gc.freedBytes);
     this.counterOf('nixreg_cache_evictions_total', 'Built images the cache quota evicted', () => gc.evictions);
     this.counterOf('nixreg_cache_evicted_bytes_total', 'Bytes of blob files the cache quota removed', () => gc.evictedBytes);
+    // So that a deployment (and CI) can see the fast path is really in use.
+    const bodies = o.blobBodies;
+    gauge('nixreg_blob_sendfile', 'Whether blob GET bodies are sent by sendfile(2) (1) or copied through user space (0)', () => (bodies?.sendfile ? 1 : 0));
+    const bodyBytes = new Counter({ name: 'nixreg_blob_body_bytes_total', help: 'Blob GET body bytes sent, by how: sendfile or copy', labelNames: ['via'], registers });
+    for (const via of ['sendfile', 'copy'] as const) {
+      const t = new Tally(bodyBytes.labels(via));
+      bodyBytes.labels(via).inc(0);
+      this.sync.push(() => { t.n = bodies?.bytes[via] ?? 0; t.flush(); });
+    }
   }
 
   /** A counter mirroring a cumulative count kept elsewhere; it never goes down. */

@@ -1,4 +1,6 @@
-// Sends a byte range of a file as the body of a response whose headers are already set.
+// Sends a byte range of a file as the body of a response whose headers are already set:
+// by sendfile(2) where it can (zero-copy.ts says when and why), else by copying through
+// the ring of buffers below, which also serves TLS, HTTP/2 and a server without the addon.
 //
 // Why not pipeline(createReadStream(...), res): a read stream allocates a fresh buffer
 // for every read, so a 256 MiB blob GET cost 256 fresh 1 MiB buffers, and garbage
@@ -11,19 +13,30 @@
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import { promises as fs } from 'node:fs';
 import type { ServerResponse } from 'node:http';
+import { clientGone, sendfileRange, sendfileSocket } from './zero-copy.js';
 
 const CHUNK = 256 * 1024;
 const RING = 4;
 
+/** Body bytes sent so far, by how: read by metrics.ts when scraped. */
+export interface BodyBytes { sendfile: number; copy: number }
+
+export interface SendOptions {
+  /** Try sendfile (the app's decision: zero-copy.ts sendfileSupport). */
+  sendfile?: boolean | undefined;
+  /** Where to count the bytes sent. */
+  bytes?: BodyBytes | undefined;
+}
+
 /** Writes bytes [start, end] (inclusive) of `path` to `res`, then ends it. */
-export async function sendFileRange(path: string, start: number, end: number, res: ServerResponse): Promise<void> {
-  // A client that goes away must not leave this loop waiting on a write callback. One
-  // canceller for the one wait in progress (not Promise.race with a long-lived promise,
-  // which would pile up a reaction per chunk on multi-GiB blobs).
+export async function sendFileRange(path: string, start: number, end: number, res: ServerResponse, o: SendOptions = {}): Promise<void> {
+  // A client that goes away must not leave this loop waiting on a write callback, nor a
+  // sendfile job running. One canceller for the one wait in progress (not Promise.race
+  // with a long-lived promise, which would pile up a reaction per chunk on multi-GiB blobs).
   let gone: Error | undefined;
   let cancel: ((e: Error) => void) | undefined;
   const onClose = () => {
-    gone = Object.assign(new Error('client went away'), { code: 'ECONNRESET' });
+    gone = clientGone();
     cancel?.(gone);
   };
   const guard = <T>(p: Promise<T>): Promise<T> => (gone ? Promise.reject(gone) : new Promise<T>((resolve, reject) => {
@@ -43,27 +56,43 @@ export async function sendFileRange(path: string, start: number, end: number, re
     throw e;
   }
   try {
-    const size = Math.min(CHUNK, end - start + 1);
-    const bufs: Buffer[] = [];
-    const flushed: Promise<void>[] = [];
-    let pos = start;
-    for (let i = 0; pos <= end; i = (i + 1) % RING) {
-      // bufs[i] may be refilled only once the socket has taken what it held before.
-      if (flushed[i]) await guard(flushed[i]!);
-      const buf = (bufs[i] ??= Buffer.allocUnsafe(size));
-      const { bytesRead } = await guard(fh.read(buf, 0, Math.min(size, end - pos + 1), pos));
-      if (bytesRead === 0) throw new Error(`${path} ends at byte ${pos}, before ${end + 1}`);
-      pos += bytesRead;
-      const chunk = buf.subarray(0, bytesRead);
-      const p = new Promise<void>((resolve, reject) => { res.write(chunk, (err) => (err ? reject(err) : resolve())); });
-      p.catch(() => {});
-      flushed[i] = p;
+    let sentByKernel = false;
+    if (o.sendfile && !gone && sendfileSocket(res)) {
+      const bytes = o.bytes;
+      sentByKernel = await sendfileRange(fh, path, start, end, res, (c) => {
+        cancel = c;
+        if (c && gone) c(gone);
+      }, (n) => { if (bytes) bytes.sendfile += n; }) !== undefined;
     }
-    await guard(Promise.all(flushed));
+    if (!sentByKernel) await copyRange(fh, path, start, end, res, guard, o.bytes);
   } finally {
     res.off('close', onClose);
     // Safe even when a read is still in flight after an abort: close waits for it.
     await fh.close();
   }
   res.end();
+}
+
+type Guard = <T>(p: Promise<T>) => Promise<T>;
+
+async function copyRange(fh: fs.FileHandle, path: string, start: number, end: number, res: ServerResponse, guard: Guard,
+  bytes: BodyBytes | undefined): Promise<void> {
+  const size = Math.min(CHUNK, end - start + 1);
+  const bufs: Buffer[] = [];
+  const flushed: Promise<void>[] = [];
+  let pos = start;
+  for (let i = 0; pos <= end; i = (i + 1) % RING) {
+    // bufs[i] may be refilled only once the socket has taken what it held before.
+    if (flushed[i]) await guard(flushed[i]!);
+    const buf = (bufs[i] ??= Buffer.allocUnsafe(size));
+    const { bytesRead } = await guard(fh.read(buf, 0, Math.min(size, end - pos + 1), pos));
+    if (bytesRead === 0) throw new Error(`${path} ends at byte ${pos}, before ${end + 1}`);
+    pos += bytesRead;
+    if (bytes) bytes.copy += bytesRead;
+    const chunk = buf.subarray(0, bytesRead);
+    const p = new Promise<void>((resolve, reject) => { res.write(chunk, (err) => (err ? reject(err) : resolve())); });
+    p.catch(() => {});
+    flushed[i] = p;
+  }
+  await guard(Promise.all(flushed));
 }

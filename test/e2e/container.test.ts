@@ -130,6 +130,8 @@ test('docker run: the image serves the registry API, with Nix set up for contain
   await untilServing(`${url}/v2/`);
   const v2 = await fetch(`${url}/v2/`);
   assert.equal(v2.status, 200);
+  // The image carries the sendfile addon that npm ci compiled (src/registry/zero-copy.ts).
+  assert.match(await logs(), /"sendfile":true/);
 
   // Without NIX_CONFIG, what the image itself configures: sandbox off, build users of the
   // group Nix runs root's builds as, and the user's substituters left alone.

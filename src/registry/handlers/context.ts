@@ -11,6 +11,7 @@ import { RegistryError } from '../errors.js';
 import type { MemoryBudget } from '../http.js';
 import type { Metrics } from '../metrics.js';
 import type { Readiness } from '../readiness.js';
+import type { BodyBytes } from '../send-file.js';
 
 /** What one client may hold open (see README, "Limits"). */
 export interface Limits {
@@ -34,6 +35,8 @@ export interface Ctx {
   metrics?: Metrics | undefined;
   /** The checks of /readyz. */
   readiness: Readiness;
+  /** Whether blob bodies go by sendfile (zero-copy.ts), and the bytes sent each way. */
+  blobBodies: { sendfile: boolean; bytes: BodyBytes };
 }
 
 /** The validated repository name of a request. */
