@@ -118,18 +118,11 @@ export async function processEntry(
   const packer = compressor(compression);
   // Stored as a tar, the layer's digest is its diff_id: one hash for both.
   const packed = packer ? new Digester() : diff;
-  const pack = (from: Readable) => Promise.all([
-    pipeline([from, diff, ...(packer ? [packer.stream, packed] : []), createWriteStream(file)]), packer?.done,
-  ]);
+  const pack = (from: Readable) => pipeline([from, diff, ...(packer ? [packer, packed] : []), createWriteStream(file)]);
   const layer = (): LayerFile => ({ file, digest: packed.digest(), size: packed.bytes, diffId: diff.digest(), compression: compression.kind, recompressed: true });
   if (kind === 'tar') {
     // The raw bytes are the tar: its digest is the diff_id's, not hashed twice.
-    try {
-      await pack(stream);
-    } catch (e) {
-      packer?.stream.destroy();
-      throw e;
-    }
+    await pack(stream);
     return { rawDigest: diff.digest(), rawSize: diff.bytes, layer: layer() };
   }
   // zstd: Node 20's zlib has no zstd, so the zstd binary decompresses (argv, no shell).
@@ -137,7 +130,6 @@ export async function processEntry(
   try {
     await Promise.all([pipeline(stream, raw, z.stdin), pack(z.stdout), z.done]);
   } catch (e) {
-    packer?.stream.destroy();
     // zstd's own complaint (bad data) beats the EPIPE it causes; otherwise keep `e`. A
     // full disk is no complaint of zstd's, whatever it says once its output is cut.
     const own = noSpaceCode(e) === undefined

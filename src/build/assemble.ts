@@ -238,8 +238,8 @@ async function buildLayer(
     // Counted where it already is: the digester of the tar knows its bytes.
     progress?.live.add(diff);
     try {
-      const stages = packer ? [diff, packer.stream, compressed] : [diff];
-      await Promise.all([pipeline([tarStream(plan.entries(signal)), ...stages, fileSink(file)], { signal }), packer?.done]);
+      const stages = packer ? [diff, packer, compressed] : [diff];
+      await pipeline([tarStream(plan.entries(signal)), ...stages, fileSink(file)], { signal });
     } finally {
       progress?.live.delete(diff);
     }

@@ -16,7 +16,7 @@
 // is the way in once the engine moves.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
-import { Duplex } from 'node:stream';
+import type { Transform } from 'node:stream';
 import { MediaTypes } from '../oci/media-types.js';
 import { ParallelGzip } from './gzip.js';
 
@@ -55,16 +55,9 @@ export function parseCompression(kind: string, level: string): CompressionSettin
   return { kind: k as LayerCompression, gzipLevel: Number(level) };
 }
 
-/**
- * A stream that compresses a tar as `s` says, or undefined for `none` (the tar is the
- * layer). `done` settles once the compressor has really finished (a compressor in
- * another process ends its output early when it dies, and only its exit tells).
- */
-export function compressor(s: CompressionSetting): { stream: Duplex; done: Promise<void> } | undefined {
-  switch (s.kind) {
-    case 'gzip': return { stream: new ParallelGzip(s.gzipLevel), done: Promise.resolve() };
-    case 'none': return undefined;
-  }
+/** A stream that compresses a tar as `s` says, or undefined for `none` (the tar is the layer). */
+export function compressor(s: CompressionSetting): Transform | undefined {
+  return s.kind === 'gzip' ? new ParallelGzip(s.gzipLevel) : undefined;
 }
 
 /** The compression of a stored layer, as its media type (either manifest encoding) says. */

@@ -38,7 +38,7 @@ export function getBlob(ctx: Ctx) {
     if (range) res.set('Content-Range', `bytes ${start}-${end}/${size}`);
     if (req.method === 'HEAD' || size === 0) { res.end(); return; }
     try {
-      await sendFileRange(ctx.storage.blobPath(digest), start, end, res, { sendfile: ctx.blobBodies.sendfile, bytes: ctx.blobBodies.bytes });
+      await sendFileRange(ctx.storage.blobPath(digest), start, end, res, ctx.blobBodies);
     } catch (err) {
       // Deleted between the lookup and the open: gone, not an internal error.
       if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !res.headersSent) {
