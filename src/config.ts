@@ -31,12 +31,16 @@ export interface ServeConfig {
   minFreeSpace: number | undefined;
   /** Build what changed under --images, at start and after each change (--prebuild, env NIXREG_PREBUILD=1). */
   prebuild: boolean;
+  /** Blob bodies by sendfile(2) where the addon built (off: --no-sendfile, env NIXREG_SENDFILE=0). */
+  sendfile: boolean;
 }
 
 export interface ServeFlags {
   listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string;
   tlsCert?: string; tlsKey?: string; auth?: string; gcGrace?: string; gcInterval?: string; cacheMaxBytes?: string;
   metricsAuth?: string; minFreeSpace?: string; prebuild?: boolean;
+  /** false with --no-sendfile (commander's negated option; true otherwise). */
+  sendfile?: boolean;
 }
 
 export const DEFAULTS = {
@@ -104,6 +108,8 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
     metricsAuth: metricsAuth !== undefined ? resolve(metricsAuth) : undefined,
     minFreeSpace: minFreeSpace !== undefined ? parseSize(minFreeSpace, '--min-free-space') : undefined,
     prebuild: flags.prebuild ?? parseSwitch(env.NIXREG_PREBUILD, 'NIXREG_PREBUILD'),
+    // On unless turned off: an unset NIXREG_SENDFILE is not "off" as parseSwitch reads it.
+    sendfile: flags.sendfile !== false && (env.NIXREG_SENDFILE === undefined || env.NIXREG_SENDFILE === '' || parseSwitch(env.NIXREG_SENDFILE, 'NIXREG_SENDFILE')),
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),

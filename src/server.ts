@@ -53,7 +53,7 @@ export interface StartOptions {
   minFreeSpace?: number | undefined;
   /** Builds the image source once storage is open (build-on-pull). */
   source?: (storage: Storage) => ImageSource | undefined;
-  /** Blob bodies by sendfile(2) where possible; undefined: unless NIXREG_SENDFILE=0|off (registry/zero-copy.ts). */
+  /** Blob bodies by sendfile(2) where possible; default true; the CLI's --no-sendfile (registry/zero-copy.ts). */
   sendfile?: boolean | undefined;
 }
 

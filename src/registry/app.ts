@@ -26,7 +26,7 @@ export interface AppOptions {
   gate?: Gate;
   /** /readyz: free bytes below which the data directory counts as full (default in readiness.ts). */
   minFreeBytes?: number | undefined;
-  /** Send blob bodies by sendfile where possible; undefined: unless NIXREG_SENDFILE turns it off (zero-copy.ts). */
+  /** Send blob bodies by sendfile where possible; default true (zero-copy.ts). */
   sendfile?: boolean | undefined;
 }
 

@@ -10,7 +10,7 @@
 //
 // When not: TLS (the bytes must be encrypted in user space), HTTP/2 (frames), a response
 // whose socket is not yet its own (a pipelined request waits for the one before it), an
-// addon that did not build (no compiler), or NIXREG_SENDFILE=0|off|false|no. Then
+// addon that did not build (no compiler), or --no-sendfile (NIXREG_SENDFILE=0). Then
 // send-file.ts copies as before. Whether a server can use it is said at start-up
 // (app.ts) and in the metric nixreg_blob_sendfile.
 //
@@ -53,14 +53,11 @@ try {
 }
 
 /**
- * Whether blob bodies go out by sendfile: `wanted` (the server's option) if given, else
- * the environment: NIXREG_SENDFILE set to 0, off, false or no (any case) turns it off.
+ * Whether blob bodies go out by sendfile: unless `wanted` is false (the server's option;
+ * config.ts reads --no-sendfile and NIXREG_SENDFILE into it), wherever the addon loaded.
  */
-export function sendfileSupport(wanted?: boolean): SendfileSupport {
-  const env = process.env.NIXREG_SENDFILE?.trim().toLowerCase();
-  if (wanted === false || (wanted === undefined && ['0', 'off', 'false', 'no'].includes(env ?? ''))) {
-    return { available: false, reason: wanted === false ? 'turned off' : `turned off by NIXREG_SENDFILE=${process.env.NIXREG_SENDFILE}` };
-  }
+export function sendfileSupport(wanted = true): SendfileSupport {
+  if (!wanted) return { available: false, reason: 'turned off (--no-sendfile or NIXREG_SENDFILE=0)' };
   if (process.platform !== 'linux') return { available: false, reason: `not on ${process.platform}` };
   if (!addon) return { available: false, reason: `the addon did not load (${loadError}); run npm ci with python3, make and a C compiler` };
   return { available: true, reason: 'sendfile(2) through native/sendfile.c' };

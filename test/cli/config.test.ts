@@ -50,3 +50,14 @@ test('sizes: bytes, decimal and binary units in any case; anything else is refus
     assert.throws(() => parseSize(bad, '--cache-max-bytes'), /--cache-max-bytes must be a size/, bad);
   }
 });
+
+test('sendfile: on by default; --no-sendfile or NIXREG_SENDFILE=0|off|false|no turns it off; other values are refused', () => {
+  assert.equal(serveConfig({}, {}).sendfile, true);
+  assert.equal(serveConfig({}, { NIXREG_SENDFILE: '' }).sendfile, true);
+  assert.equal(serveConfig({ sendfile: true }, { NIXREG_SENDFILE: 'on' }).sendfile, true);
+  assert.equal(serveConfig({ sendfile: false }, {}).sendfile, false);
+  // Off wins from either side: the flag cannot turn on what the variable turned off.
+  assert.equal(serveConfig({ sendfile: true }, { NIXREG_SENDFILE: '0' }).sendfile, false);
+  for (const off of ['0', 'off', 'FALSE', ' no ']) assert.equal(serveConfig({}, { NIXREG_SENDFILE: off }).sendfile, false, off);
+  assert.throws(() => serveConfig({}, { NIXREG_SENDFILE: 'maybe' }), /NIXREG_SENDFILE must be 1 or 0/);
+});

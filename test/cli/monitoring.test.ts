@@ -96,10 +96,30 @@ test('NIXREG_METRICS_AUTH and NIXREG_MIN_FREE_SPACE configure serve; SIGHUP re-r
   assert.ok(!p.output().includes('first-token') && !p.output().includes('second-token'), 'tokens never reach the log');
 });
 
+test('the blob body path: sendfile by default, copied with --no-sendfile or NIXREG_SENDFILE=0 (the metric says which)', { timeout: 60_000 }, async () => {
+  const cases: [string, string[], Record<string, string>, number][] = [
+    ['default', [], {}, 1], ['--no-sendfile', ['--no-sendfile'], {}, 0], ['NIXREG_SENDFILE=off', [], { NIXREG_SENDFILE: 'off' }, 0],
+  ];
+  for (const [what, args, env, gauge] of cases) {
+    const d = dir();
+    const p = spawnCli(['serve', '--listen', '127.0.0.1:0', '--data', join(d, 'data'), '--images', join(d, 'images'), ...args], { env: cleanEnv(env) });
+    procs.push(p);
+    const { url } = await p.listening;
+    assert.match(await (await fetch(`${url}/metrics`)).text(), new RegExp(`^nixreg_blob_sendfile ${gauge}$`, 'm'), what);
+    await reap(p);
+  }
+  const d = dir();
+  const bad = spawnCli(['serve', '--listen', '127.0.0.1:0', '--data', join(d, 'data')], { env: cleanEnv({ NIXREG_SENDFILE: 'maybe' }) });
+  procs.push(bad);
+  assert.equal(await bad.exited, 2, bad.output());
+  assert.match(bad.output().trim(), /^error: NIXREG_SENDFILE must be 1 or 0/);
+});
+
 test('--help names the new flags and their variables', { timeout: 30_000 }, async () => {
   const p = spawnCli(['serve', '--help'], { env: cleanEnv() });
   procs.push(p);
   assert.equal(await p.exited, 0);
   assert.match(p.output(), /--metrics-auth <file>[\s\S]*NIXREG_METRICS_AUTH/);
   assert.match(p.output(), /--min-free-space <size>[\s\S]*NIXREG_MIN_FREE_SPACE/);
+  assert.match(p.output(), /--no-sendfile[\s\S]*NIXREG_SENDFILE=0/);
 });
