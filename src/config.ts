@@ -68,9 +68,9 @@ export function parseSize(v: string, what: string): number {
   return n;
 }
 
-/** An on/off environment variable: 1/true/yes/on or 0/false/no/off (unset: off). */
-export function parseSwitch(v: string | undefined, what: string): boolean {
-  if (v === undefined || v === '') return false;
+/** An on/off environment variable: 1/true/yes/on or 0/false/no/off (unset or empty: `unset`). */
+export function parseSwitch(v: string | undefined, what: string, unset = false): boolean {
+  if (v === undefined || v === '') return unset;
   const s = v.trim().toLowerCase();
   if (['1', 'true', 'yes', 'on'].includes(s)) return true;
   if (['0', 'false', 'no', 'off'].includes(s)) return false;
@@ -108,8 +108,8 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
     metricsAuth: metricsAuth !== undefined ? resolve(metricsAuth) : undefined,
     minFreeSpace: minFreeSpace !== undefined ? parseSize(minFreeSpace, '--min-free-space') : undefined,
     prebuild: flags.prebuild ?? parseSwitch(env.NIXREG_PREBUILD, 'NIXREG_PREBUILD'),
-    // On unless turned off: an unset NIXREG_SENDFILE is not "off" as parseSwitch reads it.
-    sendfile: flags.sendfile !== false && (env.NIXREG_SENDFILE === undefined || env.NIXREG_SENDFILE === '' || parseSwitch(env.NIXREG_SENDFILE, 'NIXREG_SENDFILE')),
+    // Off wins from either side: the flag cannot turn on what the variable turned off.
+    sendfile: flags.sendfile !== false && parseSwitch(env.NIXREG_SENDFILE, 'NIXREG_SENDFILE', true),
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),
