@@ -180,7 +180,7 @@ export class Builder {
       if (full) throw full;
       const unavailable = diagnose(e);
       if (unavailable) { this.health.lost(unavailable); throw unavailable; }
-      const msg = hideImagesDir(e instanceof NixError ? e.message : String(e), this.o.images);
+      const msg = origin.hide(hideImagesDir(e instanceof NixError ? e.message : String(e), this.o.images));
       this.o.log?.info({ repo, origin: origin.name, error: msg }, 'evaluation failed');
       throw new EvaluationFailed(`evaluating ${repo} failed:\n${msg}`, origin.kind === 'file' ? { file: origin.name } : { origin: origin.name });
     }
@@ -304,7 +304,7 @@ export class Builder {
       return built;
     } catch (e) {
       const err = this.buildError(ev, e, job);
-      err.message = hideImagesDir(err.message, this.o.images);
+      err.message = ev.origin.hide(hideImagesDir(err.message, this.o.images));
       this.o.log?.warn({ repo: ev.repo, hash: ev.hash, error: err.message }, 'image build failed');
       throw err;
     } finally {

@@ -138,14 +138,29 @@ const PATH_CHAR = String.raw`[\w+@%~-]`;
  * `.`: Nix's messages would otherwise show a client where the images live on the host.
  */
 export function hideImagesDir(text: string, imagesDir: string): string {
-  const forms = new Set([resolve(imagesDir)]);
-  try { forms.add(realpathSync(imagesDir)); } catch { /* gone: the given form is all there is */ }
+  return hidePaths(text, hostForms(imagesDir));
+}
+
+/** `path` resolved, and its real path if it exists: the forms Nix may quote it in. */
+export function hostForms(path: string): string[] {
+  const forms = new Set([resolve(path)]);
+  try { forms.add(realpathSync(path)); } catch { /* gone: the given form is all there is */ }
+  return [...forms];
+}
+
+/**
+ * `text` with each of `paths` (absolute paths or URLs, whole path components only)
+ * replaced by `label`, the files under one named `label/file`; without a label, the
+ * files are named relative to it and it itself is `.`.
+ */
+export function hidePaths(text: string, paths: readonly string[], label?: string): string {
   let out = text;
   // Longest first: one form may be a prefix of the other.
-  for (const dir of [...forms].filter((f) => f !== sep).sort((a, b) => b.length - a.length)) {
+  for (const dir of paths.filter((f) => f !== sep && f !== '').sort((a, b) => b.length - a.length)) {
     const escaped = dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     // Whole path components only: not `/x/images2`, `/y/x/images`; a sentence's full stop may follow.
-    out = out.replace(new RegExp(`(?<!${PATH_CHAR}|/)${escaped}(/+|(?!${PATH_CHAR}|\\.\\w))`, 'g'), (_m, slash: string) => slash ? '' : '.');
+    out = out.replace(new RegExp(`(?<!${PATH_CHAR}|/)${escaped}(/+|(?!${PATH_CHAR}|\\.\\w))`, 'g'),
+      (_m, slash: string) => (label === undefined ? (slash ? '' : '.') : slash ? `${label}/` : label));
   }
   return out;
 }

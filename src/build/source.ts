@@ -57,7 +57,7 @@ export class NixImageSource implements ImageSource {
   constructor(private readonly storage: Storage, opts: SourceOptions) {
     this.builder = new Builder(storage, opts);
     this.images = opts.images;
-    this.packages = opts.packages !== undefined ? PackageSource.parse(opts.packages) : undefined;
+    this.packages = opts.packages !== undefined ? PackageSource.parse(opts.packages, opts.nixEnv) : undefined;
     this.evalTtlMs = opts.evalTtlMs ?? 10_000;
     this.nixEnv = opts.nixEnv;
     this.pullWaitMs = opts.pullWaitMs ?? 25_000;
@@ -196,9 +196,11 @@ export class NixImageSource implements ImageSource {
     if (tag === 'latest') return;
     const expression = this.originOf(repo) !== undefined;
     if (expression || !this.packages?.pinned) {
+      // Where the package set lives is the operator's business, not the client's.
       throw new TagNotServed(expression
         ? `${repo} is built from a Nix expression: its tags are latest and the hashes of built images, not ${tag}`
-        : `${repo} is a package list from ${this.packages?.spec ?? 'the package set'}: its tags are latest and the hashes of built images, not ${tag}`, { tag });
+        : `${repo} is a package list: its tags are latest and the hashes of built images, not ${tag} `
+          + '(tags pin a package set only when it is a git repository)', { tag });
     }
   }
 
@@ -209,7 +211,7 @@ export class NixImageSource implements ImageSource {
       return await src.revision(tag, this.evalTtlMs);
     } catch (e) {
       if (e instanceof UnknownRevision) {
-        throw new TagNotServed(`the package set ${src.spec} has no branch, tag or commit ${tag}`, { tag });
+        throw new TagNotServed(`the package set has no branch, tag or commit ${tag}`, { tag });
       }
       throw e;
     }

@@ -50,7 +50,7 @@ async function token(reg: TestRegistry, user: string | undefined, ...scopes: str
   return body.token as string;
 }
 
-function claims(t: string): { sub?: string; access: { type: string; name: string; actions: string[] }[] } {
+function claims(t: string): { sub?: string; cred?: string; access: { type: string; name: string; actions: string[] }[] } {
   return JSON.parse(Buffer.from(t.split('.')[1]!, 'base64url').toString());
 }
 
@@ -177,7 +177,9 @@ describe('access control', () => {
     const ours = createPrivateKey(readFileSync(join(reg.data, 'token-key.pem')));
     const foreign = generateKeyPairSync('ed25519').privateKey;
     const now = Math.floor(Date.now() / 1000);
-    const sign = (key: typeof ours, opts: { exp?: number; aud?: string; alg?: string } = {}) => new SignJWT({ access })
+    const cred = claims(good).cred;
+    assert.ok(cred, 'a user\'s token names the credential it was issued under');
+    const sign = (key: typeof ours, opts: { exp?: number; aud?: string; cred?: string | null } = {}) => new SignJWT(opts.cred === null ? { access } : { access, cred: opts.cred ?? cred })
       .setProtectedHeader({ alg: 'EdDSA' }).setIssuer('nixreg').setSubject('alice').setAudience(opts.aud ?? 'nixreg')
       .setIssuedAt(now - 600).setExpirationTime(opts.exp ?? now + 300).sign(key);
     const cases: Record<string, string> = {
@@ -185,6 +187,8 @@ describe('access control', () => {
       unsigned: new UnsecuredJWT({ access, iss: 'nixreg', aud: 'nixreg', sub: 'alice' }).setIssuedAt().setExpirationTime('5m').encode(),
       expired: await sign(ours, { exp: now - 5 }),
       'wrong audience': await sign(ours, { aud: 'someone-else' }),
+      'another credential': await sign(ours, { cred: 'AAAAAAAAAAAAAAAA' }),
+      'no credential': await sign(ours, { cred: null }),
       'tampered payload': `${good.split('.')[0]}.${Buffer.from(JSON.stringify({ ...claims(good), sub: 'admin' })).toString('base64url')}.${good.split('.')[2]}`,
       garbled: 'not.a.token',
       // Longer than any token we issue, shorter than Node's 16 KiB header limit (431 beyond).
@@ -199,15 +203,16 @@ describe('access control', () => {
     }
   });
 
-  test('a wrong password is 401; repeated failures from one address wait out the window', async () => {
+  test('a wrong password is 401; repeated failures of one user from one address wait out the window', async () => {
     const wrong = basic('alice', 'nope');
     assertError(await http(reg.url, 'GET', '/token?service=nixreg', { headers: wrong }), 401, 'UNAUTHORIZED');
     assertError(await http(reg.url, 'GET', '/v2/team/app/tags/list', { headers: basic('nobody', 'x') }), 401, 'UNAUTHORIZED');
-    for (let i = 0; i < 3; i++) await http(reg.url, 'GET', '/v2/', { headers: wrong });
-    // Five failures within the window: even the right password waits now.
+    for (let i = 0; i < 4; i++) await http(reg.url, 'GET', '/v2/', { headers: wrong });
+    // Five failures of alice within the window: even her right password waits now; others' do not.
     const r = await http(reg.url, 'GET', '/v2/', { headers: basic('alice') });
     assertError(r, 429, 'TOOMANYREQUESTS');
     assert.ok(Number(r.headers.get('retry-after')) >= 1);
+    assert.equal((await http(reg.url, 'GET', '/v2/', { headers: basic('carol') })).status, 200);
     await new Promise((res) => setTimeout(res, 2100));
     assert.equal((await http(reg.url, 'GET', '/v2/', { headers: basic('alice') })).status, 200);
   });

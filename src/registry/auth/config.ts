@@ -8,6 +8,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import type { FailedLoginLimit } from './logins.js';
 
 export const ACTIONS = ['read', 'create', 'update', 'delete'] as const;
 export type Action = (typeof ACTIONS)[number];
@@ -35,12 +36,14 @@ const Schema = z.strictObject({
     adminPolicy: z.strictObject({ users: Names.optional(), groups: Names.optional(), actions: Actions }).optional(),
   }).optional(),
   token: z.strictObject({
-    /** Lifetime of an issued token, seconds. Short: a token cannot be revoked, only outlived. */
+    /** Lifetime of an issued token, seconds. Short: one token cannot be revoked alone, only with its user or password. */
     ttl: z.number().int().min(30).max(86_400).optional(),
   }).optional(),
   failedLogins: z.strictObject({
-    /** Failed logins one client address may make within `window` seconds before it waits. */
+    /** Failed logins of one user from one client address within `window` seconds before that user waits there. */
     max: z.number().int().min(1).max(100_000).optional(),
+    /** Failed logins from one client address, whatever the users, before the address waits (default 10 × max). */
+    perAddress: z.number().int().min(1).max(1_000_000).optional(),
     window: z.number().int().min(1).max(86_400).optional(),
   }).optional(),
 });
@@ -53,7 +56,7 @@ export interface AuthConfig {
   /** user → bcrypt hash */
   users: Map<string, string>;
   tokenTtlSeconds: number;
-  failedLogins: { max: number; windowMs: number };
+  failedLogins: FailedLoginLimit;
 }
 
 /** A fault in the auth file or its htpasswd file; the message is the one line to print. */
@@ -93,7 +96,12 @@ export function loadAuthConfig(path: string): AuthConfig {
     accessControl: cfg.accessControl ?? {},
     users,
     tokenTtlSeconds: cfg.token?.ttl ?? 300,
-    failedLogins: { max: cfg.failedLogins?.max ?? 10, windowMs: (cfg.failedLogins?.window ?? 60) * 1000 },
+    failedLogins: {
+      max: cfg.failedLogins?.max ?? 10,
+      // Spraying (one guess at each of many users) is what this bounds; a proxy's users mistype too.
+      perAddress: cfg.failedLogins?.perAddress ?? 10 * (cfg.failedLogins?.max ?? 10),
+      windowMs: (cfg.failedLogins?.window ?? 60) * 1000,
+    },
   };
 }
 

@@ -9,7 +9,8 @@
 // Basic credentials sent straight to /v2 work too, for curl and scripts.
 //
 // A token is a claim about the past: each request is also checked against the policy
-// and the users as they are now, so a reload (SIGHUP) that removes a user or narrows a
+// and the users as they are now, so a reload (SIGHUP) that removes a user, changes a
+// password (the token names the credential it was issued under, tokens.ts) or narrows a
 // policy takes effect at once, without waiting for tokens to expire.
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
@@ -20,7 +21,7 @@ import { RegistryError } from '../errors.js';
 import { ACTIONS, type Action, type AuthConfig } from './config.js';
 import { Logins } from './logins.js';
 import { Policy } from './policy.js';
-import { InvalidToken, MAX_TOKEN_CHARS, SERVICE, Tokens, type Grant } from './tokens.js';
+import { InvalidToken, MAX_TOKEN_CHARS, SERVICE, Tokens, credentialTag, type Grant } from './tokens.js';
 
 const NONE: ReadonlySet<Action> = new Set();
 const READ: ReadonlySet<Action> = new Set(['read']);
@@ -87,7 +88,7 @@ const MAX_SCOPES = 32;
 
 export class AuthGate implements Gate {
   readonly enabled = true;
-  private state: { config: AuthConfig; policy: Policy; logins: Logins };
+  private state: { config: AuthConfig; policy: Policy; logins: Logins; credentials: ReadonlyMap<string, string> };
   private readonly identities = new WeakMap<Request, Identity>();
 
   constructor(config: AuthConfig, private readonly tokens: Tokens, private readonly baseUrl: (req: Request) => string, private readonly log: Logger) {
@@ -95,7 +96,10 @@ export class AuthGate implements Gate {
   }
 
   private static stateOf(config: AuthConfig) {
-    return { config, policy: new Policy(config.accessControl), logins: new Logins(config.users, config.failedLogins) };
+    return {
+      config, policy: new Policy(config.accessControl), logins: new Logins(config.users, config.failedLogins),
+      credentials: new Map([...config.users].map(([user, hash]) => [user, credentialTag(user, hash)])),
+    };
   }
 
   /** Swaps in a new auth file's users and policies; requests from now on see them. */
@@ -179,7 +183,8 @@ export class AuthGate implements Gate {
         access.push({ type, name, actions: ['*'] });
       }
     }
-    const t = await this.tokens.issue(id.user, access, this.state.config.tokenTtlSeconds);
+    const cred = id.user === undefined ? undefined : this.state.credentials.get(id.user);
+    const t = await this.tokens.issue(id.user, cred, access, this.state.config.tokenTtlSeconds);
     res.set('Cache-Control', 'no-store').status(200).json({
       token: t.token, access_token: t.token, expires_in: t.expiresIn, issued_at: t.issuedAt,
       ...(form ? { scope: access.map((g) => `${g.type}:${g.name}:${g.actions.join(',')}`).join(' ') } : {}),
@@ -239,8 +244,12 @@ export class AuthGate implements Gate {
         if (!(e instanceof InvalidToken)) throw e;
         throw this.challenge(req, e.message, undefined, 'invalid_token');
       }
-      // A user removed since the token was issued has no access left.
-      if (claims.sub !== undefined && !this.state.config.users.has(claims.sub)) throw this.challenge(req, 'token invalid', undefined, 'invalid_token');
+      // A user removed, or whose password changed, since the token was issued has no
+      // access left by it. (A token without `cred` is from before tokens had it: refused
+      // too, and the client asks for a new one.)
+      if (claims.sub !== undefined && (claims.cred === undefined || claims.cred !== this.state.credentials.get(claims.sub))) {
+        throw this.challenge(req, 'token invalid', undefined, 'invalid_token');
+      }
       return { user: claims.sub, via: 'bearer', grants: claims.repositories };
     }
     throw this.challenge(req, `unsupported authorization scheme ${JSON.stringify(scheme.slice(0, 20))}`, undefined, undefined, forToken);
@@ -251,9 +260,12 @@ export class AuthGate implements Gate {
     const result = user === '' ? { ok: false as const } : await this.state.logins.check(user, password, client);
     if (result.ok) return { user, via: 'basic' };
     // For the operator (and fail2ban): who tried, from where. Never what they sent.
-    this.log.warn({ user: user.slice(0, 100), client, throttled: result.retryAfterSeconds !== undefined }, 'failed login');
+    this.log.warn({ user: user.slice(0, 100), client, throttled: result.retryAfterSeconds !== undefined, ...(result.locked ? { locked: result.locked } : {}) }, 'failed login');
     if (result.retryAfterSeconds !== undefined) {
-      const e = new RegistryError('TOOMANYREQUESTS', 'too many failed logins from this address; wait before trying again');
+      const e = new RegistryError('TOOMANYREQUESTS', result.locked === 'user'
+        ? 'too many failed logins of this user from this address; wait before trying again'
+        : result.locked === 'address' ? 'too many failed logins from this address; wait before trying again'
+        : 'too many logins being checked; try again shortly');
       e.headers['Retry-After'] = String(result.retryAfterSeconds);
       throw e;
     }

@@ -7,7 +7,13 @@
 //    and password (never the password itself), and re-checked only after that;
 //  - at most a few checks run at once and a bounded number wait; beyond that the login
 //    is answered 429 rather than queueing CPU work a client can pile up;
-//  - a client address that fails `max` logins within `window` waits out the window;
+//  - a user that fails `max` logins from one address within `window` waits out the
+//    window there, even with the right password (else guessing would go on until it
+//    got a 200). The key is the pair, not the address: behind a proxy or NAT one
+//    address is many people, and one of them mistyping must not lock out the rest; nor
+//    must a stranger guessing alice's password lock alice out from her own machine.
+//    Guessing one password each for many users (spraying) is bounded by a wider count
+//    per address, `perAddress`, after which the address waits whoever it names;
 //  - an unknown user costs a bcrypt check like a known one, so timing tells nobody
 //    which names exist. bcryptjs compares the hashes in constant time.
 //
@@ -16,7 +22,17 @@ import { createHash } from 'node:crypto';
 import bcrypt from 'bcryptjs';
 import { LRUCache } from 'lru-cache';
 
-export type LoginResult = { ok: true } | { ok: false; retryAfterSeconds?: number };
+export type LoginResult = { ok: true } | { ok: false; retryAfterSeconds?: number; locked?: 'user' | 'address' };
+
+export interface FailedLoginLimit {
+  /** Failures of one user from one address within the window before that pair waits. */
+  max: number;
+  /** Failures from one address, whichever users they name, before the address waits. */
+  perAddress: number;
+  windowMs: number;
+}
+
+interface Failures { count: number; until: number }
 
 const REMEMBER_MS = 60_000;
 const CONCURRENT = 2;
@@ -26,26 +42,30 @@ export const MAX_PASSWORD_BYTES = 1024;
 
 export class Logins {
   private readonly remembered = new LRUCache<string, true>({ max: 10_000, ttl: REMEMBER_MS });
-  private readonly failures = new LRUCache<string, { count: number; until: number }>({ max: 10_000 });
+  /** By user and address (JSON of the pair: neither may contain what separates them). */
+  private readonly failures = new LRUCache<string, Failures>({ max: 10_000 });
+  private readonly addressFailures = new LRUCache<string, Failures>({ max: 10_000 });
   private running = 0;
   private readonly waiting: (() => void)[] = [];
   /** Checked for a user that does not exist: of the highest cost among the real hashes, so a miss is never quicker. */
   private readonly dummy: string;
   refused = 0;
 
-  constructor(private readonly users: ReadonlyMap<string, string>, private readonly limit: { max: number; windowMs: number }) {
+  constructor(private readonly users: ReadonlyMap<string, string>, private readonly limit: FailedLoginLimit) {
     const cost = Math.max(5, ...[...users.values()].map((h) => Number(h.slice(4, 6))));
     this.dummy = bcrypt.hashSync('nixreg: no such user', Math.min(cost, 14));
   }
 
   async check(user: string, password: string, client: string): Promise<LoginResult> {
     const now = Date.now();
-    const f = this.failures.get(client);
-    if (f && f.until > now && f.count >= this.limit.max) return { ok: false, retryAfterSeconds: Math.ceil((f.until - now) / 1000) };
+    const pair = JSON.stringify([user, client]);
+    const locked = this.locked(this.addressFailures.get(client), this.limit.perAddress, now, 'address')
+      ?? this.locked(this.failures.get(pair), this.limit.max, now, 'user');
+    if (locked) return locked;
     const key = createHash('sha256').update(user).update('\0').update(password).digest('base64');
     const hash = this.users.get(user);
     if (hash !== undefined && this.remembered.has(key)) return { ok: true };
-    if (Buffer.byteLength(password) > MAX_PASSWORD_BYTES) return this.failed(client, now);
+    if (Buffer.byteLength(password) > MAX_PASSWORD_BYTES) return this.failed(pair, client, now);
     if (this.running >= CONCURRENT) {
       if (this.waiting.length >= WAITING) { this.refused++; return { ok: false, retryAfterSeconds: 1 }; }
       await new Promise<void>((r) => this.waiting.push(r));
@@ -57,15 +77,22 @@ export class Logins {
       const next = this.waiting.shift();
       if (next) next(); else this.running--;
     }
-    if (!ok) return this.failed(client, now);
+    if (!ok) return this.failed(pair, client, now);
     this.remembered.set(key, true);
     return { ok: true };
   }
 
-  private failed(client: string, now: number): LoginResult {
-    const f = this.failures.get(client);
-    if (!f || f.until <= now) this.failures.set(client, { count: 1, until: now + this.limit.windowMs });
-    else f.count++;
+  private locked(f: Failures | undefined, max: number, now: number, locked: 'user' | 'address'): LoginResult | undefined {
+    if (!f || f.until <= now || f.count < max) return undefined;
+    return { ok: false, retryAfterSeconds: Math.ceil((f.until - now) / 1000), locked };
+  }
+
+  private failed(pair: string, client: string, now: number): LoginResult {
+    for (const [map, key] of [[this.failures, pair], [this.addressFailures, client]] as const) {
+      const f = map.get(key);
+      if (!f || f.until <= now) map.set(key, { count: 1, until: now + this.limit.windowMs });
+      else f.count++;
+    }
     return { ok: false };
   }
 }

@@ -3,11 +3,17 @@
 // Ed25519 key, generated once and kept in the data directory (mode 0600), signs and
 // verifies; it survives restarts, so tokens in flight stay valid across one.
 //
+// A user's token carries `cred`, a short hash of the user's htpasswd entry (of its bcrypt
+// hash, whose salt is new with every password set): the gate compares it with the entry
+// in force, so a new password (htpasswd edited, SIGHUP) revokes every token issued under
+// the old one, as removing the user does. The hash is of the whole bcrypt string, salt
+// included, so it tells nobody anything to guess a password with.
+//
 // A verified token is remembered until it expires: signature checks cost ~60 µs, a map
 // lookup nothing, and an authenticated pull must not be slower than an open one.
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
-import { createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto';
 import { closeSync, fchmodSync, fstatSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { SignJWT, jwtVerify } from 'jose';
 import { LRUCache } from 'lru-cache';
@@ -23,6 +29,8 @@ export interface Grant { type: string; name: string; actions: string[] }
 
 export interface Claims {
   sub: string | undefined;
+  /** credentialTag() of the user's entry when the token was issued. */
+  cred: string | undefined;
   access: Grant[];
   exp: number;
   /** Repository name → the Docker actions granted on it; made once per verified token. */
@@ -30,6 +38,11 @@ export interface Claims {
 }
 
 export class InvalidToken extends Error {}
+
+/** What a token names its user's credential by: 96 bits of SHA-256 of the user and their bcrypt hash. */
+export function credentialTag(user: string, hash: string): string {
+  return createHash('sha256').update('nixreg token credential\0').update(user).update('\0').update(hash).digest('base64url').slice(0, 16);
+}
 
 export class Tokens {
   private readonly verified = new LRUCache<string, Claims>({ max: 10_000 });
@@ -52,9 +65,10 @@ export class Tokens {
     return new Tokens(privateKey, publicKey, der.subarray(-8).toString('hex'));
   }
 
-  async issue(sub: string | undefined, access: Grant[], ttlSeconds: number): Promise<{ token: string; expiresIn: number; issuedAt: string }> {
+  /** A token for `sub` (undefined: anonymous), whose credential is `cred` (credentialTag). */
+  async issue(sub: string | undefined, cred: string | undefined, access: Grant[], ttlSeconds: number): Promise<{ token: string; expiresIn: number; issuedAt: string }> {
     const now = Math.floor(Date.now() / 1000);
-    const jwt = new SignJWT({ access })
+    const jwt = new SignJWT(cred === undefined ? { access } : { access, cred })
       .setProtectedHeader({ alg: ALG, typ: 'JWT', kid: this.kid })
       .setIssuer(ISSUER)
       .setAudience(SERVICE)
@@ -94,7 +108,8 @@ export class Tokens {
       for (const a of g.actions) set.add(a);
       repositories.set(g.name, set);
     }
-    const claims: Claims = { sub: payload.sub, access, exp: payload.exp!, repositories };
+    const cred = typeof payload.cred === 'string' ? payload.cred : undefined;
+    const claims: Claims = { sub: payload.sub, cred, access, exp: payload.exp!, repositories };
     this.verified.set(token, claims, { ttl: Math.max(1, claims.exp * 1000 - Date.now()) });
     return claims;
   }
