@@ -180,6 +180,8 @@ export interface LimitsConfig {
   bodyMs: number;
   maxConnections: number;
   manifestMemoryBytes: number;
+  /** A body read into memory (a manifest, a token form, a build request) must arrive in full within this. */
+  manifestTimeoutMs: number;
   uploadsPerRepo: number;
   uploadsPerClient: number;
   uploads: number;
@@ -189,11 +191,11 @@ export interface LimitsConfig {
 
 export interface LimitFlags {
   headerTimeout?: string; idleTimeout?: string; bodyTimeout?: string; maxConnections?: string;
-  manifestMemory?: string; maxUploadsPerRepo?: string; maxUploadsPerClient?: string; maxUploads?: string;
+  manifestMemory?: string; manifestTimeout?: string; maxUploadsPerRepo?: string; maxUploadsPerClient?: string; maxUploads?: string;
 }
 
 export const LIMIT_DEFAULTS = {
-  headerTimeout: '30', idleTimeout: '60', bodyTimeout: '60', manifestMemory: '128',
+  headerTimeout: '30', idleTimeout: '60', bodyTimeout: '60', manifestMemory: '128', manifestTimeout: '60',
   maxUploadsPerRepo: '100', maxUploadsPerClient: '100', maxUploads: '10000',
 } as const;
 
@@ -222,6 +224,7 @@ export function limitsConfig(flags: LimitFlags, env = process.env): LimitsConfig
     bodyMs: parseSeconds(pick('bodyTimeout', 'NIXREG_BODY_TIMEOUT', LIMIT_DEFAULTS.bodyTimeout), '--body-timeout'),
     maxConnections: whole(pick('maxConnections', 'NIXREG_MAX_CONNECTIONS', String(defaultMaxConnections())), '--max-connections'),
     manifestMemoryBytes: whole(pick('manifestMemory', 'NIXREG_MANIFEST_MEMORY', LIMIT_DEFAULTS.manifestMemory), '--manifest-memory', 4) * 1024 * 1024,
+    manifestTimeoutMs: parseSeconds(pick('manifestTimeout', 'NIXREG_MANIFEST_TIMEOUT', LIMIT_DEFAULTS.manifestTimeout), '--manifest-timeout'),
     uploadsPerRepo: whole(pick('maxUploadsPerRepo', 'NIXREG_MAX_UPLOADS_PER_REPO', LIMIT_DEFAULTS.maxUploadsPerRepo), '--max-uploads-per-repo'),
     uploadsPerClient: whole(pick('maxUploadsPerClient', 'NIXREG_MAX_UPLOADS_PER_CLIENT', LIMIT_DEFAULTS.maxUploadsPerClient), '--max-uploads-per-client'),
     uploads: whole(pick('maxUploads', 'NIXREG_MAX_UPLOADS', LIMIT_DEFAULTS.maxUploads), '--max-uploads'),

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { resolve } from 'node:path';
 import { test } from 'node:test';
-import { parseListen, serveConfig, parseSize } from '../../src/config.js';
+import { limitsConfig, parseListen, serveConfig, parseSize } from '../../src/config.js';
 
 test('defaults: 127.0.0.1:5000, ./data, ./examples (resolved against the working directory)', () => {
   const c = serveConfig({}, {});
@@ -60,4 +60,11 @@ test('sendfile: on by default; --no-sendfile or NIXREG_SENDFILE=0|off|false|no t
   assert.equal(serveConfig({ sendfile: true }, { NIXREG_SENDFILE: '0' }).sendfile, false);
   for (const off of ['0', 'off', 'FALSE', ' no ']) assert.equal(serveConfig({}, { NIXREG_SENDFILE: off }).sendfile, false, off);
   assert.throws(() => serveConfig({}, { NIXREG_SENDFILE: 'maybe' }), /NIXREG_SENDFILE must be 1 or 0/);
+});
+
+test('manifest bodies must arrive within 60 s unless set', () => {
+  assert.equal(limitsConfig({}, {}).manifestTimeoutMs, 60_000);
+  assert.equal(limitsConfig({}, { NIXREG_MANIFEST_TIMEOUT: '5' }).manifestTimeoutMs, 5000);
+  assert.equal(limitsConfig({ manifestTimeout: '30' }, { NIXREG_MANIFEST_TIMEOUT: '5' }).manifestTimeoutMs, 30_000);
+  assert.throws(() => limitsConfig({ manifestTimeout: '0' }, {}), /--manifest-timeout must be a whole number of seconds >= 1/);
 });
