@@ -62,9 +62,16 @@ test('sendfile: on by default; --no-sendfile or NIXREG_SENDFILE=0|off|false|no t
   assert.throws(() => serveConfig({}, { NIXREG_SENDFILE: 'maybe' }), /NIXREG_SENDFILE must be 1 or 0/);
 });
 
-test('manifest bodies must arrive within 60 s unless set', () => {
-  assert.equal(limitsConfig({}, {}).manifestTimeoutMs, 60_000);
-  assert.equal(limitsConfig({}, { NIXREG_MANIFEST_TIMEOUT: '5' }).manifestTimeoutMs, 5000);
-  assert.equal(limitsConfig({ manifestTimeout: '30' }, { NIXREG_MANIFEST_TIMEOUT: '5' }).manifestTimeoutMs, 30_000);
+test('per-client bounds: connections a quarter of --max-connections unless set; manifest bodies within 60 s unless set', () => {
+  const d = limitsConfig({}, { NIXREG_MAX_CONNECTIONS: '4096' });
+  assert.deepEqual([d.maxConnectionsPerClient, d.manifestTimeoutMs], [1024, 60_000]);
+  assert.equal(limitsConfig({ maxConnections: '64' }, {}).maxConnectionsPerClient, 16);
+  assert.equal(limitsConfig({ maxConnections: '3' }, {}).maxConnectionsPerClient, 1);
+  const env = { NIXREG_MAX_CONNECTIONS_PER_CLIENT: '8', NIXREG_MANIFEST_TIMEOUT: '5' };
+  const fromEnv = limitsConfig({}, env);
+  assert.deepEqual([fromEnv.maxConnectionsPerClient, fromEnv.manifestTimeoutMs], [8, 5000]);
+  const fromFlags = limitsConfig({ maxConnectionsPerClient: '2', manifestTimeout: '30' }, env);
+  assert.deepEqual([fromFlags.maxConnectionsPerClient, fromFlags.manifestTimeoutMs], [2, 30_000]);
+  assert.throws(() => limitsConfig({ maxConnectionsPerClient: '0' }, {}), /--max-connections-per-client must be a whole number >= 1/);
   assert.throws(() => limitsConfig({ manifestTimeout: '0' }, {}), /--manifest-timeout must be a whole number of seconds >= 1/);
 });

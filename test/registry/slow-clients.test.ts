@@ -1,10 +1,11 @@
 // Issue 22: one slow or greedy client must not hold the others up. Against a real
 // `nixreg serve`, each test reproduces an attack from one loopback address (another
 // address is another client): manifest PUTs that trickle a byte at a time, a body kept
-// coming for ever.
+// coming for ever, and one address opening every connection the server allows.
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { request } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, http, pushBlob, sha256 } from '../api/util.js';
 import { spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
@@ -50,6 +51,14 @@ function send(url: string, method: string, path: string, localAddress: string, h
   });
 }
 
+function open(url: string, localAddress: string): Promise<Socket> {
+  const u = new URL(url);
+  return new Promise((resolve, reject) => {
+    const s = connect({ port: Number(u.port), host: u.hostname, localAddress }, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
 interface Stats {
   server: {
     connections: { open: number; refused: number; refusedPerClient?: number; clients?: number };
@@ -65,8 +74,8 @@ describe('slow and greedy clients', () => {
       images,
       // A budget of four largest manifests, a quarter (one) per client; bodies must
       // arrive within 5 s, and may be quiet for 3 s.
-      args: ['--manifest-memory', '16', '--body-timeout', '3'],
-      env: { NIXREG_MANIFEST_TIMEOUT: '5' },
+      args: ['--manifest-memory', '16', '--max-connections', '64', '--body-timeout', '3'],
+      env: { NIXREG_MAX_CONNECTIONS_PER_CLIENT: '8', NIXREG_MANIFEST_TIMEOUT: '5' },
     });
   });
   after(async () => {
@@ -124,5 +133,39 @@ describe('slow and greedy clients', () => {
     const m = (await stats()).server.manifestMemory;
     assert.ok((m.timedOut ?? 0) >= 1);
     assert.equal(m.used, 0);
+  });
+
+  test('one address cannot take every connection: past its share it gets 503, others are served', async () => {
+    await sleep(300); // the previous tests' connections are closed by now
+    const held: Socket[] = [];
+    const answers = new Map<Socket, string>();
+    try {
+      // As many as --max-connections allows in all.
+      for (let i = 0; i < 64; i++) {
+        const s = await open(reg.url, '127.0.0.2');
+        s.on('error', () => {});
+        s.on('data', (c: Buffer) => answers.set(s, (answers.get(s) ?? '') + c.toString()));
+        held.push(s);
+      }
+      await sleep(500);
+      // Another client is served.
+      const other = await send(reg.url, 'GET', '/v2/', '127.0.0.3');
+      assert.equal(other.status, 200, other.body);
+      const refused = [...answers.values()];
+      assert.equal(refused.length, 64 - 8, `${refused.length} of 64 connections refused`);
+      for (const a of refused) {
+        assert.match(a, /^HTTP\/1\.1 503/);
+        assert.match(a, /Retry-After: 1/);
+        assert.match(a, /"code":"UNAVAILABLE".*too many connections from this address/);
+      }
+      const c = (await stats()).server.connections;
+      assert.ok((c.refusedPerClient ?? 0) >= 56, JSON.stringify(c));
+      assert.equal(c.refused, 0);
+    } finally {
+      for (const s of held) s.destroy();
+    }
+    // Its connections gone, the address is served again.
+    await sleep(300);
+    assert.equal((await send(reg.url, 'GET', '/v2/', '127.0.0.2')).status, 200);
   });
 });
