@@ -179,7 +179,11 @@ export interface LimitsConfig {
   idleMs: number;
   bodyMs: number;
   maxConnections: number;
+  /** Connections one client address may hold open; more get the same 503 as past maxConnections. */
+  maxConnectionsPerClient: number;
   manifestMemoryBytes: number;
+  /** A body read into memory (a manifest, a token form, a build request) must arrive in full within this. */
+  manifestTimeoutMs: number;
   uploadsPerRepo: number;
   uploadsPerClient: number;
   uploads: number;
@@ -188,12 +192,12 @@ export interface LimitsConfig {
 }
 
 export interface LimitFlags {
-  headerTimeout?: string; idleTimeout?: string; bodyTimeout?: string; maxConnections?: string;
-  manifestMemory?: string; maxUploadsPerRepo?: string; maxUploadsPerClient?: string; maxUploads?: string;
+  headerTimeout?: string; idleTimeout?: string; bodyTimeout?: string; maxConnections?: string; maxConnectionsPerClient?: string;
+  manifestMemory?: string; manifestTimeout?: string; maxUploadsPerRepo?: string; maxUploadsPerClient?: string; maxUploads?: string;
 }
 
 export const LIMIT_DEFAULTS = {
-  headerTimeout: '30', idleTimeout: '60', bodyTimeout: '60', manifestMemory: '128',
+  headerTimeout: '30', idleTimeout: '60', bodyTimeout: '60', manifestMemory: '128', manifestTimeout: '60',
   maxUploadsPerRepo: '100', maxUploadsPerClient: '100', maxUploads: '10000',
 } as const;
 
@@ -210,18 +214,32 @@ export function defaultMaxConnections(): number {
   return Math.max(16, Math.min(4096, soft - 256));
 }
 
+/**
+ * A quarter of the connection cap: it takes four addresses to fill the cap, and one
+ * address still has room for a NAT gateway in front of many busy hosts (1024 of the
+ * default 4096, where a docker pull opens a handful). Scales with a cap lowered by
+ * the open-file limit.
+ */
+export function defaultConnectionsPerClient(maxConnections: number): number {
+  return Math.max(1, Math.floor(maxConnections / 4));
+}
+
 export function limitsConfig(flags: LimitFlags, env = process.env): LimitsConfig {
   const whole = (v: string, what: string, min = 1) => {
     if (!/^\d{1,9}$/.test(v.trim()) || Number(v) < min) throw new Error(`${what} must be a whole number >= ${min}, got ${JSON.stringify(v)}`);
     return Number(v);
   };
   const pick = (k: keyof LimitFlags, envName: string, def: string) => flags[k] ?? env[envName] ?? def;
+  const maxConnections = whole(pick('maxConnections', 'NIXREG_MAX_CONNECTIONS', String(defaultMaxConnections())), '--max-connections');
   return {
     headersMs: parseSeconds(pick('headerTimeout', 'NIXREG_HEADER_TIMEOUT', LIMIT_DEFAULTS.headerTimeout), '--header-timeout'),
     idleMs: parseSeconds(pick('idleTimeout', 'NIXREG_IDLE_TIMEOUT', LIMIT_DEFAULTS.idleTimeout), '--idle-timeout'),
     bodyMs: parseSeconds(pick('bodyTimeout', 'NIXREG_BODY_TIMEOUT', LIMIT_DEFAULTS.bodyTimeout), '--body-timeout'),
-    maxConnections: whole(pick('maxConnections', 'NIXREG_MAX_CONNECTIONS', String(defaultMaxConnections())), '--max-connections'),
+    maxConnections,
+    maxConnectionsPerClient: whole(pick('maxConnectionsPerClient', 'NIXREG_MAX_CONNECTIONS_PER_CLIENT',
+      String(defaultConnectionsPerClient(maxConnections))), '--max-connections-per-client'),
     manifestMemoryBytes: whole(pick('manifestMemory', 'NIXREG_MANIFEST_MEMORY', LIMIT_DEFAULTS.manifestMemory), '--manifest-memory', 4) * 1024 * 1024,
+    manifestTimeoutMs: parseSeconds(pick('manifestTimeout', 'NIXREG_MANIFEST_TIMEOUT', LIMIT_DEFAULTS.manifestTimeout), '--manifest-timeout'),
     uploadsPerRepo: whole(pick('maxUploadsPerRepo', 'NIXREG_MAX_UPLOADS_PER_REPO', LIMIT_DEFAULTS.maxUploadsPerRepo), '--max-uploads-per-repo'),
     uploadsPerClient: whole(pick('maxUploadsPerClient', 'NIXREG_MAX_UPLOADS_PER_CLIENT', LIMIT_DEFAULTS.maxUploadsPerClient), '--max-uploads-per-client'),
     uploads: whole(pick('maxUploads', 'NIXREG_MAX_UPLOADS', LIMIT_DEFAULTS.maxUploads), '--max-uploads'),

@@ -19,7 +19,7 @@ export interface AppOptions {
   storage: Storage;
   source?: ImageSource | undefined;
   log: Logger;
-  limits: Limits & { manifestMemoryBytes: number };
+  limits: Limits & { manifestMemoryBytes: number; manifestTimeoutMs?: number | undefined };
   /** Counters kept outside the app (connections), shown in /nixreg/stats. */
   counters?: () => Record<string, unknown>;
   /** Authentication and access control; everything is allowed without one. */
@@ -76,10 +76,16 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
     next();
   });
 
-  const bodies = new MemoryBudget(limits.manifestMemoryBytes);
+  const bodies = new MemoryBudget(limits.manifestMemoryBytes, limits.manifestTimeoutMs);
   const ctx = {
     storage, source, bodies, limits, gate, metrics, blobBodies, readiness: new Readiness({ storage, source, minFreeBytes }),
-    counters: () => ({ ...counters?.(), manifestMemory: { used: bodies.used, limit: bodies.limit, refused: bodies.refused } }),
+    counters: () => ({
+      ...counters?.(),
+      manifestMemory: {
+        used: bodies.used, limit: bodies.limit, perClient: bodies.perClient, clients: bodies.clients,
+        refused: bodies.refused, refusedPerClient: bodies.refusedPerClient, timedOut: bodies.timedOut,
+      },
+    }),
   };
   for (const e of endpoints) {
     const h = e.handler(ctx);

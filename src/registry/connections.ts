@@ -16,6 +16,10 @@
 //    timeout bounds it.
 // Beyond `maxConnections`, a new connection gets a 503 and is closed at once, before any
 // of its bytes are parsed, rather than holding a descriptor that every other client needs.
+// So does one beyond `maxConnectionsPerClient` from one address: else a single host
+// could take every slot and leave the rest of the world the 503s. Counted by the
+// address as the socket has it: a dual-stack listener sees an IPv4 client as
+// ::ffff:a.b.c.d every time, so no folding is needed to count it as one.
 //
 // Why a lingering close. An answer that comes before the request body has all arrived
 // (a 507 when the disk fills mid-upload, a 401, a 413) on a connection that must close
@@ -39,6 +43,8 @@ export interface ConnectionLimits {
   bodyMs: number;
   /** Connections open at once; more are answered 503 and closed. */
   maxConnections: number;
+  /** Connections open at once from one address; more are refused as above. No bound unless set. */
+  maxConnectionsPerClient?: number | undefined;
   /**
    * A TLS server: its 'connection' sockets carry the handshake, so a refusal cannot be
    * an HTTP answer there; it is a close, before any handshake work is spent on it.
@@ -53,11 +59,22 @@ interface InFlight { req: IncomingMessage; res: ServerResponse }
 /** How long a connection may keep sending a body nobody will read after its answer. */
 const LINGER_MS = 10_000;
 
-export interface ConnectionStats { open: number; refused: number; stalled: number }
+export interface ConnectionStats {
+  open: number;
+  /** Refused at maxConnections. */
+  refused: number;
+  /** Refused at maxConnectionsPerClient. */
+  refusedPerClient: number;
+  /** Addresses with connections open. */
+  clients: number;
+  stalled: number;
+}
 
 /** Applies `limits` to `server` (before it listens); returns live counters. */
 export function limitConnections(server: Server, limits: ConnectionLimits): ConnectionStats {
-  const stats: ConnectionStats = { open: 0, refused: 0, stalled: 0 };
+  const stats: ConnectionStats = { open: 0, refused: 0, refusedPerClient: 0, clients: 0, stalled: 0 };
+  const perClient = limits.maxConnectionsPerClient ?? Infinity;
+  const byAddress = new Map<string, number>();
   server.headersTimeout = limits.headersMs;
   // Off: it would bound the whole request, body and build included (see above).
   server.requestTimeout = 0;
@@ -71,13 +88,23 @@ export function limitConnections(server: Server, limits: ConnectionLimits): Conn
   const inflight = new WeakMap<Socket, InFlight>();
   const lingering = new WeakSet<Socket>();
   server.on('connection', (socket: Socket) => {
-    if (stats.open >= limits.maxConnections) {
-      stats.refused++;
-      if (limits.tls) socket.destroy(); else refuse(socket);
+    // Undefined once the peer has gone already: nothing to count, and nothing to serve.
+    const address = socket.remoteAddress ?? '';
+    const mine = byAddress.get(address) ?? 0;
+    if (stats.open >= limits.maxConnections || mine >= perClient) {
+      if (mine >= perClient) stats.refusedPerClient++; else stats.refused++;
+      if (limits.tls) socket.destroy(); else refuse(socket, mine >= perClient ? REFUSAL_PER_CLIENT : REFUSAL);
       return;
     }
     stats.open++;
-    socket.once('close', () => { stats.open--; });
+    byAddress.set(address, mine + 1);
+    stats.clients = byAddress.size;
+    socket.once('close', () => {
+      stats.open--;
+      const left = byAddress.get(address)! - 1;
+      if (left > 0) byAddress.set(address, left); else byAddress.delete(address);
+      stats.clients = byAddress.size;
+    });
   });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const socket = req.socket;
@@ -107,6 +134,8 @@ export function limitConnections(server: Server, limits: ConnectionLimits): Conn
 
 const METHOD_NOT_ALLOWED = errorResponse('405 Method Not Allowed', 'UNSUPPORTED', 'CONNECT is not supported', {});
 const REFUSAL = errorResponse('503 Service Unavailable', 'UNAVAILABLE', 'too many connections; retry shortly', { 'Retry-After': '1' });
+const REFUSAL_PER_CLIENT = errorResponse('503 Service Unavailable', 'UNAVAILABLE',
+  'too many connections from this address; close some or retry shortly', { 'Retry-After': '1' });
 
 function errorResponse(status: string, code: string, message: string, headers: Record<string, string>): Buffer {
   const body = JSON.stringify({ errors: [{ code, message, detail: {} }] });
@@ -139,13 +168,13 @@ function lingerOnClose(socket: Socket, inflight: WeakMap<Socket, InFlight>, ms: 
   };
 }
 
-function refuse(socket: Socket): void {
+function refuse(socket: Socket, answer: Buffer): void {
   // The HTTP parser is attached already (this listener runs after Node's): stop feeding
   // it, so the refused connection costs no request handling at all.
   socket.removeAllListeners('data');
   socket.on('data', () => {});
   socket.on('error', () => {});
-  socket.end(REFUSAL);
+  socket.end(answer);
   // A client that never reads the refusal must not keep the descriptor either.
   setTimeout(() => socket.destroy(), 1000).unref();
 }

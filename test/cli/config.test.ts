@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { resolve } from 'node:path';
 import { test } from 'node:test';
-import { parseListen, serveConfig, parseSize } from '../../src/config.js';
+import { limitsConfig, parseListen, serveConfig, parseSize } from '../../src/config.js';
 
 test('defaults: 127.0.0.1:5000, ./data, ./examples (resolved against the working directory)', () => {
   const c = serveConfig({}, {});
@@ -60,4 +60,18 @@ test('sendfile: on by default; --no-sendfile or NIXREG_SENDFILE=0|off|false|no t
   assert.equal(serveConfig({ sendfile: true }, { NIXREG_SENDFILE: '0' }).sendfile, false);
   for (const off of ['0', 'off', 'FALSE', ' no ']) assert.equal(serveConfig({}, { NIXREG_SENDFILE: off }).sendfile, false, off);
   assert.throws(() => serveConfig({}, { NIXREG_SENDFILE: 'maybe' }), /NIXREG_SENDFILE must be 1 or 0/);
+});
+
+test('per-client bounds: connections a quarter of --max-connections unless set; manifest bodies within 60 s unless set', () => {
+  const d = limitsConfig({}, { NIXREG_MAX_CONNECTIONS: '4096' });
+  assert.deepEqual([d.maxConnectionsPerClient, d.manifestTimeoutMs], [1024, 60_000]);
+  assert.equal(limitsConfig({ maxConnections: '64' }, {}).maxConnectionsPerClient, 16);
+  assert.equal(limitsConfig({ maxConnections: '3' }, {}).maxConnectionsPerClient, 1);
+  const env = { NIXREG_MAX_CONNECTIONS_PER_CLIENT: '8', NIXREG_MANIFEST_TIMEOUT: '5' };
+  const fromEnv = limitsConfig({}, env);
+  assert.deepEqual([fromEnv.maxConnectionsPerClient, fromEnv.manifestTimeoutMs], [8, 5000]);
+  const fromFlags = limitsConfig({ maxConnectionsPerClient: '2', manifestTimeout: '30' }, env);
+  assert.deepEqual([fromFlags.maxConnectionsPerClient, fromFlags.manifestTimeoutMs], [2, 30_000]);
+  assert.throws(() => limitsConfig({ maxConnectionsPerClient: '0' }, {}), /--max-connections-per-client must be a whole number >= 1/);
+  assert.throws(() => limitsConfig({ manifestTimeout: '0' }, {}), /--manifest-timeout must be a whole number of seconds >= 1/);
 });

@@ -12,12 +12,17 @@ import {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A manifest PUT that declares `length` bytes and sends only `sent` of them, then waits. */
-function stalledPut(url: string, path: string, length: number, sent: number) {
+/**
+ * A manifest PUT that declares `length` bytes and sends only `sent` of them, then waits;
+ * from `localAddress` (another loopback address is another client).
+ */
+function stalledPut(url: string, path: string, length: number, sent: number, localAddress = '127.0.0.1') {
   const u = new URL(url);
   let answer: (r: { status: number; body: string }) => void;
   const answered = new Promise<{ status: number; body: string }>((r) => { answer = r; });
-  const req = request({ host: u.hostname, port: u.port, method: 'PUT', path, headers: { 'content-type': OCI_MANIFEST, 'content-length': String(length) } }, (res) => {
+  const req = request({
+    host: u.hostname, port: u.port, localAddress, method: 'PUT', path, headers: { 'content-type': OCI_MANIFEST, 'content-length': String(length) },
+  }, (res) => {
     let body = '';
     res.on('data', (c: Buffer) => { body += c.toString(); });
     res.on('end', () => answer({ status: res.statusCode!, body }));
@@ -29,7 +34,7 @@ function stalledPut(url: string, path: string, length: number, sent: number) {
 
 async function stats(reg: TestRegistry) {
   return (await http(reg.url, 'GET', '/nixreg/stats')).json() as {
-    server: { manifestMemory: { used: number; refused: number }; trackedRepositories: number; openUploads: number; liveUploads: number };
+    server: { manifestMemory: { used: number; clients: number; refused: number; refusedPerClient: number }; trackedRepositories: number; openUploads: number; liveUploads: number };
   };
 }
 
@@ -40,23 +45,31 @@ describe('bounded memory and state', () => {
   });
   after(async () => { await reg.destroy(); });
 
-  test('manifest bodies being read share one memory budget: past it, 429 at once', async () => {
+  test('manifest bodies: counted as they arrive, a share per client, one budget for all; past them, 429 at once', async () => {
     const big = 4 * 1024 * 1024;
+    // Declared 4 MiB, sent 1 KiB: it holds the first 64 KiB buffer, not 4 MiB.
     const a = stalledPut(reg.url, '/v2/budget/a/manifests/x', big, 1024);
-    const b = stalledPut(reg.url, '/v2/budget/b/manifests/x', big, 1024);
     await sleep(200);
-    assert.equal((await stats(reg)).server.manifestMemory.used, 2 * big);
-    const c = stalledPut(reg.url, '/v2/budget/c/manifests/x', big, 1024);
-    const third = await c.answered;
-    assert.equal(third.status, 429, third.body);
-    assert.match(third.body, /"code":"TOOMANYREQUESTS"/);
-    // A small manifest still fits beside them only if the budget allows; once the
-    // stalled bodies go away, the budget is whole again.
-    a.abort(); b.abort(); c.abort();
+    assert.equal((await stats(reg)).server.manifestMemory.used, 64 * 1024);
+    // But it has claimed its client's share (4 MiB of 8): the same client's next is refused.
+    const b = await stalledPut(reg.url, '/v2/budget/b/manifests/x', big, 1024).answered;
+    assert.equal(b.status, 429, b.body);
+    assert.match(b.body, /"code":"TOOMANYREQUESTS".*may send 4194304 at once/);
+    // Two other clients sending most of 4 MiB each fill the budget of all: the second is refused.
+    const c = stalledPut(reg.url, '/v2/budget/c/manifests/x', big, big - 1024, '127.0.0.2');
+    await sleep(300);
+    assert.equal((await stats(reg)).server.manifestMemory.used, 64 * 1024 + big);
+    const d = stalledPut(reg.url, '/v2/budget/d/manifests/x', big, big - 1024, '127.0.0.3');
+    const fourth = await d.answered;
+    assert.equal(fourth.status, 429, fourth.body);
+    assert.match(fourth.body, /"code":"TOOMANYREQUESTS".*too many request bodies/);
+    // Once the stalled bodies go away, the budget is whole again.
+    a.abort(); c.abort(); d.abort();
     await sleep(200);
-    assert.equal((await stats(reg)).server.manifestMemory.used, 0);
-    const d = await putManifest(reg.url, 'budget/d', 'x', '{"schemaVersion":2}');
-    assert.equal(d.status, 400); // invalid, but read and parsed: not refused for memory
+    const m = (await stats(reg)).server.manifestMemory;
+    assert.deepEqual([m.used, m.clients, m.refused, m.refusedPerClient], [0, 0, 1, 1]);
+    const e = await putManifest(reg.url, 'budget/e', 'x', '{"schemaVersion":2}');
+    assert.equal(e.status, 400); // invalid, but read and parsed: not refused for memory
   });
 
   test('deeply nested JSON is refused without stalling other requests', async () => {
@@ -76,7 +89,7 @@ describe('bounded memory and state', () => {
     probing = false;
     await probe;
     for (const r of puts) {
-      // Either parsed and refused, or refused for memory (12 × 4 MiB exceed the budget).
+      // Either parsed and refused, or refused for memory (12 × 4 MiB exceed one client's share).
       assert.ok(r.status === 400 || r.status === 429, `status ${r.status}`);
       if (r.status === 400) assertError(r, 400, 'MANIFEST_INVALID', 'PUT');
     }

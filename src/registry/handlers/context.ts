@@ -24,7 +24,7 @@ export interface Limits {
 export interface Ctx {
   storage: Storage;
   source?: ImageSource | undefined;
-  /** Memory that manifest bodies being read may take together. */
+  /** Memory that manifest bodies being read may take, together and per client, and for how long. */
   bodies: MemoryBudget;
   limits: Limits;
   /** Who the caller is and what it may do (auth/gate.ts); allows everything with no --auth. */

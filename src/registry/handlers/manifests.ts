@@ -83,7 +83,7 @@ export function putManifest(ctx: Ctx) {
     const repo = repoOf(req);
     const ref = refOf(req);
     checkWritable(ctx, repo);
-    const { digest, parsed } = await withBody(req, MAX_MANIFEST_BYTES, ctx.bodies, async (body) => {
+    const { digest, parsed } = await withBody(req, MAX_MANIFEST_BYTES, ctx.bodies.of(ctx.gate.client(req)), async (body) => {
       const parsed = parseManifest(body, req.headers['content-type']);
       const digest = digestOf(body, ref.digest ? parseDigest(ref.digest)!.algorithm : 'sha256');
       if (ref.digest && ref.digest !== digest) {

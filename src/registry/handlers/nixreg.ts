@@ -46,7 +46,7 @@ const BUILD_REQUEST_BYTES = 4096;
 export function startBuild(ctx: Ctx) {
   return async (req: Request, res: Response) => {
     const source = sourceOf(ctx, req);
-    const { repository, tag } = await withBody(req, BUILD_REQUEST_BYTES, ctx.bodies, (body) => {
+    const { repository, tag } = await withBody(req, BUILD_REQUEST_BYTES, ctx.bodies.of(ctx.gate.client(req)), (body) => {
       let v: unknown;
       try { v = JSON.parse(body.toString('utf8')); } catch { v = undefined; }
       const o = (typeof v === 'object' && v !== null ? v : {}) as Record<string, unknown>;

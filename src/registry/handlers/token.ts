@@ -13,7 +13,7 @@ const MAX_FORM_BYTES = 16 * 1024;
 export function token(ctx: Ctx) {
   return async (req: Request, res: Response) => {
     const form = req.method === 'POST'
-      ? await withBody(req, MAX_FORM_BYTES, ctx.bodies, (b) => new URLSearchParams(b.toString('utf8')))
+      ? await withBody(req, MAX_FORM_BYTES, ctx.bodies.of(ctx.gate.client(req)), (b) => new URLSearchParams(b.toString('utf8')))
       : undefined;
     await ctx.gate.token(req, res, form);
   };
