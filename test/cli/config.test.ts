@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { resolve } from 'node:path';
 import { test } from 'node:test';
-import { parseListen, serveConfig, parseSize } from '../../src/config.js';
+import { limitsConfig, parseListen, serveConfig, parseSize } from '../../src/config.js';
 
 test('defaults: 127.0.0.1:5000, ./data, ./examples (resolved against the working directory)', () => {
   const c = serveConfig({}, {});
@@ -60,4 +60,15 @@ test('sendfile: on by default; --no-sendfile or NIXREG_SENDFILE=0|off|false|no t
   assert.equal(serveConfig({ sendfile: true }, { NIXREG_SENDFILE: '0' }).sendfile, false);
   for (const off of ['0', 'off', 'FALSE', ' no ']) assert.equal(serveConfig({}, { NIXREG_SENDFILE: off }).sendfile, false, off);
   assert.throws(() => serveConfig({}, { NIXREG_SENDFILE: 'maybe' }), /NIXREG_SENDFILE must be 1 or 0/);
+});
+
+test('--min-upload-rate: a size per second (1KiB by default, "/s" optional, 0 off) over --upload-rate-window seconds (30)', () => {
+  const d = limitsConfig({}, {});
+  assert.deepEqual([d.minUploadRate, d.uploadRateWindowMs], [1024, 30_000]);
+  assert.equal(limitsConfig({ minUploadRate: '4KiB/s' }, {}).minUploadRate, 4096);
+  assert.equal(limitsConfig({}, { NIXREG_MIN_UPLOAD_RATE: '0' }).minUploadRate, 0);
+  assert.equal(limitsConfig({ minUploadRate: '2kb' }, { NIXREG_MIN_UPLOAD_RATE: '0' }).minUploadRate, 2000);
+  assert.equal(limitsConfig({}, { NIXREG_UPLOAD_RATE_WINDOW: '5' }).uploadRateWindowMs, 5000);
+  assert.throws(() => limitsConfig({ minUploadRate: 'fast' }, {}), /--min-upload-rate must be a size/);
+  assert.throws(() => limitsConfig({ uploadRateWindow: '0' }, {}), /--upload-rate-window must be a whole number of seconds >= 1/);
 });
