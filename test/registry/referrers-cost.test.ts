@@ -105,15 +105,18 @@ describe('referrers pages cost what the page holds', () => {
       assert.ok(maxPage <= 4 * 1024 * 1024 + 1024, `a page of ${maxPage} bytes`);
     }
     latencies.sort((a, b) => a - b);
-    const worst = latencies[latencies.length - 1]!;
+    const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
     const growth = peak - rss0;
     console.log(`referrers: ${elapsed.toFixed(0)} ms for 4 x ${REFERRERS} pages; RSS ${rss0.toFixed(0)} -> peak ${peak.toFixed(0)} MiB (+${growth.toFixed(0)});`
-      + ` GET /v2/ ${latencies.length} probes, median ${latencies[latencies.length >> 1]!.toFixed(1)} ms, worst ${worst.toFixed(1)} ms`);
+      + ` GET /v2/ ${latencies.length} probes, median ${at(0.5).toFixed(1)} ms, p90 ${at(0.9).toFixed(1)} ms, worst ${at(1).toFixed(1)} ms`);
     // Four pages in flight of at most 4 MiB each, a few copies of each while it is built
-    // and sent: well under 150 MiB. Reading every referrer for every page took +440 MiB.
+    // and sent: well under 150 MiB. Reading every referrer for every page: +560-630 MiB.
     assert.ok(growth < 150, `RSS grew by ${growth.toFixed(0)} MiB`);
-    // A page is a few milliseconds of the event loop, 4 of them queued; the rest of the
-    // margin is for a shared machine. Reading every referrer for every page: 1.4-3 s.
-    assert.ok(worst < 500, `GET /v2/ took ${worst.toFixed(0)} ms beside the listings`);
+    // A page is a few milliseconds of the event loop, 4 of them queued: GET /v2/ waits
+    // tens of milliseconds at most, but on a shared machine a probe now and then waits
+    // for a CPU; hence the 90th percentile, and a loose bound on the worst. Reading every
+    // referrer for every page: median 0.4-0.6 s, worst 1.8-3 s.
+    assert.ok(at(0.9) < 150, `GET /v2/ took ${at(0.9).toFixed(0)} ms (90th percentile) beside the listings`);
+    assert.ok(at(1) < 1000, `GET /v2/ took ${at(1).toFixed(0)} ms beside the listings`);
   });
 });
