@@ -149,37 +149,32 @@ export class Index {
   close() { this.db.close(); }
 
   /**
-   * Schema 4 → 5 (schema.ts): annotations written into manifests rows move to
-   * referrer_annotations (only referrers'; nothing reads the others), then the column
-   * goes. A batch of at most MOVE_ROWS rows and MOVE_BYTES bytes per transaction, so the
-   * write-ahead log and memory hold no more than a batch however much there is, and a
-   * crash part way keeps what was moved (the rest moves at the next open).
+   * Schema 4 → 5 (schema.ts): annotations in manifests rows move to referrer_annotations
+   * (only referrers'; nothing reads the others) and leave NULL behind. A batch of at most
+   * MOVE_ROWS rows and MOVE_BYTES bytes per transaction, so that the write-ahead log and
+   * memory hold no more than a batch however much there is; a crash part way keeps what
+   * was moved. Runs at every open of an index made before schema 5, where the rows left
+   * to move are indexed (manifests_unmoved): nothing, at once, once they are moved.
    */
   private moveAnnotations(): void {
     const db = this.db;
-    if (!db.prepare(`SELECT 1 FROM pragma_table_info('manifests') WHERE name = 'annotations'`).get()) return;
+    if (!db.prepare(`SELECT 1 FROM pragma_index_list('manifests') WHERE name = 'manifests_unmoved'`).get()) return;
     // octet_length reads the size from the record header, not the text (SQLite >= 3.43).
-    const next = db.prepare<[number, string], { repo_id: number; digest: string; bytes: number }>(
-      `SELECT repo_id, digest, octet_length(annotations) AS bytes FROM manifests
-        WHERE annotations IS NOT NULL AND (repo_id, digest) > (?, ?) ORDER BY repo_id, digest LIMIT ${MOVE_ROWS}`);
+    const next = db.prepare<[], { repo_id: number; digest: string; bytes: number }>(
+      `SELECT repo_id, digest, octet_length(annotations) AS bytes FROM manifests INDEXED BY manifests_unmoved
+        WHERE annotations IS NOT NULL LIMIT ${MOVE_ROWS}`);
     const copy = db.prepare(`INSERT INTO referrer_annotations (repo_id, digest, bytes, json)
       SELECT repo_id, digest, octet_length(annotations), annotations FROM manifests
        WHERE repo_id = ? AND digest = ? AND subject IS NOT NULL ON CONFLICT (repo_id, digest) DO NOTHING`);
     const clear = db.prepare('UPDATE manifests SET annotations = NULL WHERE repo_id = ? AND digest = ?');
-    let after: [number, string] = [-1, ''];
-    for (;;) {
-      const rows = next.all(...after);
-      if (rows.length === 0) break;
+    for (let rows = next.all(); rows.length > 0; rows = next.all()) {
       let bytes = 0;
       let n = 0;
       while (n < rows.length && (n === 0 || bytes + rows[n]!.bytes <= MOVE_BYTES)) bytes += rows[n++]!.bytes;
       db.transaction(() => {
         for (const r of rows.slice(0, n)) { copy.run(r.repo_id, r.digest); clear.run(r.repo_id, r.digest); }
       })();
-      after = [rows[n - 1]!.repo_id, rows[n - 1]!.digest];
     }
-    // Every row is small now: rewriting the table without the column is quick.
-    db.exec('ALTER TABLE manifests DROP COLUMN annotations');
   }
 
   /**

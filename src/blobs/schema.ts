@@ -38,6 +38,7 @@ CREATE INDEX IF NOT EXISTS repo_blobs_digest ON repo_blobs(digest);
 -- manifest exists in a repository and caches what the API needs without parsing it.
 -- Rows stay small (no annotations: see referrer_annotations): this b-tree is searched by
 -- whole records, so one row of megabytes would be read whole by every lookup passing it.
+-- (An index made before schema 5 has an annotations column here too, NULL: see MIGRATIONS.)
 CREATE TABLE IF NOT EXISTS manifests (
   repo_id       INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
   digest        TEXT NOT NULL REFERENCES blobs(digest),
@@ -160,9 +161,12 @@ export const MIGRATIONS: Record<number, { before: string; after: string }> = {
   },
   // 3 → 4: layer compression became a choice; what was built before was gzip -6 (NULL).
   3: { before: 'ALTER TABLE builds ADD COLUMN layer_format TEXT;', after: '' },
-  // 4 → 5: annotations leave manifests for referrer_annotations. Not here: they may be
-  // gigabytes, which one transaction would hold in the write-ahead log. Index moves them
-  // after this step, a bounded batch per transaction, then drops manifests.annotations
-  // (see Index.moveAnnotations; a crash part way leaves the rest for the next open).
-  4: { before: '', after: '' },
+  // 4 → 5: annotations leave manifests for referrer_annotations. Not in this transaction:
+  // they may be gigabytes, which it would hold in the write-ahead log whole. This step
+  // only indexes the rows that still hold some; Index.moveAnnotations moves them at open,
+  // a bounded batch per transaction. The column stays (NULL once moved): dropping it
+  // would rewrite the table in one go, and would break a nixreg of schema 4 still running
+  // on the index (`nixreg gc` of a newer version opens it beside the server), whose
+  // writes the next open moves instead.
+  4: { before: '', after: 'CREATE INDEX manifests_unmoved ON manifests(repo_id, digest) WHERE annotations IS NOT NULL;' },
 };
