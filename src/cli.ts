@@ -37,6 +37,8 @@ withBuildOptions(program
   .option('--max-uploads-per-repo <n>', 'unfinished uploads per repository; more get 429 (env NIXREG_MAX_UPLOADS_PER_REPO, default 100)')
   .option('--max-uploads-per-client <n>', 'unfinished uploads per client address; more get 429 (env NIXREG_MAX_UPLOADS_PER_CLIENT, default 100)')
   .option('--max-uploads <n>', 'unfinished uploads in all; more get 429 (env NIXREG_MAX_UPLOADS, default 10000)')
+  .option('--min-upload-rate <size>', 'bytes per second a blob upload body must average over each --upload-rate-window, e.g. 1KiB; slower ones are cut (408), keeping what arrived; 0: off (env NIXREG_MIN_UPLOAD_RATE, default 1KiB)')
+  .option('--upload-rate-window <seconds>', 'the window --min-upload-rate is measured over (env NIXREG_UPLOAD_RATE_WINDOW, default 30)')
   .option('--gc-grace <seconds>', 'garbage collection spares blobs, links and manifests younger than this (env NIXREG_GC_GRACE, default 3600)')
   .option('--gc-interval <seconds>', 'collect garbage this often; 0: only on POST /nixreg/gc (env NIXREG_GC_INTERVAL, default 3600)')
   .option('--pull-wait <seconds>', 'a pull waits this long for its build, then gets 429 with Retry-After while the build goes on (env NIXREG_PULL_WAIT, default 25)')

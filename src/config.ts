@@ -187,6 +187,10 @@ export interface LimitsConfig {
   uploadsPerRepo: number;
   uploadsPerClient: number;
   uploads: number;
+  /** Bytes per second an upload body must average over each window; 0: no check (--min-upload-rate). */
+  minUploadRate: number;
+  /** The window of minUploadRate (--upload-rate-window seconds). */
+  uploadRateWindowMs: number;
   /** How long a lingering close may last (src/registry/connections.ts); no flag, tests shorten it. */
   lingerMs?: number;
 }
@@ -194,11 +198,16 @@ export interface LimitsConfig {
 export interface LimitFlags {
   headerTimeout?: string; idleTimeout?: string; bodyTimeout?: string; maxConnections?: string; maxConnectionsPerClient?: string;
   manifestMemory?: string; manifestTimeout?: string; maxUploadsPerRepo?: string; maxUploadsPerClient?: string; maxUploads?: string;
+  minUploadRate?: string; uploadRateWindow?: string;
 }
 
 export const LIMIT_DEFAULTS = {
   headerTimeout: '30', idleTimeout: '60', bodyTimeout: '60', manifestMemory: '128', manifestTimeout: '60',
   maxUploadsPerRepo: '100', maxUploadsPerClient: '100', maxUploads: '10000',
+  // 1 KiB/s is 8 kbit/s, below any link a registry client pushes over, even one shared by
+  // a few parallel layer uploads; Apache's mod_reqtimeout asks 500 B/s by default. The
+  // window rides out a stall of most of half a minute.
+  minUploadRate: '1KiB', uploadRateWindow: '30',
 } as const;
 
 /**
@@ -243,5 +252,8 @@ export function limitsConfig(flags: LimitFlags, env = process.env): LimitsConfig
     uploadsPerRepo: whole(pick('maxUploadsPerRepo', 'NIXREG_MAX_UPLOADS_PER_REPO', LIMIT_DEFAULTS.maxUploadsPerRepo), '--max-uploads-per-repo'),
     uploadsPerClient: whole(pick('maxUploadsPerClient', 'NIXREG_MAX_UPLOADS_PER_CLIENT', LIMIT_DEFAULTS.maxUploadsPerClient), '--max-uploads-per-client'),
     uploads: whole(pick('maxUploads', 'NIXREG_MAX_UPLOADS', LIMIT_DEFAULTS.maxUploads), '--max-uploads'),
+    // "1KiB/s" reads as well as "1KiB": the unit is per second either way.
+    minUploadRate: parseSize(pick('minUploadRate', 'NIXREG_MIN_UPLOAD_RATE', LIMIT_DEFAULTS.minUploadRate).replace(/\/s\s*$/i, ''), '--min-upload-rate'),
+    uploadRateWindowMs: parseSeconds(pick('uploadRateWindow', 'NIXREG_UPLOAD_RATE_WINDOW', LIMIT_DEFAULTS.uploadRateWindow), '--upload-rate-window'),
   };
 }

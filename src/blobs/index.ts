@@ -11,7 +11,16 @@ export interface ManifestRow {
   size: number;
   artifact_type: string | null;
   subject: string | null;
-  annotations: string | null;
+}
+
+/** A referrer as a listing needs it before its annotations are read (referrerAnnotations). */
+export interface ReferrerRow {
+  digest: string;
+  media_type: string;
+  size: number;
+  artifact_type: string | null;
+  /** Bytes of its annotations' JSON; null: it has none. */
+  annotations_bytes: number | null;
 }
 
 export interface NewManifest {
@@ -40,6 +49,10 @@ export interface LayerRow {
 
 const now = () => Date.now();
 
+/** One transaction of Index.moveAnnotations: at most this many rows and bytes (one row may be more). */
+const MOVE_ROWS = 256;
+const MOVE_BYTES = 16 * 1024 * 1024;
+
 export class Index {
   readonly db: Database.Database;
   private s;
@@ -62,6 +75,7 @@ export class Index {
       for (let v = version; !fresh && v < SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]!.after);
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     })();
+    this.moveAnnotations();
     const db = this.db;
     this.s = {
       getBlob: db.prepare<[string], { size: number }>('SELECT size FROM blobs WHERE digest = ?'),
@@ -84,15 +98,18 @@ export class Index {
         `SELECT b.size FROM repo_blobs l JOIN repositories r ON r.id = l.repo_id JOIN blobs b ON b.digest = l.digest
           WHERE r.name = ? AND l.digest = ?`),
       getManifest: db.prepare<[string, string], ManifestRow>(
-        `SELECT m.digest, m.media_type, m.size, m.artifact_type, m.subject, m.annotations FROM manifests m
+        `SELECT m.digest, m.media_type, m.size, m.artifact_type, m.subject FROM manifests m
            JOIN repositories r ON r.id = m.repo_id WHERE r.name = ? AND m.digest = ?`),
       insertManifest: db.prepare(
         // Not INSERT OR REPLACE: a replace is a delete, and the delete would cascade to tags.
-        `INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, annotations, created_at, by_digest)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+        `INSERT INTO manifests (repo_id, digest, media_type, size, artifact_type, subject, created_at, by_digest)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (repo_id, digest) DO UPDATE SET media_type = excluded.media_type, size = excluded.size,
-           artifact_type = excluded.artifact_type, subject = excluded.subject, annotations = excluded.annotations,
+           artifact_type = excluded.artifact_type, subject = excluded.subject,
            by_digest = max(by_digest, excluded.by_digest), created_at = excluded.created_at`),
+      // The same digest is the same content, so the same annotations: a re-push writes nothing.
+      insertAnnotations: db.prepare(`INSERT INTO referrer_annotations (repo_id, digest, bytes, json) VALUES (?, ?, ?, ?)
+         ON CONFLICT (repo_id, digest) DO NOTHING`),
       deleteManifest: db.prepare('DELETE FROM manifests WHERE repo_id = ? AND digest = ?'),
       getTag: db.prepare<[string, string], { digest: string }>(
         'SELECT t.digest FROM tags t JOIN repositories r ON r.id = t.repo_id WHERE r.name = ? AND t.name = ?'),
@@ -102,12 +119,19 @@ export class Index {
       tagsOf: db.prepare<[number, string], { name: string }>('SELECT name FROM tags WHERE repo_id = ? AND digest = ?'),
       listTags: db.prepare<[number, string, number], { name: string }>(
         'SELECT name FROM tags WHERE repo_id = ? AND name > ? ORDER BY name LIMIT ?'),
-      referrers: db.prepare<[number, string, string, number], ManifestRow>(
-        `SELECT digest, media_type, size, artifact_type, subject, annotations FROM manifests
-          WHERE repo_id = ? AND subject = ? AND digest > ? ORDER BY digest LIMIT ?`),
-      referrersOfType: db.prepare<[number, string, string, string, number], ManifestRow>(
-        `SELECT digest, media_type, size, artifact_type, subject, annotations FROM manifests
-          WHERE repo_id = ? AND subject = ? AND digest > ? AND artifact_type = ? ORDER BY digest LIMIT ?`),
+      // INDEXED BY: without statistics SQLite prefers scanning the whole repository in
+      // primary-key order (no lookups), which costs every manifest of it per page.
+      referrers: db.prepare<[number, string, string, number], ReferrerRow>(
+        `SELECT m.digest, m.media_type, m.size, m.artifact_type, a.bytes AS annotations_bytes FROM manifests m INDEXED BY manifests_referrers
+          LEFT JOIN referrer_annotations a ON a.repo_id = m.repo_id AND a.digest = m.digest
+          WHERE m.repo_id = ? AND m.subject = ? AND m.digest > ? ORDER BY m.digest LIMIT ?`),
+      referrersOfType: db.prepare<[number, string, string, string, number], ReferrerRow>(
+        `SELECT m.digest, m.media_type, m.size, m.artifact_type, a.bytes AS annotations_bytes FROM manifests m INDEXED BY manifests_referrers
+          LEFT JOIN referrer_annotations a ON a.repo_id = m.repo_id AND a.digest = m.digest
+          WHERE m.repo_id = ? AND m.subject = ? AND m.digest > ? AND m.artifact_type = ? ORDER BY m.digest LIMIT ?`),
+      // As bytes: the answer is bytes, and megabytes need not be decoded and encoded again.
+      annotations: db.prepare<[number, string], { json: Buffer }>(
+        'SELECT CAST(json AS BLOB) AS json FROM referrer_annotations WHERE repo_id = ? AND digest = ?'),
       insertUpload: db.prepare('INSERT INTO uploads (id, repo, client, started_at, updated_at) VALUES (?, ?, ?, ?, ?)'),
       getUpload: db.prepare<[string], { repo: string; started_at: number }>('SELECT repo, started_at FROM uploads WHERE id = ?'),
       uploadsOfRepo: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM uploads WHERE repo = ?'),
@@ -123,6 +147,35 @@ export class Index {
   }
 
   close() { this.db.close(); }
+
+  /**
+   * Schema 4 → 5 (schema.ts): annotations in manifests rows move to referrer_annotations
+   * (only referrers'; nothing reads the others) and leave NULL behind. A batch of at most
+   * MOVE_ROWS rows and MOVE_BYTES bytes per transaction, so that the write-ahead log and
+   * memory hold no more than a batch however much there is; a crash part way keeps what
+   * was moved. Runs at every open of an index made before schema 5, where the rows left
+   * to move are indexed (manifests_unmoved): nothing, at once, once they are moved.
+   */
+  private moveAnnotations(): void {
+    const db = this.db;
+    if (!db.prepare(`SELECT 1 FROM pragma_index_list('manifests') WHERE name = 'manifests_unmoved'`).get()) return;
+    // octet_length reads the size from the record header, not the text (SQLite >= 3.43).
+    const next = db.prepare<[], { repo_id: number; digest: string; bytes: number }>(
+      `SELECT repo_id, digest, octet_length(annotations) AS bytes FROM manifests INDEXED BY manifests_unmoved
+        WHERE annotations IS NOT NULL LIMIT ${MOVE_ROWS}`);
+    const copy = db.prepare(`INSERT INTO referrer_annotations (repo_id, digest, bytes, json)
+      SELECT repo_id, digest, octet_length(annotations), annotations FROM manifests
+       WHERE repo_id = ? AND digest = ? AND subject IS NOT NULL ON CONFLICT (repo_id, digest) DO NOTHING`);
+    const clear = db.prepare('UPDATE manifests SET annotations = NULL WHERE repo_id = ? AND digest = ?');
+    for (let rows = next.all(); rows.length > 0; rows = next.all()) {
+      let bytes = 0;
+      let n = 0;
+      while (n < rows.length && (n === 0 || bytes + rows[n]!.bytes <= MOVE_BYTES)) bytes += rows[n++]!.bytes;
+      db.transaction(() => {
+        for (const r of rows.slice(0, n)) { copy.run(r.repo_id, r.digest); clear.run(r.repo_id, r.digest); }
+      })();
+    }
+  }
 
   /**
    * Repositories written to since trackWrites() began, or undefined when not tracking.
@@ -206,8 +259,11 @@ export class Index {
     this.db.transaction(() => {
       const id = this.ensureRepo(repo);
       this.s.insertBlob.run(m.digest, m.size, now());
-      this.s.insertManifest.run(id, m.digest, m.mediaType, m.size, m.artifactType ?? null, m.subject ?? null,
-        m.annotations ? JSON.stringify(m.annotations) : null, now(), m.byDigest ? 1 : 0);
+      this.s.insertManifest.run(id, m.digest, m.mediaType, m.size, m.artifactType ?? null, m.subject ?? null, now(), m.byDigest ? 1 : 0);
+      if (m.subject !== undefined && m.annotations !== undefined) {
+        const json = JSON.stringify(m.annotations);
+        this.s.insertAnnotations.run(id, m.digest, Buffer.byteLength(json), json);
+      }
       if (tag !== undefined) this.s.putTag.run(id, tag, m.digest, now());
       this.wrote(repo);
     })();
@@ -236,12 +292,18 @@ export class Index {
     if (id === undefined) return undefined;
     return this.s.listTags.all(id, last, n).map((t) => t.name);
   }
-  referrers(repo: string, subject: string, page: ReferrersPage): ManifestRow[] {
+  /** A page of referrers without their annotations, which may be megabytes each. */
+  referrers(repo: string, subject: string, page: ReferrersPage): ReferrerRow[] {
     const id = this.repoId(repo);
     if (id === undefined) return [];
     return page.artifactType === undefined
       ? this.s.referrers.all(id, subject, page.after, page.limit)
       : this.s.referrersOfType.all(id, subject, page.after, page.artifactType, page.limit);
+  }
+  /** The annotations of referrer `digest` in `repo`, as JSON (UTF-8); undefined if it has none. */
+  referrerAnnotations(repo: string, digest: string): Buffer | undefined {
+    const id = this.repoId(repo);
+    return id === undefined ? undefined : this.s.annotations.get(id, digest)?.json;
   }
 
   createUpload(id: string, repo: string, client: string): void {

@@ -12,7 +12,7 @@ import { digestOf } from '../oci/digest.js';
 import type { Reference } from '../oci/reference.js';
 import type { StoreCore } from './core.js';
 import { MissingReferences } from './errors.js';
-import type { ManifestRow, NewManifest, ReferrersPage } from './index.js';
+import type { NewManifest, ReferrerRow, ReferrersPage } from './index.js';
 
 /** What a manifest being stored says about itself (see src/oci/manifest.ts). */
 export type ManifestInfo = Omit<NewManifest, 'digest' | 'size'> & { blobs: string[]; manifests: string[] };
@@ -126,8 +126,12 @@ export class Manifests {
     return this.core.index.listTags(repo, last, n);
   }
 
-  referrers(repo: string, subject: string, page: ReferrersPage): ManifestRow[] {
+  referrers(repo: string, subject: string, page: ReferrersPage): ReferrerRow[] {
     return this.core.index.referrers(repo, subject, page);
+  }
+
+  referrerAnnotations(repo: string, digest: string): Buffer | undefined {
+    return this.core.index.referrerAnnotations(repo, digest);
   }
 
   get cachedReferences(): number { return this.refCache.size; }

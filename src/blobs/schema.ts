@@ -6,7 +6,7 @@
 // reconciliation in storage.ts repairs the one window a crash can leave).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS blobs (
@@ -36,6 +36,9 @@ CREATE INDEX IF NOT EXISTS repo_blobs_digest ON repo_blobs(digest);
 
 -- Manifest bodies are blobs (stored byte for byte in the blob store); this row says the
 -- manifest exists in a repository and caches what the API needs without parsing it.
+-- Rows stay small (no annotations: see referrer_annotations): this b-tree is searched by
+-- whole records, so one row of megabytes would be read whole by every lookup passing it.
+-- (An index made before schema 5 has an annotations column here too, NULL: see MIGRATIONS.)
 CREATE TABLE IF NOT EXISTS manifests (
   repo_id       INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
   digest        TEXT NOT NULL REFERENCES blobs(digest),
@@ -43,7 +46,6 @@ CREATE TABLE IF NOT EXISTS manifests (
   size          INTEGER NOT NULL,
   artifact_type TEXT,
   subject       TEXT,
-  annotations   TEXT,
   created_at    INTEGER NOT NULL,
   -- Pushed by digest (PUT …/manifests/sha256:…) rather than by tag: a root of garbage
   -- collection even untagged, whereas a manifest whose tag moved away is collectable.
@@ -53,6 +55,21 @@ CREATE TABLE IF NOT EXISTS manifests (
 -- Referrers are listed a page at a time in digest order: the index serves each page directly.
 CREATE INDEX IF NOT EXISTS manifests_referrers ON manifests(repo_id, subject, digest) WHERE subject IS NOT NULL;
 CREATE INDEX IF NOT EXISTS manifests_digest ON manifests(digest);
+
+-- The annotations of a manifest with a subject (a referrer), which its descriptor in a
+-- referrers listing carries (distribution-spec): the JSON the index wrote, and its size
+-- in bytes, by which a page is cut before any of it is read. Only referrers' (nothing
+-- else reads annotations), and apart from manifests: they can be megabytes, and in a
+-- rowid table they lie at the leaves, read only for the descriptors of the page being
+-- answered. They go with their manifest row (cascade).
+CREATE TABLE IF NOT EXISTS referrer_annotations (
+  repo_id     INTEGER NOT NULL,
+  digest      TEXT NOT NULL,
+  bytes       INTEGER NOT NULL,
+  json        TEXT NOT NULL,
+  FOREIGN KEY (repo_id, digest) REFERENCES manifests(repo_id, digest) ON DELETE CASCADE
+);
+CREATE UNIQUE INDEX IF NOT EXISTS referrer_annotations_key ON referrer_annotations(repo_id, digest);
 
 CREATE TABLE IF NOT EXISTS tags (
   repo_id     INTEGER NOT NULL REFERENCES repositories(id) ON DELETE CASCADE,
@@ -144,4 +161,12 @@ export const MIGRATIONS: Record<number, { before: string; after: string }> = {
   },
   // 3 → 4: layer compression became a choice; what was built before was gzip -6 (NULL).
   3: { before: 'ALTER TABLE builds ADD COLUMN layer_format TEXT;', after: '' },
+  // 4 → 5: annotations leave manifests for referrer_annotations. Not in this transaction:
+  // they may be gigabytes, which it would hold in the write-ahead log whole. This step
+  // only indexes the rows that still hold some; Index.moveAnnotations moves them at open,
+  // a bounded batch per transaction. The column stays (NULL once moved): dropping it
+  // would rewrite the table in one go, and would break a nixreg of schema 4 still running
+  // on the index (`nixreg gc` of a newer version opens it beside the server), whose
+  // writes the next open moves instead.
+  4: { before: '', after: 'CREATE INDEX manifests_unmoved ON manifests(repo_id, digest) WHERE annotations IS NOT NULL;' },
 };

@@ -13,7 +13,7 @@ import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
 import { StoreCore, readdirSafe } from './core.js';
 import { BlobFiles } from './files.js';
-import { Index, type ManifestRow, type ReferrersPage } from './index.js';
+import { Index, type ReferrerRow, type ReferrersPage } from './index.js';
 import { Layout } from './layout.js';
 import { Manifests, type ManifestInfo } from './manifests.js';
 import { collectGarbage, type GcReport } from './gc.js';
@@ -259,8 +259,10 @@ export class Storage {
   tag(repo: string, tag: string, digest: string): void { this.manifests.tag(repo, tag, digest); }
   deleteTag(repo: string, tag: string): boolean { return this.manifests.deleteTag(repo, tag); }
   listTags(repo: string, last: string, n: number): string[] | undefined { return this.manifests.listTags(repo, last, n); }
-  /** One page of the manifests whose subject is `subject`, in digest order. */
-  referrers(repo: string, subject: string, page: ReferrersPage): ManifestRow[] { return this.manifests.referrers(repo, subject, page); }
+  /** One page of the manifests whose subject is `subject`, in digest order, without their annotations. */
+  referrers(repo: string, subject: string, page: ReferrersPage): ReferrerRow[] { return this.manifests.referrers(repo, subject, page); }
+  /** A referrer's annotations as JSON (megabytes, possibly): read only for the page being answered. */
+  referrerAnnotations(repo: string, digest: string): Buffer | undefined { return this.manifests.referrerAnnotations(repo, digest); }
   catalog(last: string, n: number): string[] { return this.index.listRepos(last, n); }
   repositoryExists(repo: string): boolean { return this.index.repoId(repo) !== undefined; }
 

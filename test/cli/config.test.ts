@@ -75,3 +75,14 @@ test('per-client bounds: connections a quarter of --max-connections unless set; 
   assert.throws(() => limitsConfig({ maxConnectionsPerClient: '0' }, {}), /--max-connections-per-client must be a whole number >= 1/);
   assert.throws(() => limitsConfig({ manifestTimeout: '0' }, {}), /--manifest-timeout must be a whole number of seconds >= 1/);
 });
+
+test('--min-upload-rate: a size per second (1KiB by default, "/s" optional, 0 off) over --upload-rate-window seconds (30)', () => {
+  const d = limitsConfig({}, {});
+  assert.deepEqual([d.minUploadRate, d.uploadRateWindowMs], [1024, 30_000]);
+  assert.equal(limitsConfig({ minUploadRate: '4KiB/s' }, {}).minUploadRate, 4096);
+  assert.equal(limitsConfig({}, { NIXREG_MIN_UPLOAD_RATE: '0' }).minUploadRate, 0);
+  assert.equal(limitsConfig({ minUploadRate: '2kb' }, { NIXREG_MIN_UPLOAD_RATE: '0' }).minUploadRate, 2000);
+  assert.equal(limitsConfig({}, { NIXREG_UPLOAD_RATE_WINDOW: '5' }).uploadRateWindowMs, 5000);
+  assert.throws(() => limitsConfig({ minUploadRate: 'fast' }, {}), /--min-upload-rate must be a size/);
+  assert.throws(() => limitsConfig({ uploadRateWindow: '0' }, {}), /--upload-rate-window must be a whole number of seconds >= 1/);
+});

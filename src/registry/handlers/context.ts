@@ -19,6 +19,9 @@ export interface Limits {
   uploadsPerRepo: number;
   uploadsPerClient: number;
   uploads: number;
+  /** Bytes per second an upload body must average over each window (upload-rate.ts); 0: off. */
+  minUploadRate: number;
+  uploadRateWindowMs: number;
 }
 
 export interface Ctx {

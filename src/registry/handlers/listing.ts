@@ -2,7 +2,7 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request, Response } from 'express';
-import type { ManifestRow } from '../../blobs/index.js';
+import type { ReferrerRow } from '../../blobs/index.js';
 import { MediaTypes } from '../../oci/media-types.js';
 import { checkDigest } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
@@ -72,10 +72,18 @@ export function catalog(ctx: Ctx) {
 const REFERRERS_PAGE = 1000;
 const REFERRERS_PAGE_BYTES = 4 * 1024 * 1024;
 
+const CLOSE = Buffer.from('}');
+const END = Buffer.from(']}');
+
+/** What annotations add to a descriptor besides their own JSON. */
+const ANNOTATIONS_KEY = ',"annotations":'.length;
+
 /**
- * end-12a/12b. The response is built from the index rows alone (no manifest body is
- * read) and capped in count and bytes, so neither many referrers nor large annotations
- * can make one response, or a few concurrent ones, take unbounded memory.
+ * end-12a/12b. The page is decided from the index rows alone, by the byte size recorded
+ * for each referrer's annotations, and only the annotations of the descriptors on it are
+ * read: a page costs memory and event-loop time for what it holds (at most
+ * REFERRERS_PAGE descriptors and REFERRERS_PAGE_BYTES, or one descriptor alone, at most
+ * its manifest's size), however many referrers the subject has and however large.
  */
 export function referrers(ctx: Ctx) {
   return (req: Request, res: Response) => {
@@ -87,34 +95,44 @@ export function referrers(ctx: Ctx) {
     const limit = Math.min(n ?? REFERRERS_PAGE, REFERRERS_PAGE);
     if (filter !== undefined) res.set('OCI-Filters-Applied', 'artifactType');
     const rows = limit === 0 ? [] : ctx.storage.referrers(repo, subject, { after: last ?? '', limit: limit + 1, artifactType: filter });
-    const parts: string[] = [];
+    const page: { row: ReferrerRow; head: string }[] = [];
     let bytes = 0;
     let next: string | undefined;
-    for (const [i, r] of rows.entries()) {
+    for (const [i, row] of rows.entries()) {
       if (i === limit) { next = rows[i - 1]!.digest; break; }
-      const item = descriptorJson(r);
-      if (parts.length > 0 && bytes + item.length > REFERRERS_PAGE_BYTES) { next = rows[i - 1]!.digest; break; }
-      parts.push(item);
-      bytes += item.length;
+      const head = descriptorHead(row);
+      const size = Buffer.byteLength(head) + (row.annotations_bytes === null ? 0 : ANNOTATIONS_KEY + row.annotations_bytes);
+      if (page.length > 0 && bytes + size > REFERRERS_PAGE_BYTES) { next = rows[i - 1]!.digest; break; }
+      page.push({ row, head });
+      bytes += size;
     }
     if (next !== undefined) {
       const q = new URLSearchParams({ n: String(limit), last: next, ...(filter !== undefined ? { artifactType: filter } : {}) });
       res.set('Link', `</v2/${repo}/referrers/${subject}?${q}>; rel="next"`);
     }
-    // A Buffer, not a string: express would append "; charset=utf-8" to a string's type,
-    // and clients compare this Content-Type exactly.
-    const body = Buffer.from(`{"schemaVersion":2,"mediaType":${JSON.stringify(MediaTypes.ociIndex)},"manifests":[${parts.join(',')}]}`);
+    // Buffers throughout: megabytes of annotations are copied once, not decoded and encoded.
+    // (Not a string either way: express would append "; charset=utf-8" to a string's type,
+    // and clients compare this Content-Type exactly.)
+    const parts: Buffer[] = [Buffer.from(`{"schemaVersion":2,"mediaType":${JSON.stringify(MediaTypes.ociIndex)},"manifests":[`)];
+    for (const [i, { row, head }] of page.entries()) {
+      const annotations = row.annotations_bytes === null ? undefined : ctx.storage.referrerAnnotations(repo, row.digest);
+      const open = i > 0 ? ',' : '';
+      // Spliced in as stored: JSON the index wrote.
+      if (annotations === undefined) parts.push(Buffer.from(open + head));
+      else parts.push(Buffer.from(`${open}${head.slice(0, -1)},"annotations":`), annotations, CLOSE);
+    }
+    parts.push(END);
+    const body = Buffer.concat(parts);
     res.status(200).set({ 'Content-Type': MediaTypes.ociIndex, 'Content-Length': String(body.length) }).end(body);
   };
 }
 
-/** One descriptor of the index; annotations are spliced in as stored (JSON the index wrote). */
-function descriptorJson(r: ManifestRow): string {
-  const head = JSON.stringify({
+/** One descriptor of the index, without its annotations. */
+function descriptorHead(r: ReferrerRow): string {
+  return JSON.stringify({
     mediaType: r.media_type,
     digest: r.digest,
     size: r.size,
     ...(r.artifact_type ? { artifactType: r.artifact_type } : {}),
   });
-  return r.annotations ? `${head.slice(0, -1)},"annotations":${r.annotations}}` : head;
 }

@@ -2,12 +2,14 @@
 // end-13 (GET status) and DELETE of a session.
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
+import type { Readable } from 'node:stream';
 import type { Request, Response } from 'express';
-import { UploadOutOfOrder } from '../../blobs/errors.js';
+import { DigestMismatch, SizeMismatch, UploadOutOfOrder } from '../../blobs/errors.js';
 import { checkDigest, checkName } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
 import { isUploadId } from '../grammar.js';
 import { contentLength, hasBody, parseContentRange, uploadRange } from '../http.js';
+import { meteredBody } from '../upload-rate.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';
 
 function uploadIdOf(req: Request): string {
@@ -56,6 +58,43 @@ async function withUploadHeaders<T>(res: Response, repo: string, id: string, fn:
 }
 
 /**
+ * Reads the request body with `write`, cut short if it comes slower than --min-upload-rate
+ * (upload-rate.ts). A cut body is answered 408 and the connection closed; the bytes that
+ * reached an upload session stay in it (`upload` says which, for the answer's Range), and
+ * a monolithic upload keeps nothing. What a cut body makes the writer throw (too few
+ * bytes for its length, the wrong digest) is no error of the client's but this one.
+ */
+async function readBody<T>(ctx: Ctx, req: Request, upload: { repo: string; id: string } | undefined,
+  write: (body: Readable) => Promise<T>): Promise<T> {
+  const body = meteredBody(req, { bytesPerSecond: ctx.limits.minUploadRate, windowMs: ctx.limits.uploadRateWindowMs });
+  let result: T | undefined;
+  try {
+    result = await write(body.stream);
+  } catch (err) {
+    if (!body.cut || !(err instanceof SizeMismatch || err instanceof DigestMismatch)) throw err;
+  } finally {
+    body.stop();
+  }
+  if (!body.cut) return result as T;
+  const { minUploadRate: rate, uploadRateWindowMs: windowMs } = ctx.limits;
+  const slow = `the body came slower than ${rate} bytes/s over ${windowMs / 1000} s (--min-upload-rate)`;
+  const limit = { minUploadRate: rate, windowSeconds: windowMs / 1000 };
+  let err: RegistryError;
+  if (upload === undefined) {
+    err = new RegistryError('BLOB_UPLOAD_INVALID', `${slow}; nothing of it was kept`, limit, 408);
+  } else {
+    const offset = await ctx.storage.uploadOffset(upload.repo, upload.id);
+    err = new RegistryError('BLOB_UPLOAD_INVALID',
+      `${slow}; the upload keeps the ${offset} bytes that arrived: resume from there (its Range) or finish it`, { offset, ...limit }, 408);
+    Object.assign(err.headers, { Location: `/v2/${upload.repo}/blobs/uploads/${upload.id}`, Range: uploadRange(offset), 'Docker-Upload-UUID': upload.id });
+  }
+  // The client is still sending: the answer ends the connection (connections.ts lingers
+  // long enough for it to be read).
+  err.headers.Connection = 'close';
+  throw err;
+}
+
+/**
  * An upload holds a file and a row until it is finished, cancelled or purged: each
  * client and each repository may hold only so many at once. Checked and started in one
  * synchronous step, so concurrent POSTs cannot both pass the last free slot.
@@ -91,7 +130,7 @@ export function startUpload(ctx: Ctx) {
     if (digest !== undefined) {
       checkDigest(digest);
       const declared = contentLength(req);
-      const { size } = await ctx.storage.writeBlob(repo, req, digest);
+      const { size } = await readBody(ctx, req, undefined, (body) => ctx.storage.writeBlob(repo, body, digest));
       if (declared !== undefined && declared !== size) {
         throw new RegistryError('SIZE_INVALID', `body has ${size} bytes, Content-Length said ${declared}`);
       }
@@ -115,7 +154,8 @@ export function patchUpload(ctx: Ctx) {
     if (range && length !== undefined && length !== range.end - range.start + 1) {
       throw new RegistryError('RANGE_INVALID', 'Content-Range and Content-Length disagree');
     }
-    const offset = await withUploadHeaders(res, repo, id, () => ctx.storage.appendUpload(repo, id, req, range?.start, length));
+    const offset = await withUploadHeaders(res, repo, id,
+      () => readBody(ctx, req, { repo, id }, (body) => ctx.storage.appendUpload(repo, id, body, range?.start, length)));
     inProgress(res, repo, id, offset);
   };
 }
@@ -129,7 +169,8 @@ export function finishUpload(ctx: Ctx) {
     checkDigest(digest);
     if (hasBody(req)) {
       const range = parseContentRange(req.headers['content-range'] as string | undefined);
-      await withUploadHeaders(res, repo, id, () => ctx.storage.appendUpload(repo, id, req, range?.start, contentLength(req)));
+      await withUploadHeaders(res, repo, id,
+        () => readBody(ctx, req, { repo, id }, (body) => ctx.storage.appendUpload(repo, id, body, range?.start, contentLength(req))));
     } else {
       req.resume();
     }
