@@ -9,7 +9,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NixUnavailable } from './errors.js';
-import { NixError, buildProbe, essentialError } from './nix.js';
+import { NixError, buildProbe } from './nix.js';
+import { essentialError } from './nix-errors.js';
 
 interface Diagnosis {
   /** Matched against the failure's message and Nix's stderr. */

@@ -132,17 +132,21 @@ export function resolveTopFlake(imagesDir: string): FlakeFile | undefined {
 
 const PATH_CHAR = String.raw`[\w+@%~-]`;
 
+/** The images directory as given (absolute) and as it really is, longest first: one may be a prefix of the other. */
+export function imagesDirForms(imagesDir: string): string[] {
+  const forms = new Set([resolve(imagesDir)]);
+  try { forms.add(realpathSync(imagesDir)); } catch { /* gone: the given form is all there is */ }
+  return [...forms].filter((f) => f !== sep).sort((a, b) => b.length - a.length);
+}
+
 /**
  * `text` with the images directory's absolute path taken out, so that the files in it
  * are named as they are relative to it (`at sub/app.nix:3:5`), the directory itself as
  * `.`: Nix's messages would otherwise show a client where the images live on the host.
  */
 export function hideImagesDir(text: string, imagesDir: string): string {
-  const forms = new Set([resolve(imagesDir)]);
-  try { forms.add(realpathSync(imagesDir)); } catch { /* gone: the given form is all there is */ }
   let out = text;
-  // Longest first: one form may be a prefix of the other.
-  for (const dir of [...forms].filter((f) => f !== sep).sort((a, b) => b.length - a.length)) {
+  for (const dir of imagesDirForms(imagesDir)) {
     const escaped = dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     // Whole path components only: not `/x/images2`, `/y/x/images`; a sentence's full stop may follow.
     out = out.replace(new RegExp(`(?<!${PATH_CHAR}|/)${escaped}(/+|(?!${PATH_CHAR}|\\.\\w))`, 'g'), (_m, slash: string) => slash ? '' : '.');
