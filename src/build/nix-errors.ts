@@ -27,6 +27,9 @@ export interface NixErrorRecord {
 }
 
 const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
+/** An error's own words reach the client: a `throw` of a megabyte string is cut. */
+const MAX_MESSAGE = 4096;
+const MAX_PLAIN_LINE = 16384;
 const FRAME = /^\s*(?:…|\(stack trace truncated)/;
 const EXCERPT = /^\s*\d*\|/;
 
@@ -88,14 +91,17 @@ export function readJsonLog(stderr: string): { text: string; error?: NixErrorRec
   let error: NixErrorRecord | undefined;
   for (const l of stderr.split('\n')) {
     const r = record(l);
-    if (!r) { if (l.trim()) text.push(l); continue; }
+    // Not a record: plain text (Nix failing before its logger is set up), or the end of a
+    // record whose start the kept tail cut off (a trace of megabytes), which is dropped.
+    if (!r) { if (l.trim() && l.length <= MAX_PLAIN_LINE) text.push(l); continue; }
     if (r.action !== 'msg' || typeof r.msg !== 'string') continue;
     const msg = strip(r.msg);
     text.push(msg);
     if (r.level !== 0) continue;
     const block = errorBlock(msg.split('\n')) ?? [];
+    const message = strip(typeof r.raw_msg === 'string' ? r.raw_msg : (block[0] ?? msg).replace(/^error:\s*/, '')).trim();
     error = {
-      message: strip(typeof r.raw_msg === 'string' ? r.raw_msg : (block[0] ?? msg).replace(/^error:\s*/, '')).trim(),
+      message: message.length > MAX_MESSAGE ? `${message.slice(0, MAX_MESSAGE)}…` : message,
       pos: posOf(r),
       excerpt: block.filter((l) => EXCERPT.test(l)).slice(0, 8),
       trace: Array.isArray(r.trace)

@@ -93,8 +93,11 @@ describe('against captured output of each Nix version', () => {
     assert.equal(pos({ file: '«string»:1:2', line: 1, column: 2 }), undefined);
     assert.equal(pos({ file: null, line: null, column: null }), undefined);
     // A line the tail kept only the end of is no record: the text stays as it is.
-    const cut = readJsonLog(`"raw_msg":"lost"}\n${line({ raw_msg: 'kept' })}`);
+    const cut = readJsonLog(`${'x'.repeat(100_000)}"raw_msg":"lost"}\n${line({ raw_msg: 'kept' })}`);
     assert.equal(cut.error?.message, 'kept');
+    assert.equal(cut.text, 'error: x', 'the cut line is dropped from the text');
+    // A thrown megabyte reaches the client cut.
+    assert.equal(readJsonLog(line({ raw_msg: 'y'.repeat(1 << 20) })).error?.message.length, 4097);
     assert.equal(readJsonLog('error: plain\n').error, undefined);
   });
 });
