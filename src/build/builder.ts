@@ -174,7 +174,7 @@ export class Builder {
     this.evaluationsStarted++;
     let raw: EvalJSON;
     try {
-      raw = await this.evalSem.run(() => evaluateImage(origin.args, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs, flakes: origin.flakes }));
+      raw = await this.evalSem.run(() => evaluateImage(origin.args, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs, flakes: origin.flakes, images: this.o.images }));
     } catch (e) {
       const full = this.outOfSpace(e, `evaluate the image ${repo}`);
       if (full) throw full;

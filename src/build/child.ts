@@ -20,8 +20,9 @@ export interface TiedOptions extends SpawnOptions {
   /**
    * What the child receives when nixreg dies. SIGTERM for a program that must clean up
    * (nix-store kills its builders, which run as build users in sessions of their own,
-   * and releases its locks; SIGKILL would orphan the builders); SIGKILL for one that
-   * holds nothing (a filter).
+   * and releases its locks; SIGKILL would orphan the builders; through nix-daemon the
+   * builders are the daemon's, and the daemon stops them when nix-store's connection
+   * closes); SIGKILL for one that holds nothing (a filter).
    */
   deathSignal: NodeJS.Signals;
   /**

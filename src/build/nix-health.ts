@@ -9,7 +9,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { NixUnavailable } from './errors.js';
-import { NixError, buildProbe, essentialError } from './nix.js';
+import { NixError, buildProbe } from './nix.js';
+import { essentialError } from './nix-errors.js';
 
 interface Diagnosis {
   /** Matched against the failure's message and Nix's stderr. */
@@ -39,6 +40,17 @@ const DIAGNOSES: Diagnosis[] = [
     when: /the build users group '([^']*)' has no members/,
     problem: (m) => `the Nix build users group '${m[1]}' has no members`,
     fix: BUILD_USERS_FIX,
+  },
+  {
+    when: /cannot connect to socket at '([^']*)': Permission denied/,
+    problem: (m) => `the user nixreg runs as may not open the Nix daemon's socket at ${m[1]}`,
+    fix: 'give that user access to the socket: nix-daemon makes it writable for all, so look at the permissions of the directories above it; or point NIX_DAEMON_SOCKET_PATH at the daemon\'s socket',
+  },
+  {
+    // The daemon closes the connection of a user that allowed-users does not name.
+    when: /cannot open connection to remote store '[^']*': .*(?:Connection reset by peer|Broken pipe|end of file|end-of-file)/,
+    problem: () => 'the Nix daemon refused the user nixreg runs as',
+    fix: 'allow that user in the daemon\'s /etc/nix/nix.conf: add it (or @its-group) to allowed-users (the default, *, allows everyone), then restart nix-daemon',
   },
   {
     when: /cannot connect to socket at '([^']*)'/,

@@ -7,6 +7,8 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { spawnTied } from './child.js';
+import { describeError, essentialError, readJsonLog } from './nix-errors.js';
+import { imagesDirForms } from './resolve.js';
 import type { StorePathInfo } from './types.js';
 
 /**
@@ -47,8 +49,16 @@ export interface NixRunOptions {
   probe?: boolean | undefined;
 }
 
+interface RunNixOptions extends NixRunOptions {
+  /** stderr is internal-json (nix-errors.ts): the error comes from its record, from files under `userDirs` first. */
+  jsonLog?: { userDirs: string[] } | undefined;
+  /** Of stderr, the tail this long is kept (default 1 MiB). */
+  stderrBytes?: number | undefined;
+}
+
 /** Runs one Nix command; resolves with stdout, rejects with NixError carrying stderr. */
-export function runNix(cmd: 'nix-instantiate' | 'nix-store', args: string[], opts: NixRunOptions = {}): Promise<string> {
+export function runNix(cmd: 'nix-instantiate' | 'nix-store', args: string[], opts: RunNixOptions = {}): Promise<string> {
+  const keep = opts.stderrBytes ?? 1 << 20;
   if (opts.probe) probes++; else spawned++;
   return new Promise((resolve, reject) => {
     // detached: a timeout kills the whole process group. SIGTERM if nixreg dies: as for
@@ -65,7 +75,7 @@ export function runNix(cmd: 'nix-instantiate' | 'nix-store', args: string[], opt
       // Keep the tail only: a chatty build must not grow memory without bound.
       err.push(c);
       errBytes += c.length;
-      while (errBytes > 1 << 20 && err.length > 1) errBytes -= err.shift()!.length;
+      while (errBytes > keep && err.length > 1) errBytes -= err.shift()!.length;
     });
     let timedOut = false;
     let killer: NodeJS.Timeout | undefined;
@@ -84,9 +94,9 @@ export function runNix(cmd: 'nix-instantiate' | 'nix-store', args: string[], opt
     child.on('close', (code) => {
       if (timer) clearTimeout(timer);
       if (killer) clearTimeout(killer);
-      const stderr = hideInstallPaths(Buffer.concat(err).toString());
+      const { stderr, message } = failure(Buffer.concat(err).toString(), opts.jsonLog);
       if (timedOut) reject(new NixError(`${cmd} timed out after ${Math.round(opts.timeoutMs! / 1000)} s`, stderr, code, true));
-      else if (code !== 0) reject(new NixError(essentialError(stderr) || `${cmd} exited with code ${code}`, stderr, code));
+      else if (code !== 0) reject(new NixError(message || `${cmd} exited with code ${code}`, stderr, code));
       else resolve(Buffer.concat(out).toString());
     });
   });
@@ -100,18 +110,16 @@ function hideInstallPaths(text: string): string {
   return text.split(EVAL_NIX).join('<nixreg>/eval.nix').split(PROBE_NIX).join('<nixreg>/probe.nix');
 }
 
-const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
-
-/**
- * The part of Nix's stderr a user needs: from the last `error:` line, at most a dozen
- * lines (the message and its source excerpt), without colours or trailing blanks.
- */
-export function essentialError(stderr: string): string {
-  const lines = stderr.replace(ANSI, '').split('\n');
-  let i = -1;
-  for (let j = lines.length - 1; j >= 0; j--) if (/^error:/.test(lines[j]!)) { i = j; break; }
-  if (i < 0) return lines.filter((l) => l.trim() && !l.startsWith('warning:')).slice(-6).join('\n').trim();
-  return lines.slice(i, i + 12).join('\n').replace(/\s+$/, '');
+/** Nix's stderr as readable text, and the message of its failure (nix-errors.ts). */
+function failure(raw: string, json: RunNixOptions['jsonLog']): { stderr: string; message: string } {
+  if (!json) {
+    const stderr = hideInstallPaths(raw);
+    return { stderr, message: essentialError(stderr) };
+  }
+  const { text, error } = readJsonLog(raw);
+  const mine = (f: string) => json.userDirs.some((d) => f.startsWith(`${d}/`));
+  const stderr = hideInstallPaths(text);
+  return { stderr, message: error ? hideInstallPaths(describeError(error, [EVAL_NIX, PROBE_NIX], mine)) : essentialError(stderr) };
 }
 
 /** What an origin lacks (eval.nix answers this instead of an image). */
@@ -144,14 +152,19 @@ export interface EvalJSON {
 /**
  * Evaluates an image with the helper expression; `args` are its `--argstr` pairs
  * (origins.ts). Flakes are enabled for this one call where `flakes` says so, never in
- * the user's settings.
+ * the user's settings. An error is placed in the user's files under `images` where the
+ * trace allows (nix-errors.ts).
  */
-export async function evaluateImage(args: Record<string, string>, opts: NixRunOptions & { flakes?: boolean } = {}): Promise<EvalJSON> {
-  const argv = ['--eval', '--strict', '--json', '--read-write-mode'];
+export async function evaluateImage(args: Record<string, string>, opts: NixRunOptions & { flakes?: boolean; images?: string } = {}): Promise<EvalJSON> {
+  // The error as a record, with the whole trace: its frames find the user's own line
+  // where Nix gives the error none (nix-errors.ts). A trace of max-call-depth frames
+  // takes a few MiB, hence the larger tail kept.
+  const argv = ['--eval', '--strict', '--json', '--read-write-mode', '--log-format', 'internal-json', '--show-trace'];
   if (opts.flakes) argv.push('--extra-experimental-features', 'nix-command flakes');
   argv.push(EVAL_NIX);
   for (const [k, v] of Object.entries(args)) argv.push('--argstr', k, v);
-  return JSON.parse(await runNix('nix-instantiate', argv, opts)) as EvalJSON;
+  const run = { ...opts, jsonLog: { userDirs: opts.images ? imagesDirForms(opts.images) : [] }, stderrBytes: 16 << 20 };
+  return JSON.parse(await runNix('nix-instantiate', argv, run)) as EvalJSON;
 }
 
 /**

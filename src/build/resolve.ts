@@ -132,6 +132,12 @@ export function resolveTopFlake(imagesDir: string): FlakeFile | undefined {
 
 const PATH_CHAR = String.raw`[\w+@%~-]`;
 
+
+/** The images directory as given (absolute) and as it really is, longest first: one may be a prefix of the other. */
+export function imagesDirForms(imagesDir: string): string[] {
+  return hostForms(imagesDir).filter((f) => f !== sep).sort((a, b) => b.length - a.length);
+}
+
 /**
  * `text` with the images directory's absolute path taken out, so that the files in it
  * are named as they are relative to it (`at sub/app.nix:3:5`), the directory itself as

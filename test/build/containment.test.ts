@@ -109,7 +109,9 @@ describe('host directories stay out of the image', () => {
   test('a content that is itself a link to /etc adds nothing to the root filesystem', async () => {
     image('etc-out', pkg('etc-out', 'ln -s /etc $out'));
     const entries = await layerEntries(r, 'etc-out');
-    assert.deepEqual(leaked(entries, '', '/etc').filter((n) => n !== 'nix' && n !== 'tmp'), []);
+    // The image's own root holds nix/store and tmp: a host with /etc/nix (Debian's
+    // nix-setup-systemd makes it) must not make the store look like a leak of it.
+    assert.deepEqual(leaked(entries, '', '/etc').filter((n) => !/^(?:nix|nix\/store(?:\/.*)?|tmp)$/.test(n)), []);
     const outs = entries.filter((e) => /^nix\/store\/[^/]+-etc-out-/.test(e.name));
     assert.deepEqual(outs.map((e) => [e.type, e.linkname]), [['symlink', '/etc']], 'the store layer holds the link itself');
   });

@@ -23,10 +23,13 @@ export function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv 
   return { ...env, ...extra };
 }
 
-export function spawnCommand(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; group?: boolean } = {}): CliProcess {
+export function spawnCommand(cmd: string, args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string; group?: boolean; uid?: number; gid?: number } = {}): CliProcess {
   // A process group, so that `npm start` and the node it runs are signalled together,
   // as a terminal's Ctrl-C would, and nothing outlives the test.
-  const child = spawn(cmd, args, { env: opts.env ?? cleanEnv(), cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: opts.group ?? false });
+  const child = spawn(cmd, args, {
+    env: opts.env ?? cleanEnv(), cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'], detached: opts.group ?? false, uid: opts.uid, gid: opts.gid,
+  });
   let out = '';
   child.stdout!.on('data', (c: Buffer) => { out += c.toString(); });
   child.stderr!.on('data', (c: Buffer) => { out += c.toString(); });
