@@ -132,7 +132,6 @@ export function resolveTopFlake(imagesDir: string): FlakeFile | undefined {
 
 const PATH_CHAR = String.raw`[\w+@%~-]`;
 
-
 /** The images directory as given (absolute) and as it really is, longest first: one may be a prefix of the other. */
 export function imagesDirForms(imagesDir: string): string[] {
   return hostForms(imagesDir).filter((f) => f !== sep).sort((a, b) => b.length - a.length);
