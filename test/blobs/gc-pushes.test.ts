@@ -55,7 +55,10 @@ test('collections back to back with pushes to every repository free garbage as t
   /** What must survive: per repository, the last image under each tag, and every push by digest. */
   const tagged = new Map<string, Pushed>();
   const byDigest: Pushed[] = [];
+  /** Per repository, the first image: its tag moves on at the third push after it. */
   const first = new Map<string, Pushed>();
+  /** Images an index named: live while that index is tagged. */
+  const named = new Set<string>();
   let raced = 0;
 
   const put = (repo: string, ref: string, body: Buffer, type: string) =>
@@ -106,6 +109,7 @@ test('collections back to back with pushes to every repository free garbage as t
         const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX,
           manifests: [m, child].map((c) => ({ mediaType: OCI_MANIFEST, digest: c.digest, size: c.body.length })) }));
         const ir = await put(repo, 'idx', index, OCI_INDEX);
+        named.add(child.digest);
         if (ir.status === 201) tagged.set(`${repo}:idx`, { repo, digest: sha256(index), body: index, type: OCI_INDEX, blobs: [], children: [m, child] });
         else { assert.equal(ir.status, 404, ir.text()); raced++; }
       }
@@ -138,7 +142,9 @@ test('collections back to back with pushes to every repository free garbage as t
 
   // Still pushing: what the collections have done so far.
   const during = reports.slice();
-  const gone = await Promise.all([...first.values()].map(async (m) =>
+  // (Unless an index named it: on a slow machine the first index may.)
+  const firsts = [...first.values()].filter((m) => !named.has(m.digest));
+  const gone = await Promise.all(firsts.map(async (m) =>
     (await http(reg.url, 'HEAD', `/v2/${m.repo}/manifests/${m.digest}`, { headers: { accept: OCI_MANIFEST } })).status));
   const pushedFor = Date.now() - started;
   pushing = false;
@@ -156,7 +162,8 @@ test('collections back to back with pushes to every repository free garbage as t
   assert.ok(during.length >= COLLECTIONS, diag);
   // Every collection frees something: there is always garbage older than the grace period.
   for (const r of during) assert.ok(r.bytes > 0 && r.deferred === 0, `${JSON.stringify(r)}: ${diag}`);
-  assert.deepEqual(gone, [...first.keys()].map(() => 404), `the first image of every repository, whose tag moved on, is collected while pushes go on: ${diag}`);
+  assert.ok(firsts.length >= REPOS / 2, diag);
+  assert.deepEqual(gone, firsts.map(() => 404), `the first image of every repository, whose tag moved on, is collected while pushes go on: ${diag}`);
   // The longest a collection held the index: pushes and pulls wait that long at most.
   assert.ok(Math.max(...holds) < 250, diag);
 
