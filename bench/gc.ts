@@ -139,6 +139,7 @@ async function main() {
       const gcMs: number[] = [];
       const quietMs: number[] = [];
       const freed: number[] = [];
+      const holds: number[] = [];
       let window = 2000;
       for (let r = 0; r < rounds; r++) {
         if (r > 0) {
@@ -148,7 +149,7 @@ async function main() {
         }
         const idleFor = () => wrkDuring(target, () => new Promise((res) => setTimeout(res, Math.min(window, IDLE_MAX_MS))));
         const before = await idleFor();
-        let report: { blobs: number; bytes: number; ms: number; phases: unknown } | undefined;
+        let report: { blobs: number; bytes: number; ms: number; holdMs: number; phases: unknown } | undefined;
         const busy = await wrkDuring(target, async () => {
           const g = await call('POST', `${url}/nixreg/gc`);
           if (g.status !== 200) throw new Error(`gc: ${g.status} ${g.body.toString()}`);
@@ -169,7 +170,8 @@ async function main() {
         ratios.push(busyRate / idleRate);
         gcMs.push(report!.ms);
         freed.push(report!.blobs);
-        process.stderr.write(`round ${r + 1}: gc ${report!.ms} ms ${JSON.stringify(report!.phases)}, ${report!.blobs} blobs (no traffic: ${quietMs[quietMs.length - 1]!.toFixed(0)} ms); GET ${idleRate.toFixed(0)}/s idle (${(before.requests / (before.ms / 1000)).toFixed(0)} before, ${(after.requests / (after.ms / 1000)).toFixed(0)} after), ${busyRate.toFixed(0)}/s collecting (p99 ${idle.p99ms.toFixed(1)} / ${busy.p99ms.toFixed(1)} ms)\n`);
+        holds.push(report!.holdMs);
+        process.stderr.write(`round ${r + 1}: gc ${report!.ms} ms ${JSON.stringify(report!.phases)}, longest transaction ${report!.holdMs.toFixed(1)} ms, ${report!.blobs} blobs (no traffic: ${quietMs[quietMs.length - 1]!.toFixed(0)} ms); GET ${idleRate.toFixed(0)}/s idle (${(before.requests / (before.ms / 1000)).toFixed(0)} before, ${(after.requests / (after.ms / 1000)).toFixed(0)} after), ${busyRate.toFixed(0)}/s collecting (p99 ${idle.p99ms.toFixed(1)} / ${busy.p99ms.toFixed(1)} ms)\n`);
       }
       const f = (s: ReturnType<typeof stat>, d = 2) => `${s.median.toFixed(d)} (${s.min.toFixed(d)}–${s.max.toFixed(d)})`;
       console.log(`GC of a store of ${live + garbage} blobs (${repos} repositories × ${perRepo} tagged manifests × ${layers} layers, with configs and manifests: ${live} live; ${garbage} garbage blobs before each collection); nixreg ${rev()} (node ${process.version}); ${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}; wrk -t1 -c${o.connections} manifest GET by tag; ${rounds} rounds; median (min–max).\n`);
@@ -178,6 +180,7 @@ async function main() {
       console.log(`| collection time under load (ms) | ${f(stat(gcMs), 0)} |`);
       console.log(`| collection time, no traffic (ms) | ${f(stat(quietMs), 0)} |`);
       console.log(`| blobs removed per collection | ${f(stat(freed), 0)} |`);
+      console.log(`| longest write transaction of a collection under load (ms) | ${f(stat(holds), 1)} |`);
       console.log(`| manifest GET rate while collecting ÷ idle | ${f(stat(ratios))}× |`);
     } finally {
       await srv.stop();

@@ -46,5 +46,5 @@ export function printReport(r: GcReport, out: (s: string) => void): void {
   for (const b of r.items?.blobs ?? []) out(`blob ${b.digest} ${b.size}\n`);
   const verb = r.dryRun ? 'would remove' : 'removed';
   out(`${verb} ${r.manifests} manifests, ${r.links} links, ${r.blobs} blobs (${r.bytes} bytes) in ${r.ms} ms` +
-    `${r.deferred ? `; ${r.deferred} repositories written to meanwhile, left for the next run` : ''}\n`);
+    `${r.deferred ? `; ${r.deferred} repositories not swept (a manifest body could not be read)` : ''}\n`);
 }

@@ -13,24 +13,50 @@
 // subject was deleted are therefore collectable; so is a layer that no live manifest of
 // its repository references (a repository sees a blob only through its link).
 //
-// Sweep the rest, sparing anything younger than the grace period (manifests by when they
-// were pushed, links by when they were last made, blobs by when they were stored) and
-// anything created since the oldest build in progress began (core.hold), so a client that
-// has pushed layers but not yet their manifest, and a build linking layers it has not yet
-// referenced, keep them. Marking reads manifest bodies and takes time: a repository
-// written to meanwhile (index.writtenSince) is left for the next run rather than swept
-// from a stale mark. Every row is re-checked in the transaction that removes it, and the
-// sweep goes in small transactions so that requests are served between them.
+// Sweep the rest, sparing anything younger than the grace period before the repository's
+// mark began (manifests by when they were pushed, links by when they were last made,
+// blobs by when they were stored) and anything created since the oldest build in progress
+// began (core.hold), so a client that has pushed layers but not yet their manifest, and
+// a build linking layers it has not yet referenced, keep them. A manifest spared so is
+// also a root: what stays in a repository keeps what it references.
+//
+// Marking reads manifest bodies and takes time, and a busy repository is written to
+// meanwhile: a manifest pushed during the mark may reference an old layer the mark found
+// unreferenced, or make an old untagged manifest live again (a tag moved onto it, an
+// index naming it). So each repository is marked and then swept at once, in small
+// transactions, and each transaction first brings the mark up to date with every row
+// written to the repository since it last looked (mark.ts: new manifests, moved tags and
+// new builds are roots), then removes only what is still unmarked, re-checking each row.
+// The bodies those writes need are read before the transaction, side by side; the few
+// written in between are read within it (just written, so from the page cache): a
+// handful at most, or the transaction gives way and they are read outside it again;
+// after a few such rounds, within it whatever their number, so that the sweep ends. A
+// push after the transaction finds what it removed gone: Manifests.put checks, in the
+// step that records the manifest, that its layers and children are there, and refuses
+// it otherwise (MANIFEST_BLOB_UNKNOWN), so a push is refused, never acknowledged and then
+// broken. Thus a repository pushed to without pause is collected like a quiet one (it
+// used to be left for the next run, every run), and no transaction holds the index for
+// longer than a chunk of rows takes (GcReport.holdMs).
 //
 // Order keeps the store consistent at every instant, kill -9 included: rows go first,
 // files after, each file under its digest's lock and only if its row is still gone (a
 // concurrent push of the same content re-creates both). A crash between the two leaves
 // files without rows, which startup reconciliation removes; never a row without a file.
 //
+// In PostgreSQL (one index, perhaps several servers) the same transactions hold when the
+// repository's row serialises them: a sweep transaction starts with SELECT … FROM
+// repositories WHERE id = $1 FOR UPDATE; every write to a repository (a manifest with the
+// check of its references, a tag, a link, a build) takes that row FOR SHARE first and
+// stamps its rows with clock_timestamp() after the lock. A write committed after a sweep
+// transaction is then stamped later than that transaction's start, and one committed
+// before is seen by its statements (READ COMMITTED); here one connection on one thread
+// gives the same order. Marks stay in the collecting process; the per-digest lock around
+// file removal becomes an advisory lock on the digest.
+//
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import { promises as fs } from 'node:fs';
-import { parseManifest } from '../oci/manifest.js';
 import type { StoreCore } from './core.js';
+import { Mark, READS_AT_ONCE, pace, piece } from './mark.js';
 
 export interface GcOptions {
   /** Nothing younger than this is collected. */
@@ -48,83 +74,26 @@ export interface GcReport {
   /** Blob files removed, and their bytes. */
   blobs: number;
   bytes: number;
-  /** Repositories written to while the collection ran: left for the next run. */
+  /** Repositories not swept, because a manifest body in them could not be read. */
   deferred: number;
   ms: number;
+  /** The longest the collection held the index's write lock in one transaction. */
+  holdMs: number;
   /** Where the time went: marking, sweeping rows, removing files. */
   phases: { markMs: number; sweepMs: number; filesMs: number };
   /** With dryRun: what would go. */
   items?: { manifests: { repo: string; digest: string }[]; blobs: { digest: string; size: number }[] };
 }
 
-/** What is live in one repository: manifests and the blobs they reference. */
-export interface Live { manifests: Set<string>; blobs: Set<string> }
-
-interface ManifestMark { digest: string; media_type: string; subject: string | null; by_digest: number }
-
 /** Rows per transaction in the sweep: a few milliseconds each, then requests get a turn. */
 const CHUNK = 500;
-/** Manifest bodies read, and blob files removed, side by side. */
-const READS_AT_ONCE = 64;
 /**
- * Collection is background work and yields to traffic, as a database's vacuum does: while
- * requests are coming, after each piece of work it pauses nineteen times as long as the
- * piece cost (up to half a second), so that it takes about 5 % of the machine from them;
- * with no request coming it only lets the event loop turn. A busy registry collects
- * slowly, an idle one at full speed.
- *
- * A piece costs the longer of its wall time and the CPU the process used meanwhile, all
- * threads counted: 64 file removals or reads side by side run on libuv's threads and can
- * keep both cores busy for the piece's whole wall time. Paced by wall time alone, a
- * collection took 10-20 % of the GET rate in bench/gc, not 5 %. The CPU also counts the
- * requests served during the piece, so this errs on the side of the requests.
+ * Manifest bodies a sweep transaction reads itself, of manifests pushed since the bodies
+ * were last read outside it; with more, it gives way and they are read outside, for
+ * TRIES rounds; after that it reads them all, so that a sweep always ends.
  */
-const BUSY_PAUSE = 19;
-interface Piece { wall: number; cpu: NodeJS.CpuUsage }
-const piece = (): Piece => ({ wall: performance.now(), cpu: process.cpuUsage() });
-async function pace(core: StoreCore, start: Piece): Promise<void> {
-  let wait = 0;
-  if (core.busy()) {
-    const cpu = process.cpuUsage(start.cpu);
-    const took = Math.max(performance.now() - start.wall, (cpu.user + cpu.system) / 1000);
-    wait = Math.min(500, took * BUSY_PAUSE);
-  }
-  await new Promise<void>((r) => (wait < 1 ? setImmediate(r) : setTimeout(r, wait)));
-}
-
-/**
- * What the given roots keep alive in repository `id`. Undefined when a manifest body
- * could not be read or parsed: then nothing in the repository is swept, since a
- * reference missed is a blob lost.
- */
-export async function markRepository(core: StoreCore, id: number, roots: Iterable<string>): Promise<Live | undefined> {
-  const db = core.index.db;
-  const rows = new Map(db.prepare<[number], ManifestMark>(
-    'SELECT digest, media_type, subject, by_digest FROM manifests WHERE repo_id = ?').all(id).map((r) => [r.digest, r]));
-  const live: Live = { manifests: new Set(), blobs: new Set() };
-  let queue = [...roots];
-  for (;;) {
-    while (queue.length) {
-      const batch = [...new Set(queue.splice(0, READS_AT_ONCE))].filter((d) => rows.has(d) && !live.manifests.has(d));
-      for (const d of batch) live.manifests.add(d);
-      const t0 = piece();
-      // Read side by side: one at a time, each read would wait a turn of the event loop
-      // behind the requests being served, and a large store would take minutes.
-      const parsed = await Promise.all(batch.map(async (d) => {
-        try { return parseManifest(await fs.readFile(core.layout.blobPath(d)), rows.get(d)!.media_type); } catch { return undefined; }
-      }));
-      if (parsed.some((p) => p === undefined)) return undefined;
-      for (const p of parsed) {
-        for (const b of p!.blobs) live.blobs.add(b);
-        queue.push(...p!.manifests);
-      }
-      await pace(core, t0);
-    }
-    // Referrers of what is live are live: a signature stays while its image does.
-    queue = [...rows.values()].filter((r) => r.subject !== null && live.manifests.has(r.subject) && !live.manifests.has(r.digest)).map((r) => r.digest);
-    if (!queue.length) return live;
-  }
-}
+const READS_IN_TRANSACTION = 8;
+const TRIES = 3;
 
 /** The roots of a repository (see the header): tags, pushes by digest, builds on record. */
 function rootsOf(core: StoreCore, id: number, name: string): string[] {
@@ -140,62 +109,88 @@ function rootsOf(core: StoreCore, id: number, name: string): string[] {
   ];
 }
 
+/** Marks repository `id` from its roots (see the header and mark.ts). */
+export function markRepository(core: StoreCore, id: number, name: string, graceMs: number): Promise<Mark | undefined> {
+  return Mark.of(core, id, name, () => rootsOf(core, id, name), graceMs);
+}
+
 /** The sweep's bookkeeping, and in a dry run the list of what would go. */
 export class Tally {
   manifests = 0;
   links = 0;
   deferred = 0;
+  holdMs = 0;
   readonly dropped: { digest: string; size: number }[] = [];
   readonly gone: { repo: string; digest: string }[] = [];
 }
 
-/** A piece of a sweep, run in one transaction; false: stop this sweep (see deferred). */
-export type Step = () => boolean;
+/** A piece of a sweep, run in one transaction. */
+export type Step = () => void;
+
+/** Runs `fn` in a write transaction, and keeps the longest such hold in the tally. */
+function transact<T>(core: StoreCore, tally: Tally, fn: () => T): T {
+  const t0 = performance.now();
+  try {
+    return core.index.db.transaction(fn)();
+  } finally {
+    tally.holdMs = Math.max(tally.holdMs, performance.now() - t0);
+  }
+}
 
 /**
- * What of repository `id` is not live and older than `cutoff`: its manifests and blob
- * links. Whoever removes them re-checks each (tagged meanwhile? looked at?).
+ * What of the marked repository is not live and older than its cutoff: its manifests and
+ * blob links. Whoever removes them re-checks each (tagged meanwhile? looked at?).
  */
-function candidates(core: StoreCore, id: number, live: Live, cutoff: number): { manifests: string[]; links: string[] } {
+function candidates(core: StoreCore, mark: Mark): { manifests: string[]; links: string[] } {
   const db = core.index.db;
+  const { live, cutoff } = mark;
   return {
     manifests: db.prepare<[number, number], { digest: string }>('SELECT digest FROM manifests WHERE repo_id = ? AND created_at < ?')
-      .all(id, cutoff).map((r) => r.digest).filter((d) => !live.manifests.has(d)),
+      .all(mark.id, cutoff).map((r) => r.digest).filter((d) => !live.manifests.has(d)),
     links: db.prepare<[number, number], { digest: string }>('SELECT digest FROM repo_blobs WHERE repo_id = ? AND linked_at < ?')
-      .all(id, cutoff).map((r) => r.digest).filter((d) => !live.blobs.has(d) && !live.manifests.has(d)),
+      .all(mark.id, cutoff).map((r) => r.digest).filter((d) => !live.blobs.has(d) && !live.manifests.has(d)),
   };
 }
 
 /**
- * The steps that remove from repository `id` the manifests and links that `live` does not
- * keep and that are older than `cutoff`. Each re-checks its rows as it runs.
+ * Removes from the marked repository the manifests and links its mark does not keep and
+ * that are older than its cutoff, a chunk per transaction, each brought up to date with
+ * the writes since the last (see the header).
  */
-export function sweepRepository(core: StoreCore, id: number, name: string, live: Live, cutoff: number, tally: Tally): Step[] {
-  const { index } = core;
-  const db = index.db;
-  const { manifests, links } = candidates(core, id, live, cutoff);
+export async function sweepRepository(core: StoreCore, mark: Mark, tally: Tally): Promise<void> {
+  const db = core.index.db;
+  const { id, name, live, cutoff } = mark;
+  const { manifests, links } = candidates(core, mark);
   const dropManifest = db.prepare(`DELETE FROM manifests WHERE repo_id = ? AND digest = ? AND created_at < ?
     AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = manifests.repo_id AND t.digest = manifests.digest)`);
   const dropLink = db.prepare('DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ? AND linked_at < ?');
   const all = [...manifests.map((d) => ({ d, manifest: true })), ...links.map((d) => ({ d, manifest: false }))];
-  const steps: Step[] = [];
   for (let i = 0; i < all.length; i += CHUNK) {
     const chunk = all.slice(i, i + CHUNK);
-    steps.push(() => {
-      // Written to since the mark: the mark may miss what the write made live.
-      if (index.writtenSince().has(name)) { tally.deferred++; return false; }
-      let removed = false;
-      for (const { d, manifest } of chunk) {
-        if (manifest) {
-          if (dropManifest.run(id, d, cutoff).changes) { tally.manifests++; removed = true; }
-        } else if (!core.seenSince(name, d, cutoff) && dropLink.run(id, d, cutoff).changes) tally.links++;
-      }
-      // Resolved references of this repository may name a manifest just removed.
-      if (removed) core.bump(name);
-      return true;
-    });
+    for (let tries = 1; ; tries++) {
+      // The bodies the writes since the last transaction need, read beside the requests.
+      if (!await mark.catchUp()) { tally.deferred++; return; }
+      const t0 = piece();
+      const done = transact(core, tally, () => {
+        const s = mark.settle(tries < TRIES ? READS_IN_TRANSACTION : Infinity);
+        if (s !== 'settled') return s;
+        let removed = false;
+        for (const { d, manifest } of chunk) {
+          if (manifest) {
+            if (!live.manifests.has(d) && dropManifest.run(id, d, cutoff).changes) { tally.manifests++; removed = true; }
+          } else if (!live.blobs.has(d) && !live.manifests.has(d) && !core.seenSince(name, d, cutoff) && dropLink.run(id, d, cutoff).changes) {
+            tally.links++;
+          }
+        }
+        // Resolved references of this repository may name a manifest just removed.
+        if (removed) core.bump(name);
+        return s;
+      });
+      await pace(core, t0);
+      if (done === 'unreadable') { tally.deferred++; return; }
+      if (done === 'settled') break;
+    }
   }
-  return steps;
 }
 
 /**
@@ -227,22 +222,17 @@ export function dropUnused(core: StoreCore, cutoff: number, tally: Tally): Step[
         dropBlob.run(d);
         tally.dropped.push({ digest: d, size: s });
       }
-      return true;
     });
   }
   return steps;
 }
 
-/**
- * Runs steps each in a transaction of its own with a pause between (pace), so requests
- * are served meanwhile; stops at the first that says so.
- */
-export async function runSteps(core: StoreCore, steps: Step[]): Promise<void> {
+/** Runs steps each in a transaction of its own with a pause between (pace), so requests are served meanwhile. */
+export async function runSteps(core: StoreCore, steps: Step[], tally: Tally): Promise<void> {
   for (const s of steps) {
     const t0 = piece();
-    const go = core.index.db.transaction(s)();
+    transact(core, tally, s);
     await pace(core, t0);
-    if (!go) return;
   }
 }
 
@@ -252,22 +242,23 @@ export async function runSteps(core: StoreCore, steps: Step[]): Promise<void> {
  * Decides as the sweep does: the same candidates and re-checks, and a blob goes when
  * every link and manifest row that uses it goes.
  */
-function dryRun(core: StoreCore, marks: { id: number; name: string; live: Live }[], cutoff: number, tally: Tally): void {
+function dryRun(core: StoreCore, marks: Mark[], graceMs: number, tally: Tally): void {
   const db = core.index.db;
   const tagged = db.prepare<[number, string], { n: number }>('SELECT count(*) AS n FROM tags WHERE repo_id = ? AND digest = ?');
   const lessManifests = new Map<string, number>();
   const lessLinks = new Map<string, number>();
   const inc = (m: Map<string, number>, d: string) => m.set(d, (m.get(d) ?? 0) + 1);
   for (const m of marks) {
-    const c = candidates(core, m.id, m.live, cutoff);
+    const c = candidates(core, m);
     for (const d of c.manifests) {
       if (tagged.get(m.id, d)!.n) continue;
       tally.manifests++;
       tally.gone.push({ repo: m.name, digest: d });
       inc(lessManifests, d);
     }
-    for (const d of c.links) if (!core.seenSince(m.name, d, cutoff)) { tally.links++; inc(lessLinks, d); }
+    for (const d of c.links) if (!core.seenSince(m.name, d, m.cutoff)) { tally.links++; inc(lessLinks, d); }
   }
+  const cutoff = Math.min(Date.now() - graceMs, core.heldSince ?? Infinity);
   const blobs = db.prepare<[number, number], { digest: string; size: number; links: number; manifests: number; young: number }>(
     `SELECT digest, size, (SELECT count(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links,
             (SELECT count(*) FROM manifests m WHERE m.digest = b.digest) AS manifests,
@@ -295,33 +286,31 @@ export async function removeFiles(core: StoreCore, dropped: { digest: string }[]
 /** One full collection; see the header. The caller runs one at a time (storage.ts). */
 export async function collectGarbage(core: StoreCore, opts: GcOptions): Promise<GcReport> {
   const started = Date.now();
-  const { index } = core;
   const dry = !!opts.dryRun;
   const tally = new Tally();
   const phases = { markMs: 0, sweepMs: 0, filesMs: 0 };
   let t = Date.now();
-  const lap = (k: keyof typeof phases) => { const now = Date.now(); phases[k] = now - t; t = now; };
-  index.trackWrites();
-  try {
-    const repos = index.db.prepare<[], { id: number; name: string }>('SELECT id, name FROM repositories').all();
-    const marks: { id: number; name: string; live: Live }[] = [];
-    for (const r of repos) {
-      const live = await markRepository(core, r.id, rootsOf(core, r.id, r.name));
-      if (live) marks.push({ ...r, live });
-    }
+  const lap = (k: keyof typeof phases) => { const now = Date.now(); phases[k] += now - t; t = now; };
+  const repos = core.index.db.prepare<[], { id: number; name: string }>('SELECT id, name FROM repositories').all();
+  const marks: Mark[] = [];
+  for (const r of repos) {
+    // Each repository is swept right after its mark, while few writes have come since.
+    const mark = await markRepository(core, r.id, r.name, opts.graceMs);
     lap('markMs');
-    const cutoff = Math.min(Date.now() - opts.graceMs, core.heldSince ?? Infinity);
-    if (dry) {
-      dryRun(core, marks, cutoff, tally);
-    } else {
-      for (const m of marks) await runSteps(core, sweepRepository(core, m.id, m.name, m.live, cutoff, tally));
-      await runSteps(core, dropUnused(core, cutoff, tally));
+    if (!mark) tally.deferred++;
+    else if (dry) marks.push(mark);
+    else {
+      await sweepRepository(core, mark, tally);
       lap('sweepMs');
-      await removeFiles(core, tally.dropped);
-      lap('filesMs');
     }
-  } finally {
-    index.stopTracking();
+  }
+  if (dry) {
+    dryRun(core, marks, opts.graceMs, tally);
+  } else {
+    await runSteps(core, dropUnused(core, Math.min(Date.now() - opts.graceMs, core.heldSince ?? Infinity), tally), tally);
+    lap('sweepMs');
+    await removeFiles(core, tally.dropped);
+    lap('filesMs');
   }
   return {
     dryRun: dry,
@@ -331,8 +320,8 @@ export async function collectGarbage(core: StoreCore, opts: GcOptions): Promise<
     bytes: tally.dropped.reduce((n, b) => n + b.size, 0),
     deferred: tally.deferred,
     ms: Date.now() - started,
+    holdMs: Math.round(tally.holdMs * 10) / 10,
     phases,
     ...(dry ? { items: { manifests: tally.gone, blobs: tally.dropped } } : {}),
   };
 }
-

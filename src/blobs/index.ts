@@ -177,19 +177,6 @@ export class Index {
     }
   }
 
-  /**
-   * Repositories written to since trackWrites() began, or undefined when not tracking.
-   * Garbage collection marks from a snapshot and sweeps later: a repository written to
-   * in between (a manifest put, a tag moved, a blob linked) is left alone until its next
-   * run. Recorded here, in the same synchronous step as the write itself, so that no
-   * write can fall between its row and its record.
-   */
-  private written: Set<string> | undefined;
-  trackWrites(): void { this.written = new Set(); }
-  writtenSince(): ReadonlySet<string> { return this.written ?? new Set(); }
-  stopTracking(): void { this.written = undefined; }
-  private wrote(repo: string): void { this.written?.add(repo); }
-
   blobSize(digest: string): number | undefined { return this.s.getBlob.get(digest)?.size; }
   allBlobs() { return this.s.allBlobs.all(); }
   /** Blobs stored and their bytes: one scan of the table, so for scrapes, not for requests. */
@@ -212,7 +199,6 @@ export class Index {
     this.db.transaction(() => {
       this.s.insertBlob.run(digest, size, now());
       this.s.link.run(this.ensureRepo(repo), digest, now());
-      this.wrote(repo);
     })();
   }
   /** Links an already-stored blob; false if the blob is not stored. */
@@ -220,7 +206,6 @@ export class Index {
     return this.db.transaction(() => {
       if (!this.s.getBlob.get(digest)) return false;
       this.s.link.run(this.ensureRepo(repo), digest, now());
-      this.wrote(repo);
       return true;
     })();
   }
@@ -265,7 +250,6 @@ export class Index {
         this.s.insertAnnotations.run(id, m.digest, Buffer.byteLength(json), json);
       }
       if (tag !== undefined) this.s.putTag.run(id, tag, m.digest, now());
-      this.wrote(repo);
     })();
   }
   /** Deletes a manifest and (by cascade) its tags; returns the tags it had. */
@@ -281,7 +265,6 @@ export class Index {
   resolveTag(repo: string, tag: string): string | undefined { return this.s.getTag.get(repo, tag)?.digest; }
   putTag(repo: string, tag: string, digest: string): void {
     this.s.putTag.run(this.ensureRepo(repo), tag, digest, now());
-    this.wrote(repo);
   }
   deleteTag(repo: string, tag: string): boolean {
     const id = this.repoId(repo);
@@ -343,7 +326,6 @@ export class Index {
       (repo, hash, manifest, media_type, size, alt_manifest, alt_media_type, alt_size, store_path, created_at, last_pulled, layer_format)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(b.repo, b.hash, b.manifest, b.media_type, b.size,
       b.alt_manifest, b.alt_media_type, b.alt_size, b.store_path, t, t, b.layer_format);
-    this.wrote(b.repo);
   }
 }
 

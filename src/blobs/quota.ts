@@ -13,7 +13,8 @@
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import type { StoreCore } from './core.js';
-import { Tally, dropUnused, markRepository, removeFiles, runSteps, sweepRepository } from './gc.js';
+import { Tally, dropUnused, removeFiles, runSteps, sweepRepository } from './gc.js';
+import { Mark } from './mark.js';
 
 export interface Eviction {
   /** Images evicted (each may have had an OCI and a Docker manifest). */
@@ -135,15 +136,15 @@ export class Quota {
     })();
     this.core.bump(repo);
     const tally = new Tally();
-    // Whatever was created since the oldest build in progress began is that build's.
-    const cutoff = this.core.heldSince ?? Date.now();
     if (id !== undefined) {
       // Every manifest still in the repository is live here: old leftovers are GC's.
-      const all = db.prepare<[number], { digest: string }>('SELECT digest FROM manifests WHERE repo_id = ?').all(id).map((r) => r.digest);
-      const live = await markRepository(this.core, id, all);
-      if (live) await runSteps(this.core, sweepRepository(this.core, id, repo, live, cutoff, tally));
+      const all = () => db.prepare<[number], { digest: string }>('SELECT digest FROM manifests WHERE repo_id = ?').all(id).map((r) => r.digest);
+      // No grace: a cache. Whatever was created since the oldest build in progress
+      // began is that build's, and whatever since the mark began is spared (mark.ts).
+      const mark = await Mark.of(this.core, id, repo, all, 0);
+      if (mark) await sweepRepository(this.core, mark, tally);
     }
-    await runSteps(this.core, dropUnused(this.core, cutoff, tally));
+    await runSteps(this.core, dropUnused(this.core, this.core.heldSince ?? Date.now(), tally), tally);
     await removeFiles(this.core, tally.dropped);
     return { blobs: tally.dropped.length, bytes: tally.dropped.reduce((n, b) => n + b.size, 0) };
   }

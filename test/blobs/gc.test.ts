@@ -3,6 +3,7 @@
 // younger than the grace period, links a client just looked at), dry runs, and
 // collections racing pushes and pulls.
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, http, pushBlob, pushImage, putManifest, sha256, startReg, type TestRegistry } from '../api/util.js';
@@ -129,6 +130,26 @@ describe('what is spared', () => {
     } finally { await graced.destroy(); }
   });
 
+  test('a manifest younger than the grace period keeps its old layers, though its tag moved on', async () => {
+    const graced = await startReg({ storage: { gcGraceMs: 1000, gcIntervalMs: 0 } });
+    try {
+      const repo = 'gc/young';
+      const layer = blob('old layer');
+      await pushBlob(graced.url, repo, layer);
+      await new Promise((r) => setTimeout(r, 1200));
+      // Pushed now, referencing the layer uploaded long ago; then the tag moves on.
+      const config = Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}');
+      await pushBlob(graced.url, repo, config);
+      const young = manifestOf(config, [layer]);
+      assert.equal((await putManifest(graced.url, repo, 'x', young)).status, 201);
+      assert.equal((await putManifest(graced.url, repo, 'x', manifestOf(config, []))).status, 201);
+      assert.equal((await http(graced.url, 'POST', '/nixreg/gc')).status, 200);
+      // Still there (younger than the grace period), so still whole.
+      assert.equal((await http(graced.url, 'GET', `/v2/${repo}/manifests/${sha256(young)}`, { headers: { accept: OCI_MANIFEST } })).status, 200);
+      assert.equal((await http(graced.url, 'GET', `/v2/${repo}/blobs/${sha256(layer)}`)).status, 200, 'the layer it references');
+    } finally { await graced.destroy(); }
+  });
+
   test('a dry run reports exactly what the collection then removes', async () => {
     const shared = blob('dry shared');
     const gone = await image('gc/dry', 'v1', [blob('dry run'), shared]);
@@ -225,4 +246,50 @@ test('work in progress (a build linking layers before its manifest) holds off co
   release();
   await gc();
   assert.equal(onDisk(sha256(layer)), false, 'collected once released (grace 0)');
+});
+
+// The race a mark from a snapshot loses: a manifest pushed while the sweep is under way
+// references a layer the mark found unreferenced. The sweep must take the push in before
+// its next transaction, and go on collecting the rest of the repository.
+test('a manifest pushed between two transactions of a sweep keeps the old layer it references; the sweep goes on', async () => {
+  const own = await startReg({ storage: { gcGraceMs: 0, gcIntervalMs: 0 } });
+  try {
+    // Forced busy: a pause after each transaction long enough for a push to land in.
+    own.storage.busy = () => true;
+    const repo = 'gc/between';
+    const push = async (ref: string, layers: Buffer[], config: Buffer) => {
+      for (const b of [config, ...layers]) await pushBlob(own.url, repo, b);
+      const r = await putManifest(own.url, repo, ref, manifestOf(config, layers));
+      assert.equal(r.status, 201, r.text());
+    };
+    const config = Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}');
+    // A layer whose digest sorts after every other link of the repository: swept last.
+    let layer: Buffer;
+    do layer = randomBytes(64); while (!sha256(layer).startsWith('sha256:fff'));
+    await push('v', [layer], config);
+    await push('v', [blob('next')], config); // the tag moves on: `layer` is garbage
+    // More garbage than one transaction takes.
+    const junk = Array.from({ length: 700 }, (_, i) => blob(`junk ${i}`));
+    for (let i = 0; i < junk.length; i += 50) await Promise.all(junk.slice(i, i + 50).map((j) => pushBlob(own.url, repo, j)));
+    await new Promise((r) => setTimeout(r, 5));
+    const db = own.storage.index.db;
+    const id = own.storage.index.repoId(repo)!;
+    const links = () => (db.prepare('SELECT count(*) AS n FROM repo_blobs WHERE repo_id = ?').get(id) as { n: number }).n;
+    const before = links();
+    const collecting = http(own.url, 'POST', '/nixreg/gc');
+    while (links() >= before) await new Promise((r) => setTimeout(r, 1));
+    assert.ok(existsSync(own.storage.blobPath(sha256(layer))), 'the first transaction left the last link');
+    // Referenced without being uploaded again (a client need not look first).
+    const body = manifestOf(config, [layer]);
+    const put = await putManifest(own.url, repo, 'w', body);
+    assert.equal(put.status, 201, put.text());
+    const report = (await collecting).json() as { blobs: number; deferred: number };
+    assert.equal(report.deferred, 0);
+    assert.ok(report.blobs >= junk.length, `the rest of the repository was swept too: ${JSON.stringify(report)}`);
+    for (const j of junk) assert.equal(existsSync(own.storage.blobPath(sha256(j))), false);
+    const got = await http(own.url, 'GET', `/v2/${repo}/blobs/${sha256(layer)}`);
+    assert.equal(got.status, 200, 'the layer the push referenced');
+    assert.deepEqual(got.body, layer);
+    assert.equal((await http(own.url, 'GET', `/v2/${repo}/manifests/w`, { headers: { accept: OCI_MANIFEST } })).status, 200);
+  } finally { await own.destroy(); }
 });
