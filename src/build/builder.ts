@@ -12,17 +12,17 @@ import type { Logger } from 'pino';
 import { makeDir } from '../blobs/core.js';
 import { StorageFull } from '../blobs/errors.js';
 import type { Storage } from '../blobs/storage.js';
-import { assembleImage } from './assemble.js';
+import { assembleImage } from './assembly/assemble.js';
 import { BuildError, BuildFailed, EvaluationFailed, FlakeOutputMissing, NixUnavailable, NoImageExpression, UnknownPackages } from './errors.js';
-import { ingestImageOutput, isImageOutput } from './ingest.js';
-import { warnIfUntied } from './child.js';
-import { DEFAULT_COMPRESSION, formatOf, LEGACY_FORMAT, type CompressionSetting } from './compression.js';
-import { Jobs, type Job } from './jobs.js';
-import { NixError, closureOf, evaluateImage, hashPart, outputsOf, realise, realiseProgress, type EvalJSON } from './nix.js';
-import { closest, fileOrigin, flakeOrigin, type Origin } from './origins.js';
-import { NixHealth, diagnose, sandboxHint } from './nix-health.js';
-import { hideImagesDir, resolveFlake, resolveImageFile, type ImageFile } from './resolve.js';
-import { ownRootsDir, removeDeadRoots } from './roots.js';
+import { ingestImageOutput, isImageOutput } from './ingest/ingest.js';
+import { warnIfUntied } from './nix/child.js';
+import { DEFAULT_COMPRESSION, formatOf, LEGACY_FORMAT, type CompressionSetting } from './assembly/compression.js';
+import { Jobs, type Job } from './jobs/jobs.js';
+import { NixError, closureOf, evaluateImage, hashPart, outputsOf, realise, realiseProgress, type EvalJSON } from './nix/nix.js';
+import { closest, fileOrigin, flakeOrigin, type Origin } from './origins/origins.js';
+import { NixHealth, diagnose, sandboxHint } from './nix/nix-health.js';
+import { hideImagesDir, imagesDirForms, resolveFlake, resolveImageFile, type ImageFile } from './origins/resolve.js';
+import { ownRootsDir, removeDeadRoots } from './nix/roots.js';
 import { Semaphore } from './semaphore.js';
 import { platformOf, validateSpec } from './spec.js';
 import type { BuiltImage, ImageSpec } from './types.js';
@@ -174,7 +174,7 @@ export class Builder {
     this.evaluationsStarted++;
     let raw: EvalJSON;
     try {
-      raw = await this.evalSem.run(() => evaluateImage(origin.args, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs, flakes: origin.flakes, images: this.o.images }));
+      raw = await this.evalSem.run(() => evaluateImage(origin.args, { env: this.o.nixEnv, timeoutMs: this.o.buildTimeoutMs, flakes: origin.flakes, userDirs: imagesDirForms(this.o.images) }));
     } catch (e) {
       const full = this.outOfSpace(e, `evaluate the image ${repo}`);
       if (full) throw full;

@@ -14,12 +14,12 @@ import type { Reference } from '../oci/reference.js';
 import { Builder, type BuilderOptions, type Evaluation } from './builder.js';
 import { BuildQueueFull, FlakeOutputMissing, NoImageExpression, StillBuilding, TagNotServed } from './errors.js';
 import type { BuildLogHandle, ImageSource, NixStatus } from './image-source.js';
-import { JobsFull, type Job, type JobView } from './jobs.js';
-import { HASH_TAG, evaluateImage, nixProcessCount, probeProcessCount } from './nix.js';
-import { COMMIT_TAG, PackageSource, UnknownRevision, packagesOrigin, type Origin } from './origins.js';
-import { resolveTopFlake } from './resolve.js';
+import { JobsFull, type Job, type JobView } from './jobs/jobs.js';
+import { HASH_TAG, evaluateImage, nixProcessCount, probeProcessCount } from './nix/nix.js';
+import { COMMIT_TAG, PackageSource, UnknownRevision, packagesOrigin, type Origin } from './origins/origins.js';
+import { resolveTopFlake } from './origins/resolve.js';
 import type { BuiltImage } from './types.js';
-import { ImagesWatcher, hasFlake, listImages } from './watch.js';
+import { ImagesWatcher, hasFlake, listImages } from './origins/watch.js';
 
 export interface SourceOptions extends BuilderOptions {
   /** --packages SOURCE: names no image file or flake serves are package lists of this set (origins.ts). */

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { nixProcessCount } from '../../src/build/nix.js';
+import { nixProcessCount } from '../../src/build/nix/nix.js';
 import { requireTool } from '../helpers/exec.js';
 import { dockerArchive, layerTar, tarOf } from '../ingest/archives.js';
 import { DOCKER, Images, OCI, PKGS, errorOf, get, nonce, startNixRegistry } from './helpers.js';

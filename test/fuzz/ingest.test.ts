@@ -14,7 +14,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Storage } from '../../src/blobs/storage.js';
 import { ArchiveError } from '../../src/build/errors.js';
-import { ingestImageOutput } from '../../src/build/ingest.js';
+import { ingestImageOutput } from '../../src/build/ingest/ingest.js';
 import { tempDir } from '../helpers/registry.js';
 import { bases, mutate, type Base, type Canary } from './archive-gen.js';
 import { Rng } from './prng.js';

@@ -24,7 +24,7 @@
 // own paths (see assemble.ts), so unchanged groups are reused byte for byte.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
-import type { StorePathInfo } from './types.js';
+import type { StorePathInfo } from '../types.js';
 
 export interface LayerGroup {
   /** Sorted store paths of this layer. */

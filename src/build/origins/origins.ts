@@ -25,8 +25,8 @@
 import { existsSync } from 'node:fs';
 import { join, resolve as resolvePath } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { spawnTied } from './child.js';
-import { BuildFailed } from './errors.js';
+import { spawnTied } from '../nix/child.js';
+import { BuildFailed } from '../errors.js';
 import { hidePaths, hostForms, type FlakeFile, type ImageFile } from './resolve.js';
 
 export interface Origin {

@@ -11,20 +11,20 @@ import { randomUUID } from 'node:crypto';
 import { constants, createReadStream, promises as fs } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
-import { makeDir } from '../blobs/core.js';
-import { noSpaceCode } from '../blobs/errors.js';
-import type { Storage } from '../blobs/storage.js';
-import type { Descriptor as StoredDescriptor } from '../oci/descriptor.js';
-import { digestOf, isDigest } from '../oci/digest.js';
-import { parseJson } from '../oci/json.js';
-import { parseManifest } from '../oci/manifest.js';
-import { GZIP_LAYER_TYPES, INDEX_TYPES, MediaTypes } from '../oci/media-types.js';
+import { makeDir } from '../../blobs/core.js';
+import { noSpaceCode } from '../../blobs/errors.js';
+import type { Storage } from '../../blobs/storage.js';
+import type { Descriptor as StoredDescriptor } from '../../oci/descriptor.js';
+import { digestOf, isDigest } from '../../oci/digest.js';
+import { parseJson } from '../../oci/json.js';
+import { parseManifest } from '../../oci/manifest.js';
+import { GZIP_LAYER_TYPES, INDEX_TYPES, MediaTypes } from '../../oci/media-types.js';
 import { processEntry, sniff, type LayerFile } from './archive-layer.js';
 import { ArchiveContents, entryName, malformed, readArchive, type ArchiveEntry } from './archive-read.js';
-import { ArchiveError } from './errors.js';
-import { imageManifest } from './image.js';
-import { layerMediaType, type CompressionSetting } from './compression.js';
-import type { BuiltImage } from './types.js';
+import { ArchiveError } from '../errors.js';
+import { imageManifest } from '../assembly/image.js';
+import { layerMediaType, type CompressionSetting } from '../assembly/compression.js';
+import type { BuiltImage } from '../types.js';
 
 export interface IngestOptions {
   /** Store path hash part that becomes the image tag. */
@@ -77,7 +77,7 @@ export async function ingestImageOutput(storage: Storage, repo: string, outPath:
   const f = await fileHead(outPath).catch(() => undefined);
   if (!f) throw new ArchiveError(`${outPath} is not an image archive file`);
 
-  const contents = new ArchiveContents(join(storage.layout.tmpDir, `ingest-${randomUUID()}`), opts.compression);
+  const contents = new ArchiveContents(join(storage.tmpDir, `ingest-${randomUUID()}`), opts.compression);
   await makeDir(contents.dir);
   try {
     try {

@@ -14,7 +14,7 @@
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { promises as fs, type Stats } from 'node:fs';
 import { join, posix } from 'node:path';
-import { BuildFailed } from './errors.js';
+import { BuildFailed } from '../errors.js';
 import { byUtf8, sortedDir, type TarEntry } from './tar.js';
 
 /** Names what decides the farm's entries: part of the root filesystem layer's key. */

@@ -8,7 +8,7 @@
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { NixUnavailable } from './errors.js';
+import { NixUnavailable } from '../errors.js';
 import { NixError, buildProbe } from './nix.js';
 import { essentialError } from './nix-errors.js';
 

@@ -7,10 +7,10 @@
 // keys sorted recursively), so equal inputs give byte-identical JSON and digests.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
-import type { BlobRef } from '../oci/descriptor.js';
-import { MediaTypes } from '../oci/media-types.js';
+import type { BlobRef } from '../../oci/descriptor.js';
+import { MediaTypes } from '../../oci/media-types.js';
 import { layerMediaType, type LayerCompression } from './compression.js';
-import type { ImageSpec } from './types.js';
+import type { ImageSpec } from '../types.js';
 
 export interface LayerDescriptor {
   digest: string;

@@ -25,7 +25,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';
 import { constants, crc32, deflateRaw } from 'node:zlib';
 import { BLOCK, giveBlock, isPoolBlock, takeBlock } from './blocks.js';
-import { Semaphore } from './semaphore.js';
+import { Semaphore } from '../semaphore.js';
 
 const WINDOW = 32 * 1024;
 const deflateRawAsync = promisify(deflateRaw) as (buf: Buffer, opts: object) => Promise<Buffer>;

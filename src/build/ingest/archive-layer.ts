@@ -9,10 +9,10 @@ import { createWriteStream } from 'node:fs';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import { noSpaceCode } from '../blobs/errors.js';
-import { Digester } from '../oci/digest.js';
-import { spawnFilter } from './child.js';
-import { compressor, DEFAULT_COMPRESSION, type CompressionSetting, type LayerCompression } from './compression.js';
+import { noSpaceCode } from '../../blobs/errors.js';
+import { Digester } from '../../oci/digest.js';
+import { spawnFilter } from '../nix/child.js';
+import { compressor, DEFAULT_COMPRESSION, type CompressionSetting, type LayerCompression } from '../assembly/compression.js';
 
 export type Compression = 'gzip' | 'zstd' | 'tar' | 'other';
 

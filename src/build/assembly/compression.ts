@@ -17,7 +17,7 @@
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import type { Transform } from 'node:stream';
-import { MediaTypes } from '../oci/media-types.js';
+import { MediaTypes } from '../../oci/media-types.js';
 import { ParallelGzip } from './gzip.js';
 
 export const LAYER_COMPRESSIONS = ['gzip', 'none'] as const;

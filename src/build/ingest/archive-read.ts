@@ -11,11 +11,11 @@ import { join, posix } from 'node:path';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
-import { noSpaceCode } from '../blobs/errors.js';
-import { digestOf } from '../oci/digest.js';
-import { spawnFilter, spawnTied } from './child.js';
-import { DEFAULT_COMPRESSION, type CompressionSetting } from './compression.js';
-import { ArchiveError } from './errors.js';
+import { noSpaceCode } from '../../blobs/errors.js';
+import { digestOf } from '../../oci/digest.js';
+import { spawnFilter, spawnTied } from '../nix/child.js';
+import { DEFAULT_COMPRESSION, type CompressionSetting } from '../assembly/compression.js';
+import { ArchiveError } from '../errors.js';
 import { peek, processEntry, sniff, type LayerFile } from './archive-layer.js';
 
 /** Entries up to this size are kept in memory (configs, manifests, small layers). */
