@@ -56,5 +56,5 @@ export interface ImageSource {
   close(): Promise<void>;
 }
 
-/** Nix's verdict (nix-health.ts): `checking` and `unknown` are not failures. */
+/** Nix's verdict (nix/nix-health.ts): `checking` and `unknown` are not failures. */
 export interface NixStatus { state: 'unknown' | 'checking' | 'ok' | 'failed'; problem?: string; fix?: string }

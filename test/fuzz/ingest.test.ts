@@ -1,4 +1,4 @@
-// Fuzzing of image ingestion (src/build/ingest.ts): a few hundred seeded mutations of
+// Fuzzing of image ingestion (src/build/ingest/ingest.ts): a few hundred seeded mutations of
 // valid docker-archive and OCI-layout tarballs (archive-gen.ts), each ingested into a
 // real Storage. Every one must either be ingested or be refused with ArchiveError —
 // never another error, never a hang — and leave nothing in the store's tmp dir; no

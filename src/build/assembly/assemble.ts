@@ -2,6 +2,12 @@
 // (tar.ts) → the chosen compression (compression.ts) → blob store, then config and
 // manifests (image.ts) written through Storage exactly like a pushed image.
 //
+// Sub-room assembly/ owns the bytes of a built image: which store paths share a layer
+// (layers.ts), the root filesystem's symlink farm (farm.ts), reproducible tar (tar.ts),
+// compression (compression.ts, gzip.ts over the buffers of blocks.ts), the config and
+// manifests (image.ts). This module is its entry point. It knows no Nix process: the
+// closure comes in, already realised; nor any origin or evaluation.
+//
 // Each layer is streamed once from the Nix store into a temporary file in the store's
 // tmp dir while both digests (diff_id of the tar, digest of what is stored) are computed, and
 // committed with Storage.commitFile: nothing is copied to a staging tree, no tarball is
@@ -14,7 +20,8 @@
 // stops at the next file or chunk, temporary files are removed and no layer row is
 // written, so a slow or hostile closure cannot hold a build slot past --build-timeout.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/assembly. Of build, imports only jobs/ (progress) and the shared errors.ts, types.ts and
+// semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import { createHash, randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { availableParallelism } from 'node:os';

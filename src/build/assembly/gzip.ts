@@ -19,7 +19,8 @@
 // started), and each stream keeps at most `maxQueued` blocks between start and output, so
 // memory stays bounded however many layers are built at once.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/assembly. Of build, imports only jobs/ (progress) and the shared errors.ts, types.ts and
+// semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';

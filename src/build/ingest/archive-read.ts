@@ -4,7 +4,8 @@
 // files are numbered, and entry names are only keys, checked so that an archive whose
 // own names climb out of it (`../x`, `/etc/x`) is refused rather than silently tolerated.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/ingest. Of build, imports only nix/ (processes), assembly/ (compression, manifests) and the
+// shared errors.ts, types.ts and semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import type { ChildProcess } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { join, posix } from 'node:path';

@@ -1,12 +1,15 @@
 // Ingestion of image archives (docker-archive, OCI archive, or a streamLayeredImage
-// script's output) that a derivation produced. See issue 4.
+// script's output) that a derivation produced. See issue 4. Sub-room ingest/ owns
+// reading archives (archive-read.ts) and their layers (archive-layer.ts); this module is
+// its entry point, the alternative to assembly/ for an output that is an image already.
 //
 // The archive is read once (archive-read.ts); only then is it known which entries are
 // layers, config and manifests. Everything is checked before anything is committed:
 // each layer's diff_id against the config, each OCI blob against its descriptor. The
 // config is stored byte for byte, so the image ID equals what `docker load` gives.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/ingest. Of build, imports only nix/ (processes), assembly/ (compression, manifests) and the
+// shared errors.ts, types.ts and semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import { randomUUID } from 'node:crypto';
 import { constants, createReadStream, promises as fs } from 'node:fs';
 import { basename, join } from 'node:path';

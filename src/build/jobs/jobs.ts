@@ -10,7 +10,8 @@
 // re-exports the views of this module); knows nothing of HTTP. Sub-room jobs/ knows no
 // stage of the pipeline: what a job runs is the work the pipeline's top hands it.
 //
-// Room: build/jobs. Imports nothing else of build but types.ts; may import src/blobs and src/oci; never src/registry.
+// Room: build/jobs. Of build, imports only the shared errors.ts, types.ts and semaphore.ts; may import
+// src/blobs and src/oci; never src/registry.
 import { EventEmitter } from 'node:events';
 import { createWriteStream, promises as fs, type WriteStream } from 'node:fs';
 import { randomBytes } from 'node:crypto';

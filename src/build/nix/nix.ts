@@ -3,7 +3,15 @@
 // or a command line, and so the processes can be counted (tests assert that serving an
 // already-built hash starts none).
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Sub-room nix/ owns everything nixreg asks of Nix and of the processes it starts: this
+// module (nix-instantiate and nix-store), eval.nix and probe.nix (read at run time from
+// beside this module's source, see nixFile()), what Nix's errors mean (nix-errors.ts),
+// whether Nix can build here (nix-health.ts), the GC roots of builds (roots.ts) and
+// every child process's tie to nixreg's life (child.ts). It knows no stage of the
+// pipeline: what to evaluate or realise comes in as arguments.
+//
+// Room: build/nix, the Nix adapter. Of build, imports only the shared errors.ts, types.ts and semaphore.ts;
+// may import src/blobs and src/oci; never src/registry.
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { spawnTied } from './child.js';
