@@ -58,7 +58,7 @@ describe('against captured output of each Nix version', () => {
         if (at) assert.match(said, new RegExp(`^ +at /images/${at.replace(/\./g, '\\.')}:?$`, 'm'), said);
         else assert.doesNotMatch(said, /\/images\/[^ ]*:\d+:\d+/, said);
         if (name !== 'fake-drv') assert.doesNotMatch(said, /eval\.nix/, `no frame of nixreg's own: ${said}`);
-        else assert.match(said, /\n {7}at \/nixreg\/src\/build\/eval\.nix:\d+:\d+$/, 'the position alone, not our source');
+        else assert.match(said, /\n {7}at \/nixreg\/src\/build\/nix\/eval\.nix:\d+:\d+$/, 'the position alone, not our source');
         assert.doesNotMatch(said, /\x1b|stack trace truncated|--show-trace/);
         // An excerpt is of the error's own position, in the user's file.
         if (c.at && error?.pos) assert.match(said, /\n {12}\d+\| .*\n {13}\| +\^/);
