@@ -44,8 +44,8 @@ COPY --from=build /app/dist/src ./dist/src
 # Named, not globbed: an image whose addon did not build must fail here, not copy blobs
 # through user space unnoticed.
 COPY --from=build /app/build/Release/nixreg_sendfile.node ./build/Release/
-# Read at run time by the builder (src/build/nix.ts looks for them here, beside dist/).
-COPY src/build/*.nix ./src/build/
+# Read at run time by the builder (src/build/nix/nix.ts looks for them here, beside dist/).
+COPY src/build/nix/*.nix ./src/build/nix/
 COPY examples /images
 VOLUME /data
 EXPOSE 5000

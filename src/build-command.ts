@@ -10,7 +10,7 @@ import { pino } from 'pino';
 import { Storage } from './blobs/storage.js';
 import { buildConfig, type BuildFlags } from './config.js';
 import { checkName } from './oci/reference.js';
-import type { JobView } from './build/jobs.js';
+import type { JobView } from './build/jobs/jobs.js';
 import { NixImageSource } from './build/source.js';
 import { ProgressView } from './progress-view.js';
 

@@ -3,8 +3,8 @@
 // Composition root: may import every room; no room imports it.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { PackageSource } from './build/origins.js';
-import { parseCompression, type CompressionSetting } from './build/compression.js';
+import { PackageSource } from './build/origins/origins.js';
+import { parseCompression, type CompressionSetting } from './build/assembly/compression.js';
 
 export interface ServeConfig {
   host: string;

@@ -4,7 +4,7 @@
 // CI log stays readable.
 //
 // Composition root: may import every room; no room imports it.
-import { stageWords, type JobView } from './build/jobs.js';
+import { stageWords, type JobView } from './build/jobs/jobs.js';
 
 const PIPE_EVERY_MS = 5000;
 const BAR = 20;

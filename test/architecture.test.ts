@@ -2,7 +2,8 @@
 // change that breaks them fails here rather than in review: arrows between the rooms
 // point down only (registry → build → blobs → oci, and registry → blobs), the shared
 // model uses no HTTP, SQLite or Nix library, every module says which room it is in, and
-// no file outgrows what one reader can hold.
+// no file outgrows what one reader can hold. Inside the build room, the arrows between
+// its sub-rooms (nix/, origins/, assembly/, ingest/, jobs/) and its pipeline's top.
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, relative, resolve } from 'node:path';
@@ -26,6 +27,39 @@ const FORBIDDEN_PACKAGES: Record<Room, string[]> = {
   registry: [],
   root: [],
 };
+
+/**
+ * The parts of src/build: each sub-folder, the modules all of it shares, and the top
+ * (the pipeline's stages and the seam, which may import any part). A sub-room imports
+ * only what it is built on, never the pipeline above it.
+ */
+type Part = 'top' | 'shared' | 'nix' | 'jobs' | 'origins' | 'assembly' | 'ingest';
+const SHARED = ['errors.ts', 'types.ts', 'semaphore.ts'];
+const BUILD_MAY_IMPORT: Record<Part, Part[]> = {
+  shared: [],
+  nix: ['shared'],
+  jobs: ['shared'],
+  origins: ['nix', 'shared'],
+  assembly: ['jobs', 'shared'],
+  ingest: ['nix', 'assembly', 'shared'],
+  top: ['top', 'shared', 'nix', 'jobs', 'origins', 'assembly', 'ingest'],
+};
+const BUILD = join(SRC, 'build');
+/** What src/registry may import of src/build: the seam and the errors it answers for. */
+const REGISTRY_SEES_OF_BUILD = ['build/image-source.ts', 'build/errors.ts'];
+/** What src/build must not import of src/blobs: the index and the layout are behind Storage's facade. */
+const BEHIND_STORAGE = ['blobs/index.ts', 'blobs/layout.ts'];
+
+function partOf(file: string): Part {
+  const parts = relative(BUILD, file).split('/');
+  if (parts.length > 1) return parts[0] as Part;
+  return SHARED.includes(parts[0]!) ? 'shared' : 'top';
+}
+
+/** The source file an import names (`./x.js` is `x.ts`). */
+function target(from: string, spec: string): string {
+  return resolve(dirname(from), spec).replace(/\.js$/, '.ts');
+}
 
 function sources(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true, recursive: true })
@@ -75,4 +109,52 @@ test('no source file is over 400 lines', () => {
   const long = files.map((f) => ({ f: relative(SRC, f), n: readFileSync(f, 'utf8').split('\n').length }))
     .filter((x) => x.n > 400);
   assert.deepEqual(long, []);
+});
+
+test('the build room: its sub-rooms import only what they are built on', () => {
+  const dirs = readdirSync(BUILD, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => e.name).sort();
+  assert.deepEqual(dirs, Object.keys(BUILD_MAY_IMPORT).filter((p) => p !== 'top' && p !== 'shared').sort(),
+    'every sub-folder of src/build has its row in BUILD_MAY_IMPORT');
+  const wrong: string[] = [];
+  for (const f of files.filter((x) => roomOf(x) === 'build')) {
+    const from = partOf(f);
+    for (const spec of importsOf(readFileSync(f, 'utf8')).filter((x) => x.startsWith('.'))) {
+      const to = target(f, spec);
+      if (roomOf(to) !== 'build') continue;
+      const part = partOf(to);
+      if (part !== from && !BUILD_MAY_IMPORT[from].includes(part)) wrong.push(`${relative(SRC, f)} (${from}) imports ${spec} (${part})`);
+      // The pipeline's top is imported by nobody in the room: a pull walks down from it.
+      if (relative(BUILD, to) === 'source.ts') wrong.push(`${relative(SRC, f)} imports the pipeline's top, ${spec}`);
+    }
+  }
+  assert.deepEqual(wrong, []);
+});
+
+test('the registry sees the build room through its seam; the build room sees storage through Storage', () => {
+  const wrong: string[] = [];
+  for (const f of files) {
+    const room = roomOf(f);
+    if (room !== 'registry' && room !== 'build') continue;
+    for (const spec of importsOf(readFileSync(f, 'utf8')).filter((x) => x.startsWith('.'))) {
+      const to = relative(SRC, target(f, spec));
+      if (room === 'registry' && to.startsWith('build/') && !REGISTRY_SEES_OF_BUILD.includes(to)) wrong.push(`${relative(SRC, f)} imports ${to}`);
+      if (room === 'build' && BEHIND_STORAGE.includes(to)) wrong.push(`${relative(SRC, f)} imports ${to}`);
+    }
+    if (room === 'build' && /\bstorage\.(index|layout)\b/.test(readFileSync(f, 'utf8'))) wrong.push(`${relative(SRC, f)} reaches past Storage's facade`);
+  }
+  assert.deepEqual(wrong, []);
+});
+
+test("a module of a build sub-room says which; Nix's own files live with the Nix adapter", () => {
+  const wrong = files.filter((f) => roomOf(f) === 'build').filter((f) => {
+    const part = partOf(f);
+    const line = /\/\/ Room: (build(?:\/[a-z]+)?)\b/.exec(readFileSync(f, 'utf8'))?.[1];
+    return line !== (part === 'top' || part === 'shared' ? 'build' : `build/${part}`);
+  });
+  assert.deepEqual(wrong.map((f) => relative(SRC, f)), []);
+  // nix/nix.ts reads them beside its source at run time; the image must copy them there.
+  const nixFiles = readdirSync(SRC, { withFileTypes: true, recursive: true }).filter((e) => e.isFile() && e.name.endsWith('.nix'))
+    .map((e) => relative(SRC, join(e.parentPath, e.name))).sort();
+  assert.deepEqual(nixFiles, ['build/nix/eval.nix', 'build/nix/probe.nix']);
+  assert.match(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'), /^COPY src\/build\/nix\/\*\.nix \.\/src\/build\/nix\/$/m);
 });

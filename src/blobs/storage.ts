@@ -13,7 +13,7 @@ import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
 import { StoreCore, readdirSafe } from './core.js';
 import { BlobFiles } from './files.js';
-import { Index, type ReferrerRow, type ReferrersPage } from './index.js';
+import { Index, type BuildRow, type LayerRow, type ReferrerRow, type ReferrersPage } from './index.js';
 import { Layout } from './layout.js';
 import { Manifests, type ManifestInfo } from './manifests.js';
 import { collectGarbage, type GcReport } from './gc.js';
@@ -276,4 +276,35 @@ export class Storage {
       gc: { ...this.gcTotals },
     };
   }
+
+  // ---------------------------------------------------------------- the image builder's facade (src/build)
+  // What src/build needs of storage beyond blobs, manifests and tags: its build records,
+  // the layers it may reuse, and where its scratch files, GC roots and logs go. The builder
+  // uses these and never the index or the layout itself.
+
+  /** The record of `repo`'s image built for `hash`, evicted or not. */
+  getBuild(repo: string, hash: string): BuildRow | undefined { return this.index.getBuild(repo, hash); }
+  /** Records a finished build (it counts as pulled now). */
+  putBuild(b: Omit<BuildRow, 'evicted_at'>): void { this.index.putBuild(b); }
+  /** Whether any image was ever built in `repo`. */
+  hasBuilds(repo: string): boolean { return this.index.hasBuilds(repo); }
+  /** The manifest digest `tag` names in `repo`, without reading the manifest. */
+  tagged(repo: string, tag: string): string | undefined { return this.index.resolveTag(repo, tag); }
+  /** A layer built before with the same contents key, if its blob is still stored. */
+  getLayer(key: string): LayerRow | undefined { return this.index.getLayer(key); }
+  putLayer(key: string, layer: LayerRow): void { this.index.putLayer(key, layer); }
+  /** Links a stored blob into `repo`; false if the blob is not stored. */
+  linkBlob(repo: string, digest: string): boolean { return this.index.linkBlob(repo, digest); }
+  /** The data directory: tells stores in one process apart. */
+  get root(): string { return this.layout.root; }
+  /** Scratch files of writes, on the blobs' file system (committed with commitFile). */
+  get tmpDir(): string { return this.layout.tmpDir; }
+  /** Where builds keep the GC roots of the closures they read. */
+  get gcrootsDir(): string { return this.layout.gcrootsDir; }
+  /** Where build logs go: the directory, and the file of the build `id`. */
+  get logsDir(): string { return this.layout.logsDir; }
+  logPath(id: string): string { return this.layout.logPath(id); }
 }
+
+/** The rows of the builder's facade, so that src/build need not import the index. */
+export type { BuildRow, LayerRow };

@@ -2,7 +2,8 @@
 // terms. Each error's message is what the user is shown, and `detail` the facts behind
 // it; src/registry/errors.ts alone decides the OCI code and status they are answered with.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build, shared by all of it: imports nothing else of build. May import src/blobs and src/oci;
+// never src/registry.
 
 export abstract class BuildError extends Error {
   constructor(message: string, readonly detail: Record<string, unknown> = {}) { super(message); }
@@ -11,7 +12,7 @@ export abstract class BuildError extends Error {
 /** No image expression backs this repository name. */
 export class NoImageExpression extends BuildError {}
 
-/** A flake has no output of this name (origins.ts): a package list may serve it instead. */
+/** A flake has no output of this name (origins/): a package list may serve it instead. */
 export class FlakeOutputMissing extends NoImageExpression {}
 
 /** A package list names attributes the package set does not have. */

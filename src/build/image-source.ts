@@ -1,12 +1,16 @@
 // The seam through which the HTTP API reaches build-on-pull. A repository that an
 // ImageSource owns is read-only: its manifests come from the source (which writes them
 // into the blob store), and pushes to it are refused. Every other repository is plain
-// storage. Knows nothing of HTTP; imports types only.
+// storage. Knows nothing of HTTP; imports types only. With errors.ts, the only module of
+// the build room that src/registry imports (the types of jobs/ it serves are re-exported
+// here); source.ts implements it.
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
-import type { JobView } from './jobs.js';
+import type { BuildLogHandle, JobView } from './jobs/jobs.js';
+
+export type { BuildLogHandle, JobView } from './jobs/jobs.js';
 
 export interface ImageSource {
   /** Whether `repo` is backed by an expression or a flake (and so read-only). */
@@ -52,16 +56,5 @@ export interface ImageSource {
   close(): Promise<void>;
 }
 
-export interface BuildLogHandle {
-  path: string;
-  repo: string;
-  /** Whether the build has ended, so that its log will not grow any more. */
-  finished(): boolean;
-  /** Resolves when the log grows or the build ends, or after `ms`. */
-  changed(ms: number): Promise<void>;
-  /** A line on where the build stands (for a follower when the log is quiet). */
-  describe(): string;
-}
-
-/** Nix's verdict (nix-health.ts): `checking` and `unknown` are not failures. */
+/** Nix's verdict (nix/nix-health.ts): `checking` and `unknown` are not failures. */
 export interface NixStatus { state: 'unknown' | 'checking' | 'ok' | 'failed'; problem?: string; fix?: string }

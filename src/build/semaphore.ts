@@ -1,8 +1,9 @@
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build, shared by all of it: imports nothing else of build. May import src/blobs and src/oci;
+// never src/registry.
 /**
  * A counting semaphore: at most `size` holders at once, the rest wait in FIFO order.
- * Bounds concurrent builds and evaluations (builder.ts) and the process-wide gzip
- * compressions (gzip.ts), whose slot is taken and given back at different places.
+ * Bounds concurrent builds and evaluations (builder.ts, evaluate.ts) and the process-wide gzip
+ * compressions (assembly/gzip.ts), whose slot is taken and given back at different places.
  */
 export class Semaphore {
   private readonly waiting: (() => void)[] = [];

@@ -1,29 +1,55 @@
-// Build-on-pull behind the ImageSource seam (image-source.ts). Tags of an
-// expression-backed repository: `latest` (evaluate now, build if new) and hash tags (the
-// image's store path hash: served from storage without Nix when built, else built if the
-// expression still yields it). Digests are plain storage. Builds run as jobs (jobs.ts):
-// a pull waits for one at most --pull-wait, POST /nixreg/builds starts one ahead, and
-// --prebuild starts them when the images directory changes (watch.ts).
+// The top of the build room's pipeline, behind the ImageSource seam (image-source.ts):
+// a pull walks down from here, once, through
+//   name → origin (origins/) → evaluation (evaluate.ts) → realisation and assembly
+//   (builder.ts over nix/, assembly/, ingest/) → record (record.ts),
+// and no stage calls back up. This module alone decides which tags a repository has and
+// what each costs: `latest` (evaluate now, build if new), hash tags (the image's store
+// path hash: served from its record without Nix when built, else built if the expression
+// still yields it), the full commits of a pinned package set (immutable: served from
+// the record). Digests are plain storage. Builds run as jobs (jobs/): a pull waits for one
+// at most --pull-wait, POST /nixreg/builds starts one ahead, and --prebuild starts them
+// when the images directory changes (origins/watch.ts).
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { opendirSync, realpathSync } from 'node:fs';
-import { LRUCache } from 'lru-cache';
+import type { Logger } from 'pino';
 import type { Storage } from '../blobs/storage.js';
 import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
-import { Builder, type BuilderOptions, type Evaluation } from './builder.js';
-import { BuildQueueFull, FlakeOutputMissing, NoImageExpression, StillBuilding, TagNotServed } from './errors.js';
+import { DEFAULT_COMPRESSION, formatOf, type CompressionSetting } from './assembly/compression.js';
+import { Builder } from './builder.js';
+import { BuildQueueFull, NoImageExpression, StillBuilding, TagNotServed } from './errors.js';
+import { Evaluator, type Evaluation } from './evaluate.js';
 import type { BuildLogHandle, ImageSource, NixStatus } from './image-source.js';
-import { JobsFull, type Job, type JobView } from './jobs.js';
-import { HASH_TAG, evaluateImage, nixProcessCount, probeProcessCount } from './nix.js';
-import { COMMIT_TAG, PackageSource, UnknownRevision, packagesOrigin, type Origin } from './origins.js';
-import { resolveTopFlake } from './resolve.js';
+import { Jobs, JobsFull, type Job, type JobView } from './jobs/jobs.js';
+import { HASH_TAG, nixProcessCount, probeProcessCount } from './nix/nix.js';
+import { NixHealth } from './nix/nix-health.js';
+import { Origins } from './origins/index.js';
+import { COMMIT_TAG } from './origins/origins.js';
+import { ImagesWatcher } from './origins/watch.js';
+import { Records } from './record.js';
 import type { BuiltImage } from './types.js';
-import { ImagesWatcher, hasFlake, listImages } from './watch.js';
 
-export interface SourceOptions extends BuilderOptions {
-  /** --packages SOURCE: names no image file or flake serves are package lists of this set (origins.ts). */
+export interface SourceOptions {
+  /** Directory of image expressions. */
+  images: string;
+  /** --packages SOURCE: names no image file or flake serves are package lists of this set (origins/origins.ts). */
   packages?: string | undefined;
+  /** Kill a realisation after this long (default 10 min). */
+  buildTimeoutMs?: number | undefined;
+  /** Builds running at once; more wait in a queue (default 2). */
+  maxBuilds?: number | undefined;
+  /** An evaluation is reused this long while its file is unchanged (default 10 s). */
+  evalTtlMs?: number | undefined;
+  /** A failed evaluation or build is answered from memory this long (default 30 s). */
+  negativeTtlMs?: number | undefined;
+  /** Build records and logs kept (default 100). */
+  keepLogs?: number | undefined;
+  /** How layers are compressed (default gzip -6); an image built otherwise is rebuilt when pulled. */
+  compression?: CompressionSetting | undefined;
+  /** Environment of Nix processes (tests pass offline settings; users' own apply otherwise). */
+  nixEnv?: NodeJS.ProcessEnv | undefined;
+  log?: Logger | undefined;
   /** A pull waits this long for a build, then gets StillBuilding (default 25 s; --pull-wait). */
   pullWaitMs?: number | undefined;
   /** Watch the images directory (default on; `nixreg build` turns it off). */
@@ -36,7 +62,12 @@ export interface SourceOptions extends BuilderOptions {
 interface Waiting { job?: Job | undefined; since: number }
 
 export class NixImageSource implements ImageSource {
+  /** The stages of the pipeline, in its order. */
+  readonly origins: Origins;
+  readonly evaluator: Evaluator;
   readonly builder: Builder;
+  readonly records: Records;
+  readonly jobs: Jobs;
   readonly watcher: ImagesWatcher | undefined;
 
   private readonly images: string;
@@ -46,32 +77,40 @@ export class NixImageSource implements ImageSource {
   private prebuilding: Promise<void> | undefined;
   private prebuildAgain = false;
   private closed = false;
-  private readonly packages: PackageSource | undefined;
-  private readonly evalTtlMs: number;
-  private readonly nixEnv: NodeJS.ProcessEnv | undefined;
-  /** One-segment names the top-level flake turned out not to have (until the next change). */
-  private readonly flakeMissing = new LRUCache<string, true>({ max: 10_000 });
-  /** The top-level flake's output names, as of the flake.nix version `key`. */
-  private flakeNames: { key: string; names: Set<string> } | undefined;
+  private readonly log: Logger | undefined;
 
-  constructor(private readonly storage: Storage, opts: SourceOptions) {
-    this.builder = new Builder(storage, opts);
-    this.images = opts.images;
-    this.packages = opts.packages !== undefined ? PackageSource.parse(opts.packages, opts.nixEnv) : undefined;
-    this.evalTtlMs = opts.evalTtlMs ?? 10_000;
-    this.nixEnv = opts.nixEnv;
-    this.pullWaitMs = opts.pullWaitMs ?? 25_000;
-    this.prebuildOn = !!opts.prebuild;
-    if (opts.watch ?? true) {
-      let dir = opts.images;
+  constructor(storage: Storage, opts: SourceOptions) {
+    const o = {
+      buildTimeoutMs: 600_000, maxBuilds: 2, evalTtlMs: 10_000, negativeTtlMs: 30_000, keepLogs: 100, compression: DEFAULT_COMPRESSION,
+      ...Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)),
+    } as Required<Omit<SourceOptions, 'log' | 'nixEnv' | 'packages'>> & Pick<SourceOptions, 'log' | 'nixEnv' | 'packages'>;
+    const { images, nixEnv, log } = o;
+    this.images = images;
+    this.log = log;
+    this.pullWaitMs = o.pullWaitMs ?? 25_000;
+    this.prebuildOn = !!o.prebuild;
+    const health = new NixHealth({ env: nixEnv, log });
+    // A package-list name pushed to (content, but no image built here) is plain storage.
+    this.origins = new Origins({
+      images, packages: o.packages, evalTtlMs: o.evalTtlMs, nixEnv, log,
+      pushedTo: (repo) => !storage.hasBuilds(repo) && storage.repositoryExists(repo),
+    });
+    this.evaluator = new Evaluator(storage, health, {
+      images, evalTtlMs: o.evalTtlMs, negativeTtlMs: o.negativeTtlMs, timeoutMs: o.buildTimeoutMs, concurrency: Math.max(2, o.maxBuilds), nixEnv, log,
+    });
+    this.records = new Records(storage, formatOf(o.compression), log);
+    this.jobs = new Jobs(storage, o.keepLogs);
+    this.builder = new Builder(storage, health, this.records, {
+      images, buildTimeoutMs: o.buildTimeoutMs, maxBuilds: o.maxBuilds, negativeTtlMs: o.negativeTtlMs, compression: o.compression, nixEnv, log,
+    });
+    if (o.watch ?? true) {
+      let dir = images;
       try { dir = realpathSync(dir); } catch { /* not there yet: watched as named */ }
       this.watcher = new ImagesWatcher(dir, {
-        log: opts.log,
+        log,
         onChange: (path, key) => {
-          this.builder.invalidate(path, key);
-          this.flakeMissing.clear();
-          // Seen at once, so that the next pull finds a new flake; a removed one when settled.
-          if (path.endsWith('/flake.nix')) this.builder.flakes = true;
+          this.evaluator.invalidate(path, key);
+          this.origins.changed(path);
         },
         onSettled: () => { void this.settled(); },
       });
@@ -80,11 +119,11 @@ export class NixImageSource implements ImageSource {
   }
 
   owns(repo: string): boolean {
-    return this.originOf(repo) !== undefined;
+    return this.origins.of(repo) !== undefined;
   }
 
   serves(repo: string): boolean {
-    return this.owns(repo) || this.unclaimedPackageList(repo);
+    return this.origins.serves(repo);
   }
 
   async resolve(repo: string, ref: Reference, accepts: (mediaType: string) => boolean): Promise<Descriptor | undefined> {
@@ -119,112 +158,54 @@ export class NixImageSource implements ImageSource {
       return await this.imageFrom(repo, tag, w);
     } catch (e) {
       // A flake at the top of --images without this output: a package list, if any.
-      if (!(e instanceof FlakeOutputMissing) || !this.packages || this.flakeMissing.has(repo)) throw e;
-      this.flakeMissing.set(repo, true);
+      if (!this.origins.retryAsPackageList(repo, e)) throw e;
       return this.imageFrom(repo, tag, w);
     }
   }
 
   private async imageFrom(repo: string, tag: string, w: Waiting): Promise<BuiltImage> {
-    const b = this.builder;
     if (HASH_TAG.test(tag)) {
-      const done = b.lookup(repo, tag);
+      const done = this.records.lookup(repo, tag);
       if (done) return done;
-      const running = b.jobs.find(repo, tag);
+      const running = this.jobs.find(repo, tag);
       if (running) { w.job = running; return running.done; }
       // No job yet: distinct hash tags of one repository share its one evaluation, so a
       // flood of made-up tags costs one nix-instantiate, and no job each.
-      const ev = await b.evaluate(repo, undefined, await this.originAt(repo, 'latest'));
+      const ev = await this.evaluator.evaluate(repo, await this.origins.at(repo, 'latest'));
       this.checkHashTag(repo, tag, ev);
-      w.job = this.startJob(repo, tag, (job) => b.ensureBuilt(ev, job));
+      w.job = this.startJob(repo, tag, (job) => this.builder.ensureBuilt(ev, job));
       return w.job.done;
     }
-    this.checkTag(repo, tag);
+    this.origins.checkTag(repo, tag);
     // A full commit of a pinned package set is immutable: once built, no git, no Nix.
-    const pinned = COMMIT_TAG.test(tag) ? b.lookup(repo, tag) : undefined;
+    const pinned = COMMIT_TAG.test(tag) ? this.records.lookup(repo, tag) : undefined;
     if (pinned) return pinned;
     // The common pull: evaluated a moment ago and built long ago. No job for that.
-    const origin = await this.originAt(repo, tag);
-    const ev = b.cachedEvaluation(repo, origin);
-    const done = ev && b.lookup(repo, ev.hash);
-    if (done) return this.tagged(repo, tag, ev, done);
+    const origin = await this.origins.at(repo, tag);
+    const ev = this.evaluator.cached(origin);
+    const done = ev && this.records.lookup(repo, ev.hash);
+    if (done) return this.tagged(tag, ev, done);
     w.job = this.startJob(repo, tag, (job) => this.buildTag(repo, tag, job));
     return w.job.done;
   }
 
+  /** name → origin → evaluation → build → record, for `repo:tag` (not a hash tag). */
   private async buildTag(repo: string, tag: string, job: Job): Promise<BuiltImage> {
-    const ev = await this.builder.evaluate(repo, job, await this.originAt(repo, tag));
-    return this.tagged(repo, tag, ev, await this.builder.ensureBuilt(ev, job));
+    const ev = await this.evaluator.evaluate(repo, await this.origins.at(repo, tag), job);
+    return this.tagged(tag, ev, await this.builder.ensureBuilt(ev, job));
   }
 
   /** `latest` moves to the image; a pinned package set's commit names it for good. */
-  private tagged(repo: string, tag: string, ev: Evaluation, built: BuiltImage): BuiltImage {
-    if (tag === 'latest') this.tagLatest(repo, built);
+  private tagged(tag: string, ev: Evaluation, built: BuiltImage): BuiltImage {
+    if (tag === 'latest') this.records.tagLatest(ev.repo, built);
     const rev = ev.origin.args.rev;
-    if (rev !== undefined) this.builder.recordAlias(ev, rev, built);
-    return built;
-  }
-
-  /** Where `repo` comes from under --images: its image file, else a flake output not known to be missing. */
-  private originOf(repo: string): Origin | undefined {
-    const o = this.builder.origin(repo);
-    if (o?.kind !== 'flake' || o.args.attr === 'default') return o;
-    if (this.flakeMissing.has(repo)) return undefined;
-    const known = this.flakeNames;
-    return !known || known.key !== o.key || known.names.has(repo) ? o : undefined;
-  }
-
-  /**
-   * Whether `repo`, a name no image file or flake serves (the caller has looked), is a
-   * package list: --packages is on and nobody pushed to it.
-   */
-  private unclaimedPackageList(repo: string): boolean {
-    if (!this.packages) return false;
-    // A repository pushed to (content, but no image built here) is plain storage.
-    return this.storage.index.hasBuilds(repo) || !this.storage.repositoryExists(repo);
-  }
-
-  /** What `repo:tag` is built from now (for a pinned package set, at the commit the tag names). */
-  private async originAt(repo: string, tag: string): Promise<Origin> {
-    const o = this.originOf(repo);
-    if (o) return o;
-    if (!this.unclaimedPackageList(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
-    return packagesOrigin(repo, this.packages!, await this.revision(tag));
-  }
-
-  private checkTag(repo: string, tag: string): void {
-    if (tag === 'latest') return;
-    const expression = this.originOf(repo) !== undefined;
-    if (expression || !this.packages?.pinned) {
-      // Where the package set lives is the operator's business, not the client's.
-      throw new TagNotServed(expression
-        ? `${repo} is built from a Nix expression: its tags are latest and the hashes of built images, not ${tag}`
-        : `${repo} is a package list: its tags are latest and the hashes of built images, not ${tag} `
-          + '(tags pin a package set only when it is a git repository)', { tag });
-    }
-  }
-
-  /** The commit a tag names in a pinned package set (refs listed within --eval-ttl); undefined for other sets. */
-  private async revision(tag: string): Promise<string | undefined> {
-    const src = this.packages!;
-    try {
-      return await src.revision(tag, this.evalTtlMs);
-    } catch (e) {
-      if (e instanceof UnknownRevision) {
-        throw new TagNotServed(`the package set has no branch, tag or commit ${tag}`, { tag });
-      }
-      throw e;
-    }
-  }
-
-  private tagLatest(repo: string, built: BuiltImage): BuiltImage {
-    if (this.storage.index.resolveTag(repo, 'latest') !== built.manifest.digest) this.storage.tag(repo, 'latest', built.manifest.digest);
+    if (rev !== undefined) this.records.alias(ev, rev, built);
     return built;
   }
 
   private checkHashTag(repo: string, tag: string, ev: Evaluation): void {
     if (tag === ev.hash || tag === ev.outHash) return;
-    const evicted = this.storage.index.getBuild(repo, tag)?.evicted_at != null;
+    const evicted = this.records.evicted(repo, tag);
     const current = ev.outHash ?? ev.hash;
     throw new TagNotServed(evicted
       ? `image ${repo}:${tag} was evicted from the cache of built images, and ${repo} now evaluates to ${current}, so it cannot be rebuilt; pull ${repo}:latest or ${repo}:${current}`
@@ -234,7 +215,7 @@ export class NixImageSource implements ImageSource {
 
   private startJob(repo: string, tag: string, work: (job: Job) => Promise<BuiltImage>): Job {
     try {
-      return this.builder.jobs.start(repo, tag, work, (e) => (e instanceof Error ? e.message : String(e)));
+      return this.jobs.start(repo, tag, work, (e) => (e instanceof Error ? e.message : String(e)));
     } catch (e) {
       if (e instanceof JobsFull) throw new BuildQueueFull(`cannot start building ${repo}:${tag} now: ${e.message}; try again shortly`);
       throw e;
@@ -243,18 +224,17 @@ export class NixImageSource implements ImageSource {
 
   startBuild(repo: string, tag: string): JobView {
     if (!this.serves(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
-    const b = this.builder;
     let job: Job;
     if (HASH_TAG.test(tag)) {
       job = this.startJob(repo, tag, async (j) => {
-        const done = b.lookup(repo, tag);
+        const done = this.records.lookup(repo, tag);
         if (done) return done;
-        const ev = await b.evaluate(repo, j, await this.originAt(repo, 'latest'));
+        const ev = await this.evaluator.evaluate(repo, await this.origins.at(repo, 'latest'), j);
         this.checkHashTag(repo, tag, ev);
-        return b.ensureBuilt(ev, j);
+        return this.builder.ensureBuilt(ev, j);
       });
     } else {
-      this.checkTag(repo, tag);
+      this.origins.checkTag(repo, tag);
       job = this.startJob(repo, tag, (j) => this.buildTag(repo, tag, j));
     }
     // Asked for by name: listed even if there was nothing to build.
@@ -262,27 +242,10 @@ export class NixImageSource implements ImageSource {
     return job.view();
   }
 
-  /** After start and after changes: learn the top-level flake's outputs, then prebuild. */
+  /** After start and after changes: learn what the images directory holds, then prebuild. */
   private async settled(): Promise<void> {
-    this.builder.flakes = hasFlake(this.images);
-    await this.readFlakeNames();
+    await this.origins.settled();
     if (this.prebuildOn) await this.prebuild();
-  }
-
-  /**
-   * The output names of `<images>/flake.nix`, so that a one-segment name it does not
-   * have is a package list, or a plain repository one may push to. Until they are known
-   * every one-segment name is the flake's.
-   */
-  private async readFlakeNames(): Promise<void> {
-    const top = resolveTopFlake(this.images);
-    if (!top) { this.flakeNames = undefined; return; }
-    try {
-      const r = await evaluateImage({ flake: top.dir, list: '1' }, { env: this.nixEnv, timeoutMs: 120_000, flakes: true });
-      this.flakeNames = { key: top.key, names: new Set(r.outputs ?? []) };
-    } catch (e) {
-      this.builder.log?.warn({ error: (e as Error).message.slice(0, 2000) }, 'cannot list the outputs of flake.nix in --images');
-    }
   }
 
   /**
@@ -292,18 +255,18 @@ export class NixImageSource implements ImageSource {
    */
   prebuild(): Promise<void> {
     if (this.prebuilding) { this.prebuildAgain = true; return this.prebuilding; }
-    const log = this.builder.log;
+    const log = this.log;
     this.prebuilding = (async () => {
       do {
         this.prebuildAgain = false;
-        const names = [...new Set([...listImages(this.images), ...(this.flakeNames?.names ?? [])])];
+        const names = this.origins.names();
         let built = 0;
         for (const repo of names) {
           if (this.closed || this.prebuildAgain) break;
           try {
             // Not every .nix file is an image (a shared lib.nix): those fail here quietly.
-            const ev = await this.builder.evaluate(repo);
-            if (this.builder.lookup(repo, ev.hash)) continue;
+            const ev = await this.evaluator.evaluate(repo, this.origins.find(repo));
+            if (this.records.lookup(repo, ev.hash)) continue;
             await this.image(repo, 'latest');
             built++;
           } catch (e) {
@@ -321,23 +284,26 @@ export class NixImageSource implements ImageSource {
   }
 
   builds(): JobView[] {
-    return this.builder.jobs.list().map((j) => j.view());
+    return this.jobs.list().map((j) => j.view());
   }
 
   build(id: string): JobView | undefined {
-    return this.builder.jobs.get(id)?.view();
+    return this.jobs.get(id)?.view();
   }
 
   buildLog(id: string): BuildLogHandle | undefined {
-    return this.builder.jobs.get(id)?.logHandle(this.builder.publicUrl);
+    return this.jobs.get(id)?.logHandle(this.builder.publicUrl);
   }
 
   stats(): Record<string, unknown> {
     return {
+      buildsStarted: this.builder.buildsStarted,
+      evaluationsStarted: this.evaluator.evaluationsStarted,
       ...this.builder.stats(),
+      jobs: this.jobs.runningCount,
       imagesChanges: this.watcher?.changes ?? null,
       nixProcesses: nixProcessCount(),
-      // Whether Nix can build here (nix-health.ts), and the Nix processes that finding out took.
+      // Whether Nix can build here (nix/nix-health.ts), and the Nix processes that finding out took.
       nix: this.builder.health.status(),
       nixProbeProcesses: probeProcessCount(),
       // Threads that compress layers, as libuv read them at start-up (src/main.cts sets

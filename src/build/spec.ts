@@ -4,7 +4,7 @@
 //
 // Room: build. May import src/blobs and src/oci; never src/registry.
 import { InvalidImageSpec } from './errors.js';
-import type { EvalJSON } from './nix.js';
+import type { EvalJSON } from './nix/nix.js';
 import type { ImageSpec } from './types.js';
 
 type Check = (v: unknown) => string | undefined;

@@ -1,8 +1,9 @@
-// Shared shapes of the build pipeline:
-// request → resolve (resolve.ts) → evaluate + realise (nix.ts) → layer (layers.ts)
-// → tar + store (assemble.ts) → serve (source.ts via the registry's ImageSource seam).
+// Shared shapes of the build pipeline (source.ts walks it):
+// name → origin (origins/) → evaluation (evaluate.ts) → realisation (builder.ts over
+// nix/) → assembly (assembly/, or ingest/) → record (record.ts).
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build, shared by all of it: imports nothing else of build. May import src/blobs and src/oci;
+// never src/registry.
 import type { Descriptor } from '../oci/descriptor.js';
 
 /** One store path of a closure, as `nix-store --query` reports it. */

@@ -7,8 +7,8 @@ import { createReadStream, lstatSync, readFileSync, readdirSync, readlinkSync, r
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { createGunzip } from 'node:zlib';
-import { assembleImage, type AssembleStats } from '../../src/build/assemble.js';
-import { closureOf } from '../../src/build/nix.js';
+import { assembleImage, type AssembleStats } from '../../src/build/assembly/assemble.js';
+import { closureOf } from '../../src/build/nix/nix.js';
 import type { ImageSpec, StorePathInfo } from '../../src/build/types.js';
 import { Storage } from '../../src/blobs/storage.js';
 import { requireTool, run } from '../helpers/exec.js';

@@ -9,7 +9,7 @@ import { readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, test } from 'node:test';
-import { processEntry } from '../../src/build/archive-layer.js';
+import { processEntry } from '../../src/build/ingest/archive-layer.js';
 import { startContainerd } from '../helpers/containerd.js';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { requireTool, run } from '../helpers/exec.js';

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
 import { Storage } from '../../src/blobs/storage.js';
-import { assembleImage, type AssembleStats } from '../../src/build/assemble.js';
+import { assembleImage, type AssembleStats } from '../../src/build/assembly/assemble.js';
 import { BuildFailed } from '../../src/build/errors.js';
 import type { ImageSpec, StorePathInfo } from '../../src/build/types.js';
 import { requireTool, run } from '../helpers/exec.js';

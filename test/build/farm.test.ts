@@ -6,8 +6,8 @@ import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { BuildFailed } from '../../src/build/errors.js';
-import { MAX_FARM_DEPTH, rootfsEntries } from '../../src/build/farm.js';
-import type { TarEntry } from '../../src/build/tar.js';
+import { MAX_FARM_DEPTH, rootfsEntries } from '../../src/build/assembly/farm.js';
+import type { TarEntry } from '../../src/build/assembly/tar.js';
 import { tempDir } from '../helpers/registry.js';
 
 const dirs: string[] = [];

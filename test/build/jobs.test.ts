@@ -9,8 +9,8 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { mkdirSync, promises as fs, readFileSync, rmSync, utimesSync } from 'node:fs';
 import { join } from 'node:path';
 import { Layout } from '../../src/blobs/layout.js';
-import { Jobs, JobsFull, MAX_RUNNING_JOBS } from '../../src/build/jobs.js';
-import { nixProcessCount } from '../../src/build/nix.js';
+import { Jobs, JobsFull, MAX_RUNNING_JOBS } from '../../src/build/jobs/jobs.js';
+import { nixProcessCount } from '../../src/build/nix/nix.js';
 import type { BuiltImage } from '../../src/build/types.js';
 import { tempDir } from '../helpers/registry.js';
 import { Images, OCI, get, nonce, sleeper, startNixRegistry } from './helpers.js';
@@ -122,12 +122,12 @@ describe('builds ahead of pulls', () => {
     assert.match(done.hash!, /^[0-9a-z]{32}$/);
 
     const procs = nixProcessCount();
-    const evals = r.source.builder.evaluationsStarted;
+    const evals = r.source.evaluator.evaluationsStarted;
     const byHash = await get(`${r.url}/v2/ahead/manifests/${done.hash}`, OCI);
     assert.equal(byHash.status, 200, byHash.text);
     assert.equal(byHash.headers.get('docker-content-digest'), done.digest);
     assert.equal(nixProcessCount(), procs, 'no Nix process for a pre-built image');
-    assert.equal(r.source.builder.evaluationsStarted, evals);
+    assert.equal(r.source.evaluator.evaluationsStarted, evals);
   });
 
   test('bad build requests are 4xx with an OCI error', async () => {
@@ -170,23 +170,23 @@ describe('builds ahead of pulls', () => {
 
     const file = images.write('again.nix', sleeper('again', 0));
     assert.equal((await get(`${r.url}/v2/again/manifests/latest`, OCI)).status, 200);
-    const evals = r.source.builder.evaluationsStarted;
+    const evals = r.source.evaluator.evaluationsStarted;
     // The same content with a new mtime: evaluated again, the same image, nothing built.
     images.write('again.nix', readFileSync(file, 'utf8'));
     utimesSync(file, new Date(), new Date(Date.now() + 5000));
     assert.equal((await get(`${r.url}/v2/again/manifests/latest`, OCI)).status, 200);
-    assert.equal(r.source.builder.evaluationsStarted - evals, 1);
+    assert.equal(r.source.evaluator.evaluationsStarted - evals, 1);
     assert.deepEqual((await records('again')).map((b) => b.status), ['done'], 'the build, not the re-evaluation');
   });
 
   test('a flood of distinct never-built hash tags costs one evaluation', { timeout: 60_000 }, async () => {
     images.write('flood.nix', sleeper('flood', 0));
-    const evals = r.source.builder.evaluationsStarted;
+    const evals = r.source.evaluator.evaluationsStarted;
     const tags = Array.from({ length: 300 }, (_, i) => `${'0'.repeat(28)}${String(i).padStart(4, '0')}`.replace(/[eotu]/g, '0'));
     const res = await Promise.all(tags.map((t) => get(`${r.url}/v2/flood/manifests/${t}`, OCI)));
     for (const x of res) assert.equal(x.status, 404, x.text);
-    assert.equal(r.source.builder.evaluationsStarted - evals, 1);
-    assert.equal(r.source.builder.jobs.runningCount, 0, 'no job for a tag the expression does not yield');
+    assert.equal(r.source.evaluator.evaluationsStarted - evals, 1);
+    assert.equal(r.source.jobs.runningCount, 0, 'no job for a tag the expression does not yield');
   });
 });
 
@@ -232,10 +232,11 @@ describe('--prebuild', () => {
   after(async () => { await r?.stop(); images?.cleanup(); });
 
   test('builds what is there at start, and what changes after, before anyone pulls', { timeout: 120_000 }, async () => {
-    const b = r.source.builder;
+    const s = r.source;
+    const b = s.builder;
     const built = (repo: string) => until(`${repo} to be prebuilt`, async () => {
-      const ev = b.cachedEvaluation(repo);
-      return ev && b.lookup(repo, ev.hash) ? true : undefined;
+      const ev = s.evaluator.cached(s.origins.find(repo));
+      return ev && s.records.lookup(repo, ev.hash) ? true : undefined;
     }, 60_000);
     await built('early');
     images.write('later.nix', sleeper('later', 0));

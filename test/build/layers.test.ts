@@ -1,7 +1,7 @@
 // The layering algorithm: budgets, determinism and the sharing rule.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { groupStorePaths } from '../../src/build/layers.js';
+import { groupStorePaths } from '../../src/build/assembly/layers.js';
 import type { StorePathInfo } from '../../src/build/types.js';
 
 const P = (name: string) => `/nix/store/${name.padEnd(32, '0').slice(0, 32)}-${name}`;

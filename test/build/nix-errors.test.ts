@@ -8,15 +8,15 @@ import assert from 'node:assert/strict';
 import { cpSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { sandboxHint } from '../../src/build/nix-health.js';
-import { describeError, essentialError, readJsonLog } from '../../src/build/nix-errors.js';
+import { sandboxHint } from '../../src/build/nix/nix-health.js';
+import { describeError, essentialError, readJsonLog } from '../../src/build/nix/nix-errors.js';
 import { NIX_VERSION } from '../helpers/nix.js';
 import { ROOT } from '../helpers/registry.js';
 import { Images, PKGS, errorOf, get, nixStr, nonce, startNixRegistry } from './helpers.js';
 
 const FIXTURES = join(ROOT, 'test/fixtures/nix-errors');
 const VERSIONS = readdirSync(FIXTURES).filter((d) => d.startsWith('nix-')).sort();
-const OWN = ['/nixreg/src/build/eval.nix'];
+const OWN = ['/nixreg/src/build/nix/eval.nix'];
 const mine = (f: string) => f.startsWith('/images/');
 
 /** Per image file: the error's words, and where the user is sent (by either version: the error's position or a frame's). */
@@ -58,7 +58,7 @@ describe('against captured output of each Nix version', () => {
         if (at) assert.match(said, new RegExp(`^ +at /images/${at.replace(/\./g, '\\.')}:?$`, 'm'), said);
         else assert.doesNotMatch(said, /\/images\/[^ ]*:\d+:\d+/, said);
         if (name !== 'fake-drv') assert.doesNotMatch(said, /eval\.nix/, `no frame of nixreg's own: ${said}`);
-        else assert.match(said, /\n {7}at \/nixreg\/src\/build\/eval\.nix:\d+:\d+$/, 'the position alone, not our source');
+        else assert.match(said, /\n {7}at \/nixreg\/src\/build\/nix\/eval\.nix:\d+:\d+$/, 'the position alone, not our source');
         assert.doesNotMatch(said, /\x1b|stack trace truncated|--show-trace/);
         // An excerpt is of the error's own position, in the user's file.
         if (c.at && error?.pos) assert.match(said, /\n {12}\d+\| .*\n {13}\| +\^/);

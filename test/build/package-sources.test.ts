@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { cpSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { PackageSource } from '../../src/build/origins.js';
+import { PackageSource } from '../../src/build/origins/origins.js';
 import { run } from '../helpers/exec.js';
 import { NIX_TEST_ENV } from '../helpers/nix.js';
 import { ROOT, tempDir } from '../helpers/registry.js';

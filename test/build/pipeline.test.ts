@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { nixProcessCount } from '../../src/build/nix.js';
+import { nixProcessCount } from '../../src/build/nix/nix.js';
 import { requireTool } from '../helpers/exec.js';
 import { dockerArchive, layerTar, tarOf } from '../ingest/archives.js';
 import { DOCKER, Images, OCI, PKGS, errorOf, get, nonce, startNixRegistry } from './helpers.js';
@@ -90,12 +90,12 @@ describe('tags', () => {
 describe('caching and single flight', () => {
   test('20 concurrent pulls of an unbuilt image share one evaluation and one build', async () => {
     images.image('crowd.nix', { nonce: nonce() });
-    const b = r.source.builder;
-    const [evals, builds] = [b.evaluationsStarted, b.buildsStarted];
+    const { builder: b, evaluator: e } = r.source;
+    const [evals, builds] = [e.evaluationsStarted, b.buildsStarted];
     const res = await Promise.all(Array.from({ length: 20 }, () => get(`${r.url}/v2/crowd/manifests/latest`)));
     for (const x of res) assert.equal(x.status, 200, x.text);
     assert.equal(new Set(res.map((x) => x.headers.get('docker-content-digest'))).size, 1);
-    assert.equal(b.evaluationsStarted - evals, 1);
+    assert.equal(e.evaluationsStarted - evals, 1);
     assert.equal(b.buildsStarted - builds, 1);
     const records = (await get(`${r.url}/nixreg/builds`)).json().builds.filter((x: { repository: string }) => x.repository === 'crowd');
     assert.equal(records.length, 1);
@@ -104,17 +104,17 @@ describe('caching and single flight', () => {
 
   test('HEAD then GET costs one evaluation; a changed file is evaluated again at once', async () => {
     const file = images.image('ttl.nix', { nonce: nonce(), greeting: 'one' });
-    const b = r.source.builder;
-    const evals = b.evaluationsStarted;
+    const e = r.source.evaluator;
+    const evals = e.evaluationsStarted;
     const head = await get(`${r.url}/v2/ttl/manifests/latest`, `${OCI}, ${DOCKER}`, 'HEAD');
     assert.equal(head.status, 200);
     const first = await get(`${r.url}/v2/ttl/manifests/latest`);
-    assert.equal(b.evaluationsStarted - evals, 1);
+    assert.equal(e.evaluationsStarted - evals, 1);
     images.image('ttl.nix', { nonce: nonce(), greeting: 'two' });
     // Same second, maybe the same size: the inode or mtime must still tell.
     utimesSync(file, new Date(), new Date(Date.now() + 5000));
     const second = await get(`${r.url}/v2/ttl/manifests/latest`);
-    assert.equal(b.evaluationsStarted - evals, 2);
+    assert.equal(e.evaluationsStarted - evals, 2);
     assert.notEqual(second.headers.get('docker-content-digest'), first.headers.get('docker-content-digest'));
     const tags = hashTags((await get(`${r.url}/v2/ttl/tags/list`)).json().tags);
     assert.equal(tags.length, 2, 'both builds keep their hash tags');
@@ -282,11 +282,11 @@ describe('limits', () => {
       assert.match(errorOf(to).message, /timed out after 4/);
       assert.ok(Date.now() - t0 < 20_000);
 
-      const evals = small.source.builder.evaluationsStarted;
+      const evals = small.source.evaluator.evaluationsStarted;
       await get(`${small.url}/v2/s1/manifests/latest`);
       await new Promise((res) => setTimeout(res, 500));
       await get(`${small.url}/v2/s1/manifests/latest`);
-      assert.equal(small.source.builder.evaluationsStarted - evals, 2, 'an evaluation older than the TTL is redone');
+      assert.equal(small.source.evaluator.evaluationsStarted - evals, 2, 'an evaluation older than the TTL is redone');
     } finally {
       await small.stop();
       imgs.cleanup();

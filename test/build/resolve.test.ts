@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { resolveImageFile } from '../../src/build/resolve.js';
+import { resolveImageFile } from '../../src/build/origins/resolve.js';
 import { tempDir } from '../helpers/registry.js';
 
 const top = tempDir('nixreg-resolve-');

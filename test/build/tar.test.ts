@@ -5,10 +5,10 @@ import { createWriteStream, mkdirSync, readFileSync, rmSync, statSync, lstatSync
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { after, test } from 'node:test';
-import { looksRandom, ParallelGzip } from '../../src/build/gzip.js';
-import { rootfsEntries } from '../../src/build/farm.js';
+import { looksRandom, ParallelGzip } from '../../src/build/assembly/gzip.js';
+import { rootfsEntries } from '../../src/build/assembly/farm.js';
 import * as tar from 'tar-stream';
-import { storePathEntries, tarStream, type TarEntry } from '../../src/build/tar.js';
+import { storePathEntries, tarStream, type TarEntry } from '../../src/build/assembly/tar.js';
 import { requireTool, run } from '../helpers/exec.js';
 import { tempDir } from '../helpers/registry.js';
 import { assertSameTree, makeOddTree } from './trees.js';

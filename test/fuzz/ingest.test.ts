@@ -1,4 +1,4 @@
-// Fuzzing of image ingestion (src/build/ingest.ts): a few hundred seeded mutations of
+// Fuzzing of image ingestion (src/build/ingest/ingest.ts): a few hundred seeded mutations of
 // valid docker-archive and OCI-layout tarballs (archive-gen.ts), each ingested into a
 // real Storage. Every one must either be ingested or be refused with ArchiveError —
 // never another error, never a hang — and leave nothing in the store's tmp dir; no
@@ -14,7 +14,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Storage } from '../../src/blobs/storage.js';
 import { ArchiveError } from '../../src/build/errors.js';
-import { ingestImageOutput } from '../../src/build/ingest.js';
+import { ingestImageOutput } from '../../src/build/ingest/ingest.js';
 import { tempDir } from '../helpers/registry.js';
 import { bases, mutate, type Base, type Canary } from './archive-gen.js';
 import { Rng } from './prng.js';

@@ -66,7 +66,7 @@ export function cliFor(user: User): string {
   if (reachable) return CLI;
   if (!staged) {
     const dir = tempDir('nixreg-staged-');
-    for (const p of ['package.json', 'dist/src', 'node_modules', 'build/Release', 'src/build/eval.nix', 'src/build/probe.nix']) {
+    for (const p of ['package.json', 'dist/src', 'node_modules', 'build/Release', 'src/build/nix/eval.nix', 'src/build/nix/probe.nix']) {
       if (!existsSync(join(ROOT, p))) continue;
       mkdirSync(join(dir, p, '..'), { recursive: true });
       cpSync(join(ROOT, p), join(dir, p), { recursive: true, dereference: true });

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { randomBytes } from 'node:crypto';
 import { Storage } from '../../src/blobs/storage.js';
-import { ingestImageOutput, isImageOutput } from '../../src/build/ingest.js';
+import { ingestImageOutput, isImageOutput } from '../../src/build/ingest/ingest.js';
 import { ArchiveError } from '../../src/build/errors.js';
 import { registryErrorOf } from '../../src/registry/errors.js';
 import { requireTool, run } from '../helpers/exec.js';

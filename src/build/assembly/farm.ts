@@ -11,10 +11,11 @@
 // followed. A directory already being listed further up is not unfolded again, and
 // the farm's size and depth are bounded, so assembly ends whatever the contents hold.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/assembly. Of build, imports only jobs/ (progress) and the shared errors.ts, types.ts and
+// semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import { promises as fs, type Stats } from 'node:fs';
 import { join, posix } from 'node:path';
-import { BuildFailed } from './errors.js';
+import { BuildFailed } from '../errors.js';
 import { byUtf8, sortedDir, type TarEntry } from './tar.js';
 
 /** Names what decides the farm's entries: part of the root filesystem layer's key. */

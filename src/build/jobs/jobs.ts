@@ -6,16 +6,35 @@
 //
 // This module owns the records of jobs (running ones, and the last `keep` finished ones
 // worth showing), their log files under <data>/logs, and the words a waiting client is
-// told. The registry serves them at /nixreg/builds; knows nothing of HTTP.
+// told. The registry serves them at /nixreg/builds (through image-source.ts, which
+// re-exports the views of this module); knows nothing of HTTP. Sub-room jobs/ knows no
+// stage of the pipeline: what a job runs is the work the pipeline's top hands it.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/jobs. Of build, imports only the shared errors.ts, types.ts and semaphore.ts; may import
+// src/blobs and src/oci; never src/registry.
 import { EventEmitter } from 'node:events';
 import { createWriteStream, promises as fs, type WriteStream } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import type { Layout } from '../blobs/layout.js';
-import type { BuildLogHandle } from './image-source.js';
-import type { BuiltImage } from './types.js';
+import type { BuiltImage } from '../types.js';
+
+/** Where the logs go (Storage's build facade, or a Layout). */
+export interface LogFiles {
+  readonly logsDir: string;
+  logPath(id: string): string;
+}
+
+/** A build's log as the registry follows it (ImageSource.buildLog). */
+export interface BuildLogHandle {
+  path: string;
+  repo: string;
+  /** Whether the build has ended, so that its log will not grow any more. */
+  finished(): boolean;
+  /** Resolves when the log grows or the build ends, or after `ms`. */
+  changed(ms: number): Promise<void>;
+  /** A line on where the build stands (for a follower when the log is quiet). */
+  describe(): string;
+}
 
 export type Stage = 'queued' | 'evaluating' | 'building' | 'assembling';
 export type JobStatus = Stage | 'done' | 'failed';
@@ -221,7 +240,7 @@ export class Jobs {
   /** Finished jobs worth showing, oldest first. */
   private readonly kept: Job[] = [];
 
-  constructor(private readonly layout: Layout, private readonly keep = 100) {
+  constructor(private readonly layout: LogFiles, private readonly keep = 100) {
     void this.prune();
   }
 

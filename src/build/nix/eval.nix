@@ -1,4 +1,4 @@
-# Evaluates one image for nixreg, from one of three origins (src/build/origins.ts):
+# Evaluates one image for nixreg, from one of three origins (src/build/origins/origins.ts):
 #   an image file:   --argstr file /abs/path.nix
 #   a flake output:  --argstr flake /abs/dir --argstr attr NAME  (packages.<system>.NAME,
 #                    else legacyPackages.<system>.NAME; needs the flakes feature)

@@ -8,7 +8,8 @@
 // where there is one; the text is the fallback (nix-store's build errors, a Nix that
 // fails before it logs, such as 2.8's stack overflow).
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/nix, the Nix adapter. Of build, imports only the shared errors.ts, types.ts and semaphore.ts;
+// may import src/blobs and src/oci; never src/registry.
 
 /** A place in a Nix file. */
 export interface NixPos { file: string; line: number; column: number }

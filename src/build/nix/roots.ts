@@ -9,7 +9,8 @@
 // no longer that very process is removed. Another live process on the same data (a
 // `nixreg build` beside a server) keeps its roots.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/nix, the Nix adapter. Of build, imports only the shared errors.ts, types.ts and semaphore.ts;
+// may import src/blobs and src/oci; never src/registry.
 import { readFileSync, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';

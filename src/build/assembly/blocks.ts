@@ -9,7 +9,8 @@
 // and gives it back once deflate is done with it. A chunk that goes elsewhere (to a file,
 // uncompressed) is simply left to the garbage collector.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/assembly. Of build, imports only jobs/ (progress) and the shared errors.ts, types.ts and
+// semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import type { FileHandle } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 

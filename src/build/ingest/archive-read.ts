@@ -4,18 +4,19 @@
 // files are numbered, and entry names are only keys, checked so that an archive whose
 // own names climb out of it (`../x`, `/etc/x`) is refused rather than silently tolerated.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/ingest. Of build, imports only nix/ (processes), assembly/ (compression, manifests) and the
+// shared errors.ts, types.ts and semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import type { ChildProcess } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { join, posix } from 'node:path';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
-import { noSpaceCode } from '../blobs/errors.js';
-import { digestOf } from '../oci/digest.js';
-import { spawnFilter, spawnTied } from './child.js';
-import { DEFAULT_COMPRESSION, type CompressionSetting } from './compression.js';
-import { ArchiveError } from './errors.js';
+import { noSpaceCode } from '../../blobs/errors.js';
+import { digestOf } from '../../oci/digest.js';
+import { spawnFilter, spawnTied } from '../nix/child.js';
+import { DEFAULT_COMPRESSION, type CompressionSetting } from '../assembly/compression.js';
+import { ArchiveError } from '../errors.js';
 import { peek, processEntry, sniff, type LayerFile } from './archive-layer.js';
 
 /** Entries up to this size are kept in memory (configs, manifests, small layers). */

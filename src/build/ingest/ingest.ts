@@ -1,30 +1,33 @@
 // Ingestion of image archives (docker-archive, OCI archive, or a streamLayeredImage
-// script's output) that a derivation produced. See issue 4.
+// script's output) that a derivation produced. See issue 4. Sub-room ingest/ owns
+// reading archives (archive-read.ts) and their layers (archive-layer.ts); this module is
+// its entry point, the alternative to assembly/ for an output that is an image already.
 //
 // The archive is read once (archive-read.ts); only then is it known which entries are
 // layers, config and manifests. Everything is checked before anything is committed:
 // each layer's diff_id against the config, each OCI blob against its descriptor. The
 // config is stored byte for byte, so the image ID equals what `docker load` gives.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/ingest. Of build, imports only nix/ (processes), assembly/ (compression, manifests) and the
+// shared errors.ts, types.ts and semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import { randomUUID } from 'node:crypto';
 import { constants, createReadStream, promises as fs } from 'node:fs';
 import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
-import { makeDir } from '../blobs/core.js';
-import { noSpaceCode } from '../blobs/errors.js';
-import type { Storage } from '../blobs/storage.js';
-import type { Descriptor as StoredDescriptor } from '../oci/descriptor.js';
-import { digestOf, isDigest } from '../oci/digest.js';
-import { parseJson } from '../oci/json.js';
-import { parseManifest } from '../oci/manifest.js';
-import { GZIP_LAYER_TYPES, INDEX_TYPES, MediaTypes } from '../oci/media-types.js';
+import { makeDir } from '../../blobs/core.js';
+import { noSpaceCode } from '../../blobs/errors.js';
+import type { Storage } from '../../blobs/storage.js';
+import type { Descriptor as StoredDescriptor } from '../../oci/descriptor.js';
+import { digestOf, isDigest } from '../../oci/digest.js';
+import { parseJson } from '../../oci/json.js';
+import { parseManifest } from '../../oci/manifest.js';
+import { GZIP_LAYER_TYPES, INDEX_TYPES, MediaTypes } from '../../oci/media-types.js';
 import { processEntry, sniff, type LayerFile } from './archive-layer.js';
 import { ArchiveContents, entryName, malformed, readArchive, type ArchiveEntry } from './archive-read.js';
-import { ArchiveError } from './errors.js';
-import { imageManifest } from './image.js';
-import { layerMediaType, type CompressionSetting } from './compression.js';
-import type { BuiltImage } from './types.js';
+import { ArchiveError } from '../errors.js';
+import { imageManifest } from '../assembly/image.js';
+import { layerMediaType, type CompressionSetting } from '../assembly/compression.js';
+import type { BuiltImage } from '../types.js';
 
 export interface IngestOptions {
   /** Store path hash part that becomes the image tag. */
@@ -77,7 +80,7 @@ export async function ingestImageOutput(storage: Storage, repo: string, outPath:
   const f = await fileHead(outPath).catch(() => undefined);
   if (!f) throw new ArchiveError(`${outPath} is not an image archive file`);
 
-  const contents = new ArchiveContents(join(storage.layout.tmpDir, `ingest-${randomUUID()}`), opts.compression);
+  const contents = new ArchiveContents(join(storage.tmpDir, `ingest-${randomUUID()}`), opts.compression);
   await makeDir(contents.dir);
   try {
     try {

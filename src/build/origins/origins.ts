@@ -21,12 +21,13 @@
 // Request data reaches Nix only as --argstr values (names as JSON text) and git only as
 // argv after `--`, never as source or a shell line.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/origins. Of build, imports only nix/ and the shared errors.ts, types.ts and semaphore.ts;
+// may import src/blobs and src/oci; never src/registry.
 import { existsSync } from 'node:fs';
 import { join, resolve as resolvePath } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { spawnTied } from './child.js';
-import { BuildFailed } from './errors.js';
+import { spawnTied } from '../nix/child.js';
+import { BuildFailed } from '../errors.js';
 import { hidePaths, hostForms, type FlakeFile, type ImageFile } from './resolve.js';
 
 export interface Origin {
@@ -35,7 +36,7 @@ export interface Origin {
   name: string;
   /** Identity of what is evaluated as cheaply observable: a new key means a new evaluation. */
   key: string;
-  /** The file whose version `key` names, if any (Builder.invalidate spares its evaluation). */
+  /** The file whose version `key` names, if any (Evaluator.invalidate spares its evaluation). */
   path?: string | undefined;
   /** eval.nix's --argstr pairs. */
   args: Record<string, string>;

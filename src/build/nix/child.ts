@@ -10,7 +10,8 @@
 // dies after setpriv has set the signal: a crash in the microseconds between fork and
 // prctl is not covered.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/nix, the Nix adapter. Of build, imports only the shared errors.ts, types.ts and semaphore.ts;
+// may import src/blobs and src/oci; never src/registry.
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, isAbsolute, join } from 'node:path';

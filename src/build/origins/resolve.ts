@@ -6,7 +6,8 @@
 // followed: it would make endless alias repositories (`self/hello`, `self/self/hello`, …),
 // each evaluated and built on its own.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/origins. Of build, imports only nix/ and the shared errors.ts, types.ts and semaphore.ts;
+// may import src/blobs and src/oci; never src/registry.
 import { realpathSync, statSync, type BigIntStats } from 'node:fs';
 import { join, relative, resolve, sep } from 'node:path';
 

@@ -5,10 +5,11 @@
 // (probe.nix) at start, and put every failure through one table of diagnoses, both the
 // probe's and those of real evaluations and builds.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/nix, the Nix adapter. Of build, imports only the shared errors.ts, types.ts and semaphore.ts;
+// may import src/blobs and src/oci; never src/registry.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { NixUnavailable } from './errors.js';
+import { NixUnavailable } from '../errors.js';
 import { NixError, buildProbe } from './nix.js';
 import { essentialError } from './nix-errors.js';
 

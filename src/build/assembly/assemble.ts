@@ -2,6 +2,12 @@
 // (tar.ts) → the chosen compression (compression.ts) → blob store, then config and
 // manifests (image.ts) written through Storage exactly like a pushed image.
 //
+// Sub-room assembly/ owns the bytes of a built image: which store paths share a layer
+// (layers.ts), the root filesystem's symlink farm (farm.ts), reproducible tar (tar.ts),
+// compression (compression.ts, gzip.ts over the buffers of blocks.ts), the config and
+// manifests (image.ts). This module is its entry point. It knows no Nix process: the
+// closure comes in, already realised; nor any origin or evaluation.
+//
 // Each layer is streamed once from the Nix store into a temporary file in the store's
 // tmp dir while both digests (diff_id of the tar, digest of what is stored) are computed, and
 // committed with Storage.commitFile: nothing is copied to a staging tree, no tarball is
@@ -14,26 +20,26 @@
 // stops at the next file or chunk, temporary files are removed and no layer row is
 // written, so a slow or hostile closure cannot hold a build slot past --build-timeout.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/assembly. Of build, imports only jobs/ (progress) and the shared errors.ts, types.ts and
+// semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import { createHash, randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import type { LayerRow } from '../blobs/index.js';
-import type { Storage } from '../blobs/storage.js';
-import { Digester } from '../oci/digest.js';
-import { parseManifest } from '../oci/manifest.js';
-import { MediaTypes } from '../oci/media-types.js';
-import { BuildError, BuildFailed, InvalidImageSpec } from './errors.js';
+import type { LayerRow, Storage } from '../../blobs/storage.js';
+import { Digester } from '../../oci/digest.js';
+import { parseManifest } from '../../oci/manifest.js';
+import { MediaTypes } from '../../oci/media-types.js';
+import { BuildError, BuildFailed, InvalidImageSpec } from '../errors.js';
 import { FARM_FORMAT, rootfsEntries } from './farm.js';
 import { fileSink } from './blocks.js';
 import { compressor, DEFAULT_COMPRESSION, type CompressionSetting } from './compression.js';
 import { imageConfig, imageManifest, type LayerDescriptor } from './image.js';
-import type { Progress } from './jobs.js';
+import type { Progress } from '../jobs/jobs.js';
 import { groupStorePaths } from './layers.js';
 import { storePathEntries, tarStream, type TarEntry } from './tar.js';
-import type { BuiltImage, ImageSpec, StorePathInfo } from './types.js';
+import type { BuiltImage, ImageSpec, StorePathInfo } from '../types.js';
 
 /**
  * Names everything that decides a layer's bytes besides its paths and compression: the
@@ -180,12 +186,12 @@ async function layerFor(
   storage: Storage, repo: string, plan: LayerPlan, signal: AbortSignal, stats?: AssembleStats, progress?: Progress,
 ): Promise<LayerRow> {
   signal.throwIfAborted();
-  const known = storage.index.getLayer(plan.key);
-  if (known && storage.index.linkBlob(repo, known.digest)) {
+  const known = storage.getLayer(plan.key);
+  if (known && storage.linkBlob(repo, known.digest)) {
     if (stats) stats.reused++;
     return known;
   }
-  const flightKey = `${storage.layout.root}\0${plan.key}`;
+  const flightKey = `${storage.root}\0${plan.key}`;
   let flight = inflight.get(flightKey);
   if (!flight) {
     const stop = new AbortController();
@@ -194,7 +200,7 @@ async function layerFor(
     inflight.set(flightKey, flight = f);
   }
   const row = await board(flight, flightKey, signal);
-  storage.index.linkBlob(repo, row.digest);
+  storage.linkBlob(repo, row.digest);
   return row;
 }
 
@@ -226,7 +232,7 @@ function board(f: Flight, key: string, signal: AbortSignal): Promise<LayerRow> {
 async function buildLayer(
   storage: Storage, repo: string, plan: LayerPlan, signal: AbortSignal, stats?: AssembleStats, progress?: Progress,
 ): Promise<LayerRow> {
-  const tmp = join(storage.layout.tmpDir, randomUUID());
+  const tmp = join(storage.tmpDir, randomUUID());
   // Opened before anything is streamed, so no open still under way can recreate the file
   // after a cancelled build has removed it.
   const file = await fs.open(tmp, 'wx');
@@ -246,7 +252,7 @@ async function buildLayer(
     signal.throwIfAborted();
     const row: LayerRow = { digest: compressed.digest(), diff_id: diff.digest(), size: compressed.bytes };
     await storage.commitFile(repo, tmp, row.digest, row.size);
-    storage.index.putLayer(plan.key, row);
+    storage.putLayer(plan.key, row);
     if (stats) { stats.built++; stats.tarBytes += diff.bytes; }
     return row;
   } finally {

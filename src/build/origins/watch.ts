@@ -1,7 +1,7 @@
 // Watching the images directory. Any change there may change what an image evaluates
 // to: an image file may import any file beside it (a shared `lib.nix`, a pinned
 // package set), and Nix 2.8 does not say cheaply which files an evaluation read. So
-// every change drops every cached evaluation (Builder.invalidate) the moment it is
+// every change drops every cached evaluation (Evaluator.invalidate) the moment it is
 // seen, and the next pull of `latest` evaluates again instead of waiting out
 // --eval-ttl. Changes also feed --prebuild, once the directory has been quiet a moment
 // (a `git pull` is many changes).
@@ -9,7 +9,8 @@
 // Dot-files and dot-directories (.git above all) are not watched: a `git pull` changes
 // them by the thousand and no image may import them by the repository grammar's names.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/origins. Of build, imports only nix/ and the shared errors.ts, types.ts and semaphore.ts;
+// may import src/blobs and src/oci; never src/registry.
 import { readdirSync, statSync, type Dirent } from 'node:fs';
 import { join } from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';

@@ -6,11 +6,12 @@
 // Every document is serialised with a fixed key order (and the user's `config` with its
 // keys sorted recursively), so equal inputs give byte-identical JSON and digests.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
-import type { BlobRef } from '../oci/descriptor.js';
-import { MediaTypes } from '../oci/media-types.js';
+// Room: build/assembly. Of build, imports only jobs/ (progress) and the shared errors.ts, types.ts and
+// semaphore.ts; may import src/blobs and src/oci; never src/registry.
+import type { BlobRef } from '../../oci/descriptor.js';
+import { MediaTypes } from '../../oci/media-types.js';
 import { layerMediaType, type LayerCompression } from './compression.js';
-import type { ImageSpec } from './types.js';
+import type { ImageSpec } from '../types.js';
 
 export interface LayerDescriptor {
   digest: string;

@@ -3,21 +3,28 @@
 // or a command line, and so the processes can be counted (tests assert that serving an
 // already-built hash starts none).
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Sub-room nix/ owns everything nixreg asks of Nix and of the processes it starts: this
+// module (nix-instantiate and nix-store), eval.nix and probe.nix (read at run time from
+// beside this module's source, see nixFile()), what Nix's errors mean (nix-errors.ts),
+// whether Nix can build here (nix-health.ts), the GC roots of builds (roots.ts) and
+// every child process's tie to nixreg's life (child.ts). It knows no stage of the
+// pipeline: what to evaluate or realise comes in as arguments.
+//
+// Room: build/nix, the Nix adapter. Of build, imports only the shared errors.ts, types.ts and semaphore.ts;
+// may import src/blobs and src/oci; never src/registry.
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { spawnTied } from './child.js';
 import { describeError, essentialError, readJsonLog } from './nix-errors.js';
-import { imagesDirForms } from './resolve.js';
-import type { StorePathInfo } from './types.js';
+import type { StorePathInfo } from '../types.js';
 
 /**
- * Nix files ship as source files (tsc does not copy .nix files): from dist/src/build
- * they are three levels up, then src/build; from src/build (ts-node style runs) they are
- * beside this module.
+ * Nix files ship as source files (tsc does not copy .nix files): from dist/src/build/nix
+ * they are four levels up, then src/build/nix; from src/build/nix (ts-node style runs)
+ * they are beside this module. The Dockerfile copies them to the same place.
  */
 function nixFile(name: string): string {
-  const candidates = [new URL(`../../../src/build/${name}`, import.meta.url), new URL(`./${name}`, import.meta.url)]
+  const candidates = [new URL(`../../../../src/build/nix/${name}`, import.meta.url), new URL(`./${name}`, import.meta.url)]
     .map((u) => fileURLToPath(u));
   return candidates.find((p) => existsSync(p)) ?? candidates[0]!;
 }
@@ -151,11 +158,11 @@ export interface EvalJSON {
 
 /**
  * Evaluates an image with the helper expression; `args` are its `--argstr` pairs
- * (origins.ts). Flakes are enabled for this one call where `flakes` says so, never in
- * the user's settings. An error is placed in the user's files under `images` where the
- * trace allows (nix-errors.ts).
+ * (origins/origins.ts). Flakes are enabled for this one call where `flakes` says so, never
+ * in the user's settings. An error is placed in the user's files, those under `userDirs`,
+ * where the trace allows (nix-errors.ts).
  */
-export async function evaluateImage(args: Record<string, string>, opts: NixRunOptions & { flakes?: boolean; images?: string } = {}): Promise<EvalJSON> {
+export async function evaluateImage(args: Record<string, string>, opts: NixRunOptions & { flakes?: boolean; userDirs?: string[] } = {}): Promise<EvalJSON> {
   // The error as a record, with the whole trace: its frames find the user's own line
   // where Nix gives the error none (nix-errors.ts). A trace of max-call-depth frames
   // takes a few MiB, hence the larger tail kept.
@@ -163,7 +170,7 @@ export async function evaluateImage(args: Record<string, string>, opts: NixRunOp
   if (opts.flakes) argv.push('--extra-experimental-features', 'nix-command flakes');
   argv.push(EVAL_NIX);
   for (const [k, v] of Object.entries(args)) argv.push('--argstr', k, v);
-  const run = { ...opts, jsonLog: { userDirs: opts.images ? imagesDirForms(opts.images) : [] }, stderrBytes: 16 << 20 };
+  const run = { ...opts, jsonLog: { userDirs: opts.userDirs ?? [] }, stderrBytes: 16 << 20 };
   return JSON.parse(await runNix('nix-instantiate', argv, run)) as EvalJSON;
 }
 

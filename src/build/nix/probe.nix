@@ -1,5 +1,5 @@
 # The derivation nixreg builds at start to learn whether Nix can build on this machine
-# at all (src/build/nix-health.ts). `nonce` makes it new each time, so Nix must really
+# at all (src/build/nix/nix-health.ts). `nonce` makes it new each time, so Nix must really
 # build it (build users, sandbox set-up, store locks) instead of finding it valid;
 # nothing substitutes it, so no binary cache is asked. Its builder is built into Nix
 # (an empty buildEnv), so it needs no program from the host or from nixpkgs and works

@@ -19,13 +19,14 @@
 // started), and each stream keeps at most `maxQueued` blocks between start and output, so
 // memory stays bounded however many layers are built at once.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/assembly. Of build, imports only jobs/ (progress) and the shared errors.ts, types.ts and
+// semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';
 import { constants, crc32, deflateRaw } from 'node:zlib';
 import { BLOCK, giveBlock, isPoolBlock, takeBlock } from './blocks.js';
-import { Semaphore } from './semaphore.js';
+import { Semaphore } from '../semaphore.js';
 
 const WINDOW = 32 * 1024;
 const deflateRawAsync = promisify(deflateRaw) as (buf: Buffer, opts: object) => Promise<Buffer>;

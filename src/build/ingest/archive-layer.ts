@@ -4,15 +4,16 @@
 // archive's manifest has been read, which may come last; this module therefore decides
 // from the bytes alone, and ingest.ts re-processes the rare entry it guessed wrong.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/ingest. Of build, imports only nix/ (processes), assembly/ (compression, manifests) and the
+// shared errors.ts, types.ts and semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import { createWriteStream } from 'node:fs';
 import { Readable, Transform, Writable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import { noSpaceCode } from '../blobs/errors.js';
-import { Digester } from '../oci/digest.js';
-import { spawnFilter } from './child.js';
-import { compressor, DEFAULT_COMPRESSION, type CompressionSetting, type LayerCompression } from './compression.js';
+import { noSpaceCode } from '../../blobs/errors.js';
+import { Digester } from '../../oci/digest.js';
+import { spawnFilter } from '../nix/child.js';
+import { compressor, DEFAULT_COMPRESSION, type CompressionSetting, type LayerCompression } from '../assembly/compression.js';
 
 export type Compression = 'gzip' | 'zstd' | 'tar' | 'other';
 

@@ -15,9 +15,10 @@
 // a 100-layer build took 16.9 s against 10.4 s with gzip. Node 22.15's zlib.zstdCompress
 // is the way in once the engine moves.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/assembly. Of build, imports only jobs/ (progress) and the shared errors.ts, types.ts and
+// semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import type { Transform } from 'node:stream';
-import { MediaTypes } from '../oci/media-types.js';
+import { MediaTypes } from '../../oci/media-types.js';
 import { ParallelGzip } from './gzip.js';
 
 export const LAYER_COMPRESSIONS = ['gzip', 'none'] as const;

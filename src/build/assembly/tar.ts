@@ -11,7 +11,8 @@
 // every entry are emitted before it, so any unpacker recreates the tree with the right
 // modes; /nix and /nix/store are 0555 as in nixpkgs' dockerTools.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
+// Room: build/assembly. Of build, imports only jobs/ (progress) and the shared errors.ts, types.ts and
+// semaphore.ts; may import src/blobs and src/oci; never src/registry.
 import { closeSync, lstatSync, openSync, readdirSync, readlinkSync, readSync, promises as fs, type Stats } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, posix } from 'node:path';

@@ -23,8 +23,9 @@
 // same closure always yields the same layers, and each layer's key depends only on its
 // own paths (see assemble.ts), so unchanged groups are reused byte for byte.
 //
-// Room: build. May import src/blobs and src/oci; never src/registry.
-import type { StorePathInfo } from './types.js';
+// Room: build/assembly. Of build, imports only jobs/ (progress) and the shared errors.ts, types.ts and
+// semaphore.ts; may import src/blobs and src/oci; never src/registry.
+import type { StorePathInfo } from '../types.js';
 
 export interface LayerGroup {
   /** Sorted store paths of this layer. */
