@@ -28,7 +28,6 @@
 // files without rows, which startup reconciliation removes; never a row without a file.
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
-import { promises as fs } from 'node:fs';
 import { parseManifest } from '../oci/manifest.js';
 import type { StoreCore } from './core.js';
 
@@ -111,7 +110,7 @@ export async function markRepository(core: StoreCore, id: number, roots: Iterabl
       // Read side by side: one at a time, each read would wait a turn of the event loop
       // behind the requests being served, and a large store would take minutes.
       const parsed = await Promise.all(batch.map(async (d) => {
-        try { return parseManifest(await fs.readFile(core.layout.blobPath(d)), rows.get(d)!.media_type); } catch { return undefined; }
+        try { return parseManifest(await core.store.read(d), rows.get(d)!.media_type); } catch { return undefined; }
       }));
       if (parsed.some((p) => p === undefined)) return undefined;
       for (const p of parsed) {
@@ -286,7 +285,7 @@ export async function removeFiles(core: StoreCore, dropped: { digest: string }[]
     const t0 = piece();
     await Promise.all(dropped.slice(i, i + READS_AT_ONCE).map(({ digest }) => core.locks.run(digest, async () => {
       // Stored again meanwhile (a push of the same bytes): the file is theirs now.
-      if (core.index.blobSize(digest) === undefined) await fs.unlink(core.layout.blobPath(digest)).catch(() => {});
+      if (core.index.blobSize(digest) === undefined) await core.store.delete(digest).catch(() => {});
     })));
     await pace(core, t0);
   }
