@@ -112,7 +112,10 @@ export class Storage {
     return new Storage(root, { ...opts, gcIntervalMs: 0 });
   }
 
+  private closed = false;
+
   close(): void {
+    this.closed = true;
     if (this.purgeTimer) clearInterval(this.purgeTimer);
     if (this.gcTimer) clearInterval(this.gcTimer);
     this.quota.close();
@@ -206,7 +209,8 @@ export class Storage {
           this.opts.onReconcile?.(await reconcileBlobs(this.core, 3600_000));
           await this.purgeStaleUploads();
         } catch (e) {
-          this.opts.onReconcile?.(e as Error);
+          // Cut short by close(): the next start does it again.
+          if (!this.closed) this.opts.onReconcile?.(e as Error);
         }
       })();
     } else {

@@ -7,6 +7,9 @@
 // abandoned staging purged).
 import assert from 'node:assert/strict';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { DigestMismatch, UploadUnknown } from '../../src/blobs/errors.js';
@@ -106,6 +109,22 @@ export function blobStoreContract(name: string, backend: () => Backend) {
       other.close();
       await store.delete(d);
       await store.delete(d2);
+      assert.deepEqual(await ns.residue(), []);
+    });
+
+    test('a finished local file (a built layer) is stored by writeFile; the caller may remove it after', async () => {
+      const body = randomBytes(8 * MiB + 1);
+      const d = sha256(body);
+      const file = join(mkdtempSync(join(tmpdir(), 'nixreg-layer-')), 'layer');
+      writeFileSync(file, body);
+      const p = await store.writeFile(d, file, body.length);
+      assert.equal(p.size, body.length);
+      assert.equal(await store.stat(d), undefined);
+      await p.publish();
+      await p.discard();
+      rmSync(dirname(file), { recursive: true, force: true });
+      assert.equal(sha256(await store.read(d)), d);
+      await store.delete(d);
       assert.deepEqual(await ns.residue(), []);
     });
 
