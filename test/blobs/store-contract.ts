@@ -254,7 +254,8 @@ export function blobStoreContract(name: string, backend: () => Backend) {
           const orphan = randomUUID();
           await stage(c.store, orphan, [randomBytes(100)]);
           await new Promise((r) => setTimeout(r, 1100));
-          assert.ok(await c.purgeStaleUploads() >= 1);
+          // (Its own timer may purge first: the count is not the point, the effect is.)
+          await c.purgeStaleUploads();
           await assert.rejects(c.uploadOffset('lib/app', id), UploadUnknown);
           assert.deepEqual(await sns.residue(), []);
         } finally {

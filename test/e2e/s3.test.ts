@@ -3,10 +3,12 @@
 // uploads in the bucket and none on local disk, Range served from S3, HEAD and cached
 // manifests answered with S3 stopped, garbage collection removing objects, S3 stopped
 // answered by a 503 with Retry-After within --s3-timeout's bound and recovered from by
-// itself, and --s3-redirect handing out presigned URLs.
+// itself, --s3-redirect handing out presigned URLs, a 256 MiB blob streamed both ways in
+// bounded memory, an upload whose chunks go to two processes sharing index and bucket,
+// and an image built on pull whose layers go to the bucket (nothing durable left locally).
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
@@ -14,7 +16,10 @@ import { OCI_MANIFEST, http, pushBlob, pushImage, sha256 } from '../api/util.js'
 import { requireTool, run } from '../helpers/exec.js';
 import { ROOT, spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
 import { startRgw, type Rgw } from '../helpers/rgw.js';
+import { Images, nonce } from '../build/helpers.js';
+import { NIX_TEST_ENV } from '../helpers/nix.js';
 import { busyboxRoot } from './fixtures.js';
+import { MiB, Pattern, digestOfGet, send } from './stream.js';
 
 const Bucket = 'nixreg';
 let rgw: Rgw;
@@ -161,5 +166,81 @@ test('--s3-redirect: a blob GET is a redirect to a presigned URL that serves it'
     assert.equal((await http(red.url, 'HEAD', `/v2/s3/red/blobs/${digest}`)).status, 200, 'HEAD is answered here');
   } finally {
     await red.stop();
+  }
+});
+
+function hwmMB(pid: number): number {
+  return Number(/^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
+}
+
+test('a 256 MiB blob streams to S3 (one chunked PATCH) and back with the registry under 200 MB peak RSS', { timeout: 120_000 }, async (t) => {
+  const p = new Pattern(256 * MiB);
+  const start = await send(`${reg.url}/v2/s3/big/blobs/uploads/`, 'POST');
+  assert.equal(start.status, 202);
+  const stream = p.stream();
+  const hasher = createHash('sha256');
+  stream.on('data', (c: Buffer) => hasher.update(c));
+  const patch = await send(`${reg.url}${start.headers.location!}`, 'PATCH', stream, { 'Content-Type': 'application/octet-stream' });
+  assert.equal(patch.status, 202, patch.body);
+  assert.equal(patch.headers.range, `0-${p.size - 1}`);
+  const digest = `sha256:${hasher.digest('hex')}`;
+  const put = await send(`${reg.url}${patch.headers.location!}?digest=${digest}`, 'PUT');
+  assert.equal(put.status, 201, put.body);
+  const pull = await digestOfGet(`${reg.url}/v2/s3/big/blobs/${digest}`);
+  assert.equal(pull.digest, digest);
+  assert.equal(pull.bytes, p.size);
+  const hwm = hwmMB(reg.child.pid!);
+  t.diagnostic(`VmHWM ${hwm.toFixed(0)} MB`);
+  assert.ok(hwm < 200, `registry peak RSS ${hwm.toFixed(0)} MB`);
+  assert.deepEqual((await keys('e2e/uploads/')).filter((k) => k.includes(start.headers['docker-upload-uuid'] as string)), [], 'its staging is gone');
+});
+
+test('an upload started on one process, continued on another sharing index and bucket, finished on the first', { timeout: 60_000 }, async () => {
+  const other = await spawnRegistry({ data: reg.data, env: rgw.env, args: ['--storage', `s3://${Bucket}/e2e`, '--gc-interval', '0'] });
+  try {
+    const body = randomBytes(13 * MiB + 5);
+    const chunks = [body.subarray(0, 3 * MiB), body.subarray(3 * MiB, 12 * MiB), body.subarray(12 * MiB)];
+    const start = await http(reg.url, 'POST', '/v2/s3/shared/blobs/uploads/');
+    assert.equal(start.status, 202);
+    let location = start.headers.get('location')!;
+    let offset = 0;
+    for (const [i, c] of chunks.entries()) {
+      const via = i % 2 ? other.url : reg.url;
+      const r = await http(via, 'PATCH', location, { headers: { 'Content-Type': 'application/octet-stream',
+        'Content-Range': `${offset}-${offset + c.length - 1}`, 'Content-Length': String(c.length) }, body: c });
+      assert.equal(r.status, 202, r.text());
+      offset += c.length;
+      assert.equal(r.headers.get('range'), `0-${offset - 1}`);
+      location = r.headers.get('location')!;
+    }
+    const status = await http(other.url, 'GET', location);
+    assert.equal(status.headers.get('range'), `0-${body.length - 1}`);
+    const done = await http(reg.url, 'PUT', `${location}?digest=${sha256(body)}`);
+    assert.equal(done.status, 201, done.text());
+    const back = await http(other.url, 'GET', `/v2/s3/shared/blobs/${sha256(body)}`);
+    assert.equal(sha256(back.body), sha256(body));
+  } finally {
+    await other.stop();
+  }
+});
+
+test('build on pull: the built layers are objects in the bucket, served back intact; nothing of them stays on local disk', { timeout: 180_000 }, async () => {
+  await requireTool('nix-store');
+  const images = new Images();
+  const built = await spawnRegistry({ images: images.dir, env: { ...NIX_TEST_ENV, ...rgw.env }, args: ['--storage', `s3://${Bucket}/built`] });
+  cleanup.push(built.data, images.dir);
+  try {
+    images.image('hello.nix', { nonce: nonce() });
+    const m = await http(built.url, 'GET', '/v2/hello/manifests/latest', { headers: { Accept: OCI_MANIFEST } });
+    assert.equal(m.status, 200, m.text());
+    const manifest = m.json() as { config: { digest: string }; layers: { digest: string }[] };
+    for (const d of [manifest.config.digest, ...manifest.layers.map((l) => l.digest)]) {
+      assert.equal((await keys(blobKey(d, 'built/'))).length, 1, `${d} is in the bucket`);
+      assert.equal(sha256((await http(built.url, 'GET', `/v2/hello/blobs/${d}`)).body), d);
+    }
+    assert.equal(existsSync(join(built.data, 'blobs')), false);
+    assert.deepEqual(readdirSync(join(built.data, 'tmp')), [], 'the builder left no temporary file');
+  } finally {
+    await built.stop();
   }
 });
