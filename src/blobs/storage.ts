@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
 import { StoreCore } from './core.js';
+import { StorageUnavailable } from './errors.js';
 import { reconcileBlobs, type Reconciled } from './reconcile.js';
 import type { BlobStore, ByteRange } from './store/blob-store.js';
 import { DiskStore } from './store/disk.js';
@@ -90,6 +91,12 @@ export class Storage {
       await fs.mkdir(d, { recursive: true });
     }
     const s = new Storage(root, opts);
+    try {
+      await s.checkStore();
+    } catch (e) {
+      s.close();
+      throw e;
+    }
     await s.reconcile();
     // At least every second (a tiny max age must not become a busy loop), at most hourly.
     s.purgeTimer = setInterval(() => { void s.purgeStaleUploads().catch(() => {}); },
@@ -220,6 +227,24 @@ export class Storage {
     await fs.mkdir(this.layout.tmpDir, { recursive: true });
     const uploadsPurged = this.store.remote ? 0 : await this.purgeStaleUploads();
     return { ...blobs, uploadsPurged };
+  }
+
+  /**
+   * A store that answers but refuses us (no such bucket, wrong credentials) is a mistake
+   * in the settings: said at start, not as an internal error at each request. One that
+   * does not answer may come back: the server starts, answers 503 and is not ready.
+   */
+  private async checkStore(): Promise<void> {
+    try {
+      await this.store.ping();
+    } catch (e) {
+      if (e instanceof StorageUnavailable) return;
+      const status = (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+      const why = status === 404 ? 'the bucket does not exist (nixreg does not create it)'
+        : status === 403 ? 'access denied: check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the bucket\'s policy'
+        : `${(e as Error).name}: ${(e as Error).message}`;
+      throw new Error(`the blob store ${this.store.description} cannot be used: ${why}`);
+    }
   }
 
   purgeStaleUploads(): Promise<number> { return this.uploads.purgeStale(); }

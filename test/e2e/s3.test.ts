@@ -244,3 +244,10 @@ test('build on pull: the built layers are objects in the bucket, served back int
     await built.stop();
   }
 });
+
+test('a bucket that does not exist, or keys S3 refuses, stop the start with a clear message', { timeout: 60_000 }, async () => {
+  await assert.rejects(spawnRegistry({ env: rgw.env, args: ['--storage', 's3://no-such-bucket'] }),
+    /the blob store s3:\/\/no-such-bucket\/ cannot be used: the bucket does not exist/);
+  await assert.rejects(spawnRegistry({ env: { ...rgw.env, AWS_SECRET_ACCESS_KEY: 'wrong' }, args: ['--storage', `s3://${Bucket}`] }),
+    /the blob store s3:\/\/nixreg\/ cannot be used: access denied/);
+});
