@@ -6,7 +6,9 @@
 // <prefix>uploads/<id>/tail-<end offset>. A chunk reads the tail back into the part it
 // starts (from memory when this process wrote it: tails are cached), so many small
 // PATCHes make whole parts, and a huge one streams part by part in bounded memory. Every
-// part and the new tail are recorded in the row (Staged) as soon as they are stored, so
+// part is exactly PART_BYTES, so the row records only how many there are (their ETags are
+// listed from S3 when the upload is composed: the row stays small however large the
+// blob). Every part and the new tail are recorded in the row (Staged) once stored, so
 // a chunk cut short keeps what reached S3, and its end lands where the row says. A tail is
 // never overwritten: each has its end offset in its name, so the row always names one
 // that was written in full.
@@ -22,24 +24,27 @@
 import { Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectsCommand,
-  ListMultipartUploadsCommand, ListObjectsV2Command, PutObjectCommand, UploadPartCommand, UploadPartCopyCommand,
+  ListMultipartUploadsCommand, ListObjectsV2Command, ListPartsCommand, PutObjectCommand, UploadPartCommand, UploadPartCopyCommand,
 } from '@aws-sdk/client-s3';
 import { LRUCache } from 'lru-cache';
 import { checkUploadId, type PendingBlob, type Staged, type UploadStaging } from './blob-store.js';
-import { PartBuffer, notFound, type S3Store } from './s3.js';
+import { PART_BYTES, PartBuffer, notFound, type S3Store } from './s3.js';
 
 interface S3Staged extends Staged {
   /** The multipart upload onto .../data, once its first part was needed. */
   multipart?: string | undefined;
-  parts: { n: number; etag: string; size: number }[];
+  /** Whole parts uploaded, each PART_BYTES (parts 1…n; a part beyond n is ignored). */
+  parts: number;
   /** Bytes in the tail object (after the parts). */
   tail: number;
   /** Completed onto .../data (by a finish): takes no more chunks. */
   composed?: boolean | undefined;
 }
 
-const fresh = (): S3Staged => ({ offset: 0, parts: [], tail: 0 });
-const clone = (s: S3Staged): S3Staged => ({ ...s, parts: [...s.parts] });
+const fresh = (): S3Staged => ({ offset: 0, parts: 0, tail: 0 });
+const clone = (s: S3Staged): S3Staged => ({ ...s });
+/** S3 allows 10,000 parts: 78 GiB of PART_BYTES parts; the last is the tail. */
+const MAX_PARTS = 9_999;
 
 export class S3Staging implements UploadStaging {
   /** Tails this process wrote, by upload: a chunk then need not read its tail back. */
@@ -73,17 +78,19 @@ export class S3Staging implements UploadStaging {
     const { bucket: Bucket } = this.s3;
     const Key = this.dataKey(id);
     const buf = new PartBuffer(await this.tailBytes(id, s));
-    const base = () => s.parts.reduce((n, p) => n + p.size, 0);
+    const base = () => s.parts * PART_BYTES;
     const part = async (bytes: Buffer) => {
       if (!s.multipart) {
         s.multipart = (await this.s3.send<{ UploadId?: string }>(new CreateMultipartUploadCommand({ Bucket, Key }))).UploadId;
         record(clone(s));
       }
-      const n = s.parts.length + 1;
+      const n = s.parts + 1;
+      if (n > MAX_PARTS) throw new Error(`upload ${id} is over ${MAX_PARTS * PART_BYTES} bytes, the most a blob in S3 may have here`);
       const r = await this.s3.send<{ ETag?: string }>(new UploadPartCommand({
         Bucket, Key, UploadId: s.multipart, PartNumber: n, Body: bytes, ContentLength: bytes.length,
       }));
-      s.parts.push({ n, etag: r.ETag!, size: bytes.length });
+      if (!r.ETag) throw new Error(`S3 gave part ${n} of upload ${id} no ETag`);
+      s.parts = n;
       s.tail = 0;
       s.offset = base();
       this.tails.delete(id);
@@ -115,7 +122,7 @@ export class S3Staging implements UploadStaging {
     if (s.composed) return;
     const { bucket: Bucket } = this.s3;
     const Key = this.dataKey(id);
-    const Parts = s.parts.map((p) => ({ ETag: p.etag, PartNumber: p.n }));
+    const Parts = await this.listParts(id, s);
     if (s.tail > 0) {
       const PartNumber = Parts.length + 1;
       const r = await this.s3.send<{ CopyPartResult?: { ETag?: string } }>(new UploadPartCopyCommand({
@@ -129,10 +136,27 @@ export class S3Staging implements UploadStaging {
     record(clone(s));
   }
 
+  /** The ETags of parts 1…s.parts, from S3 (a page of 1,000 at a time). */
+  private async listParts(id: string, s: S3Staged): Promise<{ ETag: string; PartNumber: number }[]> {
+    const { bucket: Bucket } = this.s3;
+    const Parts: { ETag: string; PartNumber: number }[] = [];
+    for (let marker: string | undefined; Parts.length < s.parts;) {
+      const r = await this.s3.send<{ Parts?: { PartNumber?: number; ETag?: string }[]; IsTruncated?: boolean; NextPartNumberMarker?: string }>(
+        new ListPartsCommand({ Bucket, Key: this.dataKey(id), UploadId: s.multipart, ...(marker ? { PartNumberMarker: marker } : {}) }));
+      for (const p of r.Parts ?? []) if (p.PartNumber! <= s.parts) Parts.push({ ETag: p.ETag!, PartNumber: p.PartNumber! });
+      if (!r.IsTruncated) break;
+      marker = r.NextPartNumberMarker;
+    }
+    if (Parts.length !== s.parts || Parts.some((p, i) => p.PartNumber !== i + 1)) {
+      throw new Error(`upload ${id}: S3 lists ${Parts.length} of its ${s.parts} parts`);
+    }
+    return Parts;
+  }
+
   async read(id: string, staged: Staged, record: (s: Staged) => void): Promise<Readable> {
     const s = staged as S3Staged;
     if (s.offset === 0) return Readable.from([]);
-    if (s.parts.length === 0) return this.s3.getObject(this.tailKey(id, s.offset), `upload ${id}`);
+    if (s.parts === 0) return this.s3.getObject(this.tailKey(id, s.offset), `upload ${id}`);
     await this.compose(id, s, record);
     return this.s3.getObject(this.dataKey(id), `upload ${id}`);
   }
@@ -144,7 +168,7 @@ export class S3Staging implements UploadStaging {
     let publish: () => Promise<void>;
     if (size === 0) {
       publish = async () => { await this.s3.send(new PutObjectCommand({ Bucket: this.s3.bucket, Key: to, Body: Buffer.alloc(0), ContentLength: 0 })); };
-    } else if (s.parts.length === 0) {
+    } else if (s.parts === 0) {
       publish = () => this.s3.copy(this.tailKey(id, s.offset), to, size);
     } else {
       await this.compose(id, s, record);
