@@ -18,6 +18,7 @@ import { Digester, algorithmOf } from '../oci/digest.js';
 import type { StoreCore } from './core.js';
 import { DigestMismatch, SizeMismatch, UploadOutOfOrder, UploadUnknown, noSpaceCode } from './errors.js';
 import { Coalesce, detach, type BlobFiles } from './files.js';
+import { processGone, processName } from './process.js';
 import type { Staged } from './store/blob-store.js';
 
 interface UploadState {
@@ -36,9 +37,17 @@ interface UploadState {
 
 /** Stale uploads' staging looked at per page when purging orphans. */
 const PURGE_PAGE = 1000;
+/** How long a claim on an upload runs unless renewed (every third of it, while the work goes on). */
+const CLAIM_MS = 30_000;
 
 export class Uploads {
   private readonly live = new Map<string, UploadState>();
+  /**
+   * Who this process is in the uploads' claims: its name (process.ts), so that a claim a
+   * killed process left on this host is taken over at once rather than after CLAIM_MS;
+   * and a suffix of its own, as two instances in one process are two claimants.
+   */
+  private readonly owner = `${processName()}/${randomUUID().slice(0, 8)}`;
 
   get liveCount(): number { return this.live.size; }
 
@@ -75,7 +84,9 @@ export class Uploads {
   async append(repo: string, id: string, source: Readable, start?: number, length?: number): Promise<number> {
     const st = await this.state(repo, id);
     if (st.busy) throw new UploadOutOfOrder('another chunk of this upload is in progress', st.staged.offset);
+    const release = this.claim(id, st);
     if (start !== undefined && start !== st.staged.offset) {
+      release();
       throw new UploadOutOfOrder(`chunk starts at ${start}, but the upload has ${st.staged.offset} bytes`, st.staged.offset);
     }
     st.busy = true;
@@ -124,10 +135,44 @@ export class Uploads {
       throw this.core.noSpace(err, 'store this upload; the upload was ended and nothing of it was kept');
     } finally {
       entry.release();
+      release();
       st.busy = false;
       st.failing = false;
       st.op = undefined;
     }
+  }
+
+  /**
+   * Claims the upload for this process's chunk or finish (index.claimUpload), renewing
+   * the claim while the work goes on; returns its release. Another process holding it is
+   * UploadOutOfOrder, as a second chunk in this one is. Bytes another process appended
+   * since this one last looked are taken from the row (and the running hash given up).
+   */
+  private claim(id: string, st: UploadState): () => void {
+    const { index } = this.core;
+    if (!index.claimUpload(id, this.owner, Date.now() + CLAIM_MS)) {
+      const row = index.getUpload(id);
+      if (!row) throw new UploadUnknown(id);
+      // A claim left by a process killed on this host (a restart after kill -9) is ours to take.
+      const holder = row.claimed_by ?? '';
+      const gone = processGone(holder.slice(0, holder.lastIndexOf('/')));
+      if (!gone || !index.takeOverClaim(id, holder, this.owner, Date.now() + CLAIM_MS)) {
+        throw new UploadOutOfOrder('another chunk of this upload is in progress', this.recorded(row.staged)?.offset ?? st.staged.offset);
+      }
+    }
+    const recorded = this.recorded(index.getUpload(id)?.staged);
+    if (recorded && recorded.offset !== st.staged.offset) {
+      st.staged = recorded;
+      st.hash = null;
+    }
+    const renew = setInterval(() => {
+      try { index.extendClaim(id, this.owner, Date.now() + CLAIM_MS); } catch { /* a full index: the claim may run out */ }
+    }, CLAIM_MS / 3);
+    renew.unref();
+    return () => {
+      clearInterval(renew);
+      try { index.releaseUpload(id, this.owner); } catch { /* it runs out */ }
+    };
   }
 
   /**
@@ -146,6 +191,7 @@ export class Uploads {
   async finish(repo: string, id: string, digest: string): Promise<number> {
     const st = await this.state(repo, id);
     if (st.busy) throw new UploadOutOfOrder('a chunk of this upload is still in progress', st.staged.offset);
+    const release = this.claim(id, st);
     st.busy = true;
     const { staging } = this.core.store;
     const record = this.recorder(id, st);
@@ -181,6 +227,7 @@ export class Uploads {
       await this.remove(id);
       throw err;
     } finally {
+      release();
       st.busy = false;
       st.op = undefined;
     }
@@ -237,7 +284,8 @@ export class Uploads {
     let purged = 0;
     for (const row of rows) {
       const st = this.live.get(row.id);
-      const stale = row.updated_at < cutoff && !st?.busy;
+      // Being written, here or by another process sharing the index: not abandoned.
+      const stale = row.updated_at < cutoff && !st?.busy && !((row.claimed_until ?? 0) > Date.now());
       // A live session has its bytes (their loss shows at its next use).
       if (!stale && (st || await staging.resume(row.id, this.recorded(row.staged)))) continue;
       // Re-read: a chunk may have touched it, or a finish removed it, while this awaited.
@@ -281,6 +329,10 @@ export class Uploads {
       if (!st) {
         st = { staged, hash: staged.offset === 0 ? createHash('sha256') : null, hashed: 0, busy: false };
         this.live.set(id, st);
+        // The bytes said more than the row (a chunk cut short by a crash reached the disk
+        // after the row was written): the row must say it too, or the next request would
+        // take the row's older word for it.
+        if (staged.offset !== (recorded?.offset ?? 0)) this.recorder(id, st)(staged);
       }
     }
     return st;

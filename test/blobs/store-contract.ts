@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
-import { DigestMismatch, UploadUnknown } from '../../src/blobs/errors.js';
+import { DigestMismatch, UploadOutOfOrder, UploadUnknown } from '../../src/blobs/errors.js';
 import type { BlobStore, Staged } from '../../src/blobs/store/blob-store.js';
 import type { Storage } from '../../src/blobs/storage.js';
 
@@ -228,6 +228,27 @@ export function blobStoreContract(name: string, backend: () => Backend) {
         assert.equal(sha256(await readAll(await a.openBlob(sha256(body)))), sha256(body));
         assert.deepEqual(await sns.residue(), [`blob ${sha256(body)}`]);
         assert.equal(await a.deleteBlob('lib/app', sha256(body)), true);
+        assert.deepEqual(await sns.residue(), []);
+      });
+
+      test('a chunk in progress on one instance holds the upload: the other gets out-of-order until it ends, then continues', async () => {
+        const first = randomBytes(9 * MiB + 3);
+        const second = randomBytes(100);
+        const id = a.startUpload('lib/app');
+        const slow = new Readable({ read() {} });
+        slow.push(first.subarray(0, MiB));
+        const writing = a.appendUpload('lib/app', id, slow);
+        await new Promise((r) => setTimeout(r, 100));
+        await assert.rejects(b.appendUpload('lib/app', id, Readable.from([second])), UploadOutOfOrder);
+        await assert.rejects(b.finishUpload('lib/app', id, sha256(first)), UploadOutOfOrder);
+        slow.push(first.subarray(MiB));
+        slow.push(null);
+        assert.equal(await writing, first.length);
+        assert.equal(await b.appendUpload('lib/app', id, Readable.from([second]), first.length), first.length + second.length);
+        const whole = Buffer.concat([first, second]);
+        assert.equal(await a.finishUpload('lib/app', id, sha256(whole)), whole.length);
+        assert.equal(sha256(await readAll(await b.openBlob(sha256(whole)))), sha256(whole));
+        await a.deleteBlob('lib/app', sha256(whole));
         assert.deepEqual(await sns.residue(), []);
       });
 
