@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { PackageSource } from './build/origins.js';
 import { parseCompression, type CompressionSetting } from './build/compression.js';
-import { parseS3Url, type S3Location } from './blobs/store/s3.js';
+import { parseS3Url, type S3Location } from './blobs/store/s3-location.js';
 
 export interface ServeConfig {
   host: string;

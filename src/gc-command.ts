@@ -32,7 +32,7 @@ export async function runGc(opts: { data: string; dryRun: boolean; graceMs: numb
   if (pid !== undefined && !opts.dryRun) {
     throw new GcRefused(`a nixreg server (pid ${pid}) is using ${opts.data}: it collects garbage itself every --gc-interval; to collect now, ask it: curl -X POST <its url>/nixreg/gc (or run this command with --dry-run to see what would go)`);
   }
-  const storage = pid !== undefined ? Storage.inspect(opts.data, { s3: opts.s3 }) : await Storage.open(opts.data, { gcIntervalMs: 0, s3: opts.s3 });
+  const storage = pid !== undefined ? await Storage.inspect(opts.data, { s3: opts.s3 }) : await Storage.open(opts.data, { gcIntervalMs: 0, s3: opts.s3 });
   try {
     return await storage.gc({ dryRun: opts.dryRun, graceMs: opts.graceMs });
   } finally {

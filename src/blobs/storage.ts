@@ -15,7 +15,7 @@ import { StorageUnavailable } from './errors.js';
 import { reconcileBlobs, type Reconciled } from './reconcile.js';
 import type { BlobStore, ByteRange } from './store/blob-store.js';
 import { DiskStore } from './store/disk.js';
-import { S3Store, type S3Location } from './store/s3.js';
+import type { S3Options } from './store/s3.js';
 import { BlobFiles } from './files.js';
 import { Index, type ReferrerRow, type ReferrersPage } from './index.js';
 import { Layout } from './layout.js';
@@ -26,7 +26,7 @@ import { Uploads } from './uploads.js';
 
 export interface StorageOptions {
   /** Blobs and uploads in S3 (--storage s3://…); default: the local disk under the data directory. */
-  s3?: (S3Location & { timeoutMs: number; client?: import('@aws-sdk/client-s3').S3ClientConfig | undefined }) | undefined;
+  s3?: S3Options | undefined;
   /** What a background reconciliation of a remote store did, or why it failed (for the log). */
   onReconcile?: ((r: Reconciled | Error) => void) | undefined;
   /** Uploads untouched for longer than this are purged (default 24 h). */
@@ -52,6 +52,13 @@ export interface GcTotals {
   last?: GcReport | undefined;
 }
 
+/** The S3 store, if asked for: loaded on demand, so the default never loads the AWS SDK. */
+async function remoteStore(opts: StorageOptions): Promise<BlobStore | undefined> {
+  if (!opts.s3) return undefined;
+  const { S3Store } = await import('./store/s3.js');
+  return new S3Store(opts.s3);
+}
+
 export class Storage {
   readonly layout: Layout;
   readonly index: Index;
@@ -70,9 +77,9 @@ export class Storage {
 
   readonly store: BlobStore;
 
-  private constructor(root: string, opts: StorageOptions) {
+  private constructor(root: string, opts: StorageOptions, store: BlobStore | undefined) {
     this.layout = new Layout(root);
-    this.store = opts.s3 ? new S3Store(opts.s3) : new DiskStore(this.layout);
+    this.store = store ?? new DiskStore(this.layout);
     this.index = new Index(this.layout.dbPath);
     const core = this.core = new StoreCore(this.layout, this.index, this.store);
     this.uploadMaxAgeMs = opts.uploadMaxAgeMs ?? 24 * 3600_000;
@@ -90,7 +97,7 @@ export class Storage {
     for (const d of [layout.root, ...local, layout.tmpDir, layout.gcrootsDir, layout.logsDir]) {
       await fs.mkdir(d, { recursive: true });
     }
-    const s = new Storage(root, opts);
+    const s = new Storage(root, opts, await remoteStore(opts));
     try {
       await s.checkStore();
     } catch (e) {
@@ -115,8 +122,8 @@ export class Storage {
    * be using it: no reconciliation (which would take the server's blob in mid-commit for
    * an orphan), no timers.
    */
-  static inspect(root: string, opts: StorageOptions = {}): Storage {
-    return new Storage(root, { ...opts, gcIntervalMs: 0 });
+  static async inspect(root: string, opts: StorageOptions = {}): Promise<Storage> {
+    return new Storage(root, { ...opts, gcIntervalMs: 0 }, await remoteStore(opts));
   }
 
   private closed = false;

@@ -26,6 +26,7 @@ import {
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { BlobMissing, StorageUnavailable } from '../errors.js';
 import { digestParts, type BlobStore, type ByteRange, type ListedBlob, type PendingBlob, type UploadStaging } from './blob-store.js';
+import type { S3Location } from './s3-location.js';
 import { S3Staging } from './s3-staging.js';
 
 /** Parts of multipart uploads: S3 wants 5 MiB at least (but the last); 8 MiB is what the SDK's own Upload uses. */
@@ -34,28 +35,11 @@ export const PART_BYTES = 8 * 1024 * 1024;
 const COPY_MAX = 5 * 1024 ** 3;
 const COPY_PART = 1024 ** 3;
 
-export interface S3Location {
-  bucket: string;
-  /** Prepended to every object name: '' or ending in '/'. */
-  prefix: string;
-}
-
 export interface S3Options extends S3Location {
   /** A call's deadline, to its first response byte and between bytes (ms). */
   timeoutMs: number;
   /** Settings over the SDK's own (tests: an endpoint and keys). */
   client?: S3ClientConfig | undefined;
-}
-
-/** `s3://BUCKET[/PREFIX]` split, or an error that says what is wrong. */
-export function parseS3Url(url: string): S3Location {
-  const m = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:\/(.*))?$/.exec(url);
-  if (!m) throw new Error(`--storage must be s3://BUCKET[/PREFIX] with a valid bucket name, got ${JSON.stringify(url)}`);
-  const prefix = (m[2] ?? '').replace(/^\/+|\/+$/g, '');
-  if (prefix && !/^[A-Za-z0-9._\-/]{1,512}$/.test(prefix)) {
-    throw new Error(`--storage: the prefix may hold letters, digits, '.', '_', '-' and '/', got ${JSON.stringify(prefix)}`);
-  }
-  return { bucket: m[1]!, prefix: prefix ? `${prefix}/` : '' };
 }
 
 const TRANSIENT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
