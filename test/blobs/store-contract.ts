@@ -192,6 +192,23 @@ export function blobStoreContract(name: string, backend: () => Backend) {
       assert.deepEqual(await ns.residue(), []);
     });
 
+    test('staging: the uploads with bytes staged are listed a page at a time, in id order', async () => {
+      const staged = new Map<string, Staged>();
+      // Four with a small tail; one of exactly a part (8 MiB), which has no tail at all.
+      for (let i = 0; i < 4; i++) { const id = randomUUID(); staged.set(id, await stage(store, id, [randomBytes(100 + i)])); }
+      const whole = randomUUID();
+      staged.set(whole, await stage(store, whole, [randomBytes(8 * MiB)]));
+      const seen: string[] = [];
+      for (let after = '', page; (page = await store.staging.list(after, 2)).length; after = page[page.length - 1]!) {
+        assert.ok(page.every((id, i) => i === 0 || page[i - 1]! < id));
+        seen.push(...page);
+      }
+      assert.deepEqual(seen, [...staged.keys()].sort());
+      for (const [id, s] of staged) await store.staging.remove(id, s);
+      assert.deepEqual(await store.staging.list('', 10), []);
+      assert.deepEqual(await ns.residue(), []);
+    });
+
     test('staging: an empty upload and one under a part seal into blobs', async () => {
       for (const body of [Buffer.alloc(0), randomBytes(3 * MiB + 1)]) {
         const id = randomUUID();
