@@ -14,7 +14,7 @@ import { after, before, test } from 'node:test';
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { OCI_MANIFEST, http, pushBlob, pushImage, sha256 } from '../api/util.js';
 import { requireTool, run } from '../helpers/exec.js';
-import { ROOT, spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
+import { CLI, ROOT, spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
 import { startRgw, type Rgw } from '../helpers/rgw.js';
 import { Images, nonce } from '../build/helpers.js';
 import { NIX_TEST_ENV } from '../helpers/nix.js';
@@ -141,6 +141,11 @@ test('garbage collection removes what nothing references from the bucket', { tim
   const kept = await pushImage(reg.url, 's3/gc', 'kept');
   const loose = await pushBlob(reg.url, 's3/gc', randomBytes(6 * 1024 * 1024));
   assert.equal((await keys(blobKey(loose))).length, 1);
+  // `nixreg gc --dry-run` beside the server reads the same index and bucket.
+  const dry = await run(process.execPath, [CLI, 'gc', '--data', reg.data, '--storage', `s3://${Bucket}/e2e`, '--dry-run', '--gc-grace', '0'],
+    { env: { ...process.env, ...rgw.env } });
+  assert.match(dry.stdout, new RegExp(`^blob ${loose} `, 'm'));
+  assert.equal((await keys(blobKey(loose))).length, 1, 'a dry run removes nothing');
   const r = await http(reg.url, 'POST', '/nixreg/gc');
   assert.equal(r.status, 200, r.text());
   assert.ok((r.json() as { blobs: number }).blobs >= 1);
