@@ -19,6 +19,9 @@ withBuildOptions(program
   .description('run the registry')
   .option('--listen <host:port>', 'address to listen on (env NIXREG_LISTEN, default 127.0.0.1:5000)')
   .option('--data <dir>', 'blob store and index (env NIXREG_DATA, default ./data)')
+  .option('--storage <url>', 'keep blobs and uploads in S3, s3://BUCKET[/PREFIX]; credentials, region and endpoint from the AWS SDK\'s settings (AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ENDPOINT_URL_S3, …) (env NIXREG_STORAGE, default: the local disk under --data)')
+  .option('--s3-timeout <seconds>', 'an S3 call that makes no progress this long fails, and its request gets 503 (env NIXREG_S3_TIMEOUT, default 15)')
+  .option('--s3-redirect', 'answer blob GETs with a redirect to a presigned S3 URL instead of streaming the blob (env NIXREG_S3_REDIRECT=1)')
   .option('--images <dir>', 'Nix expressions served as images (env NIXREG_IMAGES, default ./examples)')
   .option('--upload-max-age <seconds>', 'purge blob uploads untouched this long (env NIXREG_UPLOAD_MAX_AGE, default 86400)')
   .option('--public-url <url>', 'URL users reach this server at, for build-log links and the token realm (env NIXREG_PUBLIC_URL, default: the listen address; the host name when listening on all addresses)')
@@ -56,7 +59,10 @@ withBuildOptions(program
         storage: {
           uploadMaxAgeMs: cfg.uploadMaxAgeMs, gcGraceMs: cfg.gcGraceMs, gcIntervalMs: cfg.gcIntervalMs, cacheMaxBytes: cfg.cacheMaxBytes,
           onGc: (r) => { if (!r.dryRun) log.info({ gc: r }, 'garbage collected'); },
+          s3: cfg.storage,
+          onReconcile: (r) => { if (r instanceof Error) log.warn({ err: r }, 'reconciling the blob store failed; it is retried at the next start'); else log.info({ reconciled: r }, 'blob store reconciled'); },
         },
+        blobRedirectSeconds: cfg.s3RedirectSeconds,
         tls: cfg.tls, auth: cfg.auth, publicUrl: cfg.publicUrl, metricsAuth: cfg.metricsAuth, minFreeSpace: cfg.minFreeSpace,
         sendfile: cfg.sendfile, source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, prebuild: cfg.prebuild, log })),
       });
@@ -86,7 +92,7 @@ withBuildOptions(program
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
     // Announced only once signals are handled: whoever waits for this line may stop us at once.
-    log.info({ url: reg.url, data: cfg.data, images: cfg.images, tls: !!cfg.tls, auth: cfg.auth ?? null }, 'nixreg listening');
+    log.info({ url: reg.url, data: cfg.data, blobs: reg.storage.store.description, images: cfg.images, tls: !!cfg.tls, auth: cfg.auth ?? null }, 'nixreg listening');
     // Learn now, not at the first pull, whether Nix can build here; the check logs one
     // warning with the fix if not. Serving does not wait for it: push and pull need no Nix.
     source?.builder.health.ready().catch(() => {});
@@ -120,13 +126,14 @@ program
   .command('gc')
   .description('collect garbage in a data directory whose server is stopped; --dry-run lists what would go (also while it runs)')
   .option('--data <dir>', 'blob store and index (env NIXREG_DATA, default ./data)')
+  .option('--storage <url>', 'the server\'s --storage s3://BUCKET[/PREFIX], if it has one (env NIXREG_STORAGE)')
   .option('--dry-run', 'list what would be removed, and remove nothing')
   .option('--gc-grace <seconds>', 'spare what is younger than this (env NIXREG_GC_GRACE, default 3600)')
-  .action(async (flags: { data?: string; dryRun?: boolean; gcGrace?: string }, cmd: Command) => {
+  .action(async (flags: { data?: string; dryRun?: boolean; gcGrace?: string; storage?: string }, cmd: Command) => {
     let cfg;
-    try { cfg = serveConfig({ data: flags.data, gcGrace: flags.gcGrace, listen: '127.0.0.1:0' }); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
+    try { cfg = serveConfig({ data: flags.data, gcGrace: flags.gcGrace, storage: flags.storage, listen: '127.0.0.1:0' }); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
     try {
-      printReport(await runGc({ data: cfg.data, dryRun: !!flags.dryRun, graceMs: cfg.gcGraceMs }), (s) => process.stdout.write(s));
+      printReport(await runGc({ data: cfg.data, dryRun: !!flags.dryRun, graceMs: cfg.gcGraceMs, s3: cfg.storage }), (s) => process.stdout.write(s));
     } catch (e) {
       if (e instanceof GcRefused) cmd.error(`error: ${e.message}`, { exitCode: 2 });
       throw e;

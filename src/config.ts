@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { PackageSource } from './build/origins/origins.js';
 import { parseCompression, type CompressionSetting } from './build/assembly/compression.js';
+import { parseS3Url, type S3Location } from './blobs/store/s3-location.js';
 
 export interface ServeConfig {
   host: string;
@@ -33,19 +34,34 @@ export interface ServeConfig {
   prebuild: boolean;
   /** Blob bodies by sendfile(2) where the addon built (off: --no-sendfile, env NIXREG_SENDFILE=0). */
   sendfile: boolean;
+  /** Blobs and uploads in S3 (--storage s3://BUCKET[/PREFIX], env NIXREG_STORAGE); none: the local disk under data. */
+  storage: (S3Location & { timeoutMs: number }) | undefined;
+  /** Blob GETs redirect to presigned S3 URLs valid this long (--s3-redirect, env NIXREG_S3_REDIRECT=1); 0: streamed. */
+  s3RedirectSeconds: number;
 }
 
 export interface ServeFlags {
   listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string;
   tlsCert?: string; tlsKey?: string; auth?: string; gcGrace?: string; gcInterval?: string; cacheMaxBytes?: string;
-  metricsAuth?: string; minFreeSpace?: string; prebuild?: boolean;
+  metricsAuth?: string; minFreeSpace?: string; prebuild?: boolean; storage?: string; s3Timeout?: string; s3Redirect?: boolean;
   /** false with --no-sendfile (commander's negated option; true otherwise). */
   sendfile?: boolean;
 }
 
 export const DEFAULTS = {
   listen: '127.0.0.1:5000', data: './data', images: './examples', uploadMaxAge: '86400', gcGrace: '3600', gcInterval: '3600',
+  s3Timeout: '15',
 } as const;
+
+/** How long a presigned blob URL of --s3-redirect is valid (Distribution's 20 minutes). */
+export const S3_REDIRECT_SECONDS = 1200;
+
+/** --storage and what goes with it: undefined for the local disk. */
+export function storageConfig(flags: Pick<ServeFlags, 'storage' | 's3Timeout'>, env = process.env): ServeConfig['storage'] {
+  const url = flags.storage ?? env.NIXREG_STORAGE;
+  if (url === undefined || url === '') return undefined;
+  return { ...parseS3Url(url), timeoutMs: parseSeconds(flags.s3Timeout ?? env.NIXREG_S3_TIMEOUT ?? DEFAULTS.s3Timeout, '--s3-timeout') };
+}
 
 /** Whole seconds, at least `min` (0 for a grace of 0, or an interval of 0 = off), in ms. */
 export function parseSeconds(v: string, what: string, min = 1): number {
@@ -98,7 +114,12 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
   const cacheMax = flags.cacheMaxBytes ?? env.NIXREG_CACHE_MAX_BYTES;
   const metricsAuth = flags.metricsAuth ?? env.NIXREG_METRICS_AUTH;
   const minFreeSpace = flags.minFreeSpace ?? env.NIXREG_MIN_FREE_SPACE;
+  const storage = storageConfig(flags, env);
+  const redirect = flags.s3Redirect ?? parseSwitch(env.NIXREG_S3_REDIRECT, 'NIXREG_S3_REDIRECT');
+  if (redirect && !storage) throw new Error('--s3-redirect needs --storage s3://…: blobs on the local disk have no URL to redirect to');
   return {
+    storage,
+    s3RedirectSeconds: redirect ? S3_REDIRECT_SECONDS : 0,
     gcGraceMs: parseSeconds(flags.gcGrace ?? env.NIXREG_GC_GRACE ?? DEFAULTS.gcGrace, '--gc-grace', 0),
     gcIntervalMs: parseSeconds(flags.gcInterval ?? env.NIXREG_GC_INTERVAL ?? DEFAULTS.gcInterval, '--gc-interval', 0),
     cacheMaxBytes: cacheMax !== undefined ? parseSize(cacheMax, '--cache-max-bytes') : undefined,

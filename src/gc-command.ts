@@ -11,7 +11,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import type { GcReport } from './blobs/gc.js';
 import { Layout } from './blobs/layout.js';
-import { Storage } from './blobs/storage.js';
+import { Storage, type StorageOptions } from './blobs/storage.js';
 
 /** The pid of a live `nixreg serve` using `data`, if any. */
 export function serverUsing(data: string): number | undefined {
@@ -26,13 +26,13 @@ export function serverUsing(data: string): number | undefined {
 
 export class GcRefused extends Error {}
 
-export async function runGc(opts: { data: string; dryRun: boolean; graceMs: number }): Promise<GcReport> {
+export async function runGc(opts: { data: string; dryRun: boolean; graceMs: number; s3?: StorageOptions['s3'] }): Promise<GcReport> {
   if (!existsSync(new Layout(opts.data).dbPath)) throw new GcRefused(`${opts.data} holds no nixreg data (no index.db)`);
   const pid = serverUsing(opts.data);
   if (pid !== undefined && !opts.dryRun) {
     throw new GcRefused(`a nixreg server (pid ${pid}) is using ${opts.data}: it collects garbage itself every --gc-interval; to collect now, ask it: curl -X POST <its url>/nixreg/gc (or run this command with --dry-run to see what would go)`);
   }
-  const storage = pid !== undefined ? Storage.inspect(opts.data) : await Storage.open(opts.data, { gcIntervalMs: 0 });
+  const storage = pid !== undefined ? await Storage.inspect(opts.data, { s3: opts.s3 }) : await Storage.open(opts.data, { gcIntervalMs: 0, s3: opts.s3 });
   try {
     return await storage.gc({ dryRun: opts.dryRun, graceMs: opts.graceMs });
   } finally {

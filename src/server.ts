@@ -55,6 +55,8 @@ export interface StartOptions {
   source?: (storage: Storage) => ImageSource | undefined;
   /** Blob bodies by sendfile(2) where possible; default true; the CLI's --no-sendfile (registry/zero-copy.ts). */
   sendfile?: boolean | undefined;
+  /** Blob GETs redirect to the store's presigned URLs valid this long (--s3-redirect); 0/undefined: streamed. */
+  blobRedirectSeconds?: number | undefined;
 }
 
 export async function startRegistry(opts: StartOptions): Promise<RunningRegistry> {
@@ -100,6 +102,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   storage.busy = () => performance.now() - lastRequest < 200;
   server.on('request', createApp({
     storage, source, log: opts.log, limits, counters: () => ({ connections }), minFreeBytes: opts.minFreeSpace, sendfile: opts.sendfile,
+    blobRedirectSeconds: opts.blobRedirectSeconds,
     gate: metricsToken ? withMetricsToken(gate ?? openGate, metricsToken) : gate,
   }));
   await new Promise<void>((resolve, reject) => {

@@ -1,5 +1,5 @@
-// What the parts of storage share: the layout, the index, the per-digest locks, the
-// per-repository generations that invalidate caches, and the durable-write primitives.
+// What the parts of storage share: the layout, the index, the blob store (store/), the
+// per-digest locks and the per-repository generations that invalidate caches.
 // Owns no policy; blob files, uploads and manifests (files.ts, uploads.ts, manifests.ts)
 // each build on it.
 //
@@ -8,6 +8,7 @@ import { promises as fs } from 'node:fs';
 import { dirname } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import type { Index } from './index.js';
+import type { BlobStore } from './store/blob-store.js';
 import type { Layout } from './layout.js';
 import { StorageFull, noSpaceCode } from './errors.js';
 import { KeyedLock } from './lock.js';
@@ -28,7 +29,7 @@ export class StoreCore {
     dispose: (_v, _k, reason) => { if (reason === 'evict') this.floor = ++this.counter; },
   });
 
-  constructor(readonly layout: Layout, readonly index: Index) {}
+  constructor(readonly layout: Layout, readonly index: Index, readonly store: BlobStore) {}
 
   generation(repo: string): number {
     return this.generations.get(repo) ?? this.floor;
@@ -86,20 +87,6 @@ export class StoreCore {
     for (const t of this.holds.values()) if (min === undefined || t < min) min = t;
     return min;
   }
-
-  /**
-   * The durable half of every blob write: fsync the finished file, rename it to its blob
-   * path, fsync the directory. Callers hold the digest's lock and add the index row after.
-   */
-  async place(file: string, digest: string): Promise<string> {
-    const fh = await fs.open(file, 'r+');
-    try { await fh.sync(); } finally { await fh.close(); }
-    const dest = this.layout.blobPath(digest);
-    await ensureDir(dirname(dest));
-    await fs.rename(file, dest);
-    await fsyncDir(dirname(dest));
-    return dest;
-  }
 }
 
 export async function readdirSafe(dir: string): Promise<string[]> {
@@ -129,17 +116,4 @@ export async function makeDir(dir: string): Promise<string[]> {
     throw e;
   }
   return [...made, dir];
-}
-
-/**
- * mkdir -p that also makes the new directory entries durable: a renamed blob is only
- * as durable as the chain of directories that leads to it.
- */
-async function ensureDir(dir: string): Promise<void> {
-  for (const d of await makeDir(dir)) await fsyncDir(dirname(d));
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.open(dir, 'r');
-  try { await fh.sync(); } finally { await fh.close(); }
 }

@@ -59,6 +59,28 @@ export class StorageFull extends StorageError {
 }
 
 /**
+ * The blob store cannot be reached or did not answer in time (S3 down, paused or slow):
+ * not the client's fault, and not for long. Nothing was half-written: every write is
+ * staged first and published only once complete.
+ */
+export class StorageUnavailable extends StorageError {
+  readonly retryAfterSeconds = 10;
+  constructor(readonly store: string, readonly reason: string) {
+    super(`the registry's blob storage (${store}) is unavailable: ${reason}; retry later`);
+  }
+  get detail() { return { reason: this.reason }; }
+}
+
+/**
+ * A blob the store does not hold (deleted between the index lookup and the read). Its
+ * `code` is ENOENT whatever the store, so callers treat it as a file that is gone.
+ */
+export class BlobMissing extends Error {
+  readonly code = 'ENOENT';
+  constructor(readonly digest: string) { super(`blob ${digest} is not in the store`); }
+}
+
+/**
  * Error codes that mean "no space": errnos, and SQLite's own (better-sqlite3 puts them in
  * `code`). SQLite reports a write's ENOSPC as SQLITE_FULL, and the WAL index (-shm) it
  * could not grow as SQLITE_IOERR_SHMSIZE.

@@ -1,10 +1,11 @@
-// Blob files: writing content into the store (hashed while it streams, verified, made
-// durable, then recorded), linking blobs into repositories, and deleting them.
+// Blob content: writing it into the blob store (hashed while it streams, verified,
+// published, then recorded), linking blobs into repositories, and deleting them.
 //
-// Write path of every blob: stream into a temporary file while hashing, verify, fsync,
-// rename into <data>/blobs/<alg>/<xx>/<hex>, fsync the directory, and only then add the
-// index row. A crash therefore leaves at worst a complete file without a row, which
-// startup removes; never a row without a file, never a partial file at a final path.
+// Write path of every blob: stream into the store's staging while hashing (store/: a
+// temporary file on disk, an unfinished multipart upload on S3), verify, publish under
+// the digest's lock (disk: fsync, rename, fsync the directory), and only then add the
+// index row. A crash therefore leaves at worst a complete blob without a row, which
+// reconciliation removes; never a row without a blob, never a partial blob at a final name.
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import { createHash, randomUUID } from 'node:crypto';
@@ -12,15 +13,11 @@ import { createWriteStream, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Readable, Transform, finished, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { Digester, algorithmOf } from '../oci/digest.js';
+import { Digester, algorithmOf, digestOf } from '../oci/digest.js';
 import type { StoreCore } from './core.js';
 import { DigestMismatch } from './errors.js';
-
-/**
- * Socket reads arrive in 64 KiB chunks; letting up to 1 MiB queue before the file
- * stream pushes back lets it write them in one writev, a tenth of the syscalls.
- */
-export const WRITE_BUFFER = 1024 * 1024;
+import type { PendingBlob } from './store/blob-store.js';
+import { WRITE_BUFFER } from './store/disk.js';
 
 const BATCH = 64 * 1024;
 
@@ -97,13 +94,44 @@ export class BlobFiles {
    */
   async write(repo: string, source: Readable | Buffer, expected?: string): Promise<{ digest: string; size: number }> {
     const alg = expected ? algorithmOf(expected) : 'sha256';
-    const tmp = join(this.core.layout.tmpDir, randomUUID());
-    const src = Buffer.isBuffer(source) ? { stream: Readable.from([source]), release() {} } : detach(source);
+    if (Buffer.isBuffer(source)) {
+      const digest = digestOf(source, alg);
+      if (expected && digest !== expected) throw new DigestMismatch(expected, digest);
+      await this.publish(repo, digest, await this.staged(() => this.core.store.write(digest, source)));
+      return { digest, size: source.length };
+    }
+    // A stream of unknown digest cannot be named before it ends: through a local file.
+    if (!expected) return this.writeUnnamed(repo, source);
+    const src = detach(source);
+    let pending: PendingBlob | undefined;
+    // The store's write may still be taking back what it staged when the pipeline fails.
+    let writing: Promise<unknown> | undefined;
     try {
       const d = new Digester(createHash(alg), alg);
+      await pipeline(src.stream, new Coalesce(), d, (s: AsyncIterable<Buffer>) =>
+        (writing = this.core.store.write(expected, s as Readable).then((p) => { pending = p; })));
+      const digest = d.digest();
+      if (digest !== expected) throw new DigestMismatch(expected, digest);
+      const p = pending!;
+      pending = undefined;
+      await this.publish(repo, digest, p);
+      return { digest, size: d.bytes };
+    } catch (err) {
+      await writing?.catch(() => {});
+      await (pending as PendingBlob | undefined)?.discard().catch(() => {});
+      throw this.core.noSpace(err, 'store this blob; nothing was kept');
+    } finally {
+      src.release();
+    }
+  }
+
+  private async writeUnnamed(repo: string, source: Readable): Promise<{ digest: string; size: number }> {
+    const tmp = join(this.core.layout.tmpDir, randomUUID());
+    const src = detach(source);
+    try {
+      const d = new Digester();
       await pipeline(src.stream, new Coalesce(), d, createWriteStream(tmp, { highWaterMark: WRITE_BUFFER }));
       const digest = d.digest();
-      if (expected && digest !== expected) throw new DigestMismatch(expected, digest);
       await this.commit(repo, tmp, digest, d.bytes);
       return { digest, size: d.bytes };
     } catch (err) {
@@ -114,22 +142,38 @@ export class BlobFiles {
     }
   }
 
+  private async staged(stage: () => Promise<PendingBlob>): Promise<PendingBlob> {
+    try { return await stage(); } catch (err) { throw this.core.noSpace(err, 'store this blob; nothing was kept'); }
+  }
+
   /**
    * Moves a fully written, already-digested file into the store (the caller vouches for
    * `digest`) and links it into `repo`. The file is consumed either way.
    */
   async commit(repo: string, file: string, digest: string, size: number): Promise<void> {
-    const { index, layout, locks } = this.core;
+    try {
+      await this.publish(repo, digest, await this.staged(() => this.core.store.writeFile(digest, file, size)));
+    } finally {
+      await fs.rm(file, { force: true });
+    }
+  }
+
+  /**
+   * Publishes verified bytes as blob `digest` and links it into `repo`: under the
+   * digest's lock, and only if no row records the blob already (then they are dropped).
+   */
+  async publish(repo: string, digest: string, pending: PendingBlob): Promise<void> {
+    const { index, store, locks } = this.core;
     try {
       await locks.run(digest, async () => {
         if (index.blobSize(digest) === undefined) {
           try {
-            await this.core.place(file, digest);
-            index.addBlob(repo, digest, size);
+            await pending.publish();
+            index.addBlob(repo, digest, pending.size);
           } catch (err) {
-            // No row records the file (a full index refused it, or placing it failed half
+            // No row records the blob (a full index refused it, or publishing failed half
             // way): take it back, under the lock, rather than leave a blob without its row.
-            await fs.rm(layout.blobPath(digest), { force: true });
+            await store.delete(digest).catch(() => {});
             throw err;
           }
         } else {
@@ -139,7 +183,7 @@ export class BlobFiles {
     } catch (err) {
       throw this.core.noSpace(err, 'store this blob; nothing was kept');
     } finally {
-      await fs.rm(file, { force: true });
+      await pending.discard().catch(() => {});
     }
     this.core.bump(repo);
   }
@@ -157,7 +201,7 @@ export class BlobFiles {
   async delete(repo: string, digest: string): Promise<boolean> {
     const removed = await this.core.locks.run(digest, async () => {
       const { removed, orphaned } = this.core.index.unlinkBlob(repo, digest);
-      if (orphaned) await fs.rm(this.core.layout.blobPath(digest), { force: true });
+      if (orphaned) await this.core.store.delete(digest);
       return removed;
     });
     if (removed) this.core.bump(repo);

@@ -54,7 +54,6 @@
 // file removal becomes an advisory lock on the digest.
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
-import { promises as fs } from 'node:fs';
 import type { StoreCore } from './core.js';
 import { Mark, READS_AT_ONCE, pace, piece } from './mark.js';
 
@@ -277,7 +276,7 @@ export async function removeFiles(core: StoreCore, dropped: { digest: string }[]
     const t0 = piece();
     await Promise.all(dropped.slice(i, i + READS_AT_ONCE).map(({ digest }) => core.locks.run(digest, async () => {
       // Stored again meanwhile (a push of the same bytes): the file is theirs now.
-      if (core.index.blobSize(digest) === undefined) await fs.unlink(core.layout.blobPath(digest)).catch(() => {});
+      if (core.index.blobSize(digest) === undefined) await core.store.delete(digest).catch(() => {});
     })));
     await pace(core, t0);
   }

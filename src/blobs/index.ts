@@ -72,7 +72,13 @@ export class Index {
       const fresh = version === 0;
       for (let v = version; !fresh && v < SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]!.before);
       this.db.exec(SCHEMA);
-      for (let v = version; !fresh && v < SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]!.after);
+      for (let v = version; !fresh && v < SCHEMA_VERSION; v++) {
+        for (const [table, column, type] of MIGRATIONS[v]!.columns ?? []) {
+          const has = this.db.prepare(`SELECT 1 FROM pragma_table_info('${table}') WHERE name = ?`).get(column);
+          if (!has) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
+        }
+        this.db.exec(MIGRATIONS[v]!.after);
+      }
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     })();
     this.moveAnnotations();
@@ -133,13 +139,20 @@ export class Index {
       annotations: db.prepare<[number, string], { json: Buffer }>(
         'SELECT CAST(json AS BLOB) AS json FROM referrer_annotations WHERE repo_id = ? AND digest = ?'),
       insertUpload: db.prepare('INSERT INTO uploads (id, repo, client, started_at, updated_at) VALUES (?, ?, ?, ?, ?)'),
-      getUpload: db.prepare<[string], { repo: string; started_at: number }>('SELECT repo, started_at FROM uploads WHERE id = ?'),
+      getUpload: db.prepare<[string], { repo: string; started_at: number; updated_at: number; staged: string | null; claimed_by: string | null }>(
+        'SELECT repo, started_at, updated_at, staged, claimed_by FROM uploads WHERE id = ?'),
       uploadsOfRepo: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM uploads WHERE repo = ?'),
       uploadsOfClient: db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM uploads WHERE client = ?'),
       uploadCount: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM uploads'),
-      touchUpload: db.prepare('UPDATE uploads SET updated_at = ? WHERE id = ?'),
+      touchUpload: db.prepare('UPDATE uploads SET updated_at = ?, staged = coalesce(?, staged) WHERE id = ?'),
+      claimUpload: db.prepare(`UPDATE uploads SET claimed_by = ?, claimed_until = ?
+        WHERE id = ? AND (claimed_until IS NULL OR claimed_until < ? OR claimed_by = ?)`),
+      takeOverClaim: db.prepare('UPDATE uploads SET claimed_by = ?, claimed_until = ? WHERE id = ? AND claimed_by = ?'),
+      extendClaim: db.prepare('UPDATE uploads SET claimed_until = ? WHERE id = ? AND claimed_by = ?'),
+      releaseUpload: db.prepare('UPDATE uploads SET claimed_until = NULL WHERE id = ? AND claimed_by = ?'),
       deleteUpload: db.prepare('DELETE FROM uploads WHERE id = ?'),
-      allUploads: db.prepare<[], { id: string; updated_at: number }>('SELECT id, updated_at FROM uploads'),
+      allUploads: db.prepare<[], { id: string; updated_at: number; staged: string | null; claimed_until: number | null }>(
+        'SELECT id, updated_at, staged, claimed_until FROM uploads'),
       getLayer: db.prepare<[string], LayerRow>(
         'SELECT l.digest, l.diff_id, l.size FROM layers l JOIN blobs b ON b.digest = l.digest WHERE l.key = ?'),
       putLayer: db.prepare('INSERT OR REPLACE INTO layers (key, digest, diff_id, size, created_at) VALUES (?, ?, ?, ?, ?)'),
@@ -303,7 +316,18 @@ export class Index {
   }
   uploadCount(): number { return this.s.uploadCount.get()!.n; }
   getUpload(id: string) { return this.s.getUpload.get(id); }
-  touchUpload(id: string) { this.s.touchUpload.run(now(), id); }
+  /** The upload was used now; `staged` (JSON, store/blob-store.ts Staged): where its bytes stand. */
+  touchUpload(id: string, staged?: string) { this.s.touchUpload.run(now(), staged ?? null, id); }
+  /**
+   * Claims upload `id` for `owner` until `until` (ms since the epoch): false while another
+   * owner's claim runs. A chunk or finish holds it, so that two processes sharing the
+   * index never write one upload at once; a claim of a process that died runs out.
+   */
+  claimUpload(id: string, owner: string, until: number): boolean { return this.s.claimUpload.run(owner, until, id, now(), owner).changes > 0; }
+  /** Takes the claim of `from` (a process known to be gone), unless it changed meanwhile. */
+  takeOverClaim(id: string, from: string, owner: string, until: number): boolean { return this.s.takeOverClaim.run(owner, until, id, from).changes > 0; }
+  extendClaim(id: string, owner: string, until: number): void { this.s.extendClaim.run(until, id, owner); }
+  releaseUpload(id: string, owner: string): void { this.s.releaseUpload.run(id, owner); }
   deleteUpload(id: string) { this.s.deleteUpload.run(id); }
   allUploads() { return this.s.allUploads.all(); }
 

@@ -3,9 +3,6 @@
 // per-repository cache, and the listings (tags, catalog, referrers).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
-import { randomUUID } from 'node:crypto';
-import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import type { Descriptor } from '../oci/descriptor.js';
 import { digestOf } from '../oci/digest.js';
@@ -49,7 +46,7 @@ export class Manifests {
   async read(d: Descriptor): Promise<Buffer> {
     const hit = this.bodyCache.get(d.digest);
     if (hit) return hit;
-    const body = await fs.readFile(this.core.layout.blobPath(d.digest));
+    const body = await this.core.store.read(d.digest);
     this.bodyCache.set(d.digest, body);
     return body;
   }
@@ -59,7 +56,7 @@ export class Manifests {
    * what it references; each must already be visible in `repo` (MissingReferences).
    */
   async put(repo: string, body: Buffer, info: ManifestInfo, tag?: string, digest = digestOf(body)): Promise<Descriptor> {
-    const { index, layout, locks } = this.core;
+    const { index, store, locks } = this.core;
     const checkReferences = () => {
       const missing = [
         ...info.blobs.filter((b) => index.linkedBlobSize(repo, b) === undefined),
@@ -72,23 +69,17 @@ export class Manifests {
     checkReferences();
     await locks.run(digest, async () => {
       const fresh = index.blobSize(digest) === undefined;
-      const dest = layout.blobPath(digest);
       try {
         if (fresh) {
-          const tmp = join(layout.tmpDir, randomUUID());
-          try {
-            await fs.writeFile(tmp, body);
-            await this.core.place(tmp, digest);
-          } finally {
-            await fs.rm(tmp, { force: true });
-          }
+          const pending = await store.write(digest, body);
+          try { await pending.publish(); } finally { await pending.discard(); }
         }
         checkReferences();
         index.putManifest(repo, { ...info, digest, size: body.length }, tag);
       } catch (err) {
         // Nothing records the file just written (a reference went away, or the index is
         // full): take it back rather than leave an orphan.
-        if (fresh) await fs.rm(dest, { force: true });
+        if (fresh) await store.delete(digest).catch(() => {});
         throw this.core.noSpace(err, 'store this manifest; nothing was kept');
       }
     });
@@ -100,7 +91,7 @@ export class Manifests {
   async delete(repo: string, digest: string): Promise<boolean> {
     const deleted = await this.core.locks.run(digest, async () => {
       const r = this.core.index.deleteManifest(repo, digest);
-      if (r.orphaned) await fs.rm(this.core.layout.blobPath(digest), { force: true });
+      if (r.orphaned) await this.core.store.delete(digest);
       return r.deleted;
     });
     if (deleted) this.core.bump(repo);

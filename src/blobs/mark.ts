@@ -14,7 +14,7 @@
 // in a repository keeps what it references, whether or not a tag still leads to it.
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
-import { promises as fs, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { parseManifest } from '../oci/manifest.js';
 import type { StoreCore } from './core.js';
 
@@ -184,7 +184,7 @@ export class Mark {
         // Side by side: one at a time, each read would wait a turn of the event loop
         // behind the requests being served, and a large store would take minutes.
         const batch = missing.slice(i, i + READS_AT_ONCE);
-        const bodies = await Promise.all(batch.map((d) => fs.readFile(this.core.layout.blobPath(d)).catch(() => undefined)));
+        const bodies = await Promise.all(batch.map((d) => this.core.store.read(d).catch(() => undefined)));
         if (!batch.every((d, k) => this.learn(d, bodies[k]))) return false;
         await pace(this.core, t0);
       }
@@ -192,12 +192,19 @@ export class Mark {
     return true;
   }
 
-  /** The same as grow, reading in this synchronous step (`missing`: what reach returned). */
+  /**
+   * The same as grow, reading in this synchronous step (`missing`: what reach returned).
+   * Only a store with local files can be read so; on a remote one (S3) the repository is
+   * left for the next collection instead, which under pushes that never pause is the
+   * starvation this file otherwise ends: a known limit of S3 with the SQLite index.
+   */
   private growSync(missing0: string[]): boolean {
+    const store = this.core.store;
+    if (!store.localPath) return false;
     for (let missing = missing0; missing.length; missing = this.reach(missing)) {
       for (const d of missing) {
         let body: Buffer | undefined;
-        try { body = readFileSync(this.core.layout.blobPath(d)); } catch { body = undefined; }
+        try { body = readFileSync(store.localPath(d)); } catch { body = undefined; }
         if (!this.learn(d, body)) return false;
       }
     }

@@ -6,7 +6,7 @@
 // reconciliation in storage.ts repairs the one window a crash can leave).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 6;
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS blobs (
@@ -83,13 +83,20 @@ CREATE TABLE IF NOT EXISTS tags (
 -- Unfinished uploads. By repository *name*, not row: starting an upload stores no
 -- content, so it must not create a repository (a client inventing names would otherwise
 -- grow the repositories table without bound). client is the address the upload counts
--- against (per-client limits).
+-- against (per-client limits). staged: where the upload's bytes stand in the blob store
+-- (JSON: the offset, and on S3 the multipart upload, its parts and the tail object), so
+-- that any process sharing the index can continue it; NULL: nothing recorded yet.
+-- claimed_by/claimed_until: the process writing it now (a chunk or a finish) and until
+-- when its claim runs unless renewed (ms since the epoch; NULL: nobody's).
 CREATE TABLE IF NOT EXISTS uploads (
-  id          TEXT PRIMARY KEY,
-  repo        TEXT NOT NULL,
-  client      TEXT NOT NULL DEFAULT '',
-  started_at  INTEGER NOT NULL,
-  updated_at  INTEGER NOT NULL
+  id            TEXT PRIMARY KEY,
+  repo          TEXT NOT NULL,
+  client        TEXT NOT NULL DEFAULT '',
+  started_at    INTEGER NOT NULL,
+  updated_at    INTEGER NOT NULL,
+  staged        TEXT,
+  claimed_by    TEXT,
+  claimed_until INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS uploads_repo ON uploads(repo);
 CREATE INDEX IF NOT EXISTS uploads_client ON uploads(client);
@@ -137,7 +144,7 @@ CREATE TABLE IF NOT EXISTS builds (
  * SCHEMA (to move aside what SCHEMA would otherwise mistake for current), `after` once
  * SCHEMA has created the new tables. All in one transaction.
  */
-export const MIGRATIONS: Record<number, { before: string; after: string }> = {
+export const MIGRATIONS: Record<number, { before: string; after: string; columns?: [table: string, column: string, type: string][] }> = {
   // 1 → 2: uploads name their repository instead of holding a repositories row;
   // referrers are indexed in page order.
   1: {
@@ -169,4 +176,9 @@ export const MIGRATIONS: Record<number, { before: string; after: string }> = {
   // on the index (`nixreg gc` of a newer version opens it beside the server), whose
   // writes the next open moves instead.
   4: { before: '', after: 'CREATE INDEX manifests_unmoved ON manifests(repo_id, digest) WHERE annotations IS NOT NULL;' },
+  // 5 → 6: an upload records where its bytes stand (the blob store may be S3) and who is
+  // writing it. Uploads begun before keep NULL: on disk their file still says it. Columns
+  // added once SCHEMA ran, where missing: an index older than 2 has its uploads table
+  // made anew by SCHEMA.
+  5: { before: '', after: '', columns: [['uploads', 'staged', 'TEXT'], ['uploads', 'claimed_by', 'TEXT'], ['uploads', 'claimed_until', 'INTEGER']] },
 };

@@ -1,17 +1,21 @@
-// Content-addressed storage: blob files on disk plus the SQLite index, behind one API
-// that the HTTP handlers and the image builder both use. This file opens, reconciles
-// and closes the store and is the one entry point; the work is done by its parts:
-// files.ts (blob files), uploads.ts (upload sessions), manifests.ts (manifests, tags,
-// listings), over core.ts (layout, index, locks). Nothing here knows HTTP or Nix:
-// failures are the domain errors of errors.ts.
+// Content-addressed storage: blobs in a blob store (store/: the local disk, or S3) plus
+// the SQLite index, behind one API that the HTTP handlers and the image builder both
+// use. This file opens, reconciles and closes storage and is the one entry point; the
+// work is done by its parts: files.ts (blob content), uploads.ts (upload sessions),
+// manifests.ts (manifests, tags, listings), over core.ts (layout, index, store, locks).
+// Nothing here knows HTTP or Nix: failures are the domain errors of errors.ts.
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import { promises as fs } from 'node:fs';
-import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
-import { StoreCore, readdirSafe } from './core.js';
+import { StoreCore } from './core.js';
+import { StorageUnavailable } from './errors.js';
+import { reconcileBlobs, type Reconciled } from './reconcile.js';
+import type { BlobStore, ByteRange } from './store/blob-store.js';
+import { DiskStore } from './store/disk.js';
+import type { S3Options } from './store/s3.js';
 import { BlobFiles } from './files.js';
 import { Index, type BuildRow, type LayerRow, type ReferrerRow, type ReferrersPage } from './index.js';
 import { Layout } from './layout.js';
@@ -21,6 +25,10 @@ import { Quota, type Eviction } from './quota.js';
 import { Uploads } from './uploads.js';
 
 export interface StorageOptions {
+  /** Blobs and uploads in S3 (--storage s3://…); default: the local disk under the data directory. */
+  s3?: S3Options | undefined;
+  /** What a background reconciliation of a remote store did, or why it failed (for the log). */
+  onReconcile?: ((r: Reconciled | Error) => void) | undefined;
   /** Uploads untouched for longer than this are purged (default 24 h). */
   uploadMaxAgeMs?: number;
   /** Bytes of manifest bodies kept in memory (default 64 MiB). */
@@ -44,6 +52,13 @@ export interface GcTotals {
   last?: GcReport | undefined;
 }
 
+/** The S3 store, if asked for: loaded on demand, so the default never loads the AWS SDK. */
+async function remoteStore(opts: StorageOptions): Promise<BlobStore | undefined> {
+  if (!opts.s3) return undefined;
+  const { S3Store } = await import('./store/s3.js');
+  return new S3Store(opts.s3);
+}
+
 export class Storage {
   readonly layout: Layout;
   readonly index: Index;
@@ -60,10 +75,13 @@ export class Storage {
   private exclusive: Promise<unknown> = Promise.resolve();
   readonly gcTotals: GcTotals = { runs: 0, freedBytes: 0, freedBlobs: 0, freedManifests: 0, evictions: 0, evictedBytes: 0 };
 
-  private constructor(root: string, opts: StorageOptions) {
+  readonly store: BlobStore;
+
+  private constructor(root: string, opts: StorageOptions, store: BlobStore | undefined) {
     this.layout = new Layout(root);
+    this.store = store ?? new DiskStore(this.layout);
     this.index = new Index(this.layout.dbPath);
-    const core = this.core = new StoreCore(this.layout, this.index);
+    const core = this.core = new StoreCore(this.layout, this.index, this.store);
     this.uploadMaxAgeMs = opts.uploadMaxAgeMs ?? 24 * 3600_000;
     this.files = new BlobFiles(core);
     this.uploads = new Uploads(core, this.files, this.uploadMaxAgeMs);
@@ -74,10 +92,18 @@ export class Storage {
 
   static async open(root: string, opts: StorageOptions = {}): Promise<Storage> {
     const layout = new Layout(root);
-    for (const d of [layout.root, layout.blobsDir, layout.tmpDir, layout.uploadsDir, layout.gcrootsDir, layout.logsDir]) {
+    // With S3, nothing durable is kept on local disk but the index (and build logs).
+    const local = opts.s3 ? [] : [layout.blobsDir, layout.uploadsDir];
+    for (const d of [layout.root, ...local, layout.tmpDir, layout.gcrootsDir, layout.logsDir]) {
       await fs.mkdir(d, { recursive: true });
     }
-    const s = new Storage(root, opts);
+    const s = new Storage(root, opts, await remoteStore(opts));
+    try {
+      await s.checkStore();
+    } catch (e) {
+      s.close();
+      throw e;
+    }
     await s.reconcile();
     // At least every second (a tiny max age must not become a busy loop), at most hourly.
     s.purgeTimer = setInterval(() => { void s.purgeStaleUploads().catch(() => {}); },
@@ -96,15 +122,19 @@ export class Storage {
    * be using it: no reconciliation (which would take the server's blob in mid-commit for
    * an orphan), no timers.
    */
-  static inspect(root: string): Storage {
-    return new Storage(root, { gcIntervalMs: 0 });
+  static async inspect(root: string, opts: StorageOptions = {}): Promise<Storage> {
+    return new Storage(root, { ...opts, gcIntervalMs: 0 }, await remoteStore(opts));
   }
 
+  private closed = false;
+
   close(): void {
+    this.closed = true;
     if (this.purgeTimer) clearInterval(this.purgeTimer);
     if (this.gcTimer) clearInterval(this.gcTimer);
     this.quota.close();
     this.index.close();
+    this.store.close();
   }
 
   /** A collection asked for and not yet started, per kind (see gc()). */
@@ -180,38 +210,48 @@ export class Storage {
   set busy(probe: () => boolean) { this.core.busy = probe; }
 
   /**
-   * Brings index and disk back into agreement after a crash. Runs at open, before any
-   * request: at run time it could take a blob renamed into place whose row is not yet
-   * written for an orphan.
+   * Brings index and blob store back into agreement after a crash (reconcile.ts). A
+   * local disk is reconciled at open, before any request: at run time it could take a
+   * blob published but whose row is not yet written for an orphan. A remote store, which
+   * may take long to list, in the background with a grace period instead.
    */
   async reconcile(): Promise<{ rowsDropped: number; filesRemoved: number; uploadsPurged: number }> {
-    let rowsDropped = 0;
-    let filesRemoved = 0;
-    const known = new Set<string>();
-    for (const { digest } of this.index.allBlobs()) {
-      try {
-        await fs.access(this.layout.blobPath(digest));
-        known.add(digest);
-      } catch {
-        this.index.forgetBlob(digest);
-        rowsDropped++;
-      }
-    }
-    const { blobsDir } = this.layout;
-    for (const alg of await readdirSafe(blobsDir)) {
-      for (const prefix of await readdirSafe(join(blobsDir, alg))) {
-        for (const hex of await readdirSafe(join(blobsDir, alg, prefix))) {
-          if (!known.has(`${alg}:${hex}`)) {
-            await fs.rm(join(blobsDir, alg, prefix, hex), { force: true, recursive: true });
-            filesRemoved++;
-          }
+    let blobs: Reconciled = { rowsDropped: 0, filesRemoved: 0 };
+    if (this.store.remote) {
+      void (async () => {
+        try {
+          this.opts.onReconcile?.(await reconcileBlobs(this.core, 3600_000));
+          await this.purgeStaleUploads();
+        } catch (e) {
+          // Cut short by close(): the next start does it again.
+          if (!this.closed) this.opts.onReconcile?.(e as Error);
         }
-      }
+      })();
+    } else {
+      blobs = await reconcileBlobs(this.core, 0);
     }
     await fs.rm(this.layout.tmpDir, { recursive: true, force: true });
     await fs.mkdir(this.layout.tmpDir, { recursive: true });
-    const uploadsPurged = await this.purgeStaleUploads();
-    return { rowsDropped, filesRemoved, uploadsPurged };
+    const uploadsPurged = this.store.remote ? 0 : await this.purgeStaleUploads();
+    return { ...blobs, uploadsPurged };
+  }
+
+  /**
+   * A store that answers but refuses us (no such bucket, wrong credentials) is a mistake
+   * in the settings: said at start, not as an internal error at each request. One that
+   * does not answer may come back: the server starts, answers 503 and is not ready.
+   */
+  private async checkStore(): Promise<void> {
+    try {
+      await this.store.ping();
+    } catch (e) {
+      if (e instanceof StorageUnavailable) return;
+      const status = (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+      const why = status === 404 ? 'the bucket does not exist (nixreg does not create it)'
+        : status === 403 ? 'access denied: check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and the bucket\'s policy'
+        : `${(e as Error).name}: ${(e as Error).message}`;
+      throw new Error(`the blob store ${this.store.description} cannot be used: ${why}`);
+    }
   }
 
   purgeStaleUploads(): Promise<number> { return this.uploads.purgeStale(); }
@@ -230,7 +270,14 @@ export class Storage {
     if (size !== undefined) this.core.touch(repo, digest);
     return size;
   }
+  /** Where the local disk store keeps a blob (tests and tools look there). */
   blobPath(digest: string): string { return this.layout.blobPath(digest); }
+  /** The blob's local file, if the store has one (sendfile sends it without copying). */
+  blobFile(digest: string): string | undefined { return this.store.localPath?.(digest); }
+  /** The blob, or a range of it, as a stream (BlobMissing, code ENOENT, if the store lost it). */
+  openBlob(digest: string, range?: ByteRange): Promise<Readable> { return this.store.open(digest, range); }
+  /** A URL that serves the blob for `seconds`, if the store can make one (--s3-redirect). */
+  blobUrl(digest: string, seconds: number): Promise<string> | undefined { return this.store.presign?.(digest, seconds); }
   writeBlob(repo: string, source: Readable | Buffer, expected?: string) { return this.files.write(repo, source, expected); }
   commitFile(repo: string, file: string, digest: string, size: number) { return this.files.commit(repo, file, digest, size); }
   mountBlob(repo: string, from: string, digest: string) { return this.files.mount(repo, from, digest); }

@@ -28,9 +28,11 @@ export interface AppOptions {
   minFreeBytes?: number | undefined;
   /** Send blob bodies by sendfile where possible; default true (zero-copy.ts). */
   sendfile?: boolean | undefined;
+  /** Redirect blob GETs to the store's presigned URLs valid this long (--s3-redirect). */
+  blobRedirectSeconds?: number | undefined;
 }
 
-export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile }: AppOptions) {
+export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile, blobRedirectSeconds }: AppOptions) {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
@@ -78,7 +80,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
 
   const bodies = new MemoryBudget(limits.manifestMemoryBytes, limits.manifestTimeoutMs);
   const ctx = {
-    storage, source, bodies, limits, gate, metrics, blobBodies, readiness: new Readiness({ storage, source, minFreeBytes }),
+    storage, source, bodies, limits, gate, metrics, blobBodies, blobRedirectSeconds, readiness: new Readiness({ storage, source, minFreeBytes }),
     counters: () => ({
       ...counters?.(),
       manifestMemory: {

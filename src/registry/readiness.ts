@@ -1,6 +1,6 @@
 // Whether this registry can do its work now, for GET /readyz: the index answers, the
-// data directory takes a write and has space left, and Nix can build where expressions
-// are served. Probes come every few seconds (kubelet), so the disk checks are cached for
+// data directory takes a write and has space left, a remote blob store (S3) answers, and
+// Nix can build where expressions are served. Probes come every few seconds (kubelet), so the disk checks are cached for
 // a second and shared by concurrent probes; each failure says why in a few words, and
 // never names the data directory (the probe is open to anyone).
 //
@@ -18,7 +18,11 @@ const FULL_MS = 10_000;
 
 export interface Check { ok: boolean; reason?: string; state?: string }
 
-export interface ReadinessReport { status: 'ready' | 'not ready'; checks: Record<'index' | 'writable' | 'space' | 'nix', Check> }
+export interface ReadinessReport {
+  status: 'ready' | 'not ready';
+  /** `blobs` only where the blob store is remote: the local disk's are writable and space. */
+  checks: Record<'index' | 'writable' | 'space' | 'nix', Check> & { blobs?: Check };
+}
 
 export interface ReadinessOptions {
   storage: Storage;
@@ -28,7 +32,7 @@ export interface ReadinessOptions {
 }
 
 export class Readiness {
-  private disk: { at: number; result: Promise<Pick<ReadinessReport['checks'], 'writable' | 'space'>> } | undefined;
+  private disk: { at: number; result: Promise<Pick<ReadinessReport['checks'], 'writable' | 'space' | 'blobs'>> } | undefined;
 
   constructor(private readonly o: ReadinessOptions) {}
 
@@ -78,7 +82,18 @@ export class Readiness {
     if (space.ok && full !== undefined && Date.now() - full < FULL_MS) {
       space = { ok: false, reason: `a write found the storage full ${Math.round((Date.now() - full) / 1000)} s ago` };
     }
-    return { writable, space };
+    return { writable, space, ...(this.o.storage.store.remote ? { blobs: await this.checkBlobs() } : {}) };
+  }
+
+  /** The store's own deadline (--s3-timeout) bounds this. */
+  private async checkBlobs(): Promise<Check> {
+    const { store } = this.o.storage;
+    try {
+      await store.ping();
+      return { ok: true };
+    } catch (e) {
+      return { ok: false, reason: `the blob store (${store.description}) does not answer: ${(e as Error).message.slice(0, 200)}` };
+    }
   }
 
   private checkNix(): Check {

@@ -1,6 +1,7 @@
 // Sends a byte range of a file as the body of a response whose headers are already set:
 // by sendfile(2) where it can (zero-copy.ts says when and why), else by copying through
 // the ring of buffers below, which also serves TLS, HTTP/2 and a server without the addon.
+// A blob with no local file (the S3 store) comes as a stream instead: sendStream.
 //
 // Why not pipeline(createReadStream(...), res): a read stream allocates a fresh buffer
 // for every read, so a 256 MiB blob GET cost 256 fresh 1 MiB buffers, and garbage
@@ -13,6 +14,8 @@
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import { promises as fs } from 'node:fs';
 import type { ServerResponse } from 'node:http';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { clientGone, sendfileRange, sendfileSocket } from './zero-copy.js';
 
 const CHUNK = 256 * 1024;
@@ -95,4 +98,24 @@ async function copyRange(fh: fs.FileHandle, path: string, start: number, end: nu
     flushed[i] = p;
   }
   await guard(Promise.all(flushed));
+}
+
+/**
+ * Writes the stream `open` gives (the body's bytes, already cut to the range) to `res`,
+ * then ends it. `open` fails before anything is written (a blob gone, a store down), so
+ * the caller can still answer with an error; a client that goes away stops the stream.
+ */
+export async function sendStream(open: () => Promise<Readable>, res: ServerResponse, o: SendOptions = {}): Promise<void> {
+  const body = await open();
+  if (res.destroyed) {
+    body.destroy();
+    throw clientGone();
+  }
+  const bytes = o.bytes;
+  const count = new Transform({ transform(chunk: Buffer, _enc, cb) { if (bytes) bytes.copy += chunk.length; cb(null, chunk); } });
+  try {
+    await pipeline(body, count, res);
+  } catch (e) {
+    throw res.destroyed && !res.writableFinished ? clientGone() : e;
+  }
 }

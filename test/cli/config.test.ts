@@ -86,3 +86,19 @@ test('--min-upload-rate: a size per second (1KiB by default, "/s" optional, 0 of
   assert.throws(() => limitsConfig({ minUploadRate: 'fast' }, {}), /--min-upload-rate must be a size/);
   assert.throws(() => limitsConfig({ uploadRateWindow: '0' }, {}), /--upload-rate-window must be a whole number of seconds >= 1/);
 });
+
+test('--storage s3://BUCKET[/PREFIX] (NIXREG_STORAGE), --s3-timeout and --s3-redirect; the default is the local disk', () => {
+  assert.equal(serveConfig({}, {}).storage, undefined);
+  assert.equal(serveConfig({}, {}).s3RedirectSeconds, 0);
+  assert.deepEqual(serveConfig({ storage: 's3://my-bucket' }, {}).storage, { bucket: 'my-bucket', prefix: '', timeoutMs: 15_000 });
+  assert.deepEqual(serveConfig({}, { NIXREG_STORAGE: 's3://my.bucket/reg/one/', NIXREG_S3_TIMEOUT: '3' }).storage,
+    { bucket: 'my.bucket', prefix: 'reg/one/', timeoutMs: 3000 });
+  assert.deepEqual(serveConfig({ storage: 's3://bk1/p', s3Timeout: '5' }, { NIXREG_STORAGE: 's3://bk2' }).storage, { bucket: 'bk1', prefix: 'p/', timeoutMs: 5000 });
+  for (const bad of ['s3:/b', 'http://b/p', 's3://B', 's3://a', 's3://bkt/p?x', 's3://bkt/p q']) {
+    assert.throws(() => serveConfig({ storage: bad }, {}), /--storage/, bad);
+  }
+  assert.throws(() => serveConfig({ storage: 's3://bk1', s3Timeout: '0' }, {}), /--s3-timeout/);
+  assert.equal(serveConfig({ storage: 's3://bk1', s3Redirect: true }, {}).s3RedirectSeconds, 1200);
+  assert.equal(serveConfig({ storage: 's3://bk1' }, { NIXREG_S3_REDIRECT: '1' }).s3RedirectSeconds, 1200);
+  assert.throws(() => serveConfig({ s3Redirect: true }, {}), /--s3-redirect needs --storage/);
+});

@@ -4,35 +4,17 @@
 // kill -9 never does, and its roots would pin their closures in the Nix store for good.
 //
 // So each process keeps its roots in a directory named for itself, `<pid>.<start>`, where
-// <start> is the process's start time in clock ticks since boot (/proc/<pid>/stat): a pid
+// <start> is the process's start time in clock ticks since boot (blobs/process.ts): a pid
 // alone may be reused by an unrelated process. At start-up every directory whose owner is
 // no longer that very process is removed. Another live process on the same data (a
 // `nixreg build` beside a server) keeps its roots.
 //
 // Room: build/nix, the Nix adapter. Of build, imports only the shared errors.ts, types.ts and semaphore.ts;
 // may import src/blobs and src/oci; never src/registry.
-import { readFileSync, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-
-/** The start time of process `pid` in clock ticks since boot; undefined if there is no such process. */
-export function processStart(pid: number): string | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
-  } catch {
-    if (!readableProc()) {
-      // No /proc (not Linux): whether the pid exists is all there is to know.
-      try { process.kill(pid, 0); return '0'; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM' ? '0' : undefined; }
-    }
-    return undefined;
-  }
-}
-
-function readableProc(): boolean {
-  try { readFileSync('/proc/self/stat'); return true; } catch { return false; }
-}
+import { processStart } from '../../blobs/process.js';
 
 /** This process's directory of GC roots under `gcroots`. */
 export function ownRootsDir(gcroots: string): string {

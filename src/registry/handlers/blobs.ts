@@ -5,7 +5,7 @@ import type { Request, Response } from 'express';
 import { RegistryError } from '../errors.js';
 import { checkDigest } from '../../oci/reference.js';
 import { etagMatches, parseRange } from '../http.js';
-import { sendFileRange } from '../send-file.js';
+import { sendFileRange, sendStream } from '../send-file.js';
 import { checkWritable, repoOf, type Ctx } from './context.js';
 
 function blobUnknown(repo: string, digest: string): RegistryError {
@@ -27,6 +27,13 @@ export function getBlob(ctx: Ctx) {
       'Cache-Control': 'max-age=31536000',
     });
     if (etagMatches(req.headers['if-none-match'], etag)) { res.status(304).end(); return; }
+    // Redirected to the store (--s3-redirect), which serves ranges and conditions itself.
+    const url = ctx.blobRedirectSeconds && req.method === 'GET' && size > 0 ? ctx.storage.blobUrl(digest, ctx.blobRedirectSeconds) : undefined;
+    if (url) {
+      res.removeHeader('Accept-Ranges');
+      res.status(307).set({ Location: await url, 'Cache-Control': 'no-store', 'Content-Length': '0' }).end();
+      return;
+    }
     const range = parseRange(req.headers.range, size);
     if (range === 'unsatisfiable') {
       res.set('Content-Range', `bytes */${size}`);
@@ -38,12 +45,15 @@ export function getBlob(ctx: Ctx) {
     if (range) res.set('Content-Range', `bytes ${start}-${end}/${size}`);
     if (req.method === 'HEAD' || size === 0) { res.end(); return; }
     try {
-      await sendFileRange(ctx.storage.blobPath(digest), start, end, res, ctx.blobBodies);
+      const path = ctx.storage.blobFile(digest);
+      if (path !== undefined) await sendFileRange(path, start, end, res, ctx.blobBodies);
+      else await sendStream(() => ctx.storage.openBlob(digest, range ? { start, end } : undefined), res, ctx.blobBodies);
     } catch (err) {
       // Deleted between the lookup and the open: gone, not an internal error.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && !res.headersSent) {
-        for (const h of ['Docker-Content-Digest', 'ETag', 'Content-Range', 'Accept-Ranges', 'Cache-Control']) res.removeHeader(h);
-        throw blobUnknown(repo, digest);
+      if (!res.headersSent) {
+        for (const h of ['Docker-Content-Digest', 'ETag', 'Content-Range', 'Accept-Ranges', 'Cache-Control', 'Content-Length']) res.removeHeader(h);
+        // Deleted between the lookup and the open: gone, not an internal error.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw blobUnknown(repo, digest);
       }
       throw err;
     }

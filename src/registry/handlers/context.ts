@@ -40,6 +40,8 @@ export interface Ctx {
   readiness: Readiness;
   /** Whether blob bodies go by sendfile (zero-copy.ts), and the bytes sent each way. */
   blobBodies: { sendfile: boolean; bytes: BodyBytes };
+  /** Blob GETs redirect to a URL of the store's valid this long (--s3-redirect); 0 or undefined: served here. */
+  blobRedirectSeconds?: number | undefined;
 }
 
 /** The validated repository name of a request. */
