@@ -200,8 +200,8 @@ export class Mark {
    */
   private growSync(missing0: string[]): boolean {
     const store = this.core.store;
-    if (!store.localPath) return false;
     for (let missing = missing0; missing.length; missing = this.reach(missing)) {
+      if (!store.localPath) return false;
       for (const d of missing) {
         let body: Buffer | undefined;
         try { body = readFileSync(store.localPath(d)); } catch { body = undefined; }
