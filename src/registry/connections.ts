@@ -65,16 +65,16 @@ export interface ConnectionStats {
   refused: number;
   /** Refused at maxConnectionsPerClient. */
   refusedPerClient: number;
-  /** Addresses with connections open. */
-  clients: number;
+  /** Addresses with connections open (derived from the per-address counts). */
+  readonly clients: number;
   stalled: number;
 }
 
 /** Applies `limits` to `server` (before it listens); returns live counters. */
 export function limitConnections(server: Server, limits: ConnectionLimits): ConnectionStats {
-  const stats: ConnectionStats = { open: 0, refused: 0, refusedPerClient: 0, clients: 0, stalled: 0 };
   const perClient = limits.maxConnectionsPerClient ?? Infinity;
   const byAddress = new Map<string, number>();
+  const stats: ConnectionStats = { open: 0, refused: 0, refusedPerClient: 0, get clients() { return byAddress.size; }, stalled: 0 };
   server.headersTimeout = limits.headersMs;
   // Off: it would bound the whole request, body and build included (see above).
   server.requestTimeout = 0;
@@ -91,19 +91,18 @@ export function limitConnections(server: Server, limits: ConnectionLimits): Conn
     // Undefined once the peer has gone already: nothing to count, and nothing to serve.
     const address = socket.remoteAddress ?? '';
     const mine = byAddress.get(address) ?? 0;
-    if (stats.open >= limits.maxConnections || mine >= perClient) {
-      if (mine >= perClient) stats.refusedPerClient++; else stats.refused++;
-      if (limits.tls) socket.destroy(); else refuse(socket, mine >= perClient ? REFUSAL_PER_CLIENT : REFUSAL);
+    const overShare = mine >= perClient;
+    if (overShare || stats.open >= limits.maxConnections) {
+      if (overShare) stats.refusedPerClient++; else stats.refused++;
+      if (limits.tls) socket.destroy(); else refuse(socket, overShare ? REFUSAL_PER_CLIENT : REFUSAL);
       return;
     }
     stats.open++;
     byAddress.set(address, mine + 1);
-    stats.clients = byAddress.size;
     socket.once('close', () => {
       stats.open--;
       const left = byAddress.get(address)! - 1;
       if (left > 0) byAddress.set(address, left); else byAddress.delete(address);
-      stats.clients = byAddress.size;
     });
   });
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
