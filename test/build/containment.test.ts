@@ -260,8 +260,9 @@ describe('assembleImage under an AbortSignal', () => {
   test('stops reading promptly, removes its temporary files, commits no layer, and says why', async () => {
     const storage = await Storage.open(temp('nixreg-abort-store-'));
     try {
-      const cases = [[AbortSignal.abort(), 200, /was cancelled/], [AbortSignal.timeout(300), 1500, /timed out/]] as const;
-      for (const [signal, within, why] of cases) {
+      const cases = [[AbortSignal.abort(), 200, /was cancelled/, true], [AbortSignal.timeout(300), 1500, /timed out/, false]] as const;
+      let committed = 0;
+      for (const [signal, within, why, before] of cases) {
         const t0 = Date.now();
         const stats: AssembleStats = { built: 0, reused: 0, tarBytes: 0 };
         await assert.rejects(assembleImage(storage, 'abort/one', spec(contents), closure, 'h', stats, signal), (e: Error) => {
@@ -272,12 +273,17 @@ describe('assembleImage under an AbortSignal', () => {
         });
         assert.ok(Date.now() - t0 < within, `rejected after ${Date.now() - t0} ms`);
         assert.deepEqual(readdirSync(storage.layout.tmpDir), [], 'no temporary files left');
-        assert.equal(stats.built, 0, 'no layer committed');
+        // Cancelled before it began: nothing. Timed out midway: layers run in parallel, and
+        // a small one may be complete (and committed, whole and content-addressed) before
+        // the timeout on a quick machine; the big one never is.
+        if (before) assert.equal(stats.built, 0, 'no layer committed');
+        assert.ok(stats.built < 3, `the timeout stopped assembly (${stats.built} layers committed)`);
+        committed += stats.built;
       }
-      // Nothing of the cancelled builds is reused: every layer is built now, from scratch.
+      // Nothing half-made is reused: the layers not committed above are built now, in full.
       const stats: AssembleStats = { built: 0, reused: 0, tarBytes: 0 };
       await assembleImage(storage, 'abort/one', spec(contents), closure, 'h', stats);
-      assert.deepEqual([stats.built, stats.reused], [3, 0]);
+      assert.deepEqual([stats.built, stats.reused], [3 - committed, committed]);
     } finally { storage.close(); }
   });
 
