@@ -34,6 +34,7 @@ withBuildOptions(program
   .option('--idle-timeout <seconds>', 'close a keep-alive connection idle this long (env NIXREG_IDLE_TIMEOUT, default 60)')
   .option('--body-timeout <seconds>', 'abort a request body or response that makes no progress this long (env NIXREG_BODY_TIMEOUT, default 60)')
   .option('--max-connections <n>', 'connections at once; more get 503 (env NIXREG_MAX_CONNECTIONS, default 4096 or the open-file limit less 256)')
+  .option('--trusted-proxies <list>', 'addresses or CIDR blocks of load balancers whose X-Forwarded-For names the client, for per-client bounds, lockouts and logs (env NIXREG_TRUSTED_PROXIES, default none)')
   .option('--max-connections-per-client <n>', 'connections one client address may hold; more get 503 (env NIXREG_MAX_CONNECTIONS_PER_CLIENT, default a quarter of --max-connections)')
   .option('--manifest-memory <MiB>', 'memory all manifest bodies being read may take together, one client a quarter (at least 4 MiB); more get 429 (env NIXREG_MANIFEST_MEMORY, default 128)')
   .option('--manifest-timeout <seconds>', 'a manifest body must arrive in full within this; else 408 (env NIXREG_MANIFEST_TIMEOUT, default 60)')

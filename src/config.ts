@@ -1,6 +1,7 @@
 // Command-line flags and their environment variables, resolved in one place.
 //
 // Composition root: may import every room; no room imports it.
+import { parseTrustedProxies, type TrustedProxies } from './registry/client-address.js';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { PackageSource } from './build/origins/origins.js';
@@ -214,12 +215,14 @@ export interface LimitsConfig {
   uploadRateWindowMs: number;
   /** How long a lingering close may last (src/registry/connections.ts); no flag, tests shorten it. */
   lingerMs?: number;
+  /** Proxies whose X-Forwarded-For names the client (--trusted-proxies; src/registry/client-address.ts). */
+  trustedProxies: TrustedProxies;
 }
 
 export interface LimitFlags {
   headerTimeout?: string; idleTimeout?: string; bodyTimeout?: string; maxConnections?: string; maxConnectionsPerClient?: string;
   manifestMemory?: string; manifestTimeout?: string; maxUploadsPerRepo?: string; maxUploadsPerClient?: string; maxUploads?: string;
-  minUploadRate?: string; uploadRateWindow?: string;
+  minUploadRate?: string; uploadRateWindow?: string; trustedProxies?: string;
 }
 
 export const LIMIT_DEFAULTS = {
@@ -276,5 +279,6 @@ export function limitsConfig(flags: LimitFlags, env = process.env): LimitsConfig
     // "1KiB/s" reads as well as "1KiB": the unit is per second either way.
     minUploadRate: parseSize(pick('minUploadRate', 'NIXREG_MIN_UPLOAD_RATE', LIMIT_DEFAULTS.minUploadRate).replace(/\/s\s*$/i, ''), '--min-upload-rate'),
     uploadRateWindowMs: parseSeconds(pick('uploadRateWindow', 'NIXREG_UPLOAD_RATE_WINDOW', LIMIT_DEFAULTS.uploadRateWindow), '--upload-rate-window'),
+    trustedProxies: parseTrustedProxies(pick('trustedProxies', 'NIXREG_TRUSTED_PROXIES', '')),
   };
 }

@@ -13,6 +13,7 @@ import { Storage, type StorageOptions } from './blobs/storage.js';
 import type { Logger } from './log.js';
 import { limitsConfig, type LimitsConfig } from './config.js';
 import { createApp } from './registry/app.js';
+import { settleClient } from './registry/client-address.js';
 import { limitConnections } from './registry/connections.js';
 import type { ImageSource } from './build/image-source.js';
 import { AuthGate, openGate } from './registry/auth/gate.js';
@@ -96,6 +97,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   // come. Not a count in flight: a cached manifest GET starts and ends in one callback.
   let lastRequest = 0;
   server.on('request', (req) => {
+    settleClient(req, limits.trustedProxies);
     // A collection asked for over HTTP is not traffic it should stand back for.
     if (!req.url?.startsWith('/nixreg/gc')) lastRequest = performance.now();
   });

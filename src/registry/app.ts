@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { Storage } from '../blobs/storage.js';
 import type { ImageSource } from '../build/image-source.js';
 import { openGate, type Gate } from './auth/gate.js';
+import { addressOf } from './client-address.js';
 import { RegistryError, registryErrorOf } from './errors.js';
 import type { Limits } from './handlers/context.js';
 import { MemoryBudget } from './http.js';
@@ -56,7 +57,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
       const start = process.hrtime.bigint();
       res.once('finish', () => log.debug({
         method: req.method, path: req.path.slice(0, 300), status: res.statusCode, user: gate.user(req),
-        client: req.socket.remoteAddress, ms: Number(process.hrtime.bigint() - start) / 1e6,
+        client: addressOf(req), ms: Number(process.hrtime.bigint() - start) / 1e6,
       }, 'request'));
       next();
     });
