@@ -58,6 +58,7 @@ ${backends.map((b) => `    server ${b} max_fails=0;`).join('\n')}
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_request_buffering off;
       proxy_buffering off;
       proxy_read_timeout 300s;
@@ -74,7 +75,8 @@ ${backends.map((b) => `    server ${b} max_fails=0;`).join('\n')}
 export async function startReplicas(opts: ReplicaOptions): Promise<Replicas> {
   await requireTool('nginx');
   const count = opts.count ?? 2;
-  const args = ['--database', opts.database, '--storage', opts.storage, ...(opts.args ?? [])];
+  // nginx is on loopback: trusted, so each client is told apart behind it.
+  const args = ['--database', opts.database, '--storage', opts.storage, '--trusted-proxies', '127.0.0.1', ...(opts.args ?? [])];
   const spawnOne = (data?: string) => spawnRegistry({ data, env: opts.env, args, ...(opts.images ? { images: opts.images } : {}) });
   const replicas: RegistryProcess[] = [];
   let nginx: ChildProcess | undefined;
