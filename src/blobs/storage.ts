@@ -6,6 +6,7 @@
 // Nothing here knows HTTP or Nix: failures are the domain errors of errors.ts.
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
+import { localLeases, type Lease, type Leases } from './leases.js';
 import { promises as fs } from 'node:fs';
 import type { Readable } from 'node:stream';
 import type { Descriptor } from '../oci/descriptor.js';
@@ -42,6 +43,8 @@ export interface StorageOptions {
   /** Told of every collection and eviction, for the log. */
   onGc?: ((report: GcReport) => void) | undefined;
   onEvict?: ((eviction: Eviction) => void) | undefined;
+  /** Work that one process at a time may do across every process on the index (leases.ts); default: this process alone. */
+  leases?: Leases | undefined;
 }
 
 /** What garbage collection and the quota have freed since the process started. */
@@ -76,6 +79,7 @@ export class Storage {
   readonly gcTotals: GcTotals = { runs: 0, freedBytes: 0, freedBlobs: 0, freedManifests: 0, evictions: 0, evictedBytes: 0 };
 
   readonly store: BlobStore;
+  private readonly leases: Leases;
 
   private constructor(root: string, opts: StorageOptions, store: BlobStore | undefined) {
     this.layout = new Layout(root);
@@ -88,6 +92,7 @@ export class Storage {
     this.manifests = new Manifests(core, opts.manifestCacheBytes ?? 64 * 1024 * 1024);
     this.quota = new Quota(core);
     this.opts = opts;
+    this.leases = opts.leases ?? localLeases;
   }
 
   static async open(root: string, opts: StorageOptions = {}): Promise<Storage> {
@@ -133,6 +138,7 @@ export class Storage {
     if (this.purgeTimer) clearInterval(this.purgeTimer);
     if (this.gcTimer) clearInterval(this.gcTimer);
     this.quota.close();
+    void this.leases.close();
     this.index.close();
     this.store.close();
   }
@@ -342,6 +348,8 @@ export class Storage {
   putLayer(key: string, layer: LayerRow): void { this.index.putLayer(key, layer); }
   /** Links a stored blob into `repo`; false if the blob is not stored. */
   linkBlob(repo: string, digest: string): boolean { return this.index.linkBlob(repo, digest); }
+  /** Waits until this process alone, of all on the index, holds `key` (leases.ts). */
+  lease(key: string, signal?: AbortSignal, waiting?: () => void): Promise<Lease> { return this.leases.acquire(key, signal, waiting); }
   /** The data directory: tells stores in one process apart. */
   get root(): string { return this.layout.root; }
   /** Scratch files of writes, on the blobs' file system (committed with commitFile). */
