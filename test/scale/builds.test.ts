@@ -61,6 +61,17 @@ test('30 concurrent pulls of a never-built image through 3 replicas build it onc
     assert.equal(m.headers.get('docker-content-digest'), [...digests][0]);
   }
   assert.deepEqual([0, 1, 2].map((i) => built(i) - before[i]!), builds);
+  // Its hash tag, on every replica, costs no Nix process: the record and the blobs are shared.
+  const tags = (await get(`${set.url}/v2/once/tags/list`, 'application/json')).json() as { tags: string[] };
+  const hash = tags.tags.find((t) => /^[0-9a-z]{32}$/.test(t));
+  assert.ok(hash, tags.tags.join(' '));
+  for (const r of set.replicas) {
+    const nix = async () => ((await get(`${r.url}/nixreg/stats`, 'application/json')).json() as { nixProcesses: number }).nixProcesses;
+    const n = await nix();
+    const m = await get(`${r.url}/v2/once/manifests/${hash}`, OCI);
+    assert.equal(m.headers.get('docker-content-digest'), [...digests][0]);
+    assert.equal(await nix(), n, 'a hash tag built elsewhere is served without Nix');
+  }
 });
 
 test('kill -9 of the replica building an image: pulls through the others take over and succeed', { timeout: 240_000 }, async () => {
