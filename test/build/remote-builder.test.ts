@@ -114,6 +114,8 @@ describe('builds on a remote builder over ssh-ng', () => {
     const reg = await serve(farmConfig(''));
     const res = await get(`${reg.url}/v2/nowhere/manifests/latest`);
     assert.notEqual(res.status, 200, 'nothing was built locally');
-    assert.match(errorOf(res).message, /unable to start any build/);
+    const e = errorOf(res);
+    assert.match(e.message, /Nix is set to build nothing on this machine \(max-jobs = 0\) and has no remote builders/, e.message);
+    assert.match(e.message, /To fix it: name the build machines in `builders`/, e.message);
   });
 });
