@@ -56,6 +56,7 @@ const { values: opt } = parseArgs({
     'cpu-prof': { type: 'string' },
     s3: { type: 'boolean' },
     database: { type: 'string' },
+    'dist-cache': { type: 'string', default: 'inmemory' },
     json: { type: 'string' },
     help: { type: 'boolean' },
   },
@@ -82,6 +83,7 @@ if (opt.help) {
   --s3              only the S3 section: nixreg --storage s3:// and Distribution's s3
                     driver on one throwaway radosgw, and nixreg on local disk for CPU
   --database URL    with --s3: the nixreg on S3 also gets --database URL
+  --dist-cache C    with --s3: Distribution's blob descriptor cache, inmemory or none [inmemory]
   --json FILE       also write the results as JSON
 `);
   process.exit(0);
@@ -134,7 +136,7 @@ async function main() {
     if (opt.s3) {
       mkdirSync(join(tmp, 's3'));
       const r = await runS3Bench({
-        cli, distribution: opt.distribution!, dir: join(tmp, 's3'), database: opt.database, seconds: cfg.seconds, rounds: cfg.rounds,
+        cli, distribution: opt.distribution!, dir: join(tmp, 's3'), database: opt.database, distCache: distCache(), seconds: cfg.seconds, rounds: cfg.rounds,
         threads: cfg.threads, connections: cfg.connections, blobBytes: cfg.blobBytes, downloads: cfg.downloads, cpuProfDir,
         track: (s) => servers.push(s), trackRgw: (x) => rgws.push(x), log,
       });
@@ -310,6 +312,12 @@ function report(versus: Versus | undefined, auth: AuthBenchResult | undefined) {
   if (opt.json) writeFileSync(opt.json, JSON.stringify({ cfg, versus, auth }, null, 2));
   const failed = [...versus?.rows ?? [], ...versus?.blobs.rows ?? [], ...auth?.rows ?? []].filter((r) => r.pass === false);
   if (failed.length) log(`goals missed: ${failed.map((r) => r.metric).join('; ')}`);
+}
+
+function distCache(): 'inmemory' | 'none' {
+  const c = opt['dist-cache'];
+  if (c !== 'inmemory' && c !== 'none') throw new Error('--dist-cache must be inmemory or none');
+  return c;
 }
 
 function gitRev(root = ROOT): string {

@@ -10,7 +10,8 @@
 //   `redirect: disable`: by default it answers a blob GET with a 307 to a presigned URL,
 //   and nixreg streams unless --s3-redirect; both stream here, so both blob GETs carry the
 //   bytes. Its environment has no AWS_CA_BUNDLE (2.8 panics at start with one set).
-//   Logging off and the in-memory blob descriptor cache on, as in servers.ts: its fastest.
+//   Logging off and the in-memory blob descriptor cache on, as in servers.ts: its fastest
+//   (--dist-cache none: without it, as a Distribution with no cache configured runs).
 // - nixreg runs `serve --storage s3://BUCKET` with the SDK's own AWS_* variables, and
 //   whatever --database URL is passed through (none: the embedded SQLite index).
 // - Requests: manifest GET by tag and by digest (wrk), blob HEAD (headload.ts: wrk cannot
@@ -37,6 +38,8 @@ export interface S3BenchOptions {
   distribution: string;
   /** An empty directory for the servers' data and configuration. */
   dir: string;
+  /** Distribution's blob descriptor cache: inmemory (its fastest, the default) or none. */
+  distCache: 'inmemory' | 'none';
   /** Passed to the S3 nixreg as --database (e.g. postgres://…); none: SQLite under --data. */
   database?: string | undefined;
   seconds: number;
@@ -62,7 +65,7 @@ export interface S3BenchResult {
 }
 
 /** Distribution 2.8 on S3, streaming blobs itself (no redirect), logging off. */
-async function startDistributionS3(bin: string, dir: string, rgw: Rgw, bucket: string): Promise<Server> {
+async function startDistributionS3(bin: string, dir: string, rgw: Rgw, bucket: string, cache: 'inmemory' | 'none'): Promise<Server> {
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const config = join(dir, 'config.yml');
@@ -85,8 +88,7 @@ async function startDistributionS3(bin: string, dir: string, rgw: Rgw, bucket: s
     '    disable: true',
     '  delete:',
     '    enabled: true',
-    '  cache:',
-    '    blobdescriptor: inmemory',
+    ...(cache === 'inmemory' ? ['  cache:', '    blobdescriptor: inmemory'] : []),
     'http:',
     `  addr: 127.0.0.1:${port}`,
     '',
@@ -106,7 +108,7 @@ export async function runS3Bench(o: S3BenchOptions): Promise<S3BenchResult> {
   await rgw.createBucket('distribution-bench');
 
   for (const d of ['dist', 'nixreg-s3', 'nixreg-disk']) mkdirSync(join(o.dir, d));
-  const dist = await startDistributionS3(o.distribution, join(o.dir, 'dist'), rgw, 'distribution-bench');
+  const dist = await startDistributionS3(o.distribution, join(o.dir, 'dist'), rgw, 'distribution-bench', o.distCache);
   o.track(dist);
   const prof = o.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir, '--cpu-prof-name', 'nixreg-s3.cpuprofile'] : [];
   const s3 = await startNixreg(o.cli, join(o.dir, 'nixreg-s3'), {
@@ -185,7 +187,7 @@ export async function runS3Bench(o: S3BenchOptions): Promise<S3BenchResult> {
   cost.push(row(`blob GET ${mib} MiB (MB/s)`, v(s3), v(disk), 'higher', undefined, 0));
 
   const index = o.database ? `index ${o.database.replace(/\/\/[^@/]*@/, '//…@')}` : 'SQLite index';
-  const setup = `nixreg --storage s3://nixreg-bench (${index}) vs ${distVersion} (s3 driver, redirect disabled, inmemory blob descriptor cache), `
+  const setup = `nixreg --storage s3://nixreg-bench (${index}) vs ${distVersion} (s3 driver, redirect disabled, ${o.distCache === 'inmemory' ? 'inmemory blob descriptor cache' : 'no blob descriptor cache'}), `
     + `both on one radosgw 16 (memstore) on this machine; the CPU table compares the same nixreg with its local-disk default`;
   return { setup, rows, cost };
 }
