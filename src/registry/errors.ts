@@ -6,7 +6,7 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import {
-  DigestMismatch, MissingReferences, SizeMismatch, StorageFull, StorageUnavailable, UploadOutOfOrder, UploadUnknown, noSpaceCode,
+  BlobTooLarge, DigestMismatch, MissingReferences, SizeMismatch, StorageFull, StorageUnavailable, UploadOutOfOrder, UploadUnknown, noSpaceCode,
 } from '../blobs/errors.js';
 import {
   ArchiveError, BuildFailed, BuildQueueFull, EvaluationFailed, InvalidImageSpec, NixUnavailable, NoImageExpression, StillBuilding,
@@ -52,6 +52,8 @@ type ErrorClass = abstract new (...args: never[]) => Error & { detail: unknown }
  * is shown. A blob store (S3) that does not answer is 503 with a Retry-After: the same
  * request may work in a moment. A pull that waited --pull-wait for a build still running
  * is 429 with a Retry-After: containerd (so kubelet) retries it, and docker prints its message.
+ * A blob over what the store can hold as one object (S3's 10,000 parts) is 413 Payload
+ * Too Large with BLOB_UPLOAD_INVALID, the code Distribution gives a refused upload.
  */
 const DOMAIN: [ErrorClass, ErrorCode, number?][] = [
   [StorageFull, 'UNAVAILABLE', 507],
@@ -61,6 +63,7 @@ const DOMAIN: [ErrorClass, ErrorCode, number?][] = [
   [UploadUnknown, 'BLOB_UPLOAD_UNKNOWN'],
   [UploadOutOfOrder, 'RANGE_INVALID'],
   [SizeMismatch, 'SIZE_INVALID'],
+  [BlobTooLarge, 'BLOB_UPLOAD_INVALID', 413],
   [NoImageExpression, 'NAME_UNKNOWN'],
   [EvaluationFailed, 'MANIFEST_UNKNOWN'],
   [InvalidImageSpec, 'MANIFEST_UNKNOWN'],
