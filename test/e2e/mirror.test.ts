@@ -1,0 +1,267 @@
+// The pull-through cache (issue 26 part 1) against real upstreams: Debian's
+// docker-registry (Distribution 2.8) with htpasswd auth and TLS from a CA of our own,
+// and a nixreg started with --auth, which speaks Docker's token flow. A `nixreg serve`
+// mirrors both; the tests pull through it with HTTP, skopeo and containerd's ctr
+// (hosts.toml, ?ns=docker.io), count what the upstream served in its access log, and
+// finally stop the upstream to see what is still served and how the rest fails.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { stringify } from 'yaml';
+import { startContainerd, type Containerd } from '../helpers/containerd.js';
+import { sha256, startDistribution, tarOf, upstreamBlob, upstreamImage, type Distribution } from '../helpers/distribution.js';
+import { run } from '../helpers/exec.js';
+import { spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
+import { makeTls, writeAuthFile, writeHtpasswd, type TlsFiles } from '../helpers/tls.js';
+
+const USER = 'mirror-user';
+const PASSWORD = 'Upstream-Secret-9f3k';
+const WRONG = 'Wrong-Secret-77zq';
+const BASIC = Buffer.from(`${USER}:${PASSWORD}`).toString('base64');
+const ACCEPT = 'application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, '
+  + 'application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json';
+/** Seconds a cached tag is trusted in these tests. */
+const FRESHNESS = 2;
+
+let dir: string;
+let tls: TlsFiles;
+let up: Distribution;
+let tok: RegistryProcess;
+let reg: RegistryProcess;
+/** Every answer body nixreg gave, to look for the credentials in at the end. */
+const answers: string[] = [];
+
+async function get(path: string, headers: Record<string, string> = {}, method = 'GET') {
+  const r = await fetch(`${reg.url}${path}`, { method, headers: { Accept: ACCEPT, ...headers } });
+  const body = Buffer.from(await r.arrayBuffer());
+  answers.push(body.toString('latin1'), JSON.stringify([...r.headers]));
+  return { status: r.status, headers: r.headers, body, text: () => body.toString() };
+}
+
+before(async () => {
+  dir = tempDir('nixreg-mirror-');
+  tls = await makeTls(['127.0.0.1']);
+  const htpasswd = join(dir, 'htpasswd');
+  await writeHtpasswd(htpasswd, { [USER]: PASSWORD });
+  up = await startDistribution({
+    dir: join(dir, 'up'), tls: { cert: tls.cert, key: tls.key, ca: readFileSync(tls.caCert) }, htpasswd: { file: htpasswd, user: USER, password: PASSWORD },
+  });
+  // nixreg with --auth: an upstream with Docker token auth.
+  const authFile = join(dir, 'auth.yaml');
+  writeAuthFile(authFile, { htpasswd: 'htpasswd', accessControl: { repositories: { '**': { policies: [{ users: [USER], actions: ['read', 'create', 'update', 'delete'] }] } } } });
+  tok = await spawnRegistry({ data: join(dir, 'tok'), args: ['--auth', authFile] });
+  writeFileSync(join(dir, 'password'), `${PASSWORD}\n`);
+  const mirrorFile = join(dir, 'mirrors.yaml');
+  writeFileSync(mirrorFile, stringify({
+    upstreams: [
+      { prefix: 'up', url: up.url, username: USER, passwordFile: 'password', caFile: tls.caCert, freshness: FRESHNESS, timeout: 5, namespaces: ['docker.io'] },
+      { prefix: 'tok', url: tok.url, username: USER, passwordFile: 'password', freshness: FRESHNESS },
+      { prefix: 'bad', url: up.url, username: USER, password: WRONG, caFile: tls.caCert },
+    ],
+  }));
+  // Debug: the access log too is searched for the credentials.
+  reg = await spawnRegistry({ data: join(dir, 'reg'), args: ['--mirror-config', mirrorFile], env: { NIXREG_LOG_LEVEL: 'debug' } });
+});
+
+after(async () => {
+  await reg?.stop();
+  await tok?.stop();
+  await up?.stop();
+  tls?.cleanup();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+const manifestGets = (repo: string) => up.count('GET', new RegExp(`^/v2/${repo}/manifests/`));
+
+test('a cold pull through the mirror gets the upstream\'s bytes and digests; cached, nothing is asked upstream', async () => {
+  const img = await upstreamImage(up, 'app', '1', [await tarOf({ 'a.txt': randomBytes(1000) }), await tarOf({ 'b.txt': randomBytes(5000) })]);
+  const m = await get('/v2/up/app/manifests/1');
+  assert.equal(m.status, 200, m.text());
+  assert.deepEqual(m.body, img.manifest);
+  assert.equal(m.headers.get('docker-content-digest'), img.digest);
+  assert.equal(m.headers.get('content-type'), 'application/vnd.docker.distribution.manifest.v2+json');
+  for (const blob of [img.config, ...img.layers]) {
+    const b = await get(`/v2/up/app/blobs/${sha256(blob)}`);
+    assert.equal(b.status, 200, b.text());
+    assert.deepEqual(b.body, blob);
+    assert.equal(b.headers.get('docker-content-digest'), sha256(blob));
+  }
+  const blobGets = up.count('GET', /^\/v2\/app\/blobs\//);
+  assert.equal(blobGets, 3);
+  assert.equal(manifestGets('app'), 1);
+  // Again, by tag (fresh) and by digest, and the blobs: all from the cache.
+  assert.deepEqual((await get('/v2/up/app/manifests/1')).body, img.manifest);
+  assert.deepEqual((await get(`/v2/up/app/manifests/${img.digest}`)).body, img.manifest);
+  assert.deepEqual((await get(`/v2/up/app/blobs/${sha256(img.layers[0]!)}`)).body, img.layers[0]);
+  assert.equal(manifestGets('app'), 1);
+  assert.equal(up.count('HEAD', /^\/v2\/app\/manifests\//), 0);
+  assert.equal(up.count('GET', /^\/v2\/app\/blobs\//), 3);
+  // Not upstream: 404 that names the upstream's answer.
+  const missing = await get('/v2/up/app/manifests/nope');
+  assert.equal(missing.status, 404);
+  assert.equal(missing.headers.get('warning'), null);
+  assert.match(missing.text(), /MANIFEST_UNKNOWN.*upstream up \(https:\/\/127\.0\.0\.1:\d+\) answered 404/);
+});
+
+test('a tag older than the freshness is checked with a HEAD, and follows the upstream when it moved', async () => {
+  const one = await upstreamImage(up, 'moving', 'v', [await tarOf({ 'x': Buffer.from('one') })], 'one');
+  assert.equal((await get('/v2/up/moving/manifests/v')).headers.get('docker-content-digest'), one.digest);
+  await new Promise((r) => setTimeout(r, FRESHNESS * 1000 + 300));
+  assert.equal((await get('/v2/up/moving/manifests/v')).headers.get('docker-content-digest'), one.digest);
+  assert.equal(up.count('HEAD', /^\/v2\/moving\/manifests\/v$/), 1, 'one HEAD checked the stale tag');
+  assert.equal(manifestGets('moving'), 1, 'and nothing was fetched again');
+  const two = await upstreamImage(up, 'moving', 'v', [await tarOf({ 'x': Buffer.from('two') })], 'two');
+  await new Promise((r) => setTimeout(r, FRESHNESS * 1000 + 300));
+  const m = await get('/v2/up/moving/manifests/v');
+  assert.equal(m.headers.get('docker-content-digest'), two.digest);
+  assert.deepEqual(m.body, two.manifest);
+  // tag@digest: clients send the digest; the old manifest is still cached.
+  assert.deepEqual((await get(`/v2/up/moving/manifests/${one.digest}`)).body, one.manifest);
+});
+
+/** A GET of `path` on nixreg, timed: when the first byte and the end arrived, and the body's digest. */
+function timedGet(path: string): Promise<{ first: number; end: number; digest: string; bytes: number; status: number }> {
+  const u = new URL(reg.url);
+  return new Promise((resolve, reject) => {
+    const req = request({ host: u.hostname, port: u.port, path, agent: false }, (res) => {
+      const h = createHash('sha256');
+      let first = 0;
+      let bytes = 0;
+      res.on('data', (c: Buffer) => { if (!first) first = performance.now(); bytes += c.length; h.update(c); });
+      res.on('end', () => resolve({ first, end: performance.now(), digest: `sha256:${h.digest('hex')}`, bytes, status: res.statusCode! }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+test('20 concurrent pulls of an uncached 48 MB blob: one upstream GET, and the first bytes reach every client before the blob is complete', async () => {
+  const big = randomBytes(48 * 1024 * 1024);
+  const digest = await upstreamBlob(up, 'big', big);
+  const pulls = await Promise.all(Array.from({ length: 20 }, () => timedGet(`/v2/up/big/blobs/${digest}`)));
+  for (const p of pulls) {
+    assert.equal(p.status, 200);
+    assert.equal(p.bytes, big.length);
+    assert.equal(p.digest, digest);
+  }
+  assert.equal(up.count('GET', new RegExp(`^/v2/big/blobs/${digest}$`)), 1, 'one upstream GET for 20 clients');
+  const lastFirst = Math.max(...pulls.map((p) => p.first));
+  const firstEnd = Math.min(...pulls.map((p) => p.end));
+  assert.ok(lastFirst < firstEnd, `every client had its first bytes (last at ${lastFirst.toFixed(0)}) before any had the whole blob (${firstEnd.toFixed(0)})`);
+  // Committed: the next pull is served from the store.
+  const again = await timedGet(`/v2/up/big/blobs/${digest}`);
+  assert.equal(again.digest, digest);
+  assert.equal(up.count('GET', new RegExp(`^/v2/big/blobs/${digest}$`)), 1);
+});
+
+test('pushes into a mirror prefix are refused', async () => {
+  const post = await fetch(`${reg.url}/v2/up/app/blobs/uploads/`, { method: 'POST' });
+  assert.equal(post.status, 403);
+  assert.match(await post.text(), /DENIED.*pull-through cache of upstream up/);
+  const put = await fetch(`${reg.url}/v2/up/app/manifests/x`, { method: 'PUT', headers: { 'Content-Type': 'application/vnd.oci.image.manifest.v1+json' }, body: '{}' });
+  assert.equal(put.status, 403);
+  const del = await fetch(`${reg.url}/v2/up/app/manifests/1`, { method: 'DELETE' });
+  assert.equal(del.status, 403);
+});
+
+test('skopeo copies through the mirror exactly what the upstream holds', async () => {
+  const img = await upstreamImage(up, 'sk', 'tag', [await tarOf({ 's.txt': randomBytes(20_000) })]);
+  const out = join(dir, 'skopeo-dir');
+  await run('skopeo', ['copy', '--src-tls-verify=false', `docker://${reg.host}/up/sk:tag`, `dir:${out}`], { check: true });
+  assert.deepEqual(readFileSync(join(out, 'manifest.json')), img.manifest);
+  for (const l of img.layers) assert.deepEqual(readFileSync(join(out, sha256(l).slice(7))), l);
+  const raw = await run('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${reg.host}/up/sk@${img.digest}`], { check: true });
+  assert.deepEqual(Buffer.from(raw.stdout), img.manifest);
+});
+
+test('containerd pulls through the mirror: by its name, and docker.io names with hosts.toml (?ns=docker.io)', async (t) => {
+  let ctrd: Containerd;
+  try { ctrd = await startContainerd(); } catch (e) { t.skip(`containerd: ${(e as Error).message.split('\n')[0]}`); return; }
+  try {
+    const img = await upstreamImage(up, 'library/nsimg', '1', [await tarOf({ 'etc/hello': Buffer.from('hello\n') })]);
+    const hosts = join(dir, 'hosts.d');
+    mkdirSync(join(hosts, 'docker.io'), { recursive: true });
+    writeFileSync(join(hosts, 'docker.io', 'hosts.toml'), [
+      'server = "https://registry-1.docker.io"',
+      `[host."http://${reg.host}"]`,
+      '  capabilities = ["pull", "resolve"]',
+      '',
+    ].join('\n'));
+    const pulled = await ctrd.ctr(['images', 'pull', '--hosts-dir', hosts, 'docker.io/library/nsimg:1']);
+    assert.equal(pulled.code, 0, pulled.stderr);
+    const listed = await ctrd.ctr(['images', 'ls', '-q']);
+    assert.match(listed.stdout, /docker\.io\/library\/nsimg:1/);
+    // Stored under the mirror's prefix, fetched upstream once.
+    const m = await get('/v2/up/library/nsimg/manifests/1');
+    assert.deepEqual(m.body, img.manifest);
+    assert.equal(manifestGets('library/nsimg'), 1);
+    assert.ok(reg.logs().includes('"path":"/v2/up/library/nsimg/manifests/1"'), 'the ns request became the prefixed name');
+    // And by the mirror's own name.
+    const app = await ctrd.ctr(['images', 'pull', '--plain-http', `${reg.host}/up/app:1`]);
+    assert.equal(app.code, 0, app.stderr);
+  } finally {
+    await ctrd.stop();
+  }
+});
+
+test('an upstream with Docker token auth (nixreg --auth) is followed through its challenge', async () => {
+  const layer = Buffer.from('token layer');
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));
+  const auth = { Authorization: `Basic ${BASIC}` };
+  for (const b of [layer, config]) {
+    const r = await fetch(`${tok.url}/v2/tokapp/blobs/uploads/?digest=${sha256(b)}`, { method: 'POST', headers: auth, body: b });
+    assert.equal(r.status, 201, await r.text());
+  }
+  const manifest = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha256(config), size: config.length },
+    layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha256(layer), size: layer.length }],
+  }));
+  const put = await fetch(`${tok.url}/v2/tokapp/manifests/1`, { method: 'PUT', headers: { ...auth, 'Content-Type': 'application/vnd.oci.image.manifest.v1+json' }, body: manifest });
+  assert.equal(put.status, 201, await put.text());
+  // Anonymous pulls of it are refused there: only the mirror's credentials get it.
+  assert.equal((await fetch(`${tok.url}/v2/tokapp/manifests/1`)).status, 401);
+  const m = await get('/v2/tok/tokapp/manifests/1');
+  assert.equal(m.status, 200, m.text());
+  assert.deepEqual(m.body, manifest);
+  assert.deepEqual((await get(`/v2/tok/tokapp/blobs/${sha256(layer)}`)).body, layer);
+});
+
+test('wrong upstream credentials: a clear error that names the upstream, without the credentials', async () => {
+  const r = await get('/v2/bad/app/manifests/1');
+  assert.equal(r.status, 502, r.text());
+  assert.match(r.text(), /UNAVAILABLE.*upstream bad \(https:\/\/127\.0\.0\.1:\d+\) refused the configured credentials \(401\)/);
+});
+
+test('upstream stopped: cached content is served (a stale tag with a warning), uncached content fails clearly', async () => {
+  const img = await upstreamImage(up, 'offline', '1', [await tarOf({ 'o.txt': randomBytes(3000) })]);
+  const uncached = await upstreamImage(up, 'offline', '2', [await tarOf({ 'p.txt': randomBytes(3000) })]);
+  assert.equal((await get('/v2/up/offline/manifests/1')).status, 200);
+  for (const b of [img.config, ...img.layers]) assert.equal((await get(`/v2/up/offline/blobs/${sha256(b)}`)).status, 200);
+  await up.stop();
+  await new Promise((r) => setTimeout(r, FRESHNESS * 1000 + 300));
+  const stale = await get('/v2/up/offline/manifests/1');
+  assert.equal(stale.status, 200);
+  assert.deepEqual(stale.body, img.manifest);
+  assert.match(stale.headers.get('warning') ?? '', /^299 nixreg ".*cached tag served, upstream up \(https:\/\/127\.0\.0\.1:\d+\) could not be checked/);
+  assert.match(reg.logs(), /serving the cached tag/);
+  assert.equal((await get(`/v2/up/offline/manifests/${img.digest}`)).status, 200);
+  for (const b of [img.config, ...img.layers]) assert.deepEqual((await get(`/v2/up/offline/blobs/${sha256(b)}`)).body, b);
+  const m = await get('/v2/up/offline/manifests/2');
+  assert.equal(m.status, 502, m.text());
+  assert.match(m.text(), /UNAVAILABLE.*upstream up \(https:\/\/127\.0\.0\.1:\d+\) is unreachable/);
+  const b = await get(`/v2/up/offline/blobs/${sha256(uncached.layers[0]!)}`);
+  assert.equal(b.status, 502, b.text());
+  assert.match(b.text(), /upstream up/);
+});
+
+test('the upstream credentials never reach a client or the log', () => {
+  for (const secret of [PASSWORD, WRONG, BASIC, Buffer.from(`${USER}:${WRONG}`).toString('base64')]) {
+    assert.ok(!reg.logs().includes(secret), 'a credential is in the log');
+    assert.ok(!answers.some((a) => a.includes(secret)), 'a credential is in an answer');
+  }
+});
