@@ -157,12 +157,18 @@ async function throttle(target: number, bytesPerSecond: number) {
     client.once('close', () => sockets.delete(client));
     const upstream = connect(target, '127.0.0.1');
     client.pipe(upstream);
+    let began = 0;
+    let sent = 0;
     upstream.on('data', (c: Buffer) => {
       upstream.pause();
+      began ||= performance.now();
       client.write(c, () => {
+        sent += c.length;
         state.bytes += c.length;
         state.lastByte = performance.now();
-        setTimeout(() => upstream.resume(), (c.length / bytesPerSecond) * 1000);
+        // Paced against the clock, not per chunk: timers' granularity would slow it far below the rate.
+        const ahead = (sent / bytesPerSecond) * 1000 - (performance.now() - began);
+        if (ahead > 1) setTimeout(() => upstream.resume(), ahead); else upstream.resume();
       });
     });
     upstream.on('end', () => client.end());
@@ -276,6 +282,25 @@ test('wrong upstream credentials: a clear error that names the upstream, without
   const r = await get('/v2/bad/app/manifests/1');
   assert.equal(r.status, 502, r.text());
   assert.match(r.text(), /UNAVAILABLE.*upstream bad \(https:\/\/127\.0\.0\.1:\d+\) refused the configured credentials \(401\)/);
+});
+
+test('who may pull through a mirror is the repository policy of its names, the ?ns= names too', async () => {
+  await upstreamImage(up, 'library/open', '1', [await tarOf({ 'o': Buffer.from('open') })]);
+  await upstreamImage(up, 'closed', '1', [await tarOf({ 'c': Buffer.from('closed') })]);
+  const authFile = join(dir, 'mirror-auth.yaml');
+  writeAuthFile(authFile, { htpasswd: 'htpasswd', accessControl: { repositories: { 'up/library/**': { anonymousPolicy: ['read'] } } } });
+  const guarded = await spawnRegistry({ data: join(dir, 'guarded'), args: ['--auth', authFile, '--mirror-config', join(dir, 'mirrors.yaml')] });
+  try {
+    const status = async (path: string) => (await fetch(`${guarded.url}${path}`, { headers: { Accept: ACCEPT } })).status;
+    assert.equal(await status('/v2/up/library/open/manifests/1'), 200);
+    assert.equal(await status('/v2/library/open/manifests/1?ns=docker.io'), 200);
+    assert.equal(await status('/v2/up/closed/manifests/1'), 401);
+    assert.equal(await status('/v2/closed/manifests/1?ns=docker.io'), 401);
+    // Refused before anything was asked upstream.
+    assert.equal(manifestGets('closed'), 0);
+  } finally {
+    await guarded.stop();
+  }
 });
 
 test('upstream stopped: cached content is served (a stale tag with a warning), uncached content fails clearly', async () => {
