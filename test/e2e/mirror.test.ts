@@ -181,7 +181,7 @@ async function throttle(target: number, bytesPerSecond: number) {
   return { port: (server.address() as AddressInfo).port, state, close: () => new Promise((r) => { server.close(r); for (const c of sockets) c.destroy(); }) };
 }
 
-test('20 concurrent pulls of an uncached 32 MB blob: one upstream GET, and the first bytes reach every client before the blob is complete', async (t) => {
+test('20 concurrent pulls of an uncached 32 MB blob: one upstream GET, the first bytes reach every client before the blob is complete; another repository\'s copy is linked, not fetched again', async (t) => {
   const big = randomBytes(32 * 1024 * 1024);
   const digest = await upstreamBlob(up, 'big', big);
   const start = performance.now();
@@ -203,6 +203,16 @@ test('20 concurrent pulls of an uncached 32 MB blob: one upstream GET, and the f
   const again = await timedGet(`/v2/slow/big/blobs/${digest}`);
   assert.equal(again.digest, digest);
   assert.equal(up.count('GET', new RegExp(`^/v2/big/blobs/${digest}$`)), 1);
+  // Another repository with the same blob upstream (a shared base layer): the upstream
+  // answers for that repository, and the bytes already here are linked, not sent again.
+  const mount = await up.request('POST', `/v2/big2/blobs/uploads/?mount=${digest}&from=big`, { 'Content-Length': '0' });
+  assert.equal(mount.status, 201);
+  const before = slow.state.bytes;
+  const shared = await timedGet(`/v2/slow/big2/blobs/${digest}`);
+  assert.equal(shared.digest, digest);
+  assert.ok(slow.state.bytes - before < 4 * 1024 * 1024, `${slow.state.bytes - before} bytes came through for a blob already here`);
+  // And one the upstream does not have in that repository is not handed out.
+  assert.equal((await get(`/v2/slow/big3/blobs/${digest}`)).status, 404);
 });
 
 test('pushes into a mirror prefix are refused', async () => {

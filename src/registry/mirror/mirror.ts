@@ -36,9 +36,10 @@ export class Mirror {
   private readonly routes: Route[];
   private readonly checked = new LRUCache<string, number>({ max: CHECKED_TAGS });
   private readonly manifests = new Map<string, Promise<{ d: Descriptor; warning?: string | undefined }>>();
-  private readonly flights = new Map<string, Promise<BlobFlight>>();
+  /** Undefined: the blob was in the store already (another repository's) and is linked now. */
+  private readonly flights = new Map<string, Promise<BlobFlight | undefined>>();
   /** Upstream GETs of blobs started, for tests and /nixreg/stats. */
-  readonly counts = { blobFetches: 0, manifestFetches: 0, tagChecks: 0, staleServed: 0 };
+  readonly counts = { blobFetches: 0, blobsLinked: 0, manifestFetches: 0, tagChecks: 0, staleServed: 0 };
 
   constructor(upstreams: Upstream[], private readonly storage: Storage, private readonly log: Logger) {
     this.routes = upstreams.map((up) => ({ up, client: new UpstreamClient(up), name: '' }));
@@ -162,23 +163,33 @@ export class Mirror {
         p = this.startFlight(repo, digest, r);
         this.flights.set(key, p);
         const drop = () => { if (this.flights.get(key) === p) this.flights.delete(key); };
-        p.then((f) => f.settled.then(() => {
+        p.then((f) => f?.settled.then(() => {
           drop();
           if (f.error) this.log.warn({ repository: repo, digest, upstream: r.client.label, err: f.error.message }, 'mirroring a blob failed');
         }), drop);
       }
       const f = await p;
+      if (!f) { if (tries > 2) throw new UpstreamError(r.client.label, 502, `blob ${digest} vanished while it was linked`); continue; }
       if (!f.over) return { flight: f };
       // Just finished: committed (found above, next turn) or failed (fetched again, once).
       if (f.error && tries > 0) throw new UpstreamError(r.client.label, 502, `mirroring blob ${digest} from upstream ${r.client.label} failed: ${f.error.message}`);
     }
   }
 
-  private async startFlight(repo: string, digest: string, r: Route): Promise<BlobFlight> {
+  private async startFlight(repo: string, digest: string, r: Route): Promise<BlobFlight | undefined> {
     this.counts.blobFetches++;
     const res = await r.client.request('GET', `/v2/${r.name}/blobs/${digest}`, r.name);
     if (res.status === 404) { res.body.resume(); throw unknown('BLOB_UNKNOWN', r, repo, digest); }
     if (res.status !== 200) { res.body.resume(); throw statusError(r, res); }
+    // The upstream lets this repository have the blob; when another repository here has
+    // it (a shared base layer), linking it costs nothing and the body is not read. Asked
+    // only now, not before the GET: the upstream decides what the repository may see.
+    if (await this.storage.linkBlob(repo, digest)) {
+      res.body.destroy();
+      this.counts.blobFetches--;
+      this.counts.blobsLinked++;
+      return undefined;
+    }
     const len = header(res, 'content-length');
     const size = len !== undefined && /^\d{1,16}$/.test(len) ? Number(len) : undefined;
     return BlobFlight.start(this.storage.tmpDir, digest, size, res.body,

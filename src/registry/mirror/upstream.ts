@@ -7,6 +7,7 @@
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import { Agent as HttpAgent, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { rootCertificates } from 'node:tls';
 import { LRUCache } from 'lru-cache';
 import type { Upstream } from './config.js';
 
@@ -36,6 +37,8 @@ export class UpstreamClient {
   /** How messages and logs name the upstream: never with credentials. */
   readonly label: string;
   private readonly agent: HttpAgent;
+  /** For other hosts (a token realm, a CDN): the system's CAs, and the upstream's own if it has one. */
+  private readonly elsewhere: HttpsAgent;
   /** By scope; a bounded number, each only until it expires. */
   private readonly tokens = new LRUCache<string, Token>({ max: 10_000 });
   private readonly fetching = new Map<string, Promise<Token>>();
@@ -46,9 +49,10 @@ export class UpstreamClient {
     this.label = `${up.prefix} (${up.origin})`;
     const opts = { keepAlive: true, maxSockets: 64, ...(up.ca ? { ca: up.ca } : {}) };
     this.agent = up.origin.startsWith('https:') ? new HttpsAgent(opts) : new HttpAgent(opts);
+    this.elsewhere = new HttpsAgent({ keepAlive: true, maxSockets: 64, ...(up.ca ? { ca: [...rootCertificates, up.ca.toString()] } : {}) });
   }
 
-  close(): void { this.agent.destroy(); }
+  close(): void { this.agent.destroy(); this.elsewhere.destroy(); }
 
   /**
    * `method` on `path` (under /v2) of the upstream, authenticated for pulling `repo`.
@@ -155,8 +159,7 @@ export class UpstreamClient {
     const ms = this.up.timeoutMs;
     return new Promise((resolve, reject) => {
       const tls = url.protocol === 'https:';
-      // Redirect targets elsewhere (a CDN) get Node's default agent: the upstream's CA is for the upstream.
-      const agent = url.origin === this.up.origin || (tls === this.up.origin.startsWith('https:') && !this.up.ca) ? this.agent : undefined;
+      const agent = url.origin === this.up.origin ? this.agent : tls ? this.elsewhere : undefined;
       const req = (tls ? httpsRequest : httpRequest)(url, { method, headers, agent }, (res) => {
         resolve({ status: res.statusCode ?? 502, headers: res.headers, body: res });
       });
