@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { connect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { stringify } from 'yaml';
@@ -34,6 +34,9 @@ let tok: RegistryProcess;
 let reg: RegistryProcess;
 /** The upstream behind a proxy that passes 16 MB/s. */
 let slow: Awaited<ReturnType<typeof throttle>>;
+/** An upstream that accepts connections and never answers. */
+let hang: NetServer;
+const hung = new Set<Socket>();
 /** Every answer body nixreg gave, to look for the credentials in at the end. */
 const answers: string[] = [];
 
@@ -57,6 +60,8 @@ before(async () => {
   writeAuthFile(authFile, { htpasswd: 'htpasswd', accessControl: { repositories: { '**': { policies: [{ users: [USER], actions: ['read', 'create', 'update', 'delete'] }] } } } });
   tok = await spawnRegistry({ data: join(dir, 'tok'), args: ['--auth', authFile] });
   writeFileSync(join(dir, 'password'), `${PASSWORD}\n`);
+  hang = createNetServer((c) => { hung.add(c); c.on('error', () => {}); });
+  await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
   slow = await throttle(Number(new URL(up.url).port), 16 * 1024 * 1024);
   const mirrorFile = join(dir, 'mirrors.yaml');
   writeFileSync(mirrorFile, stringify({
@@ -64,6 +69,7 @@ before(async () => {
       { prefix: 'up', url: up.url, username: USER, passwordFile: 'password', caFile: tls.caCert, freshness: FRESHNESS, timeout: 5, namespaces: ['docker.io'] },
       { prefix: 'tok', url: tok.url, username: USER, passwordFile: 'password', freshness: FRESHNESS },
       { prefix: 'slow', url: `https://127.0.0.1:${slow.port}`, username: USER, passwordFile: 'password', caFile: tls.caCert },
+      { prefix: 'hang', url: `http://127.0.0.1:${(hang.address() as AddressInfo).port}`, timeout: 1 },
       { prefix: 'bad', url: up.url, username: USER, password: WRONG, caFile: tls.caCert },
     ],
   }));
@@ -76,6 +82,8 @@ after(async () => {
   await tok?.stop();
   await up?.stop();
   await slow?.close();
+  for (const c of hung) c.destroy();
+  hang?.close();
   tls?.cleanup();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -110,6 +118,31 @@ test('a cold pull through the mirror gets the upstream\'s bytes and digests; cac
   assert.equal(missing.status, 404);
   assert.equal(missing.headers.get('warning'), null);
   assert.match(missing.text(), /MANIFEST_UNKNOWN.*upstream up \(https:\/\/127\.0\.0\.1:\d+\) answered 404/);
+});
+
+test('an index comes first, its children as the client asks for them, each by digest, the index\'s bytes unchanged', async () => {
+  const child = await upstreamImage(up, 'multi', 'child', [await tarOf({ 'm.txt': randomBytes(2000) })]);
+  const list = Buffer.from(JSON.stringify({
+    schemaVersion: 2, mediaType: 'application/vnd.docker.distribution.manifest.list.v2+json',
+    manifests: [{ mediaType: 'application/vnd.docker.distribution.manifest.v2+json', digest: child.digest, size: child.manifest.length, platform: { architecture: 'amd64', os: 'linux' } }],
+  }, null, 2));
+  const type = 'application/vnd.docker.distribution.manifest.list.v2+json';
+  const put = await up.request('PUT', '/v2/multi/manifests/all', { 'Content-Type': type, 'Content-Length': String(list.length) }, list);
+  assert.equal(put.status, 201, put.body.toString());
+  const idx = await get('/v2/up/multi/manifests/all');
+  assert.equal(idx.status, 200, idx.text());
+  assert.deepEqual(idx.body, list);
+  assert.equal(idx.headers.get('content-type'), type);
+  assert.equal(manifestGets('multi'), 1, 'the index alone');
+  const c = await get(`/v2/up/multi/manifests/${child.digest}`);
+  assert.deepEqual(c.body, child.manifest);
+  assert.equal(manifestGets('multi'), 2);
+  // HEAD by digest, as containerd resolves: cached now, nothing asked upstream.
+  const head = await get(`/v2/up/multi/manifests/${child.digest}`, {}, 'HEAD');
+  assert.equal(head.status, 200);
+  assert.equal(head.headers.get('docker-content-digest'), child.digest);
+  assert.equal(manifestGets('multi'), 2);
+  assert.equal(up.count('HEAD', /^\/v2\/multi\//), 0);
 });
 
 test('a tag older than the freshness is checked with a HEAD, and follows the upstream when it moved', async () => {
@@ -210,7 +243,8 @@ test('20 concurrent pulls of an uncached 32 MB blob: one upstream GET, the first
   const before = slow.state.bytes;
   const shared = await timedGet(`/v2/slow/big2/blobs/${digest}`);
   assert.equal(shared.digest, digest);
-  assert.ok(slow.state.bytes - before < 4 * 1024 * 1024, `${slow.state.bytes - before} bytes came through for a blob already here`);
+  // What the proxy passed before the GET was dropped: some, under load, never the blob (32 MB when fetched again).
+  assert.ok(slow.state.bytes - before < big.length / 2, `${slow.state.bytes - before} bytes came through for a blob already here`);
   // And one the upstream does not have in that repository is not handed out.
   assert.equal((await get(`/v2/slow/big3/blobs/${digest}`)).status, 404);
 });
@@ -292,6 +326,14 @@ test('wrong upstream credentials: a clear error that names the upstream, without
   const r = await get('/v2/bad/app/manifests/1');
   assert.equal(r.status, 502, r.text());
   assert.match(r.text(), /UNAVAILABLE.*upstream bad \(https:\/\/127\.0\.0\.1:\d+\) refused the configured credentials \(401\)/);
+});
+
+test('an upstream that does not answer within its timeout: 504 naming it, in bounded time', async () => {
+  const t0 = performance.now();
+  const r = await get('/v2/hang/x/manifests/1');
+  assert.equal(r.status, 504, r.text());
+  assert.match(r.text(), /UNAVAILABLE.*upstream hang \(http:\/\/127\.0\.0\.1:\d+\) did not answer within 1 s/);
+  assert.ok(performance.now() - t0 < 5000);
 });
 
 test('who may pull through a mirror is the repository policy of its names, the ?ns= names too', async () => {
