@@ -7,12 +7,13 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
+import { createServer as createHttpServer, request, type Server as HttpServer } from 'node:http';
 import { connect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { stringify } from 'yaml';
 import { startContainerd, type Containerd } from '../helpers/containerd.js';
+import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { sha256, startDistribution, tarOf, upstreamBlob, upstreamImage, type Distribution } from '../helpers/distribution.js';
 import { run } from '../helpers/exec.js';
 import { spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
@@ -37,6 +38,8 @@ let slow: Awaited<ReturnType<typeof throttle>>;
 /** An upstream that accepts connections and never answers. */
 let hang: NetServer;
 const hung = new Set<Socket>();
+/** An upstream that answers every request 429 (a rate limit), Retry-After: 7. */
+let limited: HttpServer;
 /** Every answer body nixreg gave, to look for the credentials in at the end. */
 const answers: string[] = [];
 
@@ -62,6 +65,8 @@ before(async () => {
   writeFileSync(join(dir, 'password'), `${PASSWORD}\n`);
   hang = createNetServer((c) => { hung.add(c); c.on('error', () => {}); });
   await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+  limited = createHttpServer((_req, res) => { res.writeHead(429, { 'Retry-After': '7', 'Content-Type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS"}]}'); });
+  await new Promise<void>((r) => limited.listen(0, '127.0.0.1', r));
   slow = await throttle(Number(new URL(up.url).port), 16 * 1024 * 1024);
   const mirrorFile = join(dir, 'mirrors.yaml');
   writeFileSync(mirrorFile, stringify({
@@ -70,6 +75,7 @@ before(async () => {
       { prefix: 'tok', url: tok.url, username: USER, passwordFile: 'password', freshness: FRESHNESS },
       { prefix: 'slow', url: `https://127.0.0.1:${slow.port}`, username: USER, passwordFile: 'password', caFile: tls.caCert },
       { prefix: 'hang', url: `http://127.0.0.1:${(hang.address() as AddressInfo).port}`, timeout: 1 },
+      { prefix: 'limited', url: `http://127.0.0.1:${(limited.address() as AddressInfo).port}` },
       { prefix: 'bad', url: up.url, username: USER, password: WRONG, caFile: tls.caCert },
     ],
   }));
@@ -84,6 +90,7 @@ after(async () => {
   await slow?.close();
   for (const c of hung) c.destroy();
   hang?.close();
+  limited?.close();
   tls?.cleanup();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -334,6 +341,29 @@ test('an upstream that does not answer within its timeout: 504 naming it, in bou
   assert.equal(r.status, 504, r.text());
   assert.match(r.text(), /UNAVAILABLE.*upstream hang \(http:\/\/127\.0\.0\.1:\d+\) did not answer within 1 s/);
   assert.ok(performance.now() - t0 < 5000);
+});
+
+test('an upstream that limits us (429): 429 naming it, with its Retry-After', async () => {
+  const r = await get('/v2/limited/x/manifests/1');
+  assert.equal(r.status, 429, r.text());
+  assert.equal(r.headers.get('retry-after'), '7');
+  assert.match(r.text(), /TOOMANYREQUESTS.*upstream limited \(http:\/\/127\.0\.0\.1:\d+\) answered 429/);
+  const b = await get(`/v2/limited/x/blobs/sha256:${'0'.repeat(64)}`);
+  assert.equal(b.status, 429, b.text());
+});
+
+test('docker pulls through the mirror', async (t) => {
+  let dockerd: Dockerd;
+  try { dockerd = await startDockerd(); } catch (e) { t.skip(`dockerd: ${(e as Error).message.split('\n')[0]}`); return; }
+  try {
+    const img = await upstreamImage(up, 'dock', '1', [await tarOf({ 'd.txt': Buffer.from('docker\n') })]);
+    const pulled = await dockerd.docker(['pull', `${reg.host}/up/dock:1`]);
+    assert.equal(pulled.code, 0, pulled.stderr);
+    const digests = await dockerd.docker(['image', 'inspect', '--format', '{{json .RepoDigests}}', `${reg.host}/up/dock:1`], { check: true });
+    assert.ok(digests.stdout.includes(`${reg.host}/up/dock@${img.digest}`), digests.stdout);
+  } finally {
+    await dockerd.stop();
+  }
 });
 
 test('who may pull through a mirror is the repository policy of its names, the ?ns= names too', async () => {
