@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer, request, type Server as HttpServer } from 'node:http';
-import { connect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { stringify } from 'yaml';
@@ -16,6 +16,7 @@ import { startContainerd, type Containerd } from '../helpers/containerd.js';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { sha256, startDistribution, tarOf, upstreamBlob, upstreamImage, type Distribution } from '../helpers/distribution.js';
 import { run } from '../helpers/exec.js';
+import { throttle } from '../helpers/throttle.js';
 import { spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
 import { makeTls, writeAuthFile, writeHtpasswd, type TlsFiles } from '../helpers/tls.js';
 
@@ -73,7 +74,7 @@ before(async () => {
     upstreams: [
       { prefix: 'up', url: up.url, username: USER, passwordFile: 'password', caFile: tls.caCert, freshness: FRESHNESS, timeout: 5, namespaces: ['docker.io'] },
       { prefix: 'tok', url: tok.url, username: USER, passwordFile: 'password', freshness: FRESHNESS },
-      { prefix: 'slow', url: `https://127.0.0.1:${slow.port}`, username: USER, passwordFile: 'password', caFile: tls.caCert },
+      { prefix: 'slow', url: `https://127.0.0.1:${slow.port}`, username: USER, passwordFile: 'password', caFile: tls.caCert, freshness: FRESHNESS, timeout: 2 },
       { prefix: 'hang', url: `http://127.0.0.1:${(hang.address() as AddressInfo).port}`, timeout: 1 },
       { prefix: 'limited', url: `http://127.0.0.1:${(limited.address() as AddressInfo).port}` },
       { prefix: 'bad', url: up.url, username: USER, password: WRONG, caFile: tls.caCert },
@@ -183,42 +184,6 @@ function timedGet(path: string): Promise<{ first: number; end: number; digest: s
     req.on('error', reject);
     req.end();
   });
-}
-
-/**
- * A TCP proxy in front of the upstream that passes its answers at `bytesPerSecond`, so
- * that a blob takes seconds to arrive; it notes when the last byte went through.
- */
-async function throttle(target: number, bytesPerSecond: number) {
-  const state = { lastByte: 0, bytes: 0 };
-  const sockets = new Set<Socket>();
-  const server = createNetServer((client) => {
-    sockets.add(client);
-    client.once('close', () => sockets.delete(client));
-    const upstream = connect(target, '127.0.0.1');
-    client.pipe(upstream);
-    let began = 0;
-    let sent = 0;
-    upstream.on('data', (c: Buffer) => {
-      upstream.pause();
-      began ||= performance.now();
-      client.write(c, () => {
-        sent += c.length;
-        state.bytes += c.length;
-        state.lastByte = performance.now();
-        // Paced against the clock, not per chunk: timers' granularity would slow it far below the rate.
-        const ahead = (sent / bytesPerSecond) * 1000 - (performance.now() - began);
-        if (ahead > 1) setTimeout(() => upstream.resume(), ahead); else upstream.resume();
-      });
-    });
-    upstream.on('end', () => client.end());
-    const close = () => { client.destroy(); upstream.destroy(); };
-    client.on('error', close);
-    upstream.on('error', close);
-    client.on('close', close);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { port: (server.address() as AddressInfo).port, state, close: () => new Promise((r) => { server.close(r); for (const c of sockets) c.destroy(); }) };
 }
 
 test('20 concurrent pulls of an uncached 32 MB blob: one upstream GET, the first bytes reach every client before the blob is complete; another repository\'s copy is linked, not fetched again', async (t) => {
@@ -363,6 +328,29 @@ test('docker pulls through the mirror', async (t) => {
     assert.ok(digests.stdout.includes(`${reg.host}/up/dock@${img.digest}`), digests.stdout);
   } finally {
     await dockerd.stop();
+  }
+});
+
+test('an upstream that stops answering: the stale tag is served after its timeout, then at once for a while', async () => {
+  await upstreamImage(up, 'quiet', '1', [await tarOf({ 'q': Buffer.from('quiet') })]);
+  assert.equal((await get('/v2/slow/quiet/manifests/1')).status, 200);
+  slow.state.hang = true;
+  try {
+    await new Promise((r) => setTimeout(r, FRESHNESS * 1000 + 300));
+    let t0 = performance.now();
+    const first = await get('/v2/slow/quiet/manifests/1');
+    const waited = performance.now() - t0;
+    assert.equal(first.status, 200);
+    assert.match(first.headers.get('warning') ?? '', /upstream slow .* could not be checked \(it did not answer in time\)/);
+    assert.ok(waited > 1500, `the first waited for the upstream's 2 s timeout (${waited.toFixed(0)} ms)`);
+    t0 = performance.now();
+    const second = await get('/v2/slow/quiet/manifests/1');
+    const quick = performance.now() - t0;
+    assert.equal(second.status, 200);
+    assert.match(second.headers.get('warning') ?? '', /could not be checked/);
+    assert.ok(quick < 1000, `the next did not wait for the upstream again (${quick.toFixed(0)} ms)`);
+  } finally {
+    slow.state.hang = false;
   }
 });
 

@@ -29,6 +29,11 @@ export interface Route { client: UpstreamClient; up: Upstream; name: string }
 
 /** Tags whose last upstream check is remembered. */
 const CHECKED_TAGS = 100_000;
+/**
+ * After an upstream failed to answer, its stale tags are served without asking it again
+ * for this long: a hung upstream must not make every pull wait out its timeout.
+ */
+const QUIET_AFTER_FAILURE_MS = 10_000;
 /** Every manifest type: the upstream picks, and the same bytes are served to each client that accepts them. */
 const ACCEPT = MANIFEST_TYPES.join(', ');
 
@@ -38,6 +43,8 @@ export class Mirror {
   private readonly manifests = new Map<string, Promise<{ d: Descriptor; warning?: string | undefined }>>();
   /** Undefined: the blob was in the store already (another repository's) and is linked now. */
   private readonly flights = new Map<string, Promise<BlobFlight | undefined>>();
+  /** By prefix: when the upstream last failed to answer. */
+  private readonly failedAt = new Map<string, { at: number; answer: UpstreamError['answer'] }>();
   /** Upstream GETs of blobs started, for tests and /nixreg/stats. */
   readonly counts = { blobFetches: 0, blobsLinked: 0, manifestFetches: 0, tagChecks: 0, staleServed: 0 };
 
@@ -98,9 +105,12 @@ export class Mirror {
         this.checked.set(key, Date.now());
         return fetched;
       }
+      const failed = this.failedAt.get(r.up.prefix);
+      if (failed && Date.now() - failed.at < QUIET_AFTER_FAILURE_MS) return this.stale(repo, tag, r, local, failed.answer);
       this.counts.tagChecks++;
       const head = await r.client.request('HEAD', `/v2/${r.name}/manifests/${tag}`, r.name, ACCEPT);
       head.body.resume();
+      this.failedAt.delete(r.up.prefix);
       if (head.status === 404) throw unknown('MANIFEST_UNKNOWN', r, repo, tag);
       if (head.status !== 200) throw statusError(r, head);
       const digest = header(head, 'docker-content-digest');
@@ -117,10 +127,15 @@ export class Mirror {
       return fetched;
     } catch (err) {
       if (!(err instanceof UpstreamError) || !local) throw err;
-      this.counts.staleServed++;
-      this.log.warn({ repository: repo, tag, upstream: r.client.label, answer: err.answer }, 'upstream cannot be asked; serving the cached tag');
-      return { d: local, warning: `nixreg: cached tag served, upstream ${r.client.label} could not be checked (${answerText(err.answer)})` };
+      this.failedAt.set(r.up.prefix, { at: Date.now(), answer: err.answer });
+      return this.stale(repo, tag, r, local, err.answer);
     }
+  }
+
+  private stale(repo: string, tag: string, r: Route, local: Descriptor, answer: UpstreamError['answer']) {
+    this.counts.staleServed++;
+    this.log.warn({ repository: repo, tag, upstream: r.client.label, answer }, 'upstream cannot be asked; serving the cached tag');
+    return { d: local, warning: `nixreg: cached tag served, upstream ${r.client.label} could not be checked (${answerText(answer)})` };
   }
 
   /** GETs manifest `ref` upstream, checks it and stores it byte for byte (and `tag` → it). */
