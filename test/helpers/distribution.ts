@@ -68,7 +68,8 @@ export async function startDistribution(o: DistributionOptions): Promise<Distrib
     r.end(body);
   });
   const start = async () => {
-    const c = spawn('docker-registry', ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Dies with the test runner, however it ends.
+    const c = spawn('setpriv', ['--pdeathsig', 'SIGKILL', '--', 'docker-registry', 'serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
     c.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
     c.stderr!.on('data', (d: Buffer) => { out += d.toString(); });
