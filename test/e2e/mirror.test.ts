@@ -41,6 +41,9 @@ let hang: NetServer;
 const hung = new Set<Socket>();
 /** An upstream that answers every request 429 (a rate limit), Retry-After: 7. */
 let limited: HttpServer;
+/** An upstream that answers every blob GET with the same wrong bytes; counts them. */
+let liar: HttpServer;
+let lies = 0;
 /** Every answer body nixreg gave, to look for the credentials in at the end. */
 const answers: string[] = [];
 
@@ -68,6 +71,8 @@ before(async () => {
   await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
   limited = createHttpServer((_req, res) => { res.writeHead(429, { 'Retry-After': '7', 'Content-Type': 'application/json' }).end('{"errors":[{"code":"TOOMANYREQUESTS"}]}'); });
   await new Promise<void>((r) => limited.listen(0, '127.0.0.1', r));
+  liar = createHttpServer((_req, res) => { lies++; res.writeHead(200, { 'Content-Length': '11' }).end('wrong bytes'); });
+  await new Promise<void>((r) => liar.listen(0, '127.0.0.1', r));
   slow = await throttle(Number(new URL(up.url).port), 16 * 1024 * 1024);
   const mirrorFile = join(dir, 'mirrors.yaml');
   writeFileSync(mirrorFile, stringify({
@@ -77,6 +82,7 @@ before(async () => {
       { prefix: 'slow', url: `https://127.0.0.1:${slow.port}`, username: USER, passwordFile: 'password', caFile: tls.caCert, freshness: FRESHNESS, timeout: 2 },
       { prefix: 'hang', url: `http://127.0.0.1:${(hang.address() as AddressInfo).port}`, timeout: 1 },
       { prefix: 'limited', url: `http://127.0.0.1:${(limited.address() as AddressInfo).port}` },
+      { prefix: 'liar', url: `http://127.0.0.1:${(liar.address() as AddressInfo).port}` },
       { prefix: 'bad', url: up.url, username: USER, password: WRONG, caFile: tls.caCert },
     ],
   }));
@@ -92,6 +98,7 @@ after(async () => {
   for (const c of hung) c.destroy();
   hang?.close();
   limited?.close();
+  liar?.close();
   tls?.cleanup();
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
@@ -306,6 +313,23 @@ test('an upstream that does not answer within its timeout: 504 naming it, in bou
   assert.equal(r.status, 504, r.text());
   assert.match(r.text(), /UNAVAILABLE.*upstream hang \(http:\/\/127\.0\.0\.1:\d+\) did not answer within 1 s/);
   assert.ok(performance.now() - t0 < 5000);
+});
+
+test('an upstream that sends other bytes than the digest: the client never gets a whole body, and nothing is stored', async () => {
+  const digest = sha256(Buffer.from('right bytes'));
+  for (const n of [1, 2]) {
+    const r = await fetch(`${reg.url}/v2/liar/x/blobs/${digest}`);
+    assert.equal(r.status, 200);
+    await assert.rejects(r.arrayBuffer(), 'the body is cut short');
+    assert.equal(lies, n, 'nothing was stored: each pull asks the upstream again');
+  }
+});
+
+test('concurrent pulls of an uncached tag: one upstream GET of the manifest', async () => {
+  const img = await upstreamImage(up, 'crowd', '1', [await tarOf({ 'c': Buffer.from('crowd') })]);
+  const all = await Promise.all(Array.from({ length: 10 }, () => get('/v2/up/crowd/manifests/1')));
+  for (const m of all) assert.deepEqual(m.body, img.manifest);
+  assert.equal(manifestGets('crowd'), 1);
 });
 
 test('an upstream that limits us (429): 429 naming it, with its Retry-After', async () => {

@@ -5,7 +5,8 @@
 // and a slow client never slows the fetch. At the end the digest is checked, and only
 // then is the file committed as the blob; on a mismatch or a cut, nothing is stored and
 // each reader's stream fails (the client sees its connection cut, the only honest signal
-// once headers are out). Readers keep the file open: the commit renames it, and a reader
+// once headers are out; the last byte is held back until the digest is checked, so no
+// client ever gets a whole wrong body). Readers keep the file open: the commit renames it, and a reader
 // that joined before goes on reading the same inode.
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
@@ -104,8 +105,11 @@ export class BlobFlight {
     async function* bytes(): AsyncGenerator<Buffer> {
       let pos = start;
       while (pos <= end) {
-        if (pos < flight.written) {
-          const n = Math.min(flight.written - pos, READ_CHUNK, end + 1 - pos);
+        // The last byte waits for the digest check: a client never gets a whole body
+        // that does not match (a mismatch cuts it one byte short).
+        const ready = flight.complete ? flight.written : flight.written - 1;
+        if (pos < ready) {
+          const n = Math.min(ready - pos, READ_CHUNK, end + 1 - pos);
           const buf = Buffer.allocUnsafe(n);
           const { bytesRead } = await flight.fh.read(buf, 0, n, pos);
           if (bytesRead === 0) throw new Error('mirror file shrank');
