@@ -14,9 +14,12 @@ import { createHash, randomUUID } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { algorithmOf } from '../../oci/digest.js';
 
+/** Bytes taken from the upstream ahead of the file write in progress. */
+const WRITE_BATCH = 4 * 1024 * 1024;
 /** What a reader asks of the file at once. */
 const READ_CHUNK = 1024 * 1024;
 
@@ -55,16 +58,29 @@ export class BlobFlight {
 
   private async run(body: AsyncIterable<Buffer>, commit: (file: string, size: number) => Promise<void>): Promise<void> {
     const hash = createHash(algorithmOf(this.digest));
-    for await (const chunk of body) {
-      hash.update(chunk);
-      let off = 0;
-      while (off < chunk.length) {
-        const { bytesWritten } = await this.fh.write(chunk, off, chunk.length - off, this.written);
-        off += bytesWritten;
-        this.written += bytesWritten;
+    // What arrives while a write is in progress goes in the next one, all at once
+    // (writev): a write per TLS record (16 KiB) made a cold pull 3-4 times slower than
+    // the upstream alone.
+    const fh = this.fh;
+    const writeAll = async (bufs: Buffer[]) => {
+      for (const b of bufs) hash.update(b);
+      const total = bufs.reduce((n, b) => n + b.length, 0);
+      let { bytesWritten } = await fh.writev(bufs, this.written);
+      this.written += bytesWritten;
+      if (bytesWritten < total) {
+        // A short write (rare on a file): the rest.
+        for (let rest = Buffer.concat(bufs).subarray(bytesWritten); rest.length > 0; rest = rest.subarray(bytesWritten)) {
+          ({ bytesWritten } = await fh.write(rest, 0, rest.length, this.written));
+          this.written += bytesWritten;
+        }
       }
       this.wake();
-    }
+    };
+    await pipeline(body as AsyncIterable<Buffer>, new Writable({
+      highWaterMark: WRITE_BATCH,
+      write(chunk: Buffer, _enc, cb) { writeAll([chunk]).then(() => cb(), cb); },
+      writev(chunks, cb) { writeAll(chunks.map((c) => c.chunk as Buffer)).then(() => cb(), cb); },
+    }));
     const actual = `${algorithmOf(this.digest)}:${hash.digest('hex')}`;
     if (actual !== this.digest) throw new Error(`upstream sent content of digest ${actual} for ${this.digest}; nothing was stored`);
     if (this.size !== undefined && this.written !== this.size) throw new Error(`upstream sent ${this.written} bytes of ${this.size}; nothing was stored`);
