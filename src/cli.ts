@@ -6,6 +6,7 @@ import { Command } from 'commander';
 import { buildConfig, limitsConfig, serveConfig, type BuildFlags, type LimitFlags, type ServeFlags } from './config.js';
 import { AuthConfigError } from './registry/auth/config.js';
 import { MetricsTokenError } from './registry/auth/metrics-token.js';
+import { MirrorConfigError } from './registry/mirror/config.js';
 import { BuildCommandFailed, runBuild, runRemoteBuild, withBuildOptions } from './build-command.js';
 import { GcRefused, printReport, runGc } from './gc-command.js';
 import { NixImageSource } from './build/source.js';
@@ -49,6 +50,8 @@ withBuildOptions(program
   .option('--prebuild', 'at start and after each change under --images, build every image whose expression changed (env NIXREG_PREBUILD=1)')
   .option('--no-sendfile', 'copy blob GET bodies through user space instead of sending them with sendfile(2), for measuring and troubleshooting (env NIXREG_SENDFILE=0)')
   .option('--cache-max-bytes <size>', 'bytes that built images may use (60MB, 50GB, …); the least recently pulled are evicted beyond it (env NIXREG_CACHE_MAX_BYTES, default: no limit)')
+  .option('--mirror <prefix=url>', 'pull-through cache: serve <prefix>/<name> from <name> at the upstream registry url, e.g. dockerhub=https://registry-1.docker.io; repeatable (env NIXREG_MIRROR, comma- or space-separated)', (v: string, prev: string[] = []) => [...prev, v])
+  .option('--mirror-config <file>', 'upstream registries with credentials, containerd namespaces, tag freshness and CA, YAML or JSON (see README, "Pull-through cache") (env NIXREG_MIRROR_CONFIG)')
   .action(async (flags: ServeFlags & BuildFlags & LimitFlags, cmd: Command) => {
     let cfg, bcfg, limits;
     try { cfg = serveConfig(flags); bcfg = buildConfig(flags); limits = limitsConfig(flags); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
@@ -65,11 +68,11 @@ withBuildOptions(program
         },
         blobRedirectSeconds: cfg.s3RedirectSeconds,
         tls: cfg.tls, auth: cfg.auth, publicUrl: cfg.publicUrl, metricsAuth: cfg.metricsAuth, minFreeSpace: cfg.minFreeSpace,
-        sendfile: cfg.sendfile, source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, prebuild: cfg.prebuild, log })),
+        sendfile: cfg.sendfile, mirror: { flags: cfg.mirrors, file: cfg.mirrorConfig }, source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, prebuild: cfg.prebuild, log })),
       });
     } catch (e) {
       // A faulty auth file or certificate is a configuration error: one line, exit 2.
-      if (e instanceof AuthConfigError || e instanceof TlsError || e instanceof MetricsTokenError) cmd.error(`error: ${e.message}`, { exitCode: 2 });
+      if (e instanceof AuthConfigError || e instanceof TlsError || e instanceof MetricsTokenError || e instanceof MirrorConfigError) cmd.error(`error: ${e.message}`, { exitCode: 2 });
       throw e;
     }
     // Build failure messages link to the build log on this server.

@@ -39,12 +39,17 @@ export interface ServeConfig {
   storage: (S3Location & { timeoutMs: number }) | undefined;
   /** Blob GETs redirect to presigned S3 URLs valid this long (--s3-redirect, env NIXREG_S3_REDIRECT=1); 0: streamed. */
   s3RedirectSeconds: number;
+  /** Pull-through cache: PREFIX=URL each (--mirror, repeatable; env NIXREG_MIRROR, comma- or space-separated). */
+  mirrors: string[];
+  /** Upstreams with credentials, namespaces, freshness, CA (--mirror-config, env NIXREG_MIRROR_CONFIG). */
+  mirrorConfig: string | undefined;
 }
 
 export interface ServeFlags {
   listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string;
   tlsCert?: string; tlsKey?: string; auth?: string; gcGrace?: string; gcInterval?: string; cacheMaxBytes?: string;
   metricsAuth?: string; minFreeSpace?: string; prebuild?: boolean; storage?: string; s3Timeout?: string; s3Redirect?: boolean;
+  mirror?: string[]; mirrorConfig?: string;
   /** false with --no-sendfile (commander's negated option; true otherwise). */
   sendfile?: boolean;
 }
@@ -118,7 +123,10 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
   const storage = storageConfig(flags, env);
   const redirect = flags.s3Redirect ?? parseSwitch(env.NIXREG_S3_REDIRECT, 'NIXREG_S3_REDIRECT');
   if (redirect && !storage) throw new Error('--s3-redirect needs --storage s3://…: blobs on the local disk have no URL to redirect to');
+  const mirrorConfig = flags.mirrorConfig ?? env.NIXREG_MIRROR_CONFIG;
   return {
+    mirrors: flags.mirror?.length ? flags.mirror : (env.NIXREG_MIRROR ?? '').split(/[\s,]+/).filter((s) => s !== ''),
+    mirrorConfig: mirrorConfig !== undefined && mirrorConfig !== '' ? resolve(mirrorConfig) : undefined,
     storage,
     s3RedirectSeconds: redirect ? S3_REDIRECT_SECONDS : 0,
     gcGraceMs: parseSeconds(flags.gcGrace ?? env.NIXREG_GC_GRACE ?? DEFAULTS.gcGrace, '--gc-grace', 0),

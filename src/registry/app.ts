@@ -11,6 +11,7 @@ import { RegistryError, registryErrorOf } from './errors.js';
 import type { Limits } from './handlers/context.js';
 import { MemoryBudget } from './http.js';
 import { Metrics } from './metrics.js';
+import type { Mirror } from './mirror/mirror.js';
 import { Readiness } from './readiness.js';
 import { endpoints } from './routes.js';
 import type { BodyBytes } from './send-file.js';
@@ -31,9 +32,11 @@ export interface AppOptions {
   sendfile?: boolean | undefined;
   /** Redirect blob GETs to the store's presigned URLs valid this long (--s3-redirect). */
   blobRedirectSeconds?: number | undefined;
+  /** The pull-through cache (--mirror, --mirror-config). */
+  mirror?: Mirror | undefined;
 }
 
-export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile, blobRedirectSeconds }: AppOptions) {
+export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile, blobRedirectSeconds, mirror }: AppOptions) {
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
@@ -79,11 +82,26 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
     next();
   });
 
+  // containerd's mirror mode (hosts.toml): `/v2/library/alpine/…?ns=docker.io` is the
+  // upstream's own name; it becomes the local mirror repository `<prefix>/library/alpine`
+  // before routing, so that the gate, the policy and the handlers see one name.
+  if (mirror) {
+    app.use((req, _res, next) => {
+      const ns = req.query.ns;
+      if (typeof ns === 'string' && req.path.startsWith('/v2/') && req.path.length > 4 && !req.path.startsWith('/v2/_catalog')) {
+        const prefix = mirror.prefixFor(ns);
+        if (prefix) req.url = `/v2/${prefix}/${req.url.slice(4)}`;
+      }
+      next();
+    });
+  }
+
   const bodies = new MemoryBudget(limits.manifestMemoryBytes, limits.manifestTimeoutMs);
   const ctx = {
-    storage, source, bodies, limits, gate, metrics, blobBodies, blobRedirectSeconds, readiness: new Readiness({ storage, source, minFreeBytes }),
+    storage, source, bodies, limits, gate, metrics, blobBodies, blobRedirectSeconds, mirror, readiness: new Readiness({ storage, source, minFreeBytes }),
     counters: () => ({
       ...counters?.(),
+      ...(mirror ? { mirror: mirror.counts } : {}),
       manifestMemory: {
         used: bodies.used, limit: bodies.limit, perClient: bodies.perClient, clients: bodies.clients,
         refused: bodies.refused, refusedPerClient: bodies.refusedPerClient, timedOut: bodies.timedOut,

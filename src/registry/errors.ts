@@ -13,6 +13,7 @@ import {
   TagNotServed,
 } from '../build/errors.js';
 import { OCI_ERROR_CODES, OciError, type OciErrorCode } from '../oci/errors.js';
+import { UpstreamError } from './mirror/upstream.js';
 
 export type ErrorCode = OciErrorCode;
 
@@ -102,6 +103,7 @@ export class RegistryError extends Error {
 export function registryErrorOf(err: unknown): RegistryError | undefined {
   if (err instanceof RegistryError) return err;
   if (err instanceof OciError) return new RegistryError(err.code, err.message, err.detail);
+  if (err instanceof UpstreamError) return upstreamFailure(err);
   for (const [cls, code, status] of DOMAIN) {
     if (!(err instanceof cls)) continue;
     const e = new RegistryError(code, err.message, err.detail, status);
@@ -116,4 +118,19 @@ export function registryErrorOf(err: unknown): RegistryError | undefined {
     return new RegistryError('UNAVAILABLE', full.message, full.detail, 507);
   }
   return undefined;
+}
+
+/**
+ * The answer to a client when the upstream failed it: 429 (with the upstream's
+ * Retry-After) when the upstream limits us, 504 when it was too slow, 502 otherwise;
+ * the message names the upstream and its answer, never the credentials.
+ */
+function upstreamFailure(err: UpstreamError): RegistryError {
+  if (err.answer === 429) {
+    const e = new RegistryError('TOOMANYREQUESTS', err.message, { upstream: err.upstream, status: 429 });
+    if (err.retryAfter && /^\d{1,6}$/.test(err.retryAfter)) e.headers['Retry-After'] = err.retryAfter;
+    return e;
+  }
+  return new RegistryError('UNAVAILABLE', err.message, { upstream: err.upstream, ...(typeof err.answer === 'number' ? { status: err.answer } : { failure: err.answer }) },
+    err.answer === 'timeout' ? 504 : 502);
 }
