@@ -38,6 +38,8 @@ export interface ServeConfig {
   storage: (S3Location & { timeoutMs: number }) | undefined;
   /** Blob GETs redirect to presigned S3 URLs valid this long (--s3-redirect, env NIXREG_S3_REDIRECT=1); 0: streamed. */
   s3RedirectSeconds: number;
+  /** The web page at / (--ui on|off, env NIXREG_UI; default on). */
+  ui: boolean;
 }
 
 export interface ServeFlags {
@@ -46,6 +48,7 @@ export interface ServeFlags {
   metricsAuth?: string; minFreeSpace?: string; prebuild?: boolean; storage?: string; s3Timeout?: string; s3Redirect?: boolean;
   /** false with --no-sendfile (commander's negated option; true otherwise). */
   sendfile?: boolean;
+  ui?: string;
 }
 
 export const DEFAULTS = {
@@ -131,6 +134,7 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
     prebuild: flags.prebuild ?? parseSwitch(env.NIXREG_PREBUILD, 'NIXREG_PREBUILD'),
     // Off wins from either side: the flag cannot turn on what the variable turned off.
     sendfile: flags.sendfile !== false && parseSwitch(env.NIXREG_SENDFILE, 'NIXREG_SENDFILE', true),
+    ui: parseSwitch(flags.ui ?? env.NIXREG_UI, flags.ui !== undefined ? '--ui' : 'NIXREG_UI', true),
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),

@@ -57,6 +57,8 @@ export interface StartOptions {
   sendfile?: boolean | undefined;
   /** Blob GETs redirect to the store's presigned URLs valid this long (--s3-redirect); 0/undefined: streamed. */
   blobRedirectSeconds?: number | undefined;
+  /** The web page at /; default true (--ui). */
+  ui?: boolean | undefined;
 }
 
 export async function startRegistry(opts: StartOptions): Promise<RunningRegistry> {
@@ -102,7 +104,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   storage.busy = () => performance.now() - lastRequest < 200;
   server.on('request', createApp({
     storage, source, log: opts.log, limits, counters: () => ({ connections }), minFreeBytes: opts.minFreeSpace, sendfile: opts.sendfile,
-    blobRedirectSeconds: opts.blobRedirectSeconds,
+    blobRedirectSeconds: opts.blobRedirectSeconds, ui: opts.ui,
     gate: metricsToken ? withMetricsToken(gate ?? openGate, metricsToken) : gate,
   }));
   await new Promise<void>((resolve, reject) => {

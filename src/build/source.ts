@@ -126,6 +126,12 @@ export class NixImageSource implements ImageSource {
     return this.origins.serves(repo);
   }
 
+  madeFrom(repo: string): 'image file' | 'flake' | 'package list' | undefined {
+    const o = this.origins.of(repo);
+    if (o) return o.kind === 'file' ? 'image file' : 'flake';
+    return this.origins.serves(repo) ? 'package list' : undefined;
+  }
+
   async resolve(repo: string, ref: Reference, accepts: (mediaType: string) => boolean): Promise<Descriptor | undefined> {
     const tag = ref.tag;
     if (tag === undefined) return undefined;

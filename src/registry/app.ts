@@ -30,9 +30,12 @@ export interface AppOptions {
   sendfile?: boolean | undefined;
   /** Redirect blob GETs to the store's presigned URLs valid this long (--s3-redirect). */
   blobRedirectSeconds?: number | undefined;
+  /** The web page at / (ui/pages.ts); default true. The JSON API is served either way. */
+  ui?: boolean | undefined;
 }
 
-export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile, blobRedirectSeconds }: AppOptions) {
+export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile, blobRedirectSeconds, ui = true }: AppOptions) {
+  const table = ui ? endpoints : endpoints.filter((e) => !e.page);
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
@@ -46,7 +49,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
 
   // On unless NIXREG_METRICS=off, a switch for measuring what metrics cost (bench/metrics.ts).
   const metrics = process.env.NIXREG_METRICS === 'off' ? undefined
-    : new Metrics({ storage, source, routes: endpoints.map((e) => e.id), blobBodies });
+    : new Metrics({ storage, source, routes: table.map((e) => e.id), blobBodies });
   metrics?.countWrites(app.response);
 
   // The access log, at debug level only: a line per request costs ~5 µs, which a busy
@@ -89,7 +92,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
       },
     }),
   };
-  for (const e of endpoints) {
+  for (const e of table) {
     const h = e.handler(ctx);
     const guard = metrics ? metrics.labelled(e.id, gate.guard(e.access)) : gate.guard(e.access);
     for (const m of e.methods) app[m](e.path, guard, h);
@@ -97,7 +100,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
 
   // A known path with a method the table lacks is 405; anything else under /v2 is 404.
   app.use((req, _res, next) => {
-    const known = endpoints.some((e) => e.path.test(req.path));
+    const known = table.some((e) => e.path.test(req.path));
     next(known
       ? new RegistryError('UNSUPPORTED', `${req.method} is not supported on ${req.path.slice(0, 300)}`)
       : new RegistryError('NAME_UNKNOWN', `no such endpoint: ${req.path.slice(0, 300)}`, undefined, 404));
