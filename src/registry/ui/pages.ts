@@ -89,12 +89,13 @@ function configRows(c: NonNullable<data.ImageInfo['config']>): Raw {
   const labels = c.labels && typeof c.labels === 'object' ? Object.entries(c.labels as Record<string, unknown>) : [];
   const env = Array.isArray(c.env) ? c.env.map(String) : [];
   return html`<table class="config">
-<tr><th>Entrypoint</th><td><code>${show(c.entrypoint)}</code></td></tr><tr><th>Command</th><td><code>${show(c.cmd)}</code></td></tr>
+${c.entrypoint ? html`<tr><th>Entrypoint</th><td><code>${show(c.entrypoint)}</code></td></tr>` : ''}
+${c.cmd ? html`<tr><th>Command</th><td><code>${show(c.cmd)}</code></td></tr>` : ''}
 ${c.workingDir ? html`<tr><th>Working dir</th><td><code>${show(c.workingDir)}</code></td></tr>` : ''}
 ${c.user ? html`<tr><th>User</th><td><code>${show(c.user)}</code></td></tr>` : ''}
 ${c.exposedPorts ? html`<tr><th>Ports</th><td><code>${show(c.exposedPorts)}</code></td></tr>` : ''}
-<tr><th>Env</th><td>${env.map((e) => html`<code class="line">${e}</code>`)}</td></tr>
-<tr><th>Labels</th><td>${labels.map(([k, v]) => html`<code class="line">${k}=${String(v)}</code>`)}</td></tr></table>`;
+${env.length ? html`<tr><th>Env</th><td>${env.map((e) => html`<code class="line">${e}</code>`)}</td></tr>` : ''}
+${labels.length ? html`<tr><th>Labels</th><td>${labels.map(([k, v]) => html`<code class="line">${k}=${String(v)}</code>`)}</td></tr>` : ''}</table>`;
 }
 
 /** Stacked bars: a row per layer, a box per store path, width by NAR size on one scale for all rows. */
@@ -103,13 +104,14 @@ function picture(repo: string, ref: string, v: data.ClosureView): Raw {
   const ROW = 28;
   const rows = v.layers.map((l, i) => ({ i, l })).filter((x) => x.l.narSize > 0);
   const max = Math.max(1, ...rows.map((x) => x.l.narSize));
-  const scale = (W - 90) / max;
+  const LABEL = 150;
+  const scale = (W - LABEL) / max;
   const at = new Map(rows.map((x, k) => [x.i, k]));
   const x = new Map<number, number>();
   const boxes = v.paths.map((p, n) => {
     const row = at.get(p.layer);
     if (row === undefined) return html``;
-    const x0 = x.get(p.layer) ?? 90;
+    const x0 = x.get(p.layer) ?? LABEL;
     const w = Math.max(p.narSize * scale, 0.5);
     x.set(p.layer, x0 + w);
     return html`<a href="${href('/image', { name: repo, ref, why: p.path })}#why" data-why="${p.path}"><rect class="${n === 0 ? 'path biggest' : 'path'}" x="${x0.toFixed(1)}" y="${row * ROW + 2}" width="${w.toFixed(1)}" height="${ROW - 6}" data-path="${p.path}" data-size="${p.narSize}"><title>${p.path} (${bytes(p.narSize)})</title></rect></a>`;
