@@ -78,6 +78,12 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
         { path: req.path.slice(0, 300) }));
       return;
     }
+    // A browser signed in to the web page sends its credentials by itself: another site's
+    // page must not make it write (CSRF). Registry clients send neither header.
+    if (req.method !== 'GET' && req.method !== 'HEAD' && fromElsewhere(req)) {
+      next(new RegistryError('DENIED', 'a request from another site\'s page is refused: nixreg changes nothing for a cross-origin browser request'));
+      return;
+    }
     next();
   });
 
@@ -150,6 +156,15 @@ function isClientAbort(err: unknown): boolean {
 function isHttpClientError(err: unknown): boolean {
   const status = (err as { status?: unknown } | null)?.status;
   return typeof status === 'number' && status >= 400 && status < 500;
+}
+
+/** Whether a browser says the request comes from a page of another origin (Fetch Metadata, else Origin). */
+function fromElsewhere(req: Request): boolean {
+  const site = req.headers['sec-fetch-site'];
+  if (site !== undefined) return site === 'cross-site' || site === 'same-site';
+  const origin = req.headers.origin;
+  if (origin === undefined) return false;
+  try { return new URL(origin).host !== req.headers.host; } catch { return true; }
 }
 
 function decodes(path: string): boolean {

@@ -196,6 +196,23 @@ describe('web API and pages', () => {
   });
 });
 
+test('CSRF: a write that a browser says comes from another site is refused; registry clients and the same origin are not', async () => {
+  const reg = await startReg();
+  try {
+    const post = (headers: Record<string, string>) => http(reg.url, 'POST', '/v2/a/b/blobs/uploads/', { headers });
+    const cases: Record<string, string>[] = [{ origin: 'http://evil.example' }, { 'sec-fetch-site': 'cross-site' }, { 'sec-fetch-site': 'same-site', origin: reg.url }, { origin: 'null' }];
+    for (const h of cases) {
+      const r = await post(h);
+      assert.equal(r.status, 403, JSON.stringify(h));
+      assert.equal(r.json().errors[0].code, 'DENIED');
+    }
+    assert.equal((await post({})).status, 202, 'docker, skopeo, curl: no Origin');
+    assert.equal((await post({ origin: reg.url })).status, 202);
+    assert.equal((await post({ 'sec-fetch-site': 'same-origin', origin: reg.url })).status, 202);
+    assert.equal((await http(reg.url, 'GET', '/nixreg/api/repositories', { headers: { 'sec-fetch-site': 'cross-site' } })).status, 200, 'reads are not writes');
+  } finally { await reg.destroy(); }
+});
+
 test('--ui off: / is 404 as before; the JSON API stays', async () => {
   const reg = await startReg({ ui: false });
   try {
