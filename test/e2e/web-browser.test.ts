@@ -12,7 +12,7 @@ import { after, before, test } from 'node:test';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { closureDocument, storeClosure } from '../../src/build/assembly/closure.js';
 import { OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, sha256 } from '../api/util.js';
-import { Images, OCI, nonce, startNixRegistry } from '../build/helpers.js';
+import { Images, OCI, nonce, sleeper, startNixRegistry } from '../build/helpers.js';
 import { basicAuth, writeAuth } from '../helpers/auth.js';
 import { requireTool } from '../helpers/exec.js';
 import { tempDir } from '../helpers/registry.js';
@@ -24,6 +24,7 @@ htpasswd: ./htpasswd
 accessControl:
   repositories:
     "hello": { policies: [{ users: [alice], actions: [read] }] }
+    "slow": { policies: [{ users: [alice], actions: [read] }] }
     "many": { policies: [{ users: [alice], actions: [read, create, update] }] }
     "public/**": { defaultPolicy: [read], anonymousPolicy: [read] }
 `;
@@ -83,6 +84,7 @@ before(async () => {
   await requireTool('nix-build');
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is not installed: run .ci/run (or apt-get install chromium) first`);
   images = new Images();
+  images.write('slow.nix', sleeper('slow', 6));
   const file = images.image('hello.nix', { nonce: nonce(), greeting: 'one' });
   r = await startNixRegistry(images.dir, {}, undefined, { auth: writeAuth(tempDir('nixreg-web-auth-'), AUTH, PASSWORDS) });
   await pull('hello', 'alice');
@@ -179,6 +181,35 @@ test('from / to a built image: the biggest store path, its why-chain, two tags c
   } finally { await ctx.close(); }
 });
 
+let buildId = '';
+
+test('a build started with the button: its stage, progress bar and log follow it live', { timeout: 180_000 }, async () => {
+  const ctx = await contextOf('alice');
+  const page = await ctx.newPage();
+  try {
+    await page.goto(`${r.url}/login`);
+    await page.goto(`${r.url}/repository?name=slow`);
+    assert.match((await page.locator('table.tags').textContent())!, /latest\s*not built yet/);
+    await page.click('button.build');
+    await page.waitForURL(/\/build\?id=/);
+    buildId = new URL(page.url()).searchParams.get('id')!;
+    // Live while it runs: the log shows the builder's first line before the build is done.
+    await page.waitForFunction(() => document.getElementById('log')!.textContent!.includes('slow: started'), undefined, { timeout: 60_000 });
+    assert.notEqual(await page.locator('#build').getAttribute('data-status'), 'done', 'the log came while building');
+    // The stage moves on without a reload.
+    await page.waitForFunction(() => /building/.test(document.querySelector('#build .stage')!.textContent!), undefined, { timeout: 60_000 });
+    await page.screenshot({ path: join(shots, 'build.png'), fullPage: true });
+    await page.waitForFunction(() => document.getElementById('build')!.getAttribute('data-status') === 'done', undefined, { timeout: 120_000 });
+    assert.equal(await page.locator('#build .stage').textContent(), 'done');
+    assert.deepEqual(await page.locator('#build progress').evaluate((p: HTMLProgressElement) => [p.value, p.max]), [1, 1]);
+    await page.waitForFunction(() => document.getElementById('log')!.textContent!.includes('stored sha256:'));
+    await page.click('#build .result a');
+    await page.waitForURL(/\/image\?name=slow&ref=/);
+    await page.goto(`${r.url}/builds`);
+    assert.ok(await page.locator(`table.builds a[href="/build?id=${buildId}"]`).count());
+  } finally { await ctx.close(); }
+});
+
 test('a user without read on a repository sees nothing of it, on the pages or through the API', async () => {
   for (const ctx of [await contextOf('bob'), await browser.newContext()]) {
     const page = await ctx.newPage();
@@ -197,6 +228,10 @@ test('a user without read on a repository sees nothing of it, on the pages or th
       }
       const repos = JSON.parse(await (await page.goto(`${r.url}/nixreg/api/repositories`))!.text()).repositories;
       assert.deepEqual(repos, []);
+      // Nor its builds.
+      await page.goto(`${r.url}/builds`);
+      assert.ok(!(await page.content()).includes('slow'), 'no build of it listed');
+      assert.equal((await page.goto(`${r.url}/build?id=${buildId}`))?.status(), 404);
     } finally { await ctx.close(); }
   }
 });

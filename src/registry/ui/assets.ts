@@ -67,11 +67,78 @@ export const SCRIPT = String.raw`'use strict';
       })
       .catch(function () { location.href = link.getAttribute('href') || link.getAttribute('xlink:href') || location.href; });
   }
+  function start(button) {
+    var note = document.querySelector('.build-note');
+    button.disabled = true;
+    fetch('/nixreg/builds', {
+      method: 'POST', credentials: 'same-origin', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ repository: button.getAttribute('data-repository'), tag: 'latest' }),
+    }).then(function (r) { return r.json().then(function (d) { return { ok: r.ok, d: d }; }); })
+      .then(function (x) {
+        if (x.ok) { location.href = '/build?id=' + encodeURIComponent(x.d.id); return; }
+        button.disabled = false;
+        if (note) note.textContent = (x.d.errors && x.d.errors[0] && x.d.errors[0].message) || 'the build could not be started';
+      })
+      .catch(function () { button.disabled = false; });
+  }
+  // A build page: the stage and bar from /nixreg/builds/<id> each second, the log as it is written.
+  function follow(box) {
+    var id = box.getAttribute('data-id');
+    var bar = box.querySelector('progress');
+    var poll = function () {
+      fetch('/nixreg/builds/' + encodeURIComponent(id), { credentials: 'same-origin' })
+        .then(function (r) { return r.json(); })
+        .then(function (b) {
+          box.setAttribute('data-status', b.status);
+          box.querySelector('.seconds').textContent = String(b.seconds);
+          var p = b.progress;
+          var words = { queued: 'waiting for a free build slot', evaluating: 'evaluating its expression', building: 'building with Nix', assembling: 'assembling layers' };
+          var stage = b.status === 'done' || b.status === 'failed' ? b.status : words[p.stage] || p.stage;
+          if (b.status === 'building' && p.paths.total) stage = 'building derivation ' + Math.min(p.paths.done + 1, p.paths.total) + ' of ' + p.paths.total;
+          if (b.status === 'assembling' && p.layers.total) stage = 'assembling layer ' + Math.min(p.layers.done + 1, p.layers.total) + ' of ' + p.layers.total;
+          box.querySelector('.stage').textContent = stage;
+          if (b.status === 'done') { bar.max = 1; bar.value = 1; }
+          else if (p.stage === 'assembling' && p.bytes.total) { bar.max = p.bytes.total; bar.value = p.bytes.done; }
+          else if (p.stage === 'building' && p.paths.total) { bar.max = p.paths.total; bar.value = p.paths.done; }
+          if (b.error) box.querySelector('.error').textContent = b.error;
+          if (b.status === 'done' && b.hash) {
+            var result = box.querySelector('.result');
+            result.textContent = 'Built: ';
+            var a = document.createElement('a');
+            a.href = '/image?name=' + encodeURIComponent(b.repository) + '&ref=' + encodeURIComponent(b.hash);
+            a.textContent = b.repository + ':' + b.hash;
+            result.append(a);
+          }
+          if (b.status !== 'done' && b.status !== 'failed') setTimeout(poll, 1000);
+        })
+        .catch(function () { setTimeout(poll, 3000); });
+    };
+    poll();
+    var log = document.getElementById('log');
+    if (!log || !window.TextDecoder) return;
+    fetch(log.getAttribute('data-src') + '?follow=1', { credentials: 'same-origin' }).then(function (r) {
+      var reader = r.body.getReader();
+      var decoder = new TextDecoder();
+      var read = function () {
+        return reader.read().then(function (c) {
+          if (c.done) return;
+          log.append(decoder.decode(c.value, { stream: true }));
+          log.scrollTop = log.scrollHeight;
+          return read();
+        });
+      };
+      return read();
+    }).catch(function () {});
+  }
+  var box = document.getElementById('build');
+  if (box) follow(box);
   document.addEventListener('click', function (ev) {
     var t = ev.target;
     if (!(t instanceof Element)) return;
     var button = t.closest('button.copy');
     if (button) { copy(button); return; }
+    var builder = t.closest('button.build');
+    if (builder) { start(builder); return; }
     var link = t.closest('[data-why]');
     var box = document.getElementById('why');
     if (link && box && !ev.ctrlKey && !ev.metaKey && !ev.shiftKey) { ev.preventDefault(); why(link, box); }
@@ -114,4 +181,9 @@ svg.closure rect.path:hover, svg.closure rect.path.selected { fill: #1c4fa8; }
 ol.why li { margin: .2rem 0; }
 ul.paths { padding-left: 1.2rem; }
 p.download { font-size: 1.05rem; }
+header a { margin-right: 1rem; }
+progress { width: 100%; height: 1rem; }
+pre#log { background: #f6f8fa; border: 1px solid var(--line); padding: .6rem; max-height: 28rem; overflow: auto; font-size: 12px; white-space: pre-wrap; }
+td.status.failed { color: #b3261e; }
+td.status.done { color: #1a7f37; }
 `;

@@ -12,6 +12,7 @@ import { pageOf } from '../handlers/api.js';
 import type { Ctx } from '../handlers/context.js';
 import { checkName } from '../../oci/reference.js';
 import { SCRIPT, STYLE } from './assets.js';
+import { buildButton, buildPage as renderBuild, buildsPage as renderBuilds } from './builds.js';
 import * as data from './data.js';
 import { bytes, href, html, sendPage, type Raw } from './html.js';
 
@@ -71,6 +72,7 @@ export const repositoryPage = page(async (ctx, req) => {
   return {
     title: repo,
     body: html`<nav><a href="/">Repositories</a> / ${repo}</nav><h1>${repo} <span class="kind">${data.madeFrom(ctx, repo)}</span></h1>
+${buildButton(ctx, repo)}
 ${shown !== undefined ? html`<h2>Pull</h2>${pullCommands(req, repo, shown)}` : ''}
 <h2>Tags</h2>
 ${r.items.length ? html`<table class="list tags"><thead><tr><th>Tag</th><th>Digest</th><th>Size</th><th>Created</th><th>Platform</th></tr></thead><tbody>${r.items.map((t) => html`
@@ -166,6 +168,9 @@ ${c.paths ? html`<h2>Changed (${c.paths.counts.changed})</h2><ul class="paths ch
 <p class="note">${c.paths.counts.same} store paths are the same in both.</p>` : html`<p class="note">Store paths are compared only between images built here.</p>`}`,
   };
 });
+
+export const buildsPage = page(renderBuilds);
+export const buildPage = page(renderBuild);
 
 /** Asks the browser for Basic credentials (the auth file's users), then goes home. */
 export function login(ctx: Ctx) {
