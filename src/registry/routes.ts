@@ -16,7 +16,7 @@ import { token } from './handlers/token.js';
 import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } from './handlers/uploads.js';
 import type { Ctx } from './handlers/context.js';
 import type { Access } from './auth/gate.js';
-import { asset, buildPage, buildsPage, comparePage, homePage, imagePage, login, repositoryPage } from './ui/pages.js';
+import { asset, buildPage, buildsPage, comparePage, homePage, imagePage, login, operatorPage, repositoryPage } from './ui/pages.js';
 
 type Method = 'get' | 'head' | 'put' | 'post' | 'patch' | 'delete';
 type Handler = (req: Request, res: Response) => unknown;
@@ -72,6 +72,7 @@ export const endpoints: Endpoint[] = [
   { id: 'ui-compare', page: true, access: 'listing', methods: ['get', 'head'], path: /^\/compare$/, handler: comparePage },
   { id: 'ui-builds', page: true, access: 'listing', methods: ['get', 'head'], path: /^\/builds$/, handler: buildsPage },
   { id: 'ui-build', page: true, access: 'listing', methods: ['get', 'head'], path: /^\/build$/, handler: buildPage },
+  { id: 'ui-operator', page: true, access: 'admin', methods: ['get', 'head'], path: /^\/operator$/, handler: operatorPage },
   { id: 'ui-login', page: true, access: 'listing', methods: ['get'], path: /^\/login$/, handler: login },
   { id: 'ui-asset', page: true, access: 'open', methods: ['get', 'head'], path: /^\/static\/(?<file>app\.js|app\.css)$/, handler: asset },
   { id: 'token', access: 'open', methods: ['get', 'post'], path: /^\/token$/, handler: token },

@@ -188,6 +188,16 @@ describe('web API and pages', () => {
     for (const cmd of ['docker pull', 'podman pull', 'nerdctl pull', 'image: ']) assert.ok(repo.includes(`data-copy="${cmd}`), cmd);
   });
 
+  test('the operator page is for admins: storage, collections, counters', async () => {
+    const r = await get(reg, '/operator', 'admin');
+    assert.equal(r.status, 200);
+    assert.match(r.text(), /Blobs stored<\/th><td>\d+ \(/);
+    assert.match(r.text(), /<h2>Garbage collection<\/h2>/);
+    assert.match(r.text(), /connections\.open/);
+    assert.equal((await get(reg, '/operator', 'bob')).status, 403);
+    assert.equal((await get(reg, '/operator')).status, 401);
+  });
+
   test('sign-in asks for Basic credentials; the API never does for a listing', async () => {
     const r = await get(reg, '/login');
     assert.equal(r.status, 401);
@@ -219,6 +229,7 @@ test('--ui off: / is 404 as before; the JSON API stays', async () => {
     await push(reg, 'a/b', 'v1', ['x']);
     assert.equal((await get(reg, '/')).status, 404);
     assert.equal((await get(reg, '/static/app.js')).status, 404);
+    for (const p of ['/builds', '/operator', '/repository?name=a/b']) assert.equal((await get(reg, p)).status, 404, p);
     assert.equal((await get(reg, '/nixreg/api/repositories')).json().repositories[0].name, 'a/b');
   } finally { await reg.destroy(); }
 });

@@ -13,6 +13,7 @@ import type { Ctx } from '../handlers/context.js';
 import { checkName } from '../../oci/reference.js';
 import { SCRIPT, STYLE } from './assets.js';
 import { buildButton, buildPage as renderBuild, buildsPage as renderBuilds } from './builds.js';
+import { operatorPage as renderOperator } from './operator.js';
 import * as data from './data.js';
 import { bytes, href, html, sendPage, type Raw } from './html.js';
 
@@ -171,6 +172,7 @@ ${c.paths ? html`<h2>Changed (${c.paths.counts.changed})</h2><ul class="paths ch
 
 export const buildsPage = page(renderBuilds);
 export const buildPage = page(renderBuild);
+export const operatorPage = page(renderOperator);
 
 /** Asks the browser for Basic credentials (the auth file's users), then goes home. */
 export function login(ctx: Ctx) {
