@@ -158,6 +158,26 @@ describe('web API and pages', () => {
     assert.equal((await get(reg, `/nixreg/api/repositories/team/app/images/v1/closure?why=/nix/store/x`, 'bob')).status, 404);
   });
 
+  test('a pushed closure look-alike that is not one is ignored, not trusted', async () => {
+    const tools = (await get(reg, '/nixreg/api/repositories/public/tools/images/t0')).json();
+    for (const [i, blob] of ['not json', JSON.stringify({ schemaVersion: 1, roots: [7], layers: [], paths: [{ path: 'x', narSize: 1, layer: 0, references: [99] }] })].entries()) {
+      const b = Buffer.from(blob);
+      const empty = Buffer.from('{}');
+      for (const x of [b, empty]) {
+        assert.equal((await http(reg.url, 'POST', `/v2/public/tools/blobs/uploads/?digest=${sha256(x)}`, { headers: { ...as('admin'), 'content-type': 'application/octet-stream' }, body: x })).status, 201);
+      }
+      const m = JSON.stringify({
+        schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: 'application/vnd.nixreg.closure.v1+json',
+        config: { mediaType: 'application/vnd.oci.empty.v1+json', digest: sha256(empty), size: 2 },
+        layers: [{ mediaType: 'application/vnd.nixreg.closure.v1+json', digest: sha256(b), size: b.length }],
+        subject: { mediaType: OCI_MANIFEST, digest: tools.digest, size: 1 }, annotations: { i: String(i) },
+      });
+      assert.equal((await http(reg.url, 'PUT', `/v2/public/tools/manifests/${sha256(m)}`, { headers: { ...as('admin'), 'content-type': OCI_MANIFEST }, body: m })).status, 201);
+      assert.equal((await get(reg, '/nixreg/api/repositories/public/tools/images/t0')).json().closure, false);
+      assert.equal((await get(reg, '/image?name=public/tools&ref=t0')).status, 200);
+    }
+  });
+
   test('compare: bytes to download, store paths added, removed and changed', async () => {
     const c = (await get(reg, '/nixreg/api/repositories/team/app/compare?from=v1&to=v2', 'bob')).json();
     assert.equal(c.download, v2.config + v2.layers[1]!, 'the new config and the layer not shared');

@@ -227,9 +227,22 @@ async function closureDoc(ctx: Ctx, repo: string, d: Descriptor): Promise<Closur
   if (hit) return hit;
   const body = await readBlob(ctx, blob, CLOSURE_BYTES);
   if (!body) return undefined;
-  const doc = JSON.parse(body.toString('utf8')) as ClosureDoc;
+  let doc: ClosureDoc;
+  // Anyone who may push may also push a referrer of this type: its blob is checked, not trusted.
+  try { doc = JSON.parse(body.toString('utf8')) as ClosureDoc; } catch { return undefined; }
+  if (!validDoc(doc)) return undefined;
   docs.set(blob, doc);
   return doc;
+}
+
+/** The shape closure.ts writes, indices in range: a pushed look-alike cannot make the page throw or loop. */
+function validDoc(d: ClosureDoc): boolean {
+  if (typeof d !== 'object' || d === null || !Array.isArray(d.paths) || !Array.isArray(d.roots) || !Array.isArray(d.layers)) return false;
+  const n = d.paths.length;
+  const index = (i: unknown) => Number.isInteger(i) && (i as number) >= 0 && (i as number) < n;
+  return d.roots.every(index) && d.layers.every((l) => typeof l?.narSize === 'number' && typeof l.paths === 'number')
+    && d.paths.every((p) => typeof p?.path === 'string' && typeof p.narSize === 'number' && Number.isInteger(p.layer)
+      && (p.references === undefined || (Array.isArray(p.references) && p.references.every(index))));
 }
 
 export interface ClosureView {
