@@ -74,7 +74,7 @@ export const endpoints: Endpoint[] = [
   { id: 'ui-build', page: true, access: 'listing', methods: ['get', 'head'], path: /^\/build$/, handler: buildPage },
   { id: 'ui-operator', page: true, access: 'admin', methods: ['get', 'head'], path: /^\/operator$/, handler: operatorPage },
   { id: 'ui-login', page: true, access: 'listing', methods: ['get'], path: /^\/login$/, handler: login },
-  { id: 'ui-asset', page: true, access: 'open', methods: ['get', 'head'], path: /^\/static\/(?<file>app\.js|app\.css)$/, handler: asset },
+  { id: 'ui-asset', page: true, access: 'open', methods: ['get', 'head'], path: /^\/static\/(?<file>app\.js|app\.css|icon\.svg)$/, handler: asset },
   { id: 'token', access: 'open', methods: ['get', 'post'], path: /^\/token$/, handler: token },
   { id: 'nixreg-stats', access: 'admin', methods: ['get'], path: /^\/nixreg\/stats$/, handler: stats },
   { id: 'nixreg-gc', access: 'admin', methods: ['post'], path: /^\/nixreg\/gc$/, handler: collect },

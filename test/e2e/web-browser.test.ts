@@ -29,6 +29,8 @@ accessControl:
     "public/**": { defaultPolicy: [read], anonymousPolicy: [read] }
 `;
 const TAGS = 10_000;
+/** A label that would run a script if it ever became markup. */
+const EVIL = '<img src=x onerror="alert(1)"><script>alert(2)</script>';
 
 let r: Awaited<ReturnType<typeof startNixRegistry>>;
 let images: Images;
@@ -45,7 +47,7 @@ async function pull(repo: string, user: keyof typeof PASSWORDS): Promise<string>
 /** Pushes an image of `count` small layers as `repo:tag`; returns its descriptor. */
 async function pushImage(repo: string, user: keyof typeof PASSWORDS, tag: string, count: number) {
   const h = basicAuth(user, PASSWORDS[user]);
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, tag }));
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, tag, config: { Labels: { note: EVIL } } }));
   const layers = Array.from({ length: count }, (_, i) => Buffer.from(`layer ${i} of ${tag}`));
   for (const b of [config, ...layers]) {
     const res = await fetch(`${r.url}/v2/${repo}/blobs/uploads/?digest=${sha256(b)}`, { method: 'POST', headers: { ...h, 'content-type': 'application/octet-stream' }, body: b });
@@ -115,6 +117,11 @@ test('from / to a built image: the biggest store path, its why-chain, two tags c
   const ctx = await contextOf('alice');
   const page = await ctx.newPage();
   const times: Record<string, number> = {};
+  // Any script error, CSP violation (our own script and style must pass it too) or dialog fails the test.
+  const problems: string[] = [];
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(m.text()); });
+  page.on('pageerror', (e) => problems.push(e.message));
+  page.on('dialog', (d) => { problems.push(`dialog: ${d.message()}`); void d.dismiss(); });
   try {
     // Signing in: /login challenges, the browser answers with the user's credentials and
     // sends them from then on; anonymous, the list has only what anonymous may read.
@@ -175,6 +182,10 @@ test('from / to a built image: the biggest store path, its why-chain, two tags c
     times.why1000 = Date.now() - t0;
     assert.match((await page.locator('#why ol.why li code').first().textContent())!, /-pkg-0$/);
     await page.screenshot({ path: join(shots, 'image-1000.png'), fullPage: false });
+    // A label is text, never markup.
+    await page.goto(`${r.url}/image?name=many&ref=v0`);
+    assert.equal(await page.locator('table.config code.line').first().textContent(), `note=${EVIL}`);
+    assert.deepEqual(problems, []);
     console.log(`# page load (ms): ${JSON.stringify(times)}`);
     // Usable in under a second (issue 25); the machine is shared, so the bound has room.
     for (const [k, ms] of Object.entries(times)) assert.ok(ms < 3000, `${k}: ${ms} ms`);

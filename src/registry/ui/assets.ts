@@ -146,6 +146,10 @@ export const SCRIPT = String.raw`'use strict';
 })();
 `;
 
+/** The page's icon (browsers ask for one; without it every page logs a 404). */
+export const ICON = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" fill="#2f6fdb"/>'
+  + '<rect x="3" y="4" width="10" height="2" fill="#fff"/><rect x="3" y="7" width="7" height="2" fill="#fff"/><rect x="3" y="10" width="4" height="2" fill="#fff"/></svg>';
+
 export const STYLE = String.raw`:root { --fg: #1d2127; --muted: #5f6b7a; --line: #d8dee6; --accent: #2f6fdb; --bg: #fff; --box: #7aa7f0; --big: #e0793a; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg); background: var(--bg); }

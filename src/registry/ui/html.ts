@@ -58,7 +58,7 @@ export const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img
 export function sendPage(res: Response, status: number, o: { title: string; user: string | undefined; auth: boolean; body: Raw }): void {
   const page = html`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>${o.title} · nixreg</title><link rel="stylesheet" href="/static/app.css"><script src="/static/app.js" defer></script></head>
+<title>${o.title} · nixreg</title><link rel="icon" href="/static/icon.svg"><link rel="stylesheet" href="/static/app.css"><script src="/static/app.js" defer></script></head>
 <body><header><span><a class="brand" href="/">nixreg</a> <a href="/builds">Builds</a>${
     !o.auth || o.user !== undefined ? html` <a href="/operator">Operator</a>` : ''}</span><span class="who">${o.auth
     ? (o.user !== undefined ? html`signed in as <b>${o.user}</b>` : html`<a href="/login">sign in</a>`) : ''}</span></header>

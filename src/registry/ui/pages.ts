@@ -11,7 +11,7 @@ import { RegistryError, registryErrorOf } from '../errors.js';
 import { pageOf } from '../handlers/api.js';
 import type { Ctx } from '../handlers/context.js';
 import { checkName } from '../../oci/reference.js';
-import { SCRIPT, STYLE } from './assets.js';
+import { ICON, SCRIPT, STYLE } from './assets.js';
 import { buildButton, buildPage as renderBuild, buildsPage as renderBuilds } from './builds.js';
 import { operatorPage as renderOperator } from './operator.js';
 import * as data from './data.js';
@@ -186,6 +186,7 @@ export function login(ctx: Ctx) {
 const ASSETS: Record<string, { type: string; body: string }> = {
   'app.js': { type: 'text/javascript; charset=utf-8', body: SCRIPT },
   'app.css': { type: 'text/css; charset=utf-8', body: STYLE },
+  'icon.svg': { type: 'image/svg+xml', body: ICON },
 };
 
 export function asset(_ctx: Ctx) {
