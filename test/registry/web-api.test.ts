@@ -98,6 +98,7 @@ describe('web API and pages', () => {
     assert.deepEqual(first.json().repositories, [{ name: 'public/tools', madeFrom: 'pushed' }]);
     assert.equal(first.json().next, 'public/tools');
     assert.match(first.headers.get('link') ?? '', /last=public%2Ftools.*rel="next"/);
+    assert.deepEqual((await get(reg, '/nixreg/api/repositories?n=0', 'alice')).json(), { repositories: [] });
     const second = await get(reg, '/nixreg/api/repositories?n=1&last=public/tools', 'alice');
     assert.deepEqual(second.json().repositories.map((r: any) => r.name), ['team/app']);
   });

@@ -53,23 +53,27 @@ export function madeFrom(ctx: Ctx, repo: string): MadeFrom {
 /** Repositories the caller may read, after `last`, whose name contains `q`. */
 export async function repositories(ctx: Ctx, req: Request, o: { n: number; last: string; q: string }): Promise<Page<{ name: string; madeFrom: MadeFrom }>> {
   const q = o.q.toLowerCase();
-  const items: { name: string; madeFrom: MadeFrom }[] = [];
+  if (o.n === 0) return { items: [] };
+  const names: string[] = [];
   let after = o.last;
   let scanned = 0;
   const batchSize = Math.max(o.n + 1, 100);
-  while (items.length <= o.n && scanned < SEARCH_SCAN) {
+  while (names.length <= o.n && scanned < SEARCH_SCAN) {
     const batch = await ctx.storage.catalog(after, batchSize);
     for (const r of batch) {
       scanned++;
       after = r;
       if ((q === '' || r.includes(q)) && ctx.gate.visible(req, r)) {
-        items.push({ name: r, madeFrom: madeFrom(ctx, r) });
-        if (items.length > o.n) break;
+        names.push(r);
+        if (names.length > o.n) break;
       }
     }
     if (batch.length < batchSize) { after = ''; break; }
   }
-  if (items.length > o.n) { items.length = o.n; return { items, next: items[items.length - 1]!.name }; }
+  const more = names.length > o.n;
+  if (more) names.length = o.n;
+  const items = names.map((name) => ({ name, madeFrom: madeFrom(ctx, name) }));
+  if (more) return { items, next: names[names.length - 1] };
   // A search that read its fill of names without filling the page goes on from there.
   return { items, next: after !== '' && scanned >= SEARCH_SCAN ? after : undefined };
 }
