@@ -199,7 +199,10 @@ test('a build started with the button: its stage, progress bar and log follow it
   const page = await ctx.newPage();
   try {
     await page.goto(`${r.url}/login`);
-    await page.goto(`${r.url}/repository?name=slow`);
+    // Listed before it was ever built: an image file under --images.
+    await page.click('a:text-is("slow")');
+    await page.waitForURL(/\/repository\?name=slow$/);
+    assert.match((await page.locator('h1 .kind').textContent())!, /image file/);
     assert.match((await page.locator('table.tags').textContent())!, /latest\s*not built yet/);
     await page.click('button.build');
     await page.waitForURL(/\/build\?id=/);

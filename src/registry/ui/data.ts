@@ -58,9 +58,13 @@ export async function repositories(ctx: Ctx, req: Request, o: { n: number; last:
   let after = o.last;
   let scanned = 0;
   const batchSize = Math.max(o.n + 1, 100);
+  // Names built here but not yet built are not in storage's catalog: merged in, in order.
+  const served = ctx.source?.names?.() ?? [];
   while (names.length <= o.n && scanned < SEARCH_SCAN) {
     const batch = await ctx.storage.catalog(after, batchSize);
-    for (const r of batch) {
+    const end = batch.length < batchSize ? undefined : batch[batch.length - 1]!;
+    const extra = served.filter((x) => x > after && (end === undefined || x <= end) && !batch.includes(x));
+    for (const r of extra.length ? [...batch, ...extra].sort() : batch) {
       scanned++;
       after = r;
       if ((q === '' || r.includes(q)) && ctx.gate.visible(req, r)) {
@@ -68,7 +72,7 @@ export async function repositories(ctx: Ctx, req: Request, o: { n: number; last:
         if (names.length > o.n) break;
       }
     }
-    if (batch.length < batchSize) { after = ''; break; }
+    if (end === undefined) { after = ''; break; }
   }
   const more = names.length > o.n;
   if (more) names.length = o.n;
