@@ -87,10 +87,12 @@ before(async () => {
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is not installed: run .ci/run (or apt-get install chromium) first`);
   images = new Images();
   images.write('slow.nix', sleeper('slow', 6));
-  const file = images.image('hello.nix', { nonce: nonce(), greeting: 'one' });
+  // Two versions of one image that differ in their greeting only: busybox is shared.
+  const fresh = nonce();
+  const file = images.image('hello.nix', { nonce: fresh, greeting: 'one' });
   r = await startNixRegistry(images.dir, {}, undefined, { auth: writeAuth(tempDir('nixreg-web-auth-'), AUTH, PASSWORDS) });
   await pull('hello', 'alice');
-  images.image('hello.nix', { nonce: nonce(), greeting: 'two, a little longer' });
+  images.image('hello.nix', { nonce: fresh, greeting: 'two, a little longer' });
   utimesSync(file, new Date(), new Date(Date.now() + 5000));
   await pull('hello', 'alice');
   const tags = (await (await fetch(`${r.url}/nixreg/api/repositories/hello/tags`, { headers: basicAuth('alice', PASSWORDS.alice) })).json()).tags;
@@ -164,6 +166,12 @@ test('from / to a built image: the biggest store path, its why-chain, two tags c
     assert.match((await page.locator('#download').textContent())!, /^\d/);
     const changed = await page.locator('ul.changed li').allTextContents();
     assert.ok(changed.some((t) => t.includes('greetlib')), `the changed greeting library is listed: ${changed.join(' | ')}`);
+    assert.ok(!changed.some((t) => t.includes('busybox')), 'busybox is the same in both');
+    // busybox's layer (the biggest) is shared: the download is the small rest.
+    const cmp = await (await fetch(`${r.url}/nixreg/api/repositories/hello/compare?from=${hashes[0]}&to=${hashes[1]}`, { headers: basicAuth('alice', PASSWORDS.alice) })).json();
+    assert.equal(cmp.layers.shared, 1);
+    assert.ok(cmp.download < 100_000, `downloads ${cmp.download} bytes`);
+    assert.equal(cmp.paths.counts.same, 1);
     await page.screenshot({ path: join(shots, 'compare.png'), fullPage: true });
     times.compare = await load(page, `/compare?name=hello&from=${hashes[0]}&to=${hashes[1]}`);
 
