@@ -49,6 +49,7 @@ withBuildOptions(program
   .option('--pull-wait <seconds>', 'a pull waits this long for its build, then gets 429 with Retry-After while the build goes on (env NIXREG_PULL_WAIT, default 25)')
   .option('--prebuild', 'at start and after each change under --images, build every image whose expression changed (env NIXREG_PREBUILD=1)')
   .option('--no-sendfile', 'copy blob GET bodies through user space instead of sending them with sendfile(2), for measuring and troubleshooting (env NIXREG_SENDFILE=0)')
+  .option('--ui <on|off>', 'the web page at / (the JSON API under /nixreg/api stays either way) (env NIXREG_UI, default on)')
   .option('--cache-max-bytes <size>', 'bytes that built images may use (60MB, 50GB, …); the least recently pulled are evicted beyond it (env NIXREG_CACHE_MAX_BYTES, default: no limit)')
   .option('--mirror <prefix=url>', 'pull-through cache: serve <prefix>/<name> from <name> at the upstream registry url, e.g. dockerhub=https://registry-1.docker.io; repeatable (env NIXREG_MIRROR, comma- or space-separated)', (v: string, prev: string[] = []) => [...prev, v])
   .option('--mirror-config <file>', 'upstream registries with credentials, containerd namespaces, tag freshness and CA, YAML or JSON (see README, "Pull-through cache") (env NIXREG_MIRROR_CONFIG)')
@@ -68,7 +69,7 @@ withBuildOptions(program
         },
         blobRedirectSeconds: cfg.s3RedirectSeconds,
         tls: cfg.tls, auth: cfg.auth, publicUrl: cfg.publicUrl, metricsAuth: cfg.metricsAuth, minFreeSpace: cfg.minFreeSpace,
-        sendfile: cfg.sendfile, mirror: { flags: cfg.mirrors, file: cfg.mirrorConfig }, source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, prebuild: cfg.prebuild, log })),
+        sendfile: cfg.sendfile, mirror: { flags: cfg.mirrors, file: cfg.mirrorConfig }, ui: cfg.ui, source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, prebuild: cfg.prebuild, log })),
       });
     } catch (e) {
       // A faulty auth file or certificate is a configuration error: one line, exit 2.

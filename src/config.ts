@@ -43,6 +43,8 @@ export interface ServeConfig {
   mirrors: string[];
   /** Upstreams with credentials, namespaces, freshness, CA (--mirror-config, env NIXREG_MIRROR_CONFIG). */
   mirrorConfig: string | undefined;
+  /** The web page at / (--ui on|off, env NIXREG_UI; default on). */
+  ui: boolean;
 }
 
 export interface ServeFlags {
@@ -52,6 +54,7 @@ export interface ServeFlags {
   mirror?: string[]; mirrorConfig?: string;
   /** false with --no-sendfile (commander's negated option; true otherwise). */
   sendfile?: boolean;
+  ui?: string;
 }
 
 export const DEFAULTS = {
@@ -140,6 +143,7 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
     prebuild: flags.prebuild ?? parseSwitch(env.NIXREG_PREBUILD, 'NIXREG_PREBUILD'),
     // Off wins from either side: the flag cannot turn on what the variable turned off.
     sendfile: flags.sendfile !== false && parseSwitch(env.NIXREG_SENDFILE, 'NIXREG_SENDFILE', true),
+    ui: parseSwitch(flags.ui ?? env.NIXREG_UI, flags.ui !== undefined ? '--ui' : 'NIXREG_UI', true),
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),

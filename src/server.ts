@@ -62,6 +62,8 @@ export interface StartOptions {
   blobRedirectSeconds?: number | undefined;
   /** Pull-through cache: `PREFIX=URL`s of --mirror, and the --mirror-config file (registry/mirror/config.ts). */
   mirror?: { flags: string[]; file?: string | undefined } | undefined;
+  /** The web page at /; default true (--ui). */
+  ui?: boolean | undefined;
 }
 
 export async function startRegistry(opts: StartOptions): Promise<RunningRegistry> {
@@ -111,7 +113,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   storage.busy = () => performance.now() - lastRequest < 200;
   server.on('request', createApp({
     storage, source, log: opts.log, limits, counters: () => ({ connections }), minFreeBytes: opts.minFreeSpace, sendfile: opts.sendfile,
-    blobRedirectSeconds: opts.blobRedirectSeconds, mirror,
+    blobRedirectSeconds: opts.blobRedirectSeconds, mirror, ui: opts.ui,
     gate: metricsToken ? withMetricsToken(gate ?? openGate, metricsToken) : gate,
   }));
   await new Promise<void>((resolve, reject) => {

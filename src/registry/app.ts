@@ -34,9 +34,12 @@ export interface AppOptions {
   blobRedirectSeconds?: number | undefined;
   /** The pull-through cache (--mirror, --mirror-config). */
   mirror?: Mirror | undefined;
+  /** The web page at / (ui/pages.ts); default true. The JSON API is served either way. */
+  ui?: boolean | undefined;
 }
 
-export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile, blobRedirectSeconds, mirror }: AppOptions) {
+export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile, blobRedirectSeconds, mirror, ui = true }: AppOptions) {
+  const table = ui ? endpoints : endpoints.filter((e) => !e.page);
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
@@ -50,7 +53,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
 
   // On unless NIXREG_METRICS=off, a switch for measuring what metrics cost (bench/metrics.ts).
   const metrics = process.env.NIXREG_METRICS === 'off' ? undefined
-    : new Metrics({ storage, source, routes: endpoints.map((e) => e.id), blobBodies });
+    : new Metrics({ storage, source, routes: table.map((e) => e.id), blobBodies });
   metrics?.countWrites(app.response);
 
   // The access log, at debug level only: a line per request costs ~5 µs, which a busy
@@ -77,6 +80,12 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
     if (/%(?:2f|5c|00)/i.test(req.path) || !decodes(req.path)) {
       next(new RegistryError('NAME_INVALID', 'malformed or encoded path separator in request path',
         { path: req.path.slice(0, 300) }));
+      return;
+    }
+    // A browser signed in to the web page sends its credentials by itself: another site's
+    // page must not make it write (CSRF). Registry clients send neither header.
+    if (req.method !== 'GET' && req.method !== 'HEAD' && fromElsewhere(req)) {
+      next(new RegistryError('DENIED', 'a request from another site\'s page is refused: nixreg changes nothing for a cross-origin browser request'));
       return;
     }
     next();
@@ -108,7 +117,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
       },
     }),
   };
-  for (const e of endpoints) {
+  for (const e of table) {
     const h = e.handler(ctx);
     const guard = metrics ? metrics.labelled(e.id, gate.guard(e.access)) : gate.guard(e.access);
     for (const m of e.methods) app[m](e.path, guard, h);
@@ -116,7 +125,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
 
   // A known path with a method the table lacks is 405; anything else under /v2 is 404.
   app.use((req, _res, next) => {
-    const known = endpoints.some((e) => e.path.test(req.path));
+    const known = table.some((e) => e.path.test(req.path));
     next(known
       ? new RegistryError('UNSUPPORTED', `${req.method} is not supported on ${req.path.slice(0, 300)}`)
       : new RegistryError('NAME_UNKNOWN', `no such endpoint: ${req.path.slice(0, 300)}`, undefined, 404));
@@ -166,6 +175,15 @@ function isClientAbort(err: unknown): boolean {
 function isHttpClientError(err: unknown): boolean {
   const status = (err as { status?: unknown } | null)?.status;
   return typeof status === 'number' && status >= 400 && status < 500;
+}
+
+/** Whether a browser says the request comes from a page of another origin (Fetch Metadata, else Origin). */
+function fromElsewhere(req: Request): boolean {
+  const site = req.headers['sec-fetch-site'];
+  if (site !== undefined) return site === 'cross-site' || site === 'same-site';
+  const origin = req.headers.origin;
+  if (origin === undefined) return false;
+  try { return new URL(origin).host !== req.headers.host; } catch { return true; }
 }
 
 function decodes(path: string): boolean {
