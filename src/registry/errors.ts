@@ -6,7 +6,7 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import {
-  DigestMismatch, MissingReferences, SizeMismatch, StorageFull, StorageUnavailable, UploadOutOfOrder, UploadUnknown, noSpaceCode,
+  DigestMismatch, IndexUnavailable, MissingReferences, SizeMismatch, StorageFull, StorageUnavailable, UploadOutOfOrder, UploadUnknown, noSpaceCode,
 } from '../blobs/errors.js';
 import {
   ArchiveError, BuildFailed, BuildQueueFull, EvaluationFailed, InvalidImageSpec, NixUnavailable, NoImageExpression, StillBuilding,
@@ -49,13 +49,14 @@ type ErrorClass = abstract new (...args: never[]) => Error & { detail: unknown }
  * tells the user what to fix. A full disk is the exception: it is no verdict on the
  * push or the image but a state of the server that may pass any moment, and 507
  * Insufficient Storage (RFC 4918) says exactly that even where only the status line
- * is shown. A blob store (S3) that does not answer is 503 with a Retry-After: the same
- * request may work in a moment. A pull that waited --pull-wait for a build still running
+ * is shown. A blob store (S3) or an index database (PostgreSQL) that does not answer is
+ * 503 with a Retry-After: the same request may work in a moment. A pull that waited --pull-wait for a build still running
  * is 429 with a Retry-After: containerd (so kubelet) retries it, and docker prints its message.
  */
 const DOMAIN: [ErrorClass, ErrorCode, number?][] = [
   [StorageFull, 'UNAVAILABLE', 507],
   [StorageUnavailable, 'UNAVAILABLE', 503],
+  [IndexUnavailable, 'UNAVAILABLE', 503],
   [DigestMismatch, 'DIGEST_INVALID'],
   [MissingReferences, 'MANIFEST_BLOB_UNKNOWN'],
   [UploadUnknown, 'BLOB_UPLOAD_UNKNOWN'],
