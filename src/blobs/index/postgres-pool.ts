@@ -128,6 +128,37 @@ export class PgPool {
   }
 
   /**
+   * The same as query, as a named prepared statement: parsed and planned once per
+   * connection, for the statements of the hot paths (a lookup per manifest GET).
+   */
+  async named<R extends pg.QueryResultRow = pg.QueryResultRow>(name: string, text: string, values: unknown[]): Promise<R[]> {
+    this.statements++;
+    try {
+      return (await this.pool.query<R>({ name, text, values })).rows;
+    } catch (e) {
+      throw this.unavailable(e);
+    }
+  }
+
+  /** `fn` with one pooled connection of its own (migrations); it is destroyed if it failed. */
+  async withClient<T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (e) {
+      throw this.unavailable(e);
+    }
+    try {
+      const out = await fn(client);
+      client.release();
+      return out;
+    } catch (e) {
+      client.release(e as Error);
+      throw e;
+    }
+  }
+
+  /**
    * Runs `fn` in one transaction on one pooled connection (READ COMMITTED). Rolled back
    * whole on any error; run again from the start after a serialization failure or a
    * deadlock (`fn` must therefore have no effect outside the database before it returns),
