@@ -1,12 +1,16 @@
-// What only the PostgreSQL index has, part one: its schema migrated once by replicas
-// starting together, and a database that goes away (paused, down) answered with
-// IndexUnavailable within the deadline, and served again by itself when it comes back.
+// What only the PostgreSQL index has: several processes ("replicas", here PostgresIndex
+// instances with pools of their own) on one database. Its schema migrated once by
+// replicas starting together; what one writes is what the other reads next; one
+// collector at a time; digests locked across replicas; upload claims on the database's
+// clock; and a database that goes away (paused, down) answered with IndexUnavailable
+// within the deadline, and served again by itself when it comes back.
 // One throwaway cluster for the file (helpers/postgres.ts), a database per case.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
 import { IndexUnavailable } from '../../src/blobs/errors.js';
 import { PgPool } from '../../src/blobs/index/postgres-pool.js';
+import { PostgresIndex } from '../../src/blobs/index/postgres.js';
 import { MIGRATIONS, PG_SCHEMA_VERSION, SchemaTooNew, migrate } from '../../src/blobs/index/postgres-schema.js';
 import { startPostgres, type Postgres } from '../helpers/postgres.js';
 
@@ -37,6 +41,114 @@ test('replicas starting together migrate an empty database once', async () => {
     const tables = await p!.query<{ n: number }>(`SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public'`);
     assert.equal(tables[0]!.n, 10);
   });
+});
+
+async function replicas(n: number, timeoutMs = TIMEOUT): Promise<{ url: string; all: PostgresIndex[] }> {
+  const url = await server.createDatabase();
+  const all = await Promise.all(Array.from({ length: n }, () => PostgresIndex.open({ url, poolSize: 4, timeoutMs })));
+  opened.push(...all);
+  return { url, all };
+}
+const opened: PostgresIndex[] = [];
+after(async () => { await Promise.all(opened.map((i) => i.close())); });
+
+const dg = (c: string) => `sha256:${c.repeat(64).slice(0, 64)}`;
+
+test('PostgresIndex instances opening one empty database together migrate it once', async () => {
+  const { all: [a] } = await replicas(5);
+  const rows = await a!.pool.query<{ version: number }>('SELECT version FROM schema_version');
+  assert.equal(rows.length, PG_SCHEMA_VERSION);
+});
+
+test('a tag moved or deleted through one replica is what the other resolves next', async () => {
+  const { all: [a, b] } = await replicas(2);
+  const layer = dg('1');
+  await a!.addBlob('app', layer, 3);
+  for (const m of [dg('a'), dg('b')]) assert.deepEqual(await a!.putManifest('app', { digest: m, mediaType: 'x', size: 2 }, { blobs: [layer], manifests: [] }), []);
+  await a!.putTag('app', 'latest', dg('a'));
+  assert.equal((await b!.lookup('app', { tag: 'latest' }))?.digest, dg('a'));
+  await b!.putTag('app', 'latest', dg('b'));
+  assert.equal((await a!.lookup('app', { tag: 'latest' }))?.digest, dg('b'));
+  assert.equal(await a!.resolveTag('app', 'latest'), dg('b'));
+  assert.equal(await a!.deleteTag('app', 'latest'), true);
+  assert.equal(await b!.lookup('app', { tag: 'latest' }), undefined);
+  // Registry-wide counts: uploads started on either replica count on both.
+  await a!.createUpload('u-a', 'app', '10.0.0.1');
+  await b!.createUpload('u-b', 'app', '10.0.0.2');
+  assert.deepEqual(await a!.openUploads('app', '10.0.0.2'), { repo: 2, client: 1, total: 2 });
+});
+
+test('one collector at a time: the lock held by one replica refuses the other, and is free again when its holder ends or dies', async () => {
+  const { all: [a, b] } = await replicas(2);
+  const release = await a!.collectorLock();
+  assert.ok(release, 'the first replica takes the lock');
+  assert.equal(await b!.collectorLock(), undefined, 'the other is refused while it is held');
+  await release();
+  const again = await b!.collectorLock();
+  assert.ok(again, 'free once released');
+  // Its holder's session dies (a replica killed, a network cut): the server frees it.
+  let lost = false;
+  await again();
+  const held = await a!.collectorLock(() => { lost = true; });
+  assert.ok(held);
+  await b!.pool.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+    WHERE application_name = 'nixreg' AND query LIKE '%pg_try_advisory_lock($1)%' AND pid <> pg_backend_pid()`);
+  for (let i = 0; i < 50 && !lost; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(lost, 'the holder learns that its lock is gone');
+  const taken = await b!.collectorLock();
+  assert.ok(taken, 'another replica can collect at once');
+  await taken();
+  await held();
+});
+
+test('a digest locked by one replica waits on the other; other digests do not', async () => {
+  const { all: [a, b] } = await replicas(2);
+  const order: string[] = [];
+  let release!: () => void;
+  const holding = new Promise<void>((r) => { release = r; });
+  const first = a!.withDigestLock(dg('c'), async () => { order.push('a in'); await holding; order.push('a out'); });
+  await new Promise((r) => setTimeout(r, 50));
+  const second = b!.withDigestLock(dg('c'), async () => { order.push('b in'); });
+  const other = await b!.withDigestLock(dg('d'), async () => 'other');
+  assert.equal(other, 'other');
+  await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(order, ['a in']);
+  release();
+  await Promise.all([first, second]);
+  assert.deepEqual(order, ['a in', 'a out', 'b in']);
+});
+
+test('upload claims run on the database clock: the other replica waits for a claim, and takes it once it runs out', async () => {
+  const { all: [a, b] } = await replicas(2);
+  await a!.createUpload('u1', 'app', '');
+  assert.equal(await a!.claimUpload('u1', 'A', Date.now() + 400), true);
+  assert.equal(await b!.claimUpload('u1', 'B', Date.now() + 400), false);
+  // Stored as the database's time plus the claim's length, whatever this process's clock says.
+  const [row] = await a!.pool.query<{ left: number }>(
+    `SELECT claimed_until - (extract(epoch from clock_timestamp()) * 1000)::bigint AS left FROM uploads WHERE id = 'u1'`);
+  assert.ok(row!.left > 200 && row!.left <= 400, String(row!.left));
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(await b!.claimUpload('u1', 'B', Date.now() + 30_000), true);
+  assert.equal((await a!.getUpload('u1'))?.claimed_by, 'B');
+});
+
+test('the index paused: its methods fail with IndexUnavailable within the deadline, and work again once it resumes', async () => {
+  const { all: [a, b] } = await replicas(2);
+  await a!.addBlob('app', dg('e'), 1);
+  server.pause();
+  try {
+    const took = await Promise.all([
+      unavailableWithin(() => a!.lookup('app', { digest: dg('e') })),
+      unavailableWithin(() => b!.addBlob('app', dg('f'), 1)),
+      unavailableWithin(() => b!.ping()),
+    ]);
+    for (const t of took) assert.ok(t < 2 * TIMEOUT + 1500, `took ${t} ms`);
+  } finally {
+    server.resume();
+  }
+  assert.equal(await b!.linkedBlobSize('app', dg('e')), 1);
+  await b!.addBlob('app', dg('f'), 1);
+  assert.equal(await a!.blobSize(dg('f')), 1);
 });
 
 test('a database of a newer schema is refused, and left as it was', async () => {
