@@ -9,11 +9,23 @@ import { SqliteIndex } from './sqlite.js';
 export interface IndexOptions {
   /** --database: a postgres:// URL; undefined: the SQLite file at `sqlitePath`. */
   database?: string | undefined;
+  /** With `database`: connections at most (--database-pool; default 10). */
+  databasePool?: number | undefined;
+  /** With `database`: the deadline of connecting, of waiting for a connection and of each statement, ms (--database-timeout; default 10 s). */
+  databaseTimeoutMs?: number | undefined;
   /** The SQLite file of the data directory (layout.ts dbPath). */
   sqlitePath: string;
 }
 
 export async function openIndex(opts: IndexOptions): Promise<Index> {
-  if (opts.database !== undefined) throw new Error(`unsupported --database ${opts.database.replace(/\/\/[^@/]*@/, '//…@')}`);
+  if (opts.database !== undefined) {
+    // Loaded on demand: the default never loads pg.
+    const [{ PostgresIndex }, { PG_DEFAULTS }] = await Promise.all([import('./postgres.js'), import('./postgres-pool.js')]);
+    return PostgresIndex.open({
+      url: opts.database,
+      poolSize: opts.databasePool ?? PG_DEFAULTS.poolSize,
+      timeoutMs: opts.databaseTimeoutMs ?? PG_DEFAULTS.timeoutMs,
+    });
+  }
   return new SqliteIndex(opts.sqlitePath);
 }
