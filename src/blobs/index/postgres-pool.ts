@@ -196,6 +196,10 @@ export class PgPool {
           continue;
         }
         if (!begun && dead && attempt === 1 && !/timeout/i.test((e as Error).message) && code !== '57014') continue;
+        // Still conflicting after every attempt: the database is too busy for now, as for a timeout.
+        if (code !== undefined && RETRYABLE.has(code)) {
+          throw new IndexUnavailable(this.description, `${code}: ${(e as Error).message.slice(0, 200)} (${ATTEMPTS} attempts)`);
+        }
         throw this.unavailable(e);
       }
     }
