@@ -78,7 +78,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
       : createServer();
   } catch (e) {
     await source?.close();
-    storage.close();
+    await storage.close();
     throw e;
   }
   const connections = limitConnections(server, { ...limits, tls: !!tls });
@@ -151,7 +151,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
         clearTimeout(force);
         clearInterval(sweep);
         await source?.close();
-        storage.close();
+        await storage.close();
         rmSync(storage.layout.pidPath, { force: true });
       })();
       return closing;

@@ -7,7 +7,7 @@
 import { promises as fs } from 'node:fs';
 import { dirname } from 'node:path';
 import { LRUCache } from 'lru-cache';
-import type { Index } from './index.js';
+import type { Index } from './index/index.js';
 import type { BlobStore } from './store/blob-store.js';
 import type { Layout } from './layout.js';
 import { StorageFull, noSpaceCode } from './errors.js';

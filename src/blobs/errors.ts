@@ -39,6 +39,14 @@ export class UploadOutOfOrder extends StorageError {
   get detail() { return { offset: this.offset }; }
 }
 
+/** Too many unfinished uploads to start another: `open` counts them, `limits` bound them. */
+export class TooManyUploads extends StorageError {
+  constructor(readonly open: { repo: number; client: number; total: number }, readonly limits: { repo: number; client: number; total: number }) {
+    super('too many unfinished uploads');
+  }
+  get detail() { return {}; }
+}
+
 /** A body whose length differs from what the client declared for it. */
 export class SizeMismatch extends StorageError {
   constructor(message: string) { super(message); }

@@ -1,5 +1,5 @@
 // Content-addressed storage: blobs in a blob store (store/: the local disk, or S3) plus
-// the SQLite index, behind one API that the HTTP handlers and the image builder both
+// the index (index/: SQLite, or PostgreSQL), behind one API that the HTTP handlers and the image builder both
 // use. This file opens, reconciles and closes storage and is the one entry point; the
 // work is done by its parts: files.ts (blob content), uploads.ts (upload sessions),
 // manifests.ts (manifests, tags, listings), over core.ts (layout, index, store, locks).
@@ -17,7 +17,8 @@ import type { BlobStore, ByteRange } from './store/blob-store.js';
 import { DiskStore } from './store/disk.js';
 import type { S3Options } from './store/s3.js';
 import { BlobFiles } from './files.js';
-import { Index, type BuildRow, type LayerRow, type ReferrerRow, type ReferrersPage } from './index.js';
+import type { BuildRow, Index, LayerRow, ReferrerRow, ReferrersPage, UploadCounts } from './index/index.js';
+import { openIndex } from './index/open.js';
 import { Layout } from './layout.js';
 import { Manifests, type ManifestInfo } from './manifests.js';
 import { collectGarbage, type GcReport } from './gc.js';
@@ -25,6 +26,8 @@ import { Quota, type Eviction } from './quota.js';
 import { Uploads } from './uploads.js';
 
 export interface StorageOptions {
+  /** The index in PostgreSQL (--database postgres://…); default: SQLite in the data directory. */
+  database?: string | undefined;
   /** Blobs and uploads in S3 (--storage s3://…); default: the local disk under the data directory. */
   s3?: S3Options | undefined;
   /** What a background reconciliation of a remote store did, or why it failed (for the log). */
@@ -77,10 +80,10 @@ export class Storage {
 
   readonly store: BlobStore;
 
-  private constructor(root: string, opts: StorageOptions, store: BlobStore | undefined) {
+  private constructor(root: string, opts: StorageOptions, store: BlobStore | undefined, index: Index) {
     this.layout = new Layout(root);
     this.store = store ?? new DiskStore(this.layout);
-    this.index = new Index(this.layout.dbPath);
+    this.index = index;
     const core = this.core = new StoreCore(this.layout, this.index, this.store);
     this.uploadMaxAgeMs = opts.uploadMaxAgeMs ?? 24 * 3600_000;
     this.files = new BlobFiles(core);
@@ -97,11 +100,11 @@ export class Storage {
     for (const d of [layout.root, ...local, layout.tmpDir, layout.gcrootsDir, layout.logsDir]) {
       await fs.mkdir(d, { recursive: true });
     }
-    const s = new Storage(root, opts, await remoteStore(opts));
+    const s = await Storage.make(root, opts);
     try {
       await s.checkStore();
     } catch (e) {
-      s.close();
+      await s.close();
       throw e;
     }
     await s.reconcile();
@@ -123,18 +126,35 @@ export class Storage {
    * an orphan), no timers.
    */
   static async inspect(root: string, opts: StorageOptions = {}): Promise<Storage> {
-    return new Storage(root, { ...opts, gcIntervalMs: 0 }, await remoteStore(opts));
+    return Storage.make(root, { ...opts, gcIntervalMs: 0 });
+  }
+
+  private static async make(root: string, opts: StorageOptions): Promise<Storage> {
+    const store = await remoteStore(opts);
+    let index: Index;
+    try {
+      index = await openIndex({ database: opts.database, sqlitePath: new Layout(root).dbPath });
+    } catch (e) {
+      store?.close();
+      throw e;
+    }
+    return new Storage(root, opts, store, index);
   }
 
   private closed = false;
 
-  close(): void {
+  /** Stops the timers, writes the last pull times, closes the index and the store. */
+  async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
     if (this.purgeTimer) clearInterval(this.purgeTimer);
     if (this.gcTimer) clearInterval(this.gcTimer);
-    this.quota.close();
-    this.index.close();
-    this.store.close();
+    try {
+      await this.quota.close();
+      await this.index.close();
+    } finally {
+      this.store.close();
+    }
   }
 
   /** A collection asked for and not yet started, per kind (see gc()). */
@@ -200,7 +220,7 @@ export class Storage {
   /** A client pulled manifest `digest` of `repo`: the quota evicts what is pulled least. */
   notePulled(repo: string, digest: string): void { this.quota.pulled(repo, digest); }
   /** Bytes that only built images use (what --cache-max-bytes bounds). */
-  cacheUsage(): number { return this.quota.usage(); }
+  cacheUsage(): Promise<number> { return this.quota.usage(); }
   /**
    * Marks work in progress that links blobs before a manifest references them (a
    * build): GC and the quota spare whatever is created or linked until it is released.
@@ -264,8 +284,8 @@ export class Storage {
   // ---------------------------------------------------------------- blobs (files.ts)
 
   /** Size of a blob as visible in `repo`, or undefined if not linked there. */
-  blobSize(repo: string, digest: string): number | undefined {
-    const size = this.files.size(repo, digest);
+  async blobSize(repo: string, digest: string): Promise<number | undefined> {
+    const size = await this.files.size(repo, digest);
     // A client looking at a blob may be about to reference it from a manifest (gc.ts).
     if (size !== undefined) this.core.touch(repo, digest);
     return size;
@@ -285,9 +305,11 @@ export class Storage {
 
   // ---------------------------------------------------------------- uploads (uploads.ts)
 
-  startUpload(repo: string, client?: string): string { return this.uploads.start(repo, client); }
-  /** Unfinished uploads of `repo`, of `client`, and in all (for the limits above). */
-  openUploads(repo: string, client: string) { return this.index.openUploads(repo, client); }
+  /**
+   * Starts an upload; with `limits` (per repository, per client, in all), only while the
+   * unfinished uploads are under them, checked and recorded atomically (TooManyUploads).
+   */
+  startUpload(repo: string, client?: string, limits?: UploadCounts): Promise<string> { return this.uploads.start(repo, client, limits); }
   uploadOffset(repo: string, id: string) { return this.uploads.offset(repo, id); }
   appendUpload(repo: string, id: string, source: Readable, start?: number, length?: number) {
     return this.uploads.append(repo, id, source, start, length);
@@ -297,29 +319,29 @@ export class Storage {
 
   // ---------------------------------------------------------------- manifests and tags (manifests.ts)
 
-  resolveManifest(repo: string, ref: Reference): Descriptor | undefined { return this.manifests.resolve(repo, ref); }
+  resolveManifest(repo: string, ref: Reference): Promise<Descriptor | undefined> { return this.manifests.resolve(repo, ref); }
   readManifest(d: Descriptor): Promise<Buffer> { return this.manifests.read(d); }
   putManifest(repo: string, body: Buffer, info: ManifestInfo, tag?: string, digest?: string): Promise<Descriptor> {
     return this.manifests.put(repo, body, info, tag, digest);
   }
   deleteManifest(repo: string, digest: string) { return this.manifests.delete(repo, digest); }
-  tag(repo: string, tag: string, digest: string): void { this.manifests.tag(repo, tag, digest); }
-  deleteTag(repo: string, tag: string): boolean { return this.manifests.deleteTag(repo, tag); }
-  listTags(repo: string, last: string, n: number): string[] | undefined { return this.manifests.listTags(repo, last, n); }
+  tag(repo: string, tag: string, digest: string): Promise<void> { return this.manifests.tag(repo, tag, digest); }
+  deleteTag(repo: string, tag: string): Promise<boolean> { return this.manifests.deleteTag(repo, tag); }
+  listTags(repo: string, last: string, n: number): Promise<string[] | undefined> { return this.manifests.listTags(repo, last, n); }
   /** One page of the manifests whose subject is `subject`, in digest order, without their annotations. */
-  referrers(repo: string, subject: string, page: ReferrersPage): ReferrerRow[] { return this.manifests.referrers(repo, subject, page); }
+  referrers(repo: string, subject: string, page: ReferrersPage): Promise<ReferrerRow[]> { return this.manifests.referrers(repo, subject, page); }
   /** A referrer's annotations as JSON (megabytes, possibly): read only for the page being answered. */
-  referrerAnnotations(repo: string, digest: string): Buffer | undefined { return this.manifests.referrerAnnotations(repo, digest); }
-  catalog(last: string, n: number): string[] { return this.index.listRepos(last, n); }
-  repositoryExists(repo: string): boolean { return this.index.repoId(repo) !== undefined; }
+  referrerAnnotations(repo: string, digest: string): Promise<Buffer | undefined> { return this.manifests.referrerAnnotations(repo, digest); }
+  catalog(last: string, n: number): Promise<string[]> { return this.index.listRepos(last, n); }
+  async repositoryExists(repo: string): Promise<boolean> { return await this.index.repository(repo) !== undefined; }
 
   /** What storage holds in memory and in flight, for operators and the bounds' tests. */
-  stats() {
+  async stats() {
     return {
       trackedRepositories: this.core.trackedRepositories,
       cachedReferences: this.manifests.cachedReferences,
       liveUploads: this.uploads.liveCount,
-      openUploads: this.index.uploadCount(),
+      openUploads: await this.index.uploadCount(),
       gc: { ...this.gcTotals },
     };
   }
@@ -330,18 +352,18 @@ export class Storage {
   // uses these and never the index or the layout itself.
 
   /** The record of `repo`'s image built for `hash`, evicted or not. */
-  getBuild(repo: string, hash: string): BuildRow | undefined { return this.index.getBuild(repo, hash); }
+  getBuild(repo: string, hash: string): Promise<BuildRow | undefined> { return this.index.getBuild(repo, hash); }
   /** Records a finished build (it counts as pulled now). */
-  putBuild(b: Omit<BuildRow, 'evicted_at'>): void { this.index.putBuild(b); }
+  putBuild(b: Omit<BuildRow, 'evicted_at'>): Promise<void> { return this.index.putBuild(b); }
   /** Whether any image was ever built in `repo`. */
-  hasBuilds(repo: string): boolean { return this.index.hasBuilds(repo); }
+  hasBuilds(repo: string): Promise<boolean> { return this.index.hasBuilds(repo); }
   /** The manifest digest `tag` names in `repo`, without reading the manifest. */
-  tagged(repo: string, tag: string): string | undefined { return this.index.resolveTag(repo, tag); }
+  tagged(repo: string, tag: string): Promise<string | undefined> { return this.index.resolveTag(repo, tag); }
   /** A layer built before with the same contents key, if its blob is still stored. */
-  getLayer(key: string): LayerRow | undefined { return this.index.getLayer(key); }
-  putLayer(key: string, layer: LayerRow): void { this.index.putLayer(key, layer); }
+  getLayer(key: string): Promise<LayerRow | undefined> { return this.index.getLayer(key); }
+  putLayer(key: string, layer: LayerRow): Promise<void> { return this.index.putLayer(key, layer); }
   /** Links a stored blob into `repo`; false if the blob is not stored. */
-  linkBlob(repo: string, digest: string): boolean { return this.index.linkBlob(repo, digest); }
+  linkBlob(repo: string, digest: string): Promise<boolean> { return this.index.linkBlob(repo, digest); }
   /** The data directory: tells stores in one process apart. */
   get root(): string { return this.layout.root; }
   /** Scratch files of writes, on the blobs' file system (committed with commitFile). */

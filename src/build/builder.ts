@@ -75,7 +75,7 @@ export class Builder {
    * callers: a job that finds the build under way joins it, its progress and its log).
    */
   async ensureBuilt(ev: Evaluation, job: Job): Promise<BuiltImage> {
-    const done = this.records.lookup(ev.repo, ev.hash);
+    const done = await this.records.lookup(ev.repo, ev.hash);
     if (done) return done;
     const key = `${ev.repo}\0${ev.hash}`;
     const failed = this.failures.get(key);
@@ -102,7 +102,7 @@ export class Builder {
 
   private async runBuild(ev: Evaluation, job: Job): Promise<BuiltImage> {
     // Another caller may have finished this image while we queued.
-    const done = this.records.lookup(ev.repo, ev.hash);
+    const done = await this.records.lookup(ev.repo, ev.hash);
     if (done) return done;
     this.buildsStarted++;
     job.buildStarted = Date.now();
@@ -146,7 +146,7 @@ export class Builder {
         built = await assembleImage(this.storage, ev.repo, { ...ev.spec, contents: outs }, closure, ev.hash, undefined,
           AbortSignal.timeout(Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started))), progress, this.o.compression);
       }
-      this.records.record(ev, built, built.hash === ev.hash ? raw.imagePath : outs[0]!);
+      await this.records.record(ev, built, built.hash === ev.hash ? raw.imagePath : outs[0]!);
       await this.records.enforceQuota(ev.repo, built.manifest.digest);
       ok = true;
       job.line(`stored ${built.manifest.digest} as ${ev.repo}:${built.hash}`);

@@ -19,7 +19,7 @@ export interface ImageSource {
    * Whether the source answers pulls of `repo`: what it owns, and with --packages the
    * package lists (which stay open to pushes: a pushed repository is plain storage).
    */
-  serves(repo: string): boolean;
+  serves(repo: string): Promise<boolean>;
   /**
    * Produces (building if needed) the manifest for `ref` in `repo`, already stored and
    * recorded in the blob store. `accepts` tells which manifest media types the client
@@ -39,7 +39,7 @@ export interface ImageSource {
    * Starts building `repo:tag` (latest or a hash tag) as a job, or joins the one under
    * way; returns at once. Throws as resolve() does for what cannot be built.
    */
-  startBuild(repo: string, tag: string): JobView;
+  startBuild(repo: string, tag: string): Promise<JobView>;
   /** The log of a running or recent build: its file, and how to wait for it to grow. */
   buildLog(id: string): BuildLogHandle | undefined;
   /** Counters for operators (builds, evaluations, queue, Nix processes). */

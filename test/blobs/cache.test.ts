@@ -58,31 +58,28 @@ test('the storage cache itself: resolveManifest is per repository and invalidate
   const img = await pushImage(reg.url, 'cache/e', 't', { salt: 'e' });
   await pushImage(reg.url, 'cache/f', 't', { salt: 'e' });
   for (let i = 0; i < 2; i++) {
-    assert.equal(s.resolveManifest('cache/e', { tag: 't' })?.digest, img.digest);
-    assert.equal(s.resolveManifest('cache/f', { tag: 't' })?.digest, img.digest);
-    assert.equal(s.resolveManifest('cache/f', { digest: img.digest })?.digest, img.digest);
+    assert.equal((await s.resolveManifest('cache/e', { tag: 't' }))?.digest, img.digest);
+    assert.equal((await s.resolveManifest('cache/f', { tag: 't' }))?.digest, img.digest);
+    assert.equal((await s.resolveManifest('cache/f', { digest: img.digest }))?.digest, img.digest);
   }
-  assert.equal(s.deleteTag('cache/e', 't'), true);
-  assert.equal(s.resolveManifest('cache/e', { tag: 't' }), undefined);
-  assert.equal(s.resolveManifest('cache/f', { tag: 't' })?.digest, img.digest);
+  assert.equal(await s.deleteTag('cache/e', 't'), true);
+  assert.equal((await s.resolveManifest('cache/e', { tag: 't' })), undefined);
+  assert.equal((await s.resolveManifest('cache/f', { tag: 't' }))?.digest, img.digest);
   assert.equal(await s.deleteManifest('cache/f', img.digest), true);
-  assert.equal(s.resolveManifest('cache/f', { digest: img.digest }), undefined);
-  assert.equal(s.resolveManifest('cache/e', { digest: img.digest })?.digest, img.digest);
+  assert.equal((await s.resolveManifest('cache/f', { digest: img.digest })), undefined);
+  assert.equal((await s.resolveManifest('cache/e', { digest: img.digest }))?.digest, img.digest);
   // A cached hit answers without SQLite: close the statement path and it still resolves.
-  s.resolveManifest('cache/e', { digest: img.digest });
-  const getManifest = s.index.getManifest;
-  const resolveTag = s.index.resolveTag;
+  await s.resolveManifest('cache/e', { digest: img.digest });
+  const lookup = s.index.lookup;
   let dbCalls = 0;
-  s.index.getManifest = (...args) => { dbCalls++; return getManifest.apply(s.index, args); };
-  s.index.resolveTag = (...args) => { dbCalls++; return resolveTag.apply(s.index, args); };
+  s.index.lookup = (...args) => { dbCalls++; return lookup.apply(s.index, args); };
   try {
-    for (let i = 0; i < 100; i++) assert.equal(s.resolveManifest('cache/e', { digest: img.digest })?.digest, img.digest);
+    for (let i = 0; i < 100; i++) assert.equal((await s.resolveManifest('cache/e', { digest: img.digest }))?.digest, img.digest);
     const r = await http(reg.url, 'GET', `/v2/cache/e/manifests/${img.digest}`);
     assert.equal(r.status, 200);
     assert.equal(dbCalls, 0, 'hot path: no SQLite on a cached manifest GET');
   } finally {
-    s.index.getManifest = getManifest;
-    s.index.resolveTag = resolveTag;
+    s.index.lookup = lookup;
   }
 });
 
@@ -92,11 +89,11 @@ test('per-repository generations are bounded, and evicting one never serves a st
   const two = await pushImage(reg.url, 'cache/evicted', 'w', { salt: 'two' });
   const evict = () => { for (let i = 0; i < 10_050; i++) (s as unknown as { core: { bump(r: string): void } }).core.bump(`cache/filler${i}`); };
   evict();
-  assert.ok(s.stats().trackedRepositories <= 10_000);
+  assert.ok((await s.stats()).trackedRepositories <= 10_000);
   // Cached while the repository's generation was evicted…
-  assert.equal(s.resolveManifest('cache/evicted', { tag: 'v' })?.digest, one.digest);
+  assert.equal((await s.resolveManifest('cache/evicted', { tag: 'v' }))?.digest, one.digest);
   // …then changed (a new generation), then evicted again: the old entry must not return.
-  s.tag('cache/evicted', 'v', two.digest);
+  await s.tag('cache/evicted', 'v', two.digest);
   evict();
-  assert.equal(s.resolveManifest('cache/evicted', { tag: 'v' })?.digest, two.digest);
+  assert.equal((await s.resolveManifest('cache/evicted', { tag: 'v' }))?.digest, two.digest);
 });

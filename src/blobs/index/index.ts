@@ -94,6 +94,9 @@ export interface UploadRow {
   claimed_by: string | null;
 }
 
+/** Unfinished uploads of one repository, of one client, and in all (or the limits of each). */
+export interface UploadCounts { repo: number; client: number; total: number }
+
 /** An upload as the purge of stale uploads sees it. */
 export interface UploadListing {
   id: string;
@@ -221,7 +224,7 @@ export interface Index {
   readonly description: string;
   /** Closes it; calls after close reject. */
   close(): Promise<void>;
-  /** Resolves when the index answers a trivial query; rejects otherwise (readiness). */
+  /** Resolves when the index answers a trivial query; rejects otherwise, within the implementation's own deadline (readiness). */
   ping(): Promise<void>;
 
   // ------------------------------------------------------------------ blobs and links
@@ -249,8 +252,8 @@ export interface Index {
 
   // ------------------------------------------------------------------ repositories
 
-  /** Whether a repository row exists. */
-  repositoryExists(name: string): Promise<boolean>;
+  /** The repository of that name; undefined if it has no row. */
+  repository(name: string): Promise<RepoKey | undefined>;
   /** Names after `last` of repositories holding a manifest or a link, in byte order, at most `n`. */
   listRepos(last: string, n: number): Promise<string[]>;
   /** Every repository row (garbage collection walks them). */
@@ -292,10 +295,16 @@ export interface Index {
 
   // ------------------------------------------------------------------ uploads
 
-  /** Records a new upload (does not create the repository). */
-  createUpload(id: string, repo: string, client: string): Promise<void>;
+  /**
+   * Records a new upload (does not create the repository). With `limits`, atomically
+   * with counting the unfinished uploads (registry-wide: PostgreSQL serialises the count
+   * and the insert, e.g. by an advisory lock), and only if each count is under its limit:
+   * concurrent starts cannot both take the last free slot. Returns the counts when it
+   * refuses (nothing written), undefined when it recorded the upload.
+   */
+  createUpload(id: string, repo: string, client: string, limits?: UploadCounts): Promise<UploadCounts | undefined>;
   /** Unfinished uploads of a repository, of a client, and in all. */
-  openUploads(repo: string, client: string): Promise<{ repo: number; client: number; total: number }>;
+  openUploads(repo: string, client: string): Promise<UploadCounts>;
   uploadCount(): Promise<number>;
   getUpload(id: string): Promise<UploadRow | undefined>;
   /** The upload was used now; `staged`, if given, replaces where its bytes stand. No-op for a missing upload. */

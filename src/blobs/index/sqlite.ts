@@ -9,7 +9,7 @@
 import type Database from 'better-sqlite3';
 import type {
   BlobUse, BuildRow, Index, LayerRow, ManifestRow, NewManifest, References, ReferrerRow, ReferrersPage,
-  RepoKey, RepoSnapshot, RepoWrites, SweepResult, SweepStep, UploadListing, UploadRow, WritesSince,
+  RepoKey, RepoSnapshot, RepoWrites, SweepResult, SweepStep, UploadCounts, UploadListing, UploadRow, WritesSince,
 } from './index.js';
 import { SqliteGc } from './sqlite-gc.js';
 import { openDatabase } from './sqlite-schema.js';
@@ -169,7 +169,10 @@ export class SqliteIndex implements Index {
     return { blobs: r.n, bytes: r.bytes };
   }
 
-  async repositoryExists(name: string) { return this.repoId(name) !== undefined; }
+  async repository(name: string): Promise<RepoKey | undefined> {
+    const id = this.repoId(name);
+    return id === undefined ? undefined : { id, name };
+  }
   async listRepos(last: string, n: number) { return this.s.listRepos.all(last, n).map((r) => r.name); }
   async repositories() { return this.gc.repositories(); }
 
@@ -228,13 +231,21 @@ export class SqliteIndex implements Index {
     return id === undefined ? undefined : this.s.annotations.get(id, digest)?.json;
   }
 
-  async createUpload(id: string, repo: string, client: string): Promise<void> {
-    const t = now();
-    this.s.insertUpload.run(id, repo, client, t, t);
+  async createUpload(id: string, repo: string, client: string, limits?: UploadCounts): Promise<UploadCounts | undefined> {
+    return this.db.transaction(() => {
+      if (limits) {
+        const open = this.counts(repo, client);
+        if (open.repo >= limits.repo || open.client >= limits.client || open.total >= limits.total) return open;
+      }
+      const t = now();
+      this.s.insertUpload.run(id, repo, client, t, t);
+      return undefined;
+    })();
   }
-  async openUploads(repo: string, client: string) {
+  private counts(repo: string, client: string): UploadCounts {
     return { repo: this.s.uploadsOfRepo.get(repo)!.n, client: this.s.uploadsOfClient.get(client)!.n, total: this.s.uploadCount.get()!.n };
   }
+  async openUploads(repo: string, client: string) { return this.counts(repo, client); }
   async uploadCount() { return this.s.uploadCount.get()!.n; }
   async getUpload(id: string) { return this.s.getUpload.get(id); }
   async touchUpload(id: string, staged?: string) { this.s.touchUpload.run(now(), staged ?? null, id); }

@@ -16,7 +16,7 @@ export function getBlob(ctx: Ctx) {
   return async (req: Request, res: Response) => {
     const repo = repoOf(req);
     const digest = checkDigest(String(req.params.digest));
-    const size = ctx.storage.blobSize(repo, digest);
+    const size = await ctx.storage.blobSize(repo, digest);
     if (size === undefined) throw blobUnknown(repo, digest);
     const etag = `"${digest}"`;
     res.set({

@@ -40,12 +40,12 @@ export function getManifest(ctx: Ctx) {
     const accept = req.headers.accept;
     const ok = (mt: string) => accepts(accept, mt);
     // serves() looks for the repository's image file on disk: once per request is enough.
-    const owned = ctx.source?.serves(repo) ?? false;
+    const owned = ctx.source ? await ctx.source.serves(repo) : false;
     let d: Descriptor | undefined;
     if (owned) d = await ctx.source!.resolve(repo, ref, ok);
-    d ??= ctx.storage.resolveManifest(repo, ref);
+    d ??= await ctx.storage.resolveManifest(repo, ref);
     if (!d) {
-      if (!owned && !ctx.storage.repositoryExists(repo)) {
+      if (!owned && !await ctx.storage.repositoryExists(repo)) {
         throw new RegistryError('NAME_UNKNOWN', `repository ${repo} not known to registry`, { name: repo });
       }
       throw manifestUnknown(repo, ref);
@@ -91,7 +91,7 @@ export function putManifest(ctx: Ctx) {
       }
       // Moving a tag that points elsewhere is `update`; the route's check was `create`.
       if (ref.tag !== undefined && ctx.gate.enabled) {
-        const current = ctx.storage.resolveManifest(repo, { tag: ref.tag });
+        const current = await ctx.storage.resolveManifest(repo, { tag: ref.tag });
         if (current && current.digest !== digest) ctx.gate.need(req, repo, 'update');
       }
       await ctx.storage.putManifest(repo, body, { ...parsed, byDigest: ref.tag === undefined }, ref.tag, digest);
@@ -113,7 +113,7 @@ export function deleteManifest(ctx: Ctx) {
     const ref = lookupRefOf(req);
     checkWritable(ctx, repo);
     const found = ref.tag !== undefined
-      ? ctx.storage.deleteTag(repo, ref.tag)
+      ? await ctx.storage.deleteTag(repo, ref.tag)
       : await ctx.storage.deleteManifest(repo, ref.digest!);
     if (!found) throw manifestUnknown(repo, ref);
     res.status(202).set('Content-Length', '0').end();
