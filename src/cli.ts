@@ -63,6 +63,7 @@ withBuildOptions(program
           uploadMaxAgeMs: cfg.uploadMaxAgeMs, gcGraceMs: cfg.gcGraceMs, gcIntervalMs: cfg.gcIntervalMs, cacheMaxBytes: cfg.cacheMaxBytes,
           onGc: (r) => { if (!r.dryRun) log.info({ gc: r }, 'garbage collected'); },
           s3: cfg.storage,
+          database: cfg.database?.url, databasePool: cfg.database?.poolSize, databaseTimeoutMs: cfg.database?.timeoutMs,
           onReconcile: (r) => { if (r instanceof Error) log.warn({ err: r }, 'reconciling the blob store failed; it is retried at the next start'); else log.info({ reconciled: r }, 'blob store reconciled'); },
         },
         blobRedirectSeconds: cfg.s3RedirectSeconds,
@@ -95,7 +96,7 @@ withBuildOptions(program
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
     // Announced only once signals are handled: whoever waits for this line may stop us at once.
-    log.info({ url: reg.url, data: cfg.data, blobs: reg.storage.store.description, images: cfg.images, tls: !!cfg.tls, auth: cfg.auth ?? null }, 'nixreg listening');
+    log.info({ url: reg.url, data: cfg.data, blobs: reg.storage.store.description, index: reg.storage.index.description, images: cfg.images, tls: !!cfg.tls, auth: cfg.auth ?? null }, 'nixreg listening');
     // Learn now, not at the first pull, whether Nix can build here; the check logs one
     // warning with the fix if not. Serving does not wait for it: push and pull need no Nix.
     source?.builder.health.ready().catch(() => {});

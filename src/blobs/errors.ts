@@ -95,6 +95,16 @@ export class IndexUnavailable extends StorageError {
 }
 
 /**
+ * Another process sharing the index (a replica over PostgreSQL) is collecting garbage or
+ * evicting from the cache now: one at a time among them all, and this one's turn comes.
+ */
+export class CollectionRunning extends StorageError {
+  readonly retryAfterSeconds = 60;
+  constructor() { super('another replica is collecting garbage now; retry later'); }
+  get detail() { return {}; }
+}
+
+/**
  * A blob the store does not hold (deleted between the index lookup and the read). Its
  * `code` is ENOENT whatever the store, so callers treat it as a file that is gone.
  */

@@ -55,7 +55,8 @@
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import type { StoreCore } from './core.js';
-import type { RepoKey, RepoSnapshot } from './index/index.js';
+import { CollectionRunning } from './errors.js';
+import type { Index, RepoKey, RepoSnapshot } from './index/index.js';
 import { Mark, READS_AT_ONCE, pace, piece } from './mark.js';
 
 export interface GcOptions {
@@ -283,4 +284,16 @@ export async function collectGarbage(core: StoreCore, opts: GcOptions): Promise<
     phases,
     ...(dry ? { items: { manifests: tally.gone, blobs: tally.dropped } } : {}),
   };
+}
+
+/**
+ * This process's turn to collect or evict among the processes sharing the index (one at
+ * a time: Index.collectorLock); within a process, Storage already runs them one at a
+ * time. Throws CollectionRunning while another process has it.
+ */
+export async function collectorTurn(index: Index): Promise<() => Promise<void>> {
+  if (!index.collectorLock) return async () => {};
+  const release = await index.collectorLock();
+  if (!release) throw new CollectionRunning();
+  return release;
 }

@@ -10,8 +10,8 @@ import { promises as fs } from 'node:fs';
 import type { Readable } from 'node:stream';
 import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
-import { StoreCore } from './core.js';
-import { StorageUnavailable } from './errors.js';
+import { StoreCore, removeOlder } from './core.js';
+import { CollectionRunning, StorageUnavailable } from './errors.js';
 import { reconcileBlobs, type Reconciled } from './reconcile.js';
 import type { BlobStore, ByteRange } from './store/blob-store.js';
 import { DiskStore } from './store/disk.js';
@@ -21,13 +21,16 @@ import type { BuildRow, Index, LayerRow, ReferrerRow, ReferrersPage, UploadCount
 import { openIndex } from './index/open.js';
 import { Layout } from './layout.js';
 import { Manifests, type ManifestInfo } from './manifests.js';
-import { collectGarbage, type GcReport } from './gc.js';
+import { collectGarbage, collectorTurn, type GcReport } from './gc.js';
 import { Quota, type Eviction } from './quota.js';
 import { Uploads } from './uploads.js';
 
 export interface StorageOptions {
   /** The index in PostgreSQL (--database postgres://…); default: SQLite in the data directory. */
   database?: string | undefined;
+  /** With `database`: connections at most, and the deadline of each wait and statement (ms). */
+  databasePool?: number | undefined;
+  databaseTimeoutMs?: number | undefined;
   /** Blobs and uploads in S3 (--storage s3://…); default: the local disk under the data directory. */
   s3?: S3Options | undefined;
   /** What a background reconciliation of a remote store did, or why it failed (for the log). */
@@ -133,7 +136,7 @@ export class Storage {
     const store = await remoteStore(opts);
     let index: Index;
     try {
-      index = await openIndex({ database: opts.database, sqlitePath: new Layout(root).dbPath });
+      index = await openIndex({ ...opts, sqlitePath: new Layout(root).dbPath });
     } catch (e) {
       store?.close();
       throw e;
@@ -183,7 +186,14 @@ export class Storage {
     this.gcWaiting[kind] = entry;
     entry.report = this.oneAtATime(async () => {
       if (this.gcWaiting[kind] === entry) this.gcWaiting[kind] = undefined;
-      const report = await collectGarbage(this.core, { graceMs: opts.graceMs ?? this.opts.gcGraceMs ?? 3600_000, dryRun: opts.dryRun });
+      // A dry run only reads: it needs no turn among replicas.
+      const release = opts.dryRun ? undefined : await collectorTurn(this.index);
+      let report: GcReport;
+      try {
+        report = await collectGarbage(this.core, { graceMs: opts.graceMs ?? this.opts.gcGraceMs ?? 3600_000, dryRun: opts.dryRun });
+      } finally {
+        await release?.();
+      }
       if (!report.dryRun) {
         const t = this.gcTotals;
         t.runs++;
@@ -206,7 +216,10 @@ export class Storage {
     const max = this.opts.cacheMaxBytes;
     if (max === undefined) return undefined;
     return this.oneAtATime(async () => {
-      const e = await this.quota.enforce(max, { repo, manifest });
+      // Another replica collecting or evicting now: the quota is enforced again after the next build.
+      const release = await collectorTurn(this.index).catch((err: unknown) => { if (err instanceof CollectionRunning) return undefined; throw err; });
+      if (!release) return undefined;
+      const e = await this.quota.enforce(max, { repo, manifest }).finally(release);
       if (e.images.length) {
         const t = this.gcTotals;
         t.evictions += e.images.length;
@@ -233,11 +246,14 @@ export class Storage {
    * Brings index and blob store back into agreement after a crash (reconcile.ts). A
    * local disk is reconciled at open, before any request: at run time it could take a
    * blob published but whose row is not yet written for an orphan. A remote store, which
-   * may take long to list, in the background with a grace period instead.
+   * may take long to list, in the background with a grace period instead; so is any
+   * store of an index other processes share (replicas over PostgreSQL): they may be in
+   * mid-commit at any moment, on the shared store and in a shared tmp/.
    */
   async reconcile(): Promise<{ rowsDropped: number; filesRemoved: number; uploadsPurged: number }> {
     let blobs: Reconciled = { rowsDropped: 0, filesRemoved: 0 };
-    if (this.store.remote) {
+    const shared = this.index.shared;
+    if (this.store.remote || shared) {
       void (async () => {
         try {
           this.opts.onReconcile?.(await reconcileBlobs(this.core, 3600_000));
@@ -250,9 +266,12 @@ export class Storage {
     } else {
       blobs = await reconcileBlobs(this.core, 0);
     }
-    await fs.rm(this.layout.tmpDir, { recursive: true, force: true });
-    await fs.mkdir(this.layout.tmpDir, { recursive: true });
-    const uploadsPurged = this.store.remote ? 0 : await this.purgeStaleUploads();
+    if (shared) await removeOlder(this.layout.tmpDir, 3600_000);
+    else {
+      await fs.rm(this.layout.tmpDir, { recursive: true, force: true });
+      await fs.mkdir(this.layout.tmpDir, { recursive: true });
+    }
+    const uploadsPurged = this.store.remote || shared ? 0 : await this.purgeStaleUploads();
     return { ...blobs, uploadsPurged };
   }
 
@@ -377,3 +396,4 @@ export class Storage {
 
 /** The rows of the builder's facade, so that src/build need not import the index. */
 export type { BuildRow, LayerRow };
+

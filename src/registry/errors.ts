@@ -6,7 +6,7 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import {
-  DigestMismatch, IndexUnavailable, MissingReferences, SizeMismatch, StorageFull, StorageUnavailable, UploadOutOfOrder, UploadUnknown, noSpaceCode,
+  CollectionRunning, DigestMismatch, IndexUnavailable, MissingReferences, SizeMismatch, StorageFull, StorageUnavailable, UploadOutOfOrder, UploadUnknown, noSpaceCode,
 } from '../blobs/errors.js';
 import {
   ArchiveError, BuildFailed, BuildQueueFull, EvaluationFailed, InvalidImageSpec, NixUnavailable, NoImageExpression, StillBuilding,
@@ -57,6 +57,7 @@ const DOMAIN: [ErrorClass, ErrorCode, number?][] = [
   [StorageFull, 'UNAVAILABLE', 507],
   [StorageUnavailable, 'UNAVAILABLE', 503],
   [IndexUnavailable, 'UNAVAILABLE', 503],
+  [CollectionRunning, 'UNAVAILABLE', 503],
   [DigestMismatch, 'DIGEST_INVALID'],
   [MissingReferences, 'MANIFEST_BLOB_UNKNOWN'],
   [UploadUnknown, 'BLOB_UPLOAD_UNKNOWN'],

@@ -82,11 +82,11 @@ test('skopeo pushes through one replica and pulls through the other', { timeout:
 test('a tag moved or deleted on one replica is what the other serves next, with no stale cache', async () => {
   const one = await pushImage(a.url, 'pg/moving', 'v1', { salt: 'one' });
   const get = (r: RegistryProcess) => http(r.url, 'GET', '/v2/pg/moving/manifests/latest', { headers: { Accept: OCI_MANIFEST } });
-  assert.equal((await http(a.url, 'PUT', '/v2/pg/moving/manifests/latest', { headers: { 'content-type': OCI_MANIFEST }, body: one.body })).status, 201);
+  assert.equal((await http(a.url, 'PUT', '/v2/pg/moving/manifests/latest', { headers: { 'content-type': OCI_MANIFEST }, body: one.manifest })).status, 201);
   // Both have resolved (and may have cached) latest → one.
   for (const r of [a, b]) assert.equal(sha256((await get(r)).body), one.digest);
   const two = await pushImage(b.url, 'pg/moving', 'v2', { salt: 'two' });
-  assert.equal((await http(b.url, 'PUT', '/v2/pg/moving/manifests/latest', { headers: { 'content-type': OCI_MANIFEST }, body: two.body })).status, 201);
+  assert.equal((await http(b.url, 'PUT', '/v2/pg/moving/manifests/latest', { headers: { 'content-type': OCI_MANIFEST }, body: two.manifest })).status, 201);
   const seen = await get(a);
   assert.equal(seen.status, 200);
   assert.equal(sha256(seen.body), two.digest, 'the other replica serves the moved tag at once');

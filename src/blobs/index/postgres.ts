@@ -18,12 +18,17 @@
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import type {
   BlobUse, BuildRow, Index, LayerRow, ManifestRow, NewManifest, References, ReferrerRow, ReferrersPage,
-  RepoKey, RepoSnapshot, RepoWrites, SweepResult, SweepStep, UploadListing, UploadRow, WritesSince,
+  RepoKey, RepoSnapshot, RepoWrites, SweepResult, SweepStep, UploadCounts, UploadListing, UploadRow, WritesSince,
 } from './index.js';
 import { PgPool, type PgOptions, type Tx } from './postgres-pool.js';
 import { PostgresGc } from './postgres-gc.js';
 import { PgLocks } from './postgres-locks.js';
 import { NOW_MS, migrate } from './postgres-schema.js';
+
+/** Key of the advisory lock that starts of uploads under limits take (bigint key space; "nixreg" + 3). */
+const UPLOADS_LOCK = 0x6e69787265670003n;
+const COUNT_UPLOADS = `SELECT (SELECT count(*) FROM uploads WHERE repo = $1) AS repo, (SELECT count(*) FROM uploads WHERE client = $2) AS client,
+  (SELECT count(*) FROM uploads) AS total`;
 
 const MANIFEST_COLS = 'm.digest, m.media_type, m.size, m.artifact_type, m.subject';
 
@@ -164,7 +169,6 @@ export class PostgresIndex implements Index {
   async repository(name: string): Promise<RepoKey | undefined> {
     return this.one<RepoKey>('repository', 'SELECT id, name FROM repositories WHERE name = $1', [name]);
   }
-  async repositoryExists(name: string) { return await this.repository(name) !== undefined; }
   async listRepos(last: string, n: number) {
     return (await this.pool.query<{ name: string }>(`SELECT name FROM repositories r WHERE name > $1
         AND (EXISTS (SELECT 1 FROM manifests m WHERE m.repo_id = r.id) OR EXISTS (SELECT 1 FROM repo_blobs b WHERE b.repo_id = r.id))
@@ -264,15 +268,23 @@ export class PostgresIndex implements Index {
 
   // ------------------------------------------------------------------ uploads
 
-  async createUpload(id: string, repo: string, client: string): Promise<void> {
-    await this.pool.query(`INSERT INTO uploads (id, repo, client, started_at, updated_at) VALUES ($1, $2, $3, ${NOW_MS}, ${NOW_MS})`,
-      [id, repo, client]);
+  async createUpload(id: string, repo: string, client: string, limits?: UploadCounts): Promise<UploadCounts | undefined> {
+    const insert = `INSERT INTO uploads (id, repo, client, started_at, updated_at) VALUES ($1, $2, $3, ${NOW_MS}, ${NOW_MS})`;
+    if (!limits) {
+      await this.pool.query(insert, [id, repo, client]);
+      return undefined;
+    }
+    return this.pool.tx(async (t) => {
+      // Every start with limits, on every replica, counts and inserts one after the other:
+      // two cannot both take the last free slot. Held for two statements.
+      await t.query('SELECT pg_advisory_xact_lock($1)', [UPLOADS_LOCK.toString()]);
+      const open = (await t.query<UploadCounts>(COUNT_UPLOADS, [repo, client])).rows[0]!;
+      if (open.repo >= limits.repo || open.client >= limits.client || open.total >= limits.total) return open;
+      await t.query(insert, [id, repo, client]);
+      return undefined;
+    });
   }
-  async openUploads(repo: string, client: string) {
-    return (await this.pool.query<{ repo: number; client: number; total: number }>(`SELECT
-      (SELECT count(*) FROM uploads WHERE repo = $1) AS repo, (SELECT count(*) FROM uploads WHERE client = $2) AS client,
-      (SELECT count(*) FROM uploads) AS total`, [repo, client]))[0]!;
-  }
+  async openUploads(repo: string, client: string) { return (await this.pool.query<UploadCounts>(COUNT_UPLOADS, [repo, client]))[0]!; }
   async uploadCount() { return (await this.pool.query<{ n: number }>('SELECT count(*) AS n FROM uploads'))[0]!.n; }
   async getUpload(id: string) {
     return this.one<UploadRow>('getUpload', 'SELECT repo, started_at, updated_at, staged, claimed_by FROM uploads WHERE id = $1', [id]);
