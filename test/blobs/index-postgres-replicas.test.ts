@@ -132,6 +132,28 @@ test('upload claims run on the database clock: the other replica waits for a cla
   assert.equal((await a!.getUpload('u1'))?.claimed_by, 'B');
 });
 
+test('a replica whose clock is a minute slow still holds its claim for as long as it asked, on the database clock', async () => {
+  const url = await server.createDatabase();
+  const a = await PostgresIndex.open({ url, poolSize: 2, timeoutMs: TIMEOUT });
+  opened.push(a);
+  const real = Date.now;
+  const slow = () => real() - 60_000;
+  Date.now = slow;
+  let b: PostgresIndex;
+  try { b = await PostgresIndex.open({ url, poolSize: 2, timeoutMs: TIMEOUT }); } finally { Date.now = real; }
+  opened.push(b);
+  await a.createUpload('u1', 'app', '');
+  // B claims for 30 s by its own clock, a minute behind: on the database's, that is 30 s from now too.
+  assert.equal(await b.claimUpload('u1', 'B', slow() + 30_000), true);
+  assert.equal(await a.claimUpload('u1', 'A', Date.now() + 30_000), false, 'the slow replica\'s claim still runs');
+  // And B, looking with its clock, sees its claim run for about 30 s more.
+  Date.now = slow;
+  try {
+    const left = (await b.allUploads())[0]!.claimed_until! - Date.now();
+    assert.ok(left > 25_000 && left <= 30_000, String(left));
+  } finally { Date.now = real; }
+});
+
 test('the index paused: its methods fail with IndexUnavailable within the deadline, and work again once it resumes', async () => {
   const { all: [a, b] } = await replicas(2);
   await a!.addBlob('app', dg('e'), 1);

@@ -12,8 +12,10 @@
 //    before it is found unused, and a writer that needs it to stay (a link) holds it
 //    FOR KEY SHARE, which the first waits for: a link can never be made to a blob row
 //    being dropped, nor a row dropped under a link being made.
-//  - Upload claims run on the database's clock: a replica passes how long its claim
-//    lasts, not until when, so replicas whose clocks differ agree on whose claim runs.
+//  - Upload claims run on the database's clock: whether a claim still runs is decided by
+//    the database's clock, and a replica's `until` is moved onto that clock by the offset
+//    between the two (measured at open and every minute; 0 when within the measurement's
+//    error), so replicas whose clocks differ agree on whose claim runs.
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import type {
@@ -65,8 +67,8 @@ export async function dropBlobIfUnused(t: Tx, digest: string): Promise<boolean> 
   return (r.rowCount ?? 0) > 0;
 }
 
-/** An absolute time on this process's clock as a duration from now, which the database adds to its own. */
-const fromNow = (until: number) => Math.max(0, Math.round(until - Date.now()));
+/** How often the offset between this process's clock and the database's is measured again. */
+const CLOCK_EVERY_MS = 60_000;
 
 export class PostgresIndex implements Index {
   readonly shared = true;
@@ -75,12 +77,29 @@ export class PostgresIndex implements Index {
   private readonly gc: PostgresGc;
   private readonly locks: PgLocks;
 
+  /** The database's clock less this process's (ms): what a time of ours is on the database's clock. */
+  private offset = 0;
+  private readonly clockTimer: NodeJS.Timeout;
+
   private constructor(pool: PgPool) {
     this.pool = pool;
     this.description = pool.description;
     this.gc = new PostgresGc(pool);
     this.locks = new PgLocks(pool);
+    this.clockTimer = setInterval(() => { this.measureClock().catch(() => {}); }, CLOCK_EVERY_MS);
+    this.clockTimer.unref();
   }
+
+  /** Measures the offset; within the round trip's error it is taken as 0 (the clocks agree). */
+  private async measureClock(): Promise<void> {
+    const t0 = Date.now();
+    const [r] = await this.pool.query<{ now: number }>(`SELECT ${NOW_MS} AS now`);
+    const t1 = Date.now();
+    const offset = r!.now - (t0 + t1) / 2;
+    this.offset = Math.abs(offset) <= (t1 - t0) / 2 + 2 ? 0 : Math.round(offset);
+  }
+  /** A time of this process's clock on the database's. */
+  private ours(t: number): number { return Math.round(t + this.offset); }
 
   /** Connects, and migrates the schema (once, whoever else starts at the same moment). */
   static async open(o: PgOptions): Promise<PostgresIndex> {
@@ -91,13 +110,16 @@ export class PostgresIndex implements Index {
       await pool.close();
       throw pool.unavailable(e);
     }
-    return new PostgresIndex(pool);
+    const index = new PostgresIndex(pool);
+    await index.measureClock().catch(() => {});
+    return index;
   }
 
   private closed = false;
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.clockTimer);
     await this.locks.close();
     await this.pool.close();
   }
@@ -130,8 +152,9 @@ export class PostgresIndex implements Index {
   }
   async linkBlob(repo: string, digest: string): Promise<boolean> {
     return this.pool.tx(async (t) => {
-      const id = await shareRepo(t, repo);
+      // The blob first: a refused link must not create the repository.
       if (!(await t.query('SELECT 1 FROM blobs WHERE digest = $1 FOR KEY SHARE', [digest])).rowCount) return false;
+      const id = await shareRepo(t, repo);
       await t.query(`INSERT INTO repo_blobs (repo_id, digest, linked_at) VALUES ($1, $2, ${NOW_MS})
         ON CONFLICT (repo_id, digest) DO UPDATE SET linked_at = excluded.linked_at`, [id, digest]);
       return true;
@@ -294,23 +317,26 @@ export class PostgresIndex implements Index {
       [id, staged ?? null]);
   }
   async claimUpload(id: string, owner: string, until: number) {
-    return (await this.pool.named('claimUpload', `UPDATE uploads SET claimed_by = $2, claimed_until = ${NOW_MS} + $3
+    return (await this.pool.named('claimUpload', `UPDATE uploads SET claimed_by = $2, claimed_until = $3
       WHERE id = $1 AND (claimed_until IS NULL OR claimed_until < ${NOW_MS} OR claimed_by = $2) RETURNING 1`,
-    [id, owner, fromNow(until)])).length > 0;
+    [id, owner, this.ours(until)])).length > 0;
   }
   async takeOverClaim(id: string, from: string, owner: string, until: number) {
-    return (await this.pool.query(`UPDATE uploads SET claimed_by = $3, claimed_until = ${NOW_MS} + $4
-      WHERE id = $1 AND claimed_by = $2 RETURNING 1`, [id, from, owner, fromNow(until)])).length > 0;
+    return (await this.pool.query('UPDATE uploads SET claimed_by = $3, claimed_until = $4 WHERE id = $1 AND claimed_by = $2 RETURNING 1',
+      [id, from, owner, this.ours(until)])).length > 0;
   }
   async extendClaim(id: string, owner: string, until: number) {
-    await this.pool.named('extendClaim', `UPDATE uploads SET claimed_until = ${NOW_MS} + $3 WHERE id = $1 AND claimed_by = $2`,
-      [id, owner, fromNow(until)]);
+    await this.pool.named('extendClaim', 'UPDATE uploads SET claimed_until = $3 WHERE id = $1 AND claimed_by = $2', [id, owner, this.ours(until)]);
   }
   async releaseUpload(id: string, owner: string) {
     await this.pool.named('releaseUpload', 'UPDATE uploads SET claimed_until = NULL WHERE id = $1 AND claimed_by = $2', [id, owner]);
   }
   async deleteUpload(id: string) { await this.pool.query('DELETE FROM uploads WHERE id = $1', [id]); }
-  async allUploads() { return this.pool.query<UploadListing>('SELECT id, updated_at, staged, claimed_until FROM uploads'); }
+  async allUploads() {
+    // Claims back on this process's clock, which its caller compares them with.
+    return (await this.pool.query<UploadListing>('SELECT id, updated_at, staged, claimed_until FROM uploads'))
+      .map((u) => ({ ...u, claimed_until: u.claimed_until === null ? null : u.claimed_until - this.offset }));
+  }
 
   // ------------------------------------------------------------------ build-on-pull
 
