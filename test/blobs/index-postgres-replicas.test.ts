@@ -11,6 +11,7 @@ import pg from 'pg';
 import { IndexUnavailable } from '../../src/blobs/errors.js';
 import { PgPool } from '../../src/blobs/index/postgres-pool.js';
 import { PostgresIndex } from '../../src/blobs/index/postgres.js';
+import type { RepoWrites, SweepMark, WritesSince } from '../../src/blobs/index/index.js';
 import { MIGRATIONS, PG_SCHEMA_VERSION, SchemaTooNew, migrate } from '../../src/blobs/index/postgres-schema.js';
 import { startPostgres, type Postgres } from '../helpers/postgres.js';
 
@@ -76,6 +77,38 @@ test('a tag moved or deleted through one replica is what the other resolves next
   await a!.createUpload('u-a', 'app', '10.0.0.1');
   await b!.createUpload('u-b', 'app', '10.0.0.2');
   assert.deepEqual(await a!.openUploads('app', '10.0.0.2'), { repo: 2, client: 1, total: 2 });
+});
+
+test('a sweep step on one replica and a manifest put on the other: the put waits for the step, and is refused what the step removed', async () => {
+  const { all: [a, b] } = await replicas(2);
+  const layer = dg('7');
+  await b!.addBlob('race', layer, 7);
+  const repo = (await a!.repository('race'))!;
+  // A mark that reaches one unread body, so the step awaits its read while holding the repository.
+  let release!: () => void;
+  const gate = new Promise<void>((r) => { release = r; });
+  let reading!: () => void;
+  const inRead = new Promise<void>((r) => { reading = r; });
+  const mark: SweepMark = {
+    wants: (): WritesSince => ({ manifests: 0, others: 0 }),
+    takeIn: (_w: RepoWrites) => ['sha256:unread'],
+    readNow: () => 'more',
+    read: async () => { reading(); await gate; return true; },
+    caughtUp: () => {},
+    keepsManifest: () => false,
+    keepsLink: () => false,
+  };
+  const step = a!.sweepStep(repo, { mark, cutoff: Date.now() + 3_600_000, manifests: [], links: [layer], maxReads: 0 });
+  await inRead;
+  let settled = false;
+  const put = b!.putManifest('race', { digest: dg('8'), mediaType: 'x', size: 2 }, { blobs: [layer], manifests: [] }, 'latest')
+    .finally(() => { settled = true; });
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(settled, false, 'the put waits while the step holds the repository');
+  release();
+  assert.deepEqual(await step, { outcome: 'swept', manifests: 0, links: 1 });
+  assert.deepEqual(await put, [layer], 'refused: its layer went in the step it waited for');
+  assert.equal(await b!.lookup('race', { tag: 'latest' }), undefined);
 });
 
 test('one collector at a time: the lock held by one replica refuses the other, and is free again when its holder ends or dies', async () => {
