@@ -30,7 +30,10 @@
 // The bodies those writes need are read before the transaction, side by side; the few
 // written in between are read within it (just written, so from the page cache): a
 // handful at most, or the transaction gives way and they are read outside it again;
-// after a few such rounds, within it whatever their number, so that the sweep ends. A
+// after a few such rounds, within it whatever their number, so that the sweep ends.
+// Each such transaction is one Index.sweepStep (index/index.ts), which runs the mark's
+// callbacks inside it: SQLite reads that handful synchronously (readNow); PostgreSQL,
+// which can await within its transaction, reads them there whatever their number. A
 // push after the transaction finds what it removed gone: Manifests.put checks, in the
 // step that records the manifest, that its layers and children are there, and refuses
 // it otherwise (MANIFEST_BLOB_UNKNOWN), so a push is refused, never acknowledged and then
@@ -49,8 +52,8 @@
 // check of its references, a tag, a link, a build) takes that row FOR SHARE first and
 // stamps its rows with clock_timestamp() after the lock. A write committed after a sweep
 // transaction is then stamped later than that transaction's start, and one committed
-// before is seen by its statements (READ COMMITTED); here one connection on one thread
-// gives the same order. Marks stay in the collecting process; the per-digest lock around
+// before is seen by its statements (READ COMMITTED); in SQLite one connection on one
+// thread gives the same order. Marks stay in the collecting process; the per-digest lock around
 // file removal becomes an advisory lock on the digest.
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
