@@ -53,8 +53,9 @@
 // stamps its rows with clock_timestamp() after the lock. A write committed after a sweep
 // transaction is then stamped later than that transaction's start, and one committed
 // before is seen by its statements (READ COMMITTED); in SQLite one connection on one
-// thread gives the same order. Marks stay in the collecting process; the per-digest lock around
-// file removal becomes an advisory lock on the digest.
+// thread gives the same order. Marks stay in the collecting process, and one process
+// collects at a time (Index.collectorLock, collectorTurn below); the per-digest lock around
+// file removal also takes an advisory lock on the digest (Index.withDigestLock).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import type { StoreCore } from './core.js';
