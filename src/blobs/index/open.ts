@@ -13,6 +13,7 @@ export interface IndexOptions {
   sqlitePath: string;
 }
 
+/** Opens (creating or migrating) the index; a postgres:// database's module is loaded only then. */
 export async function openIndex(opts: IndexOptions): Promise<Index> {
   if (opts.database !== undefined) throw new Error(`unsupported --database ${opts.database.replace(/\/\/[^@/]*@/, '//…@')}`);
   return new SqliteIndex(opts.sqlitePath);
