@@ -12,8 +12,9 @@
 //
 // Times are milliseconds since the epoch, stamped by the implementation when it writes
 // (SQLite: the process's clock; PostgreSQL: clock_timestamp() after the repository's row
-// lock, see gc.ts's header). A row that is missing reads as undefined (or false, or []);
-// no method throws for absence. Failures of the engine (full disk, unreachable server)
+// lock, see gc.ts's header); the `asOf` of a snapshot or of writes is that same clock, as
+// the mark compares the two. A row that is missing reads as undefined (or false, or []);
+// no method throws for absence (putTag excepted: a tag must name a manifest). Failures of the engine (full disk, unreachable server)
 // throw the engine's error, which storage maps (errors.ts noSpaceCode, StorageUnavailable).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
