@@ -228,16 +228,11 @@ export interface Index {
   /** Resolves when the index answers a trivial query; rejects otherwise, within the implementation's own deadline (readiness). */
   ping(): Promise<void>;
   /**
-   * Only where other processes share the index (`shared`): one garbage collection or
-   * cache eviction at a time among all of them. A release, or undefined while another
-   * process holds it; `onLost` if it is lost before the release (its connection failed).
+   * Only where `shared`: one collection or eviction at a time among the processes (a
+   * release, or undefined while another holds it; `onLost` if it is lost first), and a
+   * digest's lock among them around a blob's publish and removal (with core.ts's KeyedLock).
    */
   collectorLock?(onLost?: () => void): Promise<(() => Promise<void>) | undefined>;
-  /**
-   * Only where shared: runs `fn` holding digest `digest`'s lock among every process
-   * sharing the index, around a blob's publish and its removal (core.ts's KeyedLock
-   * serialises them within a process).
-   */
   withDigestLock?<T>(digest: string, fn: () => Promise<T>): Promise<T>;
 
   // ------------------------------------------------------------------ blobs and links
