@@ -24,7 +24,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Command } from 'commander';
-import { Index } from '../src/blobs/index.js';
+import { SqliteIndex as Index } from '../src/blobs/index/sqlite.js';
 import { Layout } from '../src/blobs/layout.js';
 import { DOCKER_ACCEPT, call } from './serve/client.js';
 import { stat } from './serve/report.js';
@@ -57,6 +57,10 @@ const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex'
 function seed(layout: Layout, index: Index, live: boolean): number {
   const old = Date.now() - 7 * 86400_000;
   const db = index.db;
+  const ensureRepo = (name: string): number => {
+    db.prepare('INSERT OR IGNORE INTO repositories (name, created_at) VALUES (?, ?)').run(name, Date.now());
+    return (db.prepare('SELECT id FROM repositories WHERE name = ?').get(name) as { id: number }).id;
+  };
   const insBlob = db.prepare('INSERT OR IGNORE INTO blobs (digest, size, created_at) VALUES (?, ?, ?)');
   const insLink = db.prepare('INSERT OR IGNORE INTO repo_blobs (repo_id, digest, linked_at) VALUES (?, ?, ?)');
   const insManifest = db.prepare(`INSERT INTO manifests (repo_id, digest, media_type, size, created_at, by_digest) VALUES (?, ?, '${OCI}', ?, ?, 0)`);
@@ -72,11 +76,11 @@ function seed(layout: Layout, index: Index, live: boolean): number {
   let blobs = 0;
   db.transaction(() => {
     if (!live) {
-      for (let i = 0; i < Number(o.garbage); i++) { insLink.run(index.ensureRepo(`bench/repo${i % repos}`), file(randomBytes(256)), old); blobs++; }
+      for (let i = 0; i < Number(o.garbage); i++) { insLink.run(ensureRepo(`bench/repo${i % repos}`), file(randomBytes(256)), old); blobs++; }
       return;
     }
     for (let r = 0; r < repos; r++) {
-      const id = index.ensureRepo(`bench/repo${r}`);
+      const id = ensureRepo(`bench/repo${r}`);
       for (let m = 0; m < perRepo; m++) {
         const ls = Array.from({ length: layers }, () => randomBytes(256));
         for (const l of ls) { insLink.run(id, file(l), old); blobs++; }
@@ -127,7 +131,7 @@ async function main() {
     const t0 = performance.now();
     const live = seed(layout, index, true);
     const garbage = seed(layout, index, false);
-    index.close();
+    void index.close();
     process.stderr.write(`seeded ${live} live and ${garbage} garbage blobs in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
     const port = await freePort();
     const url = `http://127.0.0.1:${port}`;
@@ -145,7 +149,7 @@ async function main() {
         if (r > 0) {
           index = new Index(layout.dbPath);
           seed(layout, index, false);
-          index.close();
+          void index.close();
         }
         const idleFor = () => wrkDuring(target, () => new Promise((res) => setTimeout(res, Math.min(window, IDLE_MAX_MS))));
         const before = await idleFor();
@@ -160,7 +164,7 @@ async function main() {
         const idle = { requests: before.requests + after.requests, ms: before.ms + after.ms, p99ms: Math.max(before.p99ms, after.p99ms) };
         index = new Index(layout.dbPath);
         seed(layout, index, false);
-        index.close();
+        void index.close();
         const t = performance.now();
         const q = await call('POST', `${url}/nixreg/gc`);
         if (q.status !== 200) throw new Error(`gc: ${q.status}`);

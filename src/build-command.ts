@@ -59,9 +59,9 @@ export async function runBuild(ref: string, opts: { data: string; images: string
   let source: NixImageSource | undefined;
   try {
     source = new NixImageSource(storage, { images: opts.images, ...cfg, log, watch: false });
-    if (!source.serves(name)) throw new Error(`no image expression for ${name} in ${opts.images} (looked for ${name}.nix and ${name}/default.nix)`);
+    if (!await source.serves(name)) throw new Error(`no image expression for ${name} in ${opts.images} (looked for ${name}.nix and ${name}/default.nix)`);
     const view = new ProgressView(process.stderr, `${name}:${tag}`);
-    const id = source.startBuild(name, tag).id;
+    const id = (await source.startBuild(name, tag)).id;
     for (;;) {
       const v = source.build(id)!;
       if (v.status === 'done' || v.status === 'failed') {
@@ -78,7 +78,7 @@ export async function runBuild(ref: string, opts: { data: string; images: string
     }
   } finally {
     await source?.close();
-    storage.close();
+    await storage.close();
   }
 }
 

@@ -23,6 +23,9 @@ withBuildOptions(program
   .option('--storage <url>', 'keep blobs and uploads in S3, s3://BUCKET[/PREFIX]; credentials, region and endpoint from the AWS SDK\'s settings (AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ENDPOINT_URL_S3, …) (env NIXREG_STORAGE, default: the local disk under --data)')
   .option('--s3-timeout <seconds>', 'an S3 call that makes no progress this long fails, and its request gets 503 (env NIXREG_S3_TIMEOUT, default 15)')
   .option('--s3-redirect', 'answer blob GETs with a redirect to a presigned S3 URL instead of streaming the blob (env NIXREG_S3_REDIRECT=1)')
+  .option('--database <url>', 'keep the index in PostgreSQL (13 or later), postgres://USER:PASSWORD@HOST[:PORT]/DATABASE; replicas share it; its schema is migrated at start (env NIXREG_DATABASE, default: SQLite, index.db under --data)')
+  .option('--database-pool <n>', 'connections to --database at most; a request that waits --database-timeout for one gets 503 (env NIXREG_DATABASE_POOL, default 10)')
+  .option('--database-timeout <seconds>', 'connecting to --database, waiting for a connection, and each statement at most this long; then 503 (env NIXREG_DATABASE_TIMEOUT, default 10)')
   .option('--images <dir>', 'Nix expressions served as images (env NIXREG_IMAGES, default ./examples)')
   .option('--upload-max-age <seconds>', 'purge blob uploads untouched this long (env NIXREG_UPLOAD_MAX_AGE, default 86400)')
   .option('--public-url <url>', 'URL users reach this server at, for build-log links and the token realm (env NIXREG_PUBLIC_URL, default: the listen address; the host name when listening on all addresses)')
@@ -65,6 +68,7 @@ withBuildOptions(program
           uploadMaxAgeMs: cfg.uploadMaxAgeMs, gcGraceMs: cfg.gcGraceMs, gcIntervalMs: cfg.gcIntervalMs, cacheMaxBytes: cfg.cacheMaxBytes,
           onGc: (r) => { if (!r.dryRun) log.info({ gc: r }, 'garbage collected'); },
           s3: cfg.storage,
+          database: cfg.database?.url, databasePool: cfg.database?.poolSize, databaseTimeoutMs: cfg.database?.timeoutMs,
           onReconcile: (r) => { if (r instanceof Error) log.warn({ err: r }, 'reconciling the blob store failed; it is retried at the next start'); else log.info({ reconciled: r }, 'blob store reconciled'); },
         },
         blobRedirectSeconds: cfg.s3RedirectSeconds,
@@ -97,7 +101,7 @@ withBuildOptions(program
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
     // Announced only once signals are handled: whoever waits for this line may stop us at once.
-    log.info({ url: reg.url, data: cfg.data, blobs: reg.storage.store.description, images: cfg.images, tls: !!cfg.tls, auth: cfg.auth ?? null }, 'nixreg listening');
+    log.info({ url: reg.url, data: cfg.data, blobs: reg.storage.store.description, index: reg.storage.index.description, images: cfg.images, tls: !!cfg.tls, auth: cfg.auth ?? null }, 'nixreg listening');
     // Learn now, not at the first pull, whether Nix can build here; the check logs one
     // warning with the fix if not. Serving does not wait for it: push and pull need no Nix.
     source?.builder.health.ready().catch(() => {});

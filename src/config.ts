@@ -45,6 +45,17 @@ export interface ServeConfig {
   mirrorConfig: string | undefined;
   /** The web page at / (--ui on|off, env NIXREG_UI; default on). */
   ui: boolean;
+  /** The index in PostgreSQL (--database postgres://…, env NIXREG_DATABASE); none: SQLite under data. */
+  database: DatabaseConfig | undefined;
+}
+
+/** --database and what goes with it. */
+export interface DatabaseConfig {
+  url: string;
+  /** Connections at most (--database-pool, env NIXREG_DATABASE_POOL). */
+  poolSize: number;
+  /** Connecting, waiting for a connection, and each statement, at most (--database-timeout seconds, env NIXREG_DATABASE_TIMEOUT). */
+  timeoutMs: number;
 }
 
 export interface ServeFlags {
@@ -52,6 +63,7 @@ export interface ServeFlags {
   tlsCert?: string; tlsKey?: string; auth?: string; gcGrace?: string; gcInterval?: string; cacheMaxBytes?: string;
   metricsAuth?: string; minFreeSpace?: string; prebuild?: boolean; storage?: string; s3Timeout?: string; s3Redirect?: boolean;
   mirror?: string[]; mirrorConfig?: string;
+  database?: string; databasePool?: string; databaseTimeout?: string;
   /** false with --no-sendfile (commander's negated option; true otherwise). */
   sendfile?: boolean;
   ui?: string;
@@ -59,7 +71,7 @@ export interface ServeFlags {
 
 export const DEFAULTS = {
   listen: '127.0.0.1:5000', data: './data', images: './examples', uploadMaxAge: '86400', gcGrace: '3600', gcInterval: '3600',
-  s3Timeout: '15',
+  s3Timeout: '15', databasePool: '10', databaseTimeout: '10',
 } as const;
 
 /** How long a presigned blob URL of --s3-redirect is valid (Distribution's 20 minutes). */
@@ -70,6 +82,26 @@ export function storageConfig(flags: Pick<ServeFlags, 'storage' | 's3Timeout'>, 
   const url = flags.storage ?? env.NIXREG_STORAGE;
   if (url === undefined || url === '') return undefined;
   return { ...parseS3Url(url), timeoutMs: parseSeconds(flags.s3Timeout ?? env.NIXREG_S3_TIMEOUT ?? DEFAULTS.s3Timeout, '--s3-timeout') };
+}
+
+/**
+ * --database and what goes with it: undefined for the SQLite file in the data directory.
+ * The URL is libpq's (postgres:// or postgresql://); it is checked here, not at the
+ * first request, and never echoed back whole (it may hold a password).
+ */
+export function databaseConfig(flags: Pick<ServeFlags, 'database' | 'databasePool' | 'databaseTimeout'>, env = process.env): DatabaseConfig | undefined {
+  const url = flags.database ?? env.NIXREG_DATABASE;
+  if (url === undefined || url === '') return undefined;
+  let ok = false;
+  try { ok = /^postgres(ql)?:$/.test(new URL(url).protocol); } catch { /* below */ }
+  if (!ok) throw new Error('--database must be a PostgreSQL URL, postgres://USER:PASSWORD@HOST[:PORT]/DATABASE');
+  const pool = (flags.databasePool ?? env.NIXREG_DATABASE_POOL ?? DEFAULTS.databasePool).trim();
+  if (!/^\d{1,4}$/.test(pool) || Number(pool) < 2) throw new Error(`--database-pool must be a whole number >= 2, got ${JSON.stringify(pool)}`);
+  return {
+    url,
+    poolSize: Number(pool),
+    timeoutMs: parseSeconds(flags.databaseTimeout ?? env.NIXREG_DATABASE_TIMEOUT ?? DEFAULTS.databaseTimeout, '--database-timeout'),
+  };
 }
 
 /** Whole seconds, at least `min` (0 for a grace of 0, or an interval of 0 = off), in ms. */
@@ -131,6 +163,7 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
     mirrors: flags.mirror?.length ? flags.mirror : (env.NIXREG_MIRROR ?? '').split(/[\s,]+/).filter((s) => s !== ''),
     mirrorConfig: mirrorConfig !== undefined && mirrorConfig !== '' ? resolve(mirrorConfig) : undefined,
     storage,
+    database: databaseConfig(flags, env),
     s3RedirectSeconds: redirect ? S3_REDIRECT_SECONDS : 0,
     gcGraceMs: parseSeconds(flags.gcGrace ?? env.NIXREG_GC_GRACE ?? DEFAULTS.gcGrace, '--gc-grace', 0),
     gcIntervalMs: parseSeconds(flags.gcInterval ?? env.NIXREG_GC_INTERVAL ?? DEFAULTS.gcInterval, '--gc-interval', 0),

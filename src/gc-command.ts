@@ -36,7 +36,7 @@ export async function runGc(opts: { data: string; dryRun: boolean; graceMs: numb
   try {
     return await storage.gc({ dryRun: opts.dryRun, graceMs: opts.graceMs });
   } finally {
-    storage.close();
+    await storage.close();
   }
 }
 

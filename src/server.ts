@@ -88,7 +88,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
       : createServer();
   } catch (e) {
     await source?.close();
-    storage.close();
+    await storage.close();
     throw e;
   }
   const connections = limitConnections(server, { ...limits, tls: !!tls });
@@ -163,7 +163,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
         clearInterval(sweep);
         await source?.close();
         mirror?.close();
-        storage.close();
+        await storage.close();
         rmSync(storage.layout.pidPath, { force: true });
       })();
       return closing;

@@ -47,8 +47,11 @@ const BUILD_MAY_IMPORT: Record<Part, Part[]> = {
 const BUILD = join(SRC, 'build');
 /** What src/registry may import of src/build: the seam and the errors it answers for. */
 const REGISTRY_SEES_OF_BUILD = ['build/image-source.ts', 'build/errors.ts'];
-/** What src/build must not import of src/blobs: the index and the layout are behind Storage's facade. */
-const BEHIND_STORAGE = ['blobs/index.ts', 'blobs/layout.ts'];
+/** What src/build must not import of src/blobs: the index (its room, blobs/index/) and the layout are behind Storage's facade. */
+const BEHIND_STORAGE = ['blobs/index/', 'blobs/layout.ts'];
+/** The index's room: the one place that knows SQL, its engines' packages and their handles. */
+const INDEX_ROOM = 'blobs/index/';
+const DATABASE_PACKAGES = ['better-sqlite3', 'pg', 'postgres'];
 
 function partOf(file: string): Part {
   const parts = relative(BUILD, file).split('/');
@@ -138,9 +141,25 @@ test('the registry sees the build room through its seam; the build room sees sto
     for (const spec of importsOf(readFileSync(f, 'utf8')).filter((x) => x.startsWith('.'))) {
       const to = relative(SRC, target(f, spec));
       if (room === 'registry' && to.startsWith('build/') && !REGISTRY_SEES_OF_BUILD.includes(to)) wrong.push(`${relative(SRC, f)} imports ${to}`);
-      if (room === 'build' && BEHIND_STORAGE.includes(to)) wrong.push(`${relative(SRC, f)} imports ${to}`);
+      if (room === 'build' && BEHIND_STORAGE.some((b) => to === b || (b.endsWith('/') && to.startsWith(b)))) wrong.push(`${relative(SRC, f)} imports ${to}`);
     }
     if (room === 'build' && /\bstorage\.(index|layout)\b/.test(readFileSync(f, 'utf8'))) wrong.push(`${relative(SRC, f)} reaches past Storage's facade`);
+  }
+  assert.deepEqual(wrong, []);
+});
+
+test('only the index room (src/blobs/index/) knows SQL and the database engines', () => {
+  const wrong: string[] = [];
+  for (const f of files) {
+    const rel = relative(SRC, f);
+    if (rel.startsWith(INDEX_ROOM)) continue;
+    const text = readFileSync(f, 'utf8');
+    for (const spec of importsOf(text)) {
+      if (DATABASE_PACKAGES.some((p) => spec === p || spec.startsWith(`${p}/`))) wrong.push(`${rel} imports ${spec}`);
+    }
+    const sql = /\b(SELECT\s+[\w*(]|INSERT\s+(OR\s+\w+\s+)?INTO|DELETE\s+FROM|UPDATE\s+\w+\s+SET|CREATE\s+(TABLE|INDEX))/.exec(text);
+    if (sql) wrong.push(`${rel} holds SQL (${sql[0]})`);
+    if (/\.index\.db\b/.test(text)) wrong.push(`${rel} reaches for the index's database handle`);
   }
   assert.deepEqual(wrong, []);
 });

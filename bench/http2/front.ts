@@ -74,4 +74,4 @@ server.on('sessionError', () => {});
 server.listen(Number(opt.port), '127.0.0.1', () => {
   process.stdout.write(`${JSON.stringify({ event: 'listening', url: `https://127.0.0.1:${opt.port}` })}\n`);
 });
-process.on('SIGTERM', () => { server.close(); storage.close(); process.exit(0); });
+process.on('SIGTERM', () => { server.close(); void storage.close().finally(() => process.exit(0)); });

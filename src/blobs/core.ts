@@ -7,14 +7,14 @@
 import { promises as fs } from 'node:fs';
 import { dirname } from 'node:path';
 import { LRUCache } from 'lru-cache';
-import type { Index } from './index.js';
+import type { Index } from './index/index.js';
 import type { BlobStore } from './store/blob-store.js';
 import type { Layout } from './layout.js';
 import { StorageFull, noSpaceCode } from './errors.js';
 import { KeyedLock } from './lock.js';
 
 export class StoreCore {
-  readonly locks = new KeyedLock();
+  readonly locks: KeyedLock;
   /**
    * A generation per repository that every write or delete in it bumps: caches key
    * their entries by it, so invalidation is per repository and O(1). Bounded, so that a
@@ -29,7 +29,9 @@ export class StoreCore {
     dispose: (_v, _k, reason) => { if (reason === 'evict') this.floor = ++this.counter; },
   });
 
-  constructor(readonly layout: Layout, readonly index: Index, readonly store: BlobStore) {}
+  constructor(readonly layout: Layout, readonly index: Index, readonly store: BlobStore) {
+    this.locks = new KeyedLock(index.withDigestLock?.bind(index));
+  }
 
   generation(repo: string): number {
     return this.generations.get(repo) ?? this.floor;
@@ -116,4 +118,13 @@ export async function makeDir(dir: string): Promise<string[]> {
     throw e;
   }
   return [...made, dir];
+}
+
+/** Removes the entries of `dir` not modified for `ageMs` (temporary files a process that died left). */
+export async function removeOlder(dir: string, ageMs: number): Promise<void> {
+  for (const e of await fs.readdir(dir).catch(() => [] as string[])) {
+    const p = `${dir}/${e}`;
+    const st = await fs.stat(p).catch(() => undefined);
+    if (st && st.mtimeMs < Date.now() - ageMs) await fs.rm(p, { recursive: true, force: true }).catch(() => {});
+  }
 }

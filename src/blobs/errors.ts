@@ -39,6 +39,14 @@ export class UploadOutOfOrder extends StorageError {
   get detail() { return { offset: this.offset }; }
 }
 
+/** Too many unfinished uploads to start another: `open` counts them, `limits` bound them. */
+export class TooManyUploads extends StorageError {
+  constructor(readonly open: { repo: number; client: number; total: number }, readonly limits: { repo: number; client: number; total: number }) {
+    super('too many unfinished uploads');
+  }
+  get detail() { return {}; }
+}
+
 /** A body whose length differs from what the client declared for it. */
 export class SizeMismatch extends StorageError {
   constructor(message: string) { super(message); }
@@ -84,6 +92,31 @@ export class StorageUnavailable extends StorageError {
 }
 
 /**
+ * The index's database (PostgreSQL) cannot be reached, did not answer in time (down,
+ * paused, overloaded), or every pooled connection stayed busy past the wait: not the
+ * client's fault, and not for long. The transaction that met it was rolled back whole
+ * (or never began), so nothing was half-written. `database` names the server, never its
+ * credentials.
+ */
+export class IndexUnavailable extends StorageError {
+  readonly retryAfterSeconds = 5;
+  constructor(readonly database: string, readonly reason: string) {
+    super(`the registry's index (${database}) is unavailable: ${reason}; retry later`);
+  }
+  get detail() { return { reason: this.reason }; }
+}
+
+/**
+ * Another process sharing the index (a replica over PostgreSQL) is collecting garbage or
+ * evicting from the cache now: one at a time among them all, and this one's turn comes.
+ */
+export class CollectionRunning extends StorageError {
+  readonly retryAfterSeconds = 60;
+  constructor() { super('another replica is collecting garbage now; retry later'); }
+  get detail() { return {}; }
+}
+
+/**
  * A blob the store does not hold (deleted between the index lookup and the read). Its
  * `code` is ENOENT whatever the store, so callers treat it as a file that is gone.
  */
@@ -95,9 +128,10 @@ export class BlobMissing extends Error {
 /**
  * Error codes that mean "no space": errnos, and SQLite's own (better-sqlite3 puts them in
  * `code`). SQLite reports a write's ENOSPC as SQLITE_FULL, and the WAL index (-shm) it
- * could not grow as SQLITE_IOERR_SHMSIZE.
+ * could not grow as SQLITE_IOERR_SHMSIZE; PostgreSQL its disk_full as SQLSTATE 53100
+ * (pg puts it in `code`).
  */
-const NO_SPACE = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL', 'SQLITE_IOERR_SHMSIZE']);
+const NO_SPACE = new Set(['ENOSPC', 'EDQUOT', 'SQLITE_FULL', 'SQLITE_IOERR_SHMSIZE', '53100']);
 
 /**
  * The code by which `err`, or an error it wraps as its `cause`, says that there is no

@@ -84,7 +84,7 @@ export class BlobFiles {
   constructor(private readonly core: StoreCore) {}
 
   /** Size of a blob as visible in `repo`, or undefined if not linked there. */
-  size(repo: string, digest: string): number | undefined {
+  size(repo: string, digest: string): Promise<number | undefined> {
     return this.core.index.linkedBlobSize(repo, digest);
   }
 
@@ -166,10 +166,10 @@ export class BlobFiles {
     const { index, store, locks } = this.core;
     try {
       await locks.run(digest, async () => {
-        if (index.blobSize(digest) === undefined) {
+        if (await index.blobSize(digest) === undefined) {
           try {
             await pending.publish();
-            index.addBlob(repo, digest, pending.size);
+            await index.addBlob(repo, digest, pending.size);
           } catch (err) {
             // No row records the blob (a full index refused it, or publishing failed half
             // way): take it back, under the lock, rather than leave a blob without its row.
@@ -177,7 +177,7 @@ export class BlobFiles {
             throw err;
           }
         } else {
-          index.linkBlob(repo, digest);
+          await index.linkBlob(repo, digest);
         }
       });
     } catch (err) {
@@ -189,18 +189,18 @@ export class BlobFiles {
   }
 
   /** Cross-repository mount: links `digest` into `repo` if `from` can see it. */
-  mount(repo: string, from: string, digest: string): number | undefined {
-    const size = this.core.index.linkedBlobSize(from, digest);
+  async mount(repo: string, from: string, digest: string): Promise<number | undefined> {
+    const size = await this.core.index.linkedBlobSize(from, digest);
     if (size === undefined) return undefined;
     // The blob may have been dropped since the lookup (a delete finishing its unlink).
-    if (!this.core.index.linkBlob(repo, digest)) return undefined;
+    if (!await this.core.index.linkBlob(repo, digest)) return undefined;
     this.core.bump(repo);
     return size;
   }
 
   async delete(repo: string, digest: string): Promise<boolean> {
     const removed = await this.core.locks.run(digest, async () => {
-      const { removed, orphaned } = this.core.index.unlinkBlob(repo, digest);
+      const { removed, orphaned } = await this.core.index.unlinkBlob(repo, digest);
       if (orphaned) await this.core.store.delete(digest);
       return removed;
     });

@@ -30,7 +30,10 @@
 // The bodies those writes need are read before the transaction, side by side; the few
 // written in between are read within it (just written, so from the page cache): a
 // handful at most, or the transaction gives way and they are read outside it again;
-// after a few such rounds, within it whatever their number, so that the sweep ends. A
+// after a few such rounds, within it whatever their number, so that the sweep ends.
+// Each such transaction is one Index.sweepStep (index/index.ts), which runs the mark's
+// callbacks inside it: SQLite reads that handful synchronously (readNow); PostgreSQL,
+// which can await within its transaction, reads them there whatever their number. A
 // push after the transaction finds what it removed gone: Manifests.put checks, in the
 // step that records the manifest, that its layers and children are there, and refuses
 // it otherwise (MANIFEST_BLOB_UNKNOWN), so a push is refused, never acknowledged and then
@@ -49,12 +52,15 @@
 // check of its references, a tag, a link, a build) takes that row FOR SHARE first and
 // stamps its rows with clock_timestamp() after the lock. A write committed after a sweep
 // transaction is then stamped later than that transaction's start, and one committed
-// before is seen by its statements (READ COMMITTED); here one connection on one thread
-// gives the same order. Marks stay in the collecting process; the per-digest lock around
-// file removal becomes an advisory lock on the digest.
+// before is seen by its statements (READ COMMITTED); in SQLite one connection on one
+// thread gives the same order. Marks stay in the collecting process, and one process
+// collects at a time (Index.collectorLock, collectorTurn below); the per-digest lock around
+// file removal also takes an advisory lock on the digest (Index.withDigestLock).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import type { StoreCore } from './core.js';
+import { CollectionRunning } from './errors.js';
+import type { Index, RepoKey, RepoSnapshot } from './index/index.js';
 import { Mark, READS_AT_ONCE, pace, piece } from './mark.js';
 
 export interface GcOptions {
@@ -93,24 +99,23 @@ const CHUNK = 500;
  */
 const READS_IN_TRANSACTION = 8;
 const TRIES = 3;
+/** Blob rows weighed per query in a dry run. */
+const DRY_PAGE = 1000;
 
 /** The roots of a repository (see the header): tags, pushes by digest, builds on record. */
-function rootsOf(core: StoreCore, id: number, name: string): string[] {
-  const db = core.index.db;
-  const builds = db.prepare<[string], { manifest: string; alt_manifest: string | null; evicted_at: number | null }>(
-    'SELECT manifest, alt_manifest, evicted_at FROM builds WHERE repo = ?').all(name);
+function rootsOf(snapshot: RepoSnapshot): string[] {
+  const { builds } = snapshot;
   const built = new Set(builds.flatMap((b) => [b.manifest, b.alt_manifest ?? '']));
   return [
-    ...db.prepare<[number], { digest: string }>('SELECT DISTINCT digest FROM tags WHERE repo_id = ?').all(id).map((r) => r.digest),
+    ...snapshot.tagged,
     ...builds.filter((b) => b.evicted_at === null).flatMap((b) => (b.alt_manifest ? [b.manifest, b.alt_manifest] : [b.manifest])),
-    ...db.prepare<[number], { digest: string }>('SELECT digest FROM manifests WHERE repo_id = ? AND by_digest = 1 AND subject IS NULL')
-      .all(id).map((r) => r.digest).filter((d) => !built.has(d)),
+    ...snapshot.manifests.filter((m) => m.by_digest && m.subject === null && !built.has(m.digest)).map((m) => m.digest),
   ];
 }
 
-/** Marks repository `id` from its roots (see the header and mark.ts). */
-export function markRepository(core: StoreCore, id: number, name: string, graceMs: number): Promise<Mark | undefined> {
-  return Mark.of(core, id, name, () => rootsOf(core, id, name), graceMs);
+/** Marks repository `repo` from its roots (see the header and mark.ts). */
+export function markRepository(core: StoreCore, repo: RepoKey, graceMs: number): Promise<Mark | undefined> {
+  return Mark.of(core, repo, rootsOf, graceMs);
 }
 
 /** The sweep's bookkeeping, and in a dry run the list of what would go. */
@@ -123,14 +128,11 @@ export class Tally {
   readonly gone: { repo: string; digest: string }[] = [];
 }
 
-/** A piece of a sweep, run in one transaction. */
-export type Step = () => void;
-
-/** Runs `fn` in a write transaction, and keeps the longest such hold in the tally. */
-function transact<T>(core: StoreCore, tally: Tally, fn: () => T): T {
+/** Runs `fn` (one transaction of the index), and keeps the longest such hold in the tally. */
+async function transact<T>(tally: Tally, fn: () => Promise<T>): Promise<T> {
   const t0 = performance.now();
   try {
-    return core.index.db.transaction(fn)();
+    return await fn();
   } finally {
     tally.holdMs = Math.max(tally.holdMs, performance.now() - t0);
   }
@@ -140,97 +142,62 @@ function transact<T>(core: StoreCore, tally: Tally, fn: () => T): T {
  * What of the marked repository is not live and older than its cutoff: its manifests and
  * blob links. Whoever removes them re-checks each (tagged meanwhile? looked at?).
  */
-function candidates(core: StoreCore, mark: Mark): { manifests: string[]; links: string[] } {
-  const db = core.index.db;
-  const { live, cutoff } = mark;
+async function candidates(core: StoreCore, mark: Mark): Promise<{ manifests: string[]; links: string[] }> {
+  const c = await core.index.sweepCandidates(mark.repo, mark.cutoff);
   return {
-    manifests: db.prepare<[number, number], { digest: string }>('SELECT digest FROM manifests WHERE repo_id = ? AND created_at < ?')
-      .all(mark.id, cutoff).map((r) => r.digest).filter((d) => !live.manifests.has(d)),
-    links: db.prepare<[number, number], { digest: string }>('SELECT digest FROM repo_blobs WHERE repo_id = ? AND linked_at < ?')
-      .all(mark.id, cutoff).map((r) => r.digest).filter((d) => !live.blobs.has(d) && !live.manifests.has(d)),
+    manifests: c.manifests.filter((d) => !mark.keepsManifest(d)),
+    links: c.links.filter((d) => !mark.live.blobs.has(d) && !mark.keepsManifest(d)),
   };
 }
 
 /**
  * Removes from the marked repository the manifests and links its mark does not keep and
- * that are older than its cutoff, a chunk per transaction, each brought up to date with
- * the writes since the last (see the header).
+ * that are older than its cutoff, a chunk per transaction (Index.sweepStep), each brought
+ * up to date with the writes since the last (see the header).
  */
 export async function sweepRepository(core: StoreCore, mark: Mark, tally: Tally): Promise<void> {
-  const db = core.index.db;
-  const { id, name, live, cutoff } = mark;
-  const { manifests, links } = candidates(core, mark);
-  const dropManifest = db.prepare(`DELETE FROM manifests WHERE repo_id = ? AND digest = ? AND created_at < ?
-    AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.repo_id = manifests.repo_id AND t.digest = manifests.digest)`);
-  const dropLink = db.prepare('DELETE FROM repo_blobs WHERE repo_id = ? AND digest = ? AND linked_at < ?');
+  const { manifests, links } = await candidates(core, mark);
   const all = [...manifests.map((d) => ({ d, manifest: true })), ...links.map((d) => ({ d, manifest: false }))];
   for (let i = 0; i < all.length; i += CHUNK) {
     const chunk = all.slice(i, i + CHUNK);
+    const step = {
+      mark,
+      cutoff: mark.cutoff,
+      manifests: chunk.filter((c) => c.manifest).map((c) => c.d),
+      links: chunk.filter((c) => !c.manifest).map((c) => c.d),
+      maxReads: 0,
+    };
     for (let tries = 1; ; tries++) {
       // The bodies the writes since the last transaction need, read beside the requests.
       if (!await mark.catchUp()) { tally.deferred++; return; }
       const t0 = piece();
-      const done = transact(core, tally, () => {
-        const s = mark.settle(tries < TRIES ? READS_IN_TRANSACTION : Infinity);
-        if (s !== 'settled') return s;
-        let removed = false;
-        for (const { d, manifest } of chunk) {
-          if (manifest) {
-            if (!live.manifests.has(d) && dropManifest.run(id, d, cutoff).changes) { tally.manifests++; removed = true; }
-          } else if (!live.blobs.has(d) && !live.manifests.has(d) && !core.seenSince(name, d, cutoff) && dropLink.run(id, d, cutoff).changes) {
-            tally.links++;
-          }
-        }
+      step.maxReads = tries < TRIES ? READS_IN_TRANSACTION : Infinity;
+      const done = await transact(tally, () => core.index.sweepStep(mark.repo, step));
+      if (done.outcome === 'swept') {
+        tally.manifests += done.manifests;
+        tally.links += done.links;
         // Resolved references of this repository may name a manifest just removed.
-        if (removed) core.bump(name);
-        return s;
-      });
+        if (done.manifests) core.bump(mark.name);
+      }
       await pace(core, t0);
-      if (done === 'unreadable') { tally.deferred++; return; }
-      if (done === 'settled') break;
+      if (done.outcome === 'unreadable') { tally.deferred++; return; }
+      if (done.outcome === 'swept') break;
     }
   }
 }
 
 /**
- * The steps that remove the rows of blobs nothing uses any more (no link, no manifest;
- * a cached build layer counts as unused once nothing links it) and that are older than
- * `cutoff`. Their files are removed afterwards (removeFiles).
+ * Removes the rows of blobs nothing uses any more (no link, no manifest; a cached build
+ * layer counts as unused once nothing links it) and that are older than `cutoff`, a chunk
+ * per transaction with a pause between (pace), so requests are served meanwhile. Their
+ * files are removed afterwards (removeFiles).
  */
-export function dropUnused(core: StoreCore, cutoff: number, tally: Tally): Step[] {
-  const db = core.index.db;
-  const candidates = db.prepare<[number], { digest: string }>(
-    `SELECT digest FROM blobs b WHERE created_at < ?
-       AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest)
-       AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest)`).all(cutoff).map((r) => r.digest);
-  const inUse = db.prepare<[string, string], { n: number }>(
-    'SELECT (SELECT count(*) FROM repo_blobs WHERE digest = ?) + (SELECT count(*) FROM manifests WHERE digest = ?) AS n');
-  const youngLayer = db.prepare<[string, number], { n: number }>('SELECT count(*) AS n FROM layers WHERE digest = ? AND created_at >= ?');
-  const dropLayers = db.prepare('DELETE FROM layers WHERE digest = ?');
-  const size = db.prepare<[string], { size: number }>('SELECT size FROM blobs WHERE digest = ?');
-  const dropBlob = db.prepare('DELETE FROM blobs WHERE digest = ?');
-  const steps: Step[] = [];
-  for (let i = 0; i < candidates.length; i += CHUNK) {
-    const chunk = candidates.slice(i, i + CHUNK);
-    steps.push(() => {
-      for (const d of chunk) {
-        if (inUse.get(d, d)!.n > 0 || youngLayer.get(d, cutoff)!.n > 0) continue;
-        const s = size.get(d)?.size;
-        if (s === undefined) continue;
-        dropLayers.run(d);
-        dropBlob.run(d);
-        tally.dropped.push({ digest: d, size: s });
-      }
-    });
-  }
-  return steps;
-}
-
-/** Runs steps each in a transaction of its own with a pause between (pace), so requests are served meanwhile. */
-export async function runSteps(core: StoreCore, steps: Step[], tally: Tally): Promise<void> {
-  for (const s of steps) {
+export async function dropUnused(core: StoreCore, cutoff: number, tally: Tally): Promise<void> {
+  const unused = await core.index.unusedBlobs(cutoff);
+  for (let i = 0; i < unused.length; i += CHUNK) {
     const t0 = piece();
-    transact(core, tally, s);
+    const dropped = await transact(tally, () => core.index.dropUnusedBlobs(unused.slice(i, i + CHUNK), cutoff));
+    tally.dropped.push(...dropped);
     await pace(core, t0);
   }
 }
@@ -241,16 +208,14 @@ export async function runSteps(core: StoreCore, steps: Step[], tally: Tally): Pr
  * Decides as the sweep does: the same candidates and re-checks, and a blob goes when
  * every link and manifest row that uses it goes.
  */
-function dryRun(core: StoreCore, marks: Mark[], graceMs: number, tally: Tally): void {
-  const db = core.index.db;
-  const tagged = db.prepare<[number, string], { n: number }>('SELECT count(*) AS n FROM tags WHERE repo_id = ? AND digest = ?');
+async function dryRun(core: StoreCore, marks: Mark[], graceMs: number, tally: Tally): Promise<void> {
   const lessManifests = new Map<string, number>();
   const lessLinks = new Map<string, number>();
   const inc = (m: Map<string, number>, d: string) => m.set(d, (m.get(d) ?? 0) + 1);
   for (const m of marks) {
-    const c = candidates(core, m);
+    const c = await candidates(core, m);
     for (const d of c.manifests) {
-      if (tagged.get(m.id, d)!.n) continue;
+      if (await core.index.isTagged(m.repo, d)) continue;
       tally.manifests++;
       tally.gone.push({ repo: m.name, digest: d });
       inc(lessManifests, d);
@@ -258,15 +223,15 @@ function dryRun(core: StoreCore, marks: Mark[], graceMs: number, tally: Tally): 
     for (const d of c.links) if (!core.seenSince(m.name, d, m.cutoff)) { tally.links++; inc(lessLinks, d); }
   }
   const cutoff = Math.min(Date.now() - graceMs, core.heldSince ?? Infinity);
-  const blobs = db.prepare<[number, number], { digest: string; size: number; links: number; manifests: number; young: number }>(
-    `SELECT digest, size, (SELECT count(*) FROM repo_blobs l WHERE l.digest = b.digest) AS links,
-            (SELECT count(*) FROM manifests m WHERE m.digest = b.digest) AS manifests,
-            (SELECT count(*) FROM layers y WHERE y.digest = b.digest AND y.created_at >= ?) AS young
-       FROM blobs b WHERE created_at < ?`);
-  for (const b of blobs.iterate(cutoff, cutoff)) {
-    if (b.young === 0 && b.links === (lessLinks.get(b.digest) ?? 0) && b.manifests === (lessManifests.get(b.digest) ?? 0)) {
-      tally.dropped.push({ digest: b.digest, size: b.size });
+  for (let after = ''; ;) {
+    const page = await core.index.blobUses(cutoff, after, DRY_PAGE);
+    for (const b of page) {
+      if (b.young === 0 && b.links === (lessLinks.get(b.digest) ?? 0) && b.manifests === (lessManifests.get(b.digest) ?? 0)) {
+        tally.dropped.push({ digest: b.digest, size: b.size });
+      }
     }
+    if (page.length < DRY_PAGE) break;
+    after = page[page.length - 1]!.digest;
   }
 }
 
@@ -276,7 +241,7 @@ export async function removeFiles(core: StoreCore, dropped: { digest: string }[]
     const t0 = piece();
     await Promise.all(dropped.slice(i, i + READS_AT_ONCE).map(({ digest }) => core.locks.run(digest, async () => {
       // Stored again meanwhile (a push of the same bytes): the file is theirs now.
-      if (core.index.blobSize(digest) === undefined) await core.store.delete(digest).catch(() => {});
+      if (await core.index.blobSize(digest) === undefined) await core.store.delete(digest).catch(() => {});
     })));
     await pace(core, t0);
   }
@@ -290,11 +255,11 @@ export async function collectGarbage(core: StoreCore, opts: GcOptions): Promise<
   const phases = { markMs: 0, sweepMs: 0, filesMs: 0 };
   let t = Date.now();
   const lap = (k: keyof typeof phases) => { const now = Date.now(); phases[k] += now - t; t = now; };
-  const repos = core.index.db.prepare<[], { id: number; name: string }>('SELECT id, name FROM repositories').all();
+  const repos = await core.index.repositories();
   const marks: Mark[] = [];
   for (const r of repos) {
     // Each repository is swept right after its mark, while few writes have come since.
-    const mark = await markRepository(core, r.id, r.name, opts.graceMs);
+    const mark = await markRepository(core, r, opts.graceMs);
     lap('markMs');
     if (!mark) tally.deferred++;
     else if (dry) marks.push(mark);
@@ -304,9 +269,9 @@ export async function collectGarbage(core: StoreCore, opts: GcOptions): Promise<
     }
   }
   if (dry) {
-    dryRun(core, marks, opts.graceMs, tally);
+    await dryRun(core, marks, opts.graceMs, tally);
   } else {
-    await runSteps(core, dropUnused(core, Math.min(Date.now() - opts.graceMs, core.heldSince ?? Infinity), tally), tally);
+    await dropUnused(core, Math.min(Date.now() - opts.graceMs, core.heldSince ?? Infinity), tally);
     lap('sweepMs');
     await removeFiles(core, tally.dropped);
     lap('filesMs');
@@ -323,4 +288,16 @@ export async function collectGarbage(core: StoreCore, opts: GcOptions): Promise<
     phases,
     ...(dry ? { items: { manifests: tally.gone, blobs: tally.dropped } } : {}),
   };
+}
+
+/**
+ * This process's turn to collect or evict among the processes sharing the index (one at
+ * a time: Index.collectorLock); within a process, Storage already runs them one at a
+ * time. Throws CollectionRunning while another process has it.
+ */
+export async function collectorTurn(index: Index): Promise<() => Promise<void>> {
+  if (!index.collectorLock) return async () => {};
+  const release = await index.collectorLock();
+  if (!release) throw new CollectionRunning();
+  return release;
 }

@@ -1,8 +1,8 @@
 // The mark of garbage collection: what is live in one repository, kept true while the
 // repository goes on being written to (gc.ts's header says why and how it is used).
 //
-// A mark starts from a snapshot of the repository's manifests and roots, taken in one
-// synchronous step, and reads the manifest bodies it reaches. Bodies are content-
+// A mark starts from a snapshot of the repository's manifests and roots, taken as of one
+// moment (Index.repoSnapshot), and reads the manifest bodies it reaches. Bodies are content-
 // addressed and never change, so what a body references, once read, is true for ever;
 // only the rows (which manifests exist, what the tags name) move. So a mark is brought up
 // to date by taking in the rows written since it last looked (`since`): every manifest
@@ -17,6 +17,7 @@
 import { readFileSync } from 'node:fs';
 import { parseManifest } from '../oci/manifest.js';
 import type { StoreCore } from './core.js';
+import type { ManifestStamp, RepoKey, RepoSnapshot, RepoWrites, SweepMark, WritesSince } from './index/index.js';
 
 /** What is live in one repository: manifests and the blobs they reference. */
 export interface Live { manifests: Set<string>; blobs: Set<string> }
@@ -60,17 +61,24 @@ export async function pace(core: StoreCore, start: Piece): Promise<void> {
   await new Promise<void>((r) => (wait < 1 ? setImmediate(r) : setTimeout(r, wait)));
 }
 
-/** One repository's mark. */
-export class Mark {
+/**
+ * One repository's mark. It is the SweepMark of index.ts: the index's sweepStep runs its
+ * takeIn, readNow or read, and caughtUp inside the step's transaction.
+ */
+export class Mark implements SweepMark {
   readonly live: Live = { manifests: new Set(), blobs: new Set() };
   /** The repository's manifests (digest → media type), as far as the mark has looked. */
   private readonly rows = new Map<string, string>();
   /** Referrers by subject: they are live while their subject is. */
   private readonly bySubject = new Map<string, string[]>();
   private readonly refs = new Map<string, Refs>();
+  /**
+   * Manifests reached whose bodies a step within a transaction did not read (it gave
+   * way, or could not read one there): catchUp reads them outside.
+   */
+  private readonly unread = new Set<string>();
   /** Writes stamped since (less SKEW_MS) are not yet taken in. */
   private since: number;
-  private readonly q;
 
   /** When the snapshot was taken: nothing written after it is ever swept from this mark. */
   readonly began: number;
@@ -81,71 +89,91 @@ export class Mark {
    */
   readonly cutoff: number;
 
-  private constructor(private readonly core: StoreCore, readonly id: number, readonly name: string, graceMs: number) {
-    const db = core.index.db;
-    this.since = this.began = Date.now();
+  private constructor(private readonly core: StoreCore, readonly repo: RepoKey, asOf: number, graceMs: number) {
+    this.since = this.began = asOf;
     this.cutoff = Math.min(this.began - graceMs, core.heldSince ?? Infinity);
-    this.q = {
-      manifests: db.prepare<[number, number], { digest: string; media_type: string; subject: string | null; created_at: number }>(
-        'SELECT digest, media_type, subject, created_at FROM manifests WHERE repo_id = ? AND created_at >= ?'),
-      tags: db.prepare<[number, number], { digest: string }>('SELECT digest FROM tags WHERE repo_id = ? AND updated_at >= ?'),
-      builds: db.prepare<[string, number], { manifest: string; alt_manifest: string | null }>(
-        'SELECT manifest, alt_manifest FROM builds WHERE repo = ? AND created_at >= ? AND evicted_at IS NULL'),
-      exists: db.prepare<[number, string], { one: number }>('SELECT 1 AS one FROM manifests WHERE repo_id = ? AND digest = ?'),
-    };
   }
 
+  get id(): number { return this.repo.id; }
+  get name(): string { return this.repo.name; }
+
   /**
-   * Marks repository `id` from the roots `roots()` names, read in the same synchronous
-   * step as the repository's manifests, sparing what is younger than `graceMs`. Undefined
-   * when a manifest body could not be read or parsed: then nothing in the repository may
-   * be swept, since a reference missed is a blob lost.
+   * Marks `repo` from the roots `roots` names in its snapshot (read as of one moment with
+   * the repository's manifests), sparing what is younger than `graceMs`. Undefined when
+   * a manifest body could not be read or parsed: then nothing in the repository may be
+   * swept, since a reference missed is a blob lost.
    */
-  static async of(core: StoreCore, id: number, name: string, roots: () => string[], graceMs: number): Promise<Mark | undefined> {
-    const m = new Mark(core, id, name, graceMs);
-    const start = roots();
-    for (const r of m.rowsSince(Number.MIN_SAFE_INTEGER)) if (r.created_at >= m.cutoff) start.push(r.digest);
-    return (await m.grow(start)) ? m : undefined;
+  static async of(core: StoreCore, repo: RepoKey, roots: (s: RepoSnapshot) => string[], graceMs: number): Promise<Mark | undefined> {
+    const snapshot = await core.index.repoSnapshot(repo);
+    const m = new Mark(core, repo, snapshot.asOf, graceMs);
+    const start = roots(snapshot);
+    for (const r of m.record(snapshot.manifests)) if (r.created_at >= m.cutoff) start.push(r.digest);
+    return (await m.grow(start, true)) ? m : undefined;
   }
 
   /**
    * Takes in what was written since the mark last looked, reading the bodies it needs
    * side by side, paced. Outside any transaction, so it may find more written by the
-   * time the caller's transaction runs: that one calls `settle`.
+   * time the caller's sweep step runs: that one takes in the rest (sweepStep).
    */
   async catchUp(): Promise<boolean> {
-    return this.grow(this.writtenSince());
+    const w = await this.core.index.repoWrites(this.repo, this.wants());
+    const ok = await this.grow([...this.newRoots(w), ...this.unread], true);
+    if (ok) this.unread.clear();
+    return ok;
+  }
+
+  wants(): WritesSince {
+    const since = this.since - SKEW_MS;
+    return { manifests: Math.max(since, this.cutoff), others: since };
+  }
+
+  takeIn(writes: RepoWrites): string[] {
+    const missing = this.reach(this.newRoots(writes));
+    for (const d of missing) this.unread.add(d);
+    return missing;
   }
 
   /**
-   * The same as catchUp, within the caller's write transaction, so that nothing can be
-   * written between it and the sweep that follows. Bodies still unread are read there
-   * and then (files just written, so from the page cache), at most `maxReads` of them:
-   * 'more' asks the caller to catch up outside the transaction and come back.
-   * 'unreadable': a body could not be read, sweep nothing more here.
+   * Reads within the caller's transaction (files just written, so from the page cache).
+   * Only a store with local files can be read so; on a remote one (S3) the repository is
+   * left for the next collection instead, which under pushes that never pause is the
+   * starvation gc.ts otherwise ends: a known limit of S3 with the SQLite index.
    */
-  settle(maxReads: number): 'settled' | 'more' | 'unreadable' {
-    const now = Date.now();
-    const missing = this.reach(this.writtenSince());
-    if (missing.length > maxReads) return 'more';
-    if (!this.growSync(missing)) return 'unreadable';
-    this.since = now;
-    return 'settled';
+  readNow(missing0: string[]): 'read' | 'more' | 'unreadable' {
+    const store = this.core.store;
+    for (let missing = missing0; missing.length; missing = this.reach(missing)) {
+      if (!store.localPath) return 'unreadable';
+      for (const d of missing) {
+        let body: Buffer | undefined;
+        try { body = readFileSync(store.localPath(d)); } catch { body = undefined; }
+        // Perhaps deleted meanwhile, which only a look at the index can tell: outside.
+        if (!this.parse(d, body)) { this.unread.add(d); return 'more'; }
+      }
+    }
+    return 'read';
   }
 
-  /** Rows written (stamped) since the mark last looked: the new roots. */
-  private writtenSince(): string[] {
-    const since = this.since - SKEW_MS;
-    return [
-      ...this.rowsSince(Math.max(since, this.cutoff)).map((r) => r.digest),
-      ...this.q.tags.all(this.id, since).map((r) => r.digest),
-      ...this.q.builds.all(this.name, since).flatMap((b) => (b.alt_manifest ? [b.manifest, b.alt_manifest] : [b.manifest])),
-    ];
+  read(missing: string[]): Promise<boolean> { return this.grow(missing, false); }
+
+  caughtUp(asOf: number): void {
+    this.since = asOf;
+    this.unread.clear();
   }
 
-  /** Records the manifests stamped since `since`, and returns them. */
-  private rowsSince(since: number) {
-    const rows = this.q.manifests.all(this.id, since);
+  keepsManifest(digest: string): boolean { return this.live.manifests.has(digest); }
+
+  keepsLink(digest: string): boolean {
+    return this.live.blobs.has(digest) || this.live.manifests.has(digest) || this.core.seenSince(this.repo.name, digest, this.cutoff);
+  }
+
+  /** The roots that writes bring: manifests put, tags moved, builds recorded. */
+  private newRoots(w: RepoWrites): string[] {
+    return [...this.record(w.manifests).map((r) => r.digest), ...w.tags, ...w.builds];
+  }
+
+  /** Records manifest rows, and returns them. */
+  private record(rows: ManifestStamp[]): ManifestStamp[] {
     for (const r of rows) {
       if (!this.rows.has(r.digest) && r.subject !== null) {
         const s = this.bySubject.get(r.subject);
@@ -176,8 +204,8 @@ export class Mark {
     return [...missing];
   }
 
-  /** reach, reading the bodies it needs side by side (paced) until nothing is missing. */
-  private async grow(roots: string[]): Promise<boolean> {
+  /** reach, reading the bodies it needs side by side (paced if `paced`) until nothing is missing. */
+  private async grow(roots: string[], paced: boolean): Promise<boolean> {
     for (let missing = this.reach(roots); missing.length; missing = this.reach(missing)) {
       for (let i = 0; i < missing.length; i += READS_AT_ONCE) {
         const t0 = piece();
@@ -185,46 +213,33 @@ export class Mark {
         // behind the requests being served, and a large store would take minutes.
         const batch = missing.slice(i, i + READS_AT_ONCE);
         const bodies = await Promise.all(batch.map((d) => this.core.store.read(d).catch(() => undefined)));
-        if (!batch.every((d, k) => this.learn(d, bodies[k]))) return false;
-        await pace(this.core, t0);
+        for (let k = 0; k < batch.length; k++) if (!await this.learn(batch[k]!, bodies[k])) return false;
+        if (paced) await pace(this.core, t0);
       }
     }
     return true;
   }
 
-  /**
-   * The same as grow, reading in this synchronous step (`missing`: what reach returned).
-   * Only a store with local files can be read so; on a remote one (S3) the repository is
-   * left for the next collection instead, which under pushes that never pause is the
-   * starvation this file otherwise ends: a known limit of S3 with the SQLite index.
-   */
-  private growSync(missing0: string[]): boolean {
-    const store = this.core.store;
-    for (let missing = missing0; missing.length; missing = this.reach(missing)) {
-      if (!store.localPath) return false;
-      for (const d of missing) {
-        let body: Buffer | undefined;
-        try { body = readFileSync(store.localPath(d)); } catch { body = undefined; }
-        if (!this.learn(d, body)) return false;
-      }
-    }
-    return true;
-  }
-
-  /**
-   * Records what manifest `d` references. A body that cannot be read or parsed is fine
-   * if the manifest is gone meanwhile (a client deleted it: it is no longer the
-   * repository's), and stops the sweep of the repository otherwise.
-   */
-  private learn(d: string, body: Buffer | undefined): boolean {
+  /** Records what manifest `d` references; false if its body is missing or does not parse. */
+  private parse(d: string, body: Buffer | undefined): boolean {
     try {
       if (body) {
         const p = parseManifest(body, this.rows.get(d));
         this.refs.set(d, { blobs: p.blobs, manifests: p.manifests });
         return true;
       }
-    } catch { /* below */ }
-    if (this.q.exists.get(this.id, d)) return false;
+    } catch { /* false */ }
+    return false;
+  }
+
+  /**
+   * parse, and for a body that cannot be read or parsed: fine if the manifest is gone
+   * meanwhile (a client deleted it: it is no longer the repository's), and stops the
+   * sweep of the repository otherwise.
+   */
+  private async learn(d: string, body: Buffer | undefined): Promise<boolean> {
+    if (this.parse(d, body)) return true;
+    if (await this.core.index.lookup(this.repo.name, { digest: d })) return false;
     this.rows.delete(d);
     return true;
   }

@@ -13,7 +13,7 @@
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import type { StoreCore } from './core.js';
-import { Tally, dropUnused, removeFiles, runSteps, sweepRepository } from './gc.js';
+import { Tally, dropUnused, removeFiles, sweepRepository } from './gc.js';
 import { Mark } from './mark.js';
 
 export interface Eviction {
@@ -36,34 +36,30 @@ export class Quota {
   private readonly timer: NodeJS.Timeout;
 
   constructor(private readonly core: StoreCore) {
-    this.timer = setInterval(() => this.flush(), FLUSH_MS);
+    this.timer = setInterval(() => { void this.flush(); }, FLUSH_MS);
     this.timer.unref();
   }
 
-  close(): void {
+  async close(): Promise<void> {
     clearInterval(this.timer);
-    this.flush();
+    await this.flush();
   }
 
   /** A client pulled manifest `digest` of `repo` (a built image, if any build recorded it). */
   pulled(repo: string, digest: string): void {
     this.pending.set(`${repo}\0${digest}`, Date.now());
-    if (this.pending.size >= MAX_PENDING) this.flush();
+    if (this.pending.size >= MAX_PENDING) void this.flush();
   }
 
-  flush(): void {
+  async flush(): Promise<void> {
     if (!this.pending.size) return;
     const batch = this.pending;
     this.pending = new Map();
-    const update = this.core.index.db.prepare(`UPDATE builds SET last_pulled = max(coalesce(last_pulled, 0), ?)
-      WHERE repo = ? AND (manifest = ? OR alt_manifest = ?) AND evicted_at IS NULL`);
     try {
-      this.core.index.db.transaction(() => {
-        for (const [key, t] of batch) {
-          const [repo, digest] = key.split('\0') as [string, string];
-          update.run(t, repo, digest, digest);
-        }
-      })();
+      await this.core.index.notePulls([...batch].map(([key, at]) => {
+        const [repo, digest] = key.split('\0') as [string, string];
+        return { repo, digest, at };
+      }));
     } catch {
       // The index cannot be written just now (a full disk): the times are an ordering
       // hint, and a pull that is not recorded only makes its image look older.
@@ -71,16 +67,7 @@ export class Quota {
   }
 
   /** Bytes of the blobs that built images use and no pushed repository links. */
-  usage(): number {
-    return this.core.index.db.prepare<[], { n: number }>(`
-      WITH built AS (SELECT r.id FROM repositories r WHERE r.name IN (SELECT repo FROM builds))
-      SELECT total(b.size) AS n FROM blobs b
-       WHERE (EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.repo_id IN built)
-           OR EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest AND m.repo_id IN built)
-           OR EXISTS (SELECT 1 FROM layers y WHERE y.digest = b.digest))
-         AND NOT EXISTS (SELECT 1 FROM repo_blobs l WHERE l.digest = b.digest AND l.repo_id NOT IN built)
-         AND NOT EXISTS (SELECT 1 FROM manifests m WHERE m.digest = b.digest AND m.repo_id NOT IN built)`).get()!.n;
-  }
+  usage(): Promise<number> { return this.core.index.builtUsage(); }
 
   /**
    * Evicts the least recently pulled built images until usage is at most `maxBytes`.
@@ -88,14 +75,11 @@ export class Quota {
    * never evicted. The caller runs it under the same one-at-a-time rule as GC.
    */
   async enforce(maxBytes: number, keep?: { repo: string; manifest: string }): Promise<Eviction> {
-    this.flush();
-    const before = this.usage();
+    await this.flush();
+    const before = await this.usage();
     const out: Eviction = { images: [], blobs: 0, bytes: 0, before, after: before, limit: maxBytes };
     if (before <= maxBytes) return out;
-    const db = this.core.index.db;
-    const candidates = db.prepare<[], { repo: string; manifest: string }>(
-      `SELECT repo, manifest FROM builds WHERE evicted_at IS NULL
-        GROUP BY repo, manifest ORDER BY max(coalesce(last_pulled, created_at)) ASC, repo, manifest`).all();
+    const candidates = await this.core.index.evictionOrder();
     let usage = before;
     for (const c of candidates) {
       if (usage <= maxBytes) break;
@@ -106,45 +90,29 @@ export class Quota {
       out.bytes += freed.bytes;
       usage -= freed.bytes;
     }
-    out.after = this.usage();
+    out.after = await this.usage();
     return out;
   }
 
   /**
    * Evicts one built image: its build rows are marked evicted (so a pull of its hash tag
-   * can say so), its tags and manifests go, then whatever of its repository no remaining
-   * manifest references, and the blobs nothing else uses.
+   * can say so), its tags and manifests go (Index.evictBuild), then whatever of its
+   * repository no remaining manifest references, and the blobs nothing else uses.
    */
   private async evict(repo: string, manifest: string): Promise<{ blobs: number; bytes: number }> {
     const { index } = this.core;
-    const db = index.db;
-    const id = index.repoId(repo);
-    db.transaction(() => {
-      const rows = db.prepare<[string, string], { alt_manifest: string | null }>(
-        'SELECT alt_manifest FROM builds WHERE repo = ? AND manifest = ? AND evicted_at IS NULL').all(repo, manifest);
-      db.prepare('UPDATE builds SET evicted_at = ? WHERE repo = ? AND manifest = ? AND evicted_at IS NULL').run(Date.now(), repo, manifest);
-      if (id === undefined) return;
-      for (const d of new Set([manifest, ...rows.map((r) => r.alt_manifest).filter((a): a is string => a !== null)])) {
-        // Another build on record may name the same manifest (an ingested archive is
-        // filed under two hashes): it goes with the last of them.
-        const named = db.prepare<[string, string, string], { n: number }>(
-          'SELECT count(*) AS n FROM builds WHERE repo = ? AND evicted_at IS NULL AND (manifest = ? OR alt_manifest = ?)').get(repo, d, d)!.n;
-        if (named) continue;
-        db.prepare('DELETE FROM tags WHERE repo_id = ? AND digest = ?').run(id, d);
-        db.prepare('DELETE FROM manifests WHERE repo_id = ? AND digest = ?').run(id, d);
-      }
-    })();
+    await index.evictBuild(repo, manifest);
     this.core.bump(repo);
     const tally = new Tally();
-    if (id !== undefined) {
+    const key = await index.repository(repo);
+    if (key) {
       // Every manifest still in the repository is live here: old leftovers are GC's.
-      const all = () => db.prepare<[number], { digest: string }>('SELECT digest FROM manifests WHERE repo_id = ?').all(id).map((r) => r.digest);
       // No grace: a cache. Whatever was created since the oldest build in progress
       // began is that build's, and whatever since the mark began is spared (mark.ts).
-      const mark = await Mark.of(this.core, id, repo, all, 0);
+      const mark = await Mark.of(this.core, key, (s) => s.manifests.map((m) => m.digest), 0);
       if (mark) await sweepRepository(this.core, mark, tally);
     }
-    await runSteps(this.core, dropUnused(this.core, this.core.heldSince ?? Date.now(), tally), tally);
+    await dropUnused(this.core, this.core.heldSince ?? Date.now(), tally);
     await removeFiles(this.core, tally.dropped);
     return { blobs: tally.dropped.length, bytes: tally.dropped.reduce((n, b) => n + b.size, 0) };
   }

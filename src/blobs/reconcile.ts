@@ -22,8 +22,6 @@ export interface Reconciled { rowsDropped: number; filesRemoved: number }
 export async function reconcileBlobs(core: StoreCore, graceMs: number): Promise<Reconciled> {
   const { index, store, locks } = core;
   const began = Date.now();
-  const rowsAfter = index.db.prepare<[string, number], { digest: string; created_at: number }>(
-    'SELECT digest, created_at FROM blobs WHERE digest > ? ORDER BY digest LIMIT ?');
   const out: Reconciled = { rowsDropped: 0, filesRemoved: 0 };
   let rows: { digest: string; created_at: number }[] = [];
   let ri = 0;
@@ -31,9 +29,9 @@ export async function reconcileBlobs(core: StoreCore, graceMs: number): Promise<
   let listed: ListedBlob[] = [];
   let li = 0;
   let listDone = false;
-  const nextRow = () => {
+  const nextRow = async () => {
     if (ri >= rows.length && !rowsDone) {
-      rows = rowsAfter.all(rows.length ? rows[rows.length - 1]!.digest : '', PAGE);
+      rows = await index.blobsAfter(rows.length ? rows[rows.length - 1]!.digest : '', PAGE);
       ri = 0;
       rowsDone = rows.length < PAGE;
     }
@@ -50,21 +48,21 @@ export async function reconcileBlobs(core: StoreCore, graceMs: number): Promise<
     return listed[li];
   };
   for (;;) {
-    const row = nextRow();
+    const row = await nextRow();
     const blob = await nextListed();
     if (!row && !blob) break;
     if (blob && (!row || blob.digest < row.digest)) {
       li++;
       if (blob.modifiedMs > began - graceMs) continue;
       await locks.run(blob.digest, async () => {
-        if (index.blobSize(blob.digest) !== undefined) return;
+        if (await index.blobSize(blob.digest) !== undefined) return;
         await store.delete(blob.digest);
         out.filesRemoved++;
       });
     } else if (row && (!blob || row.digest < blob.digest)) {
       ri++;
       if (graceMs > 0 && (row.created_at >= began || (await store.stat(row.digest)) !== undefined)) continue;
-      index.forgetBlob(row.digest);
+      await index.forgetBlob(row.digest);
       out.rowsDropped++;
     } else {
       ri++;

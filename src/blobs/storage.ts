@@ -1,31 +1,36 @@
-// Content-addressed storage: blobs in a blob store (store/: the local disk, or S3) plus
-// the SQLite index, behind one API that the HTTP handlers and the image builder both
-// use. This file opens, reconciles and closes storage and is the one entry point; the
+// Content-addressed storage: blobs in a blob store (store/: the local disk, or S3) plus the
+// index (index/: SQLite, or PostgreSQL), behind one API that the HTTP handlers and the image
+// builder both use. This file opens, reconciles and closes storage and is the one entry point; the
 // work is done by its parts: files.ts (blob content), uploads.ts (upload sessions),
 // manifests.ts (manifests, tags, listings), over core.ts (layout, index, store, locks).
 // Nothing here knows HTTP or Nix: failures are the domain errors of errors.ts.
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
-import { localLeases, type Lease, type Leases } from './leases.js';
 import { promises as fs } from 'node:fs';
 import type { Readable } from 'node:stream';
 import type { Descriptor } from '../oci/descriptor.js';
 import type { Reference } from '../oci/reference.js';
-import { StoreCore } from './core.js';
-import { StorageUnavailable } from './errors.js';
+import { StoreCore, removeOlder } from './core.js';
+import { CollectionRunning, StorageUnavailable } from './errors.js';
 import { reconcileBlobs, type Reconciled } from './reconcile.js';
 import type { BlobStore, ByteRange } from './store/blob-store.js';
 import { DiskStore } from './store/disk.js';
 import type { S3Options } from './store/s3.js';
 import { BlobFiles } from './files.js';
-import { Index, type BuildRow, type LayerRow, type ReferrerRow, type ReferrersPage } from './index.js';
+import type { BuildRow, Index, LayerRow, ReferrerRow, ReferrersPage, UploadCounts } from './index/index.js';
+import { openIndex } from './index/open.js';
 import { Layout } from './layout.js';
 import { Manifests, type ManifestInfo } from './manifests.js';
-import { collectGarbage, type GcReport } from './gc.js';
+import { collectGarbage, collectorTurn, type GcReport } from './gc.js';
 import { Quota, type Eviction } from './quota.js';
 import { Uploads } from './uploads.js';
 
 export interface StorageOptions {
+  /** The index in PostgreSQL (--database postgres://…); default: SQLite in the data directory. */
+  database?: string | undefined;
+  /** With `database`: connections at most, and the deadline of each wait and statement (ms). */
+  databasePool?: number | undefined;
+  databaseTimeoutMs?: number | undefined;
   /** Blobs and uploads in S3 (--storage s3://…); default: the local disk under the data directory. */
   s3?: S3Options | undefined;
   /** What a background reconciliation of a remote store did, or why it failed (for the log). */
@@ -43,8 +48,6 @@ export interface StorageOptions {
   /** Told of every collection and eviction, for the log. */
   onGc?: ((report: GcReport) => void) | undefined;
   onEvict?: ((eviction: Eviction) => void) | undefined;
-  /** Work that one process at a time may do across every process on the index (leases.ts); default: this process alone. */
-  leases?: Leases | undefined;
 }
 
 /** What garbage collection and the quota have freed since the process started. */
@@ -77,14 +80,12 @@ export class Storage {
   /** Collections and evictions run one at a time: each reasons about the store as a whole. */
   private exclusive: Promise<unknown> = Promise.resolve();
   readonly gcTotals: GcTotals = { runs: 0, freedBytes: 0, freedBlobs: 0, freedManifests: 0, evictions: 0, evictedBytes: 0 };
-
   readonly store: BlobStore;
-  private readonly leases: Leases;
 
-  private constructor(root: string, opts: StorageOptions, store: BlobStore | undefined) {
+  private constructor(root: string, opts: StorageOptions, store: BlobStore | undefined, index: Index) {
     this.layout = new Layout(root);
     this.store = store ?? new DiskStore(this.layout);
-    this.index = new Index(this.layout.dbPath);
+    this.index = index;
     const core = this.core = new StoreCore(this.layout, this.index, this.store);
     this.uploadMaxAgeMs = opts.uploadMaxAgeMs ?? 24 * 3600_000;
     this.files = new BlobFiles(core);
@@ -92,7 +93,6 @@ export class Storage {
     this.manifests = new Manifests(core, opts.manifestCacheBytes ?? 64 * 1024 * 1024);
     this.quota = new Quota(core);
     this.opts = opts;
-    this.leases = opts.leases ?? localLeases;
   }
 
   static async open(root: string, opts: StorageOptions = {}): Promise<Storage> {
@@ -102,11 +102,11 @@ export class Storage {
     for (const d of [layout.root, ...local, layout.tmpDir, layout.gcrootsDir, layout.logsDir]) {
       await fs.mkdir(d, { recursive: true });
     }
-    const s = new Storage(root, opts, await remoteStore(opts));
+    const s = await Storage.make(root, opts);
     try {
       await s.checkStore();
     } catch (e) {
-      s.close();
+      await s.close();
       throw e;
     }
     await s.reconcile();
@@ -128,19 +128,31 @@ export class Storage {
    * an orphan), no timers.
    */
   static async inspect(root: string, opts: StorageOptions = {}): Promise<Storage> {
-    return new Storage(root, { ...opts, gcIntervalMs: 0 }, await remoteStore(opts));
+    return Storage.make(root, { ...opts, gcIntervalMs: 0 });
+  }
+
+  private static async make(root: string, opts: StorageOptions): Promise<Storage> {
+    const store = await remoteStore(opts);
+    let index: Index;
+    try {
+      index = await openIndex({ ...opts, sqlitePath: new Layout(root).dbPath });
+    } catch (e) {
+      store?.close();
+      throw e;
+    }
+    return new Storage(root, opts, store, index);
   }
 
   private closed = false;
 
-  close(): void {
+  /** Stops the timers, writes the last pull times, closes the index and the store. */
+  async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
     if (this.purgeTimer) clearInterval(this.purgeTimer);
     if (this.gcTimer) clearInterval(this.gcTimer);
-    this.quota.close();
-    void this.leases.close();
-    this.index.close();
-    this.store.close();
+    // The store last, whatever happened to the rest.
+    try { await this.quota.close(); await this.index.close(); } finally { this.store.close(); }
   }
 
   /** A collection asked for and not yet started, per kind (see gc()). */
@@ -169,7 +181,14 @@ export class Storage {
     this.gcWaiting[kind] = entry;
     entry.report = this.oneAtATime(async () => {
       if (this.gcWaiting[kind] === entry) this.gcWaiting[kind] = undefined;
-      const report = await collectGarbage(this.core, { graceMs: opts.graceMs ?? this.opts.gcGraceMs ?? 3600_000, dryRun: opts.dryRun });
+      // A dry run only reads: it needs no turn among replicas.
+      const release = opts.dryRun ? undefined : await collectorTurn(this.index);
+      let report: GcReport;
+      try {
+        report = await collectGarbage(this.core, { graceMs: opts.graceMs ?? this.opts.gcGraceMs ?? 3600_000, dryRun: opts.dryRun });
+      } finally {
+        await release?.();
+      }
       if (!report.dryRun) {
         const t = this.gcTotals;
         t.runs++;
@@ -192,7 +211,10 @@ export class Storage {
     const max = this.opts.cacheMaxBytes;
     if (max === undefined) return undefined;
     return this.oneAtATime(async () => {
-      const e = await this.quota.enforce(max, { repo, manifest });
+      // Another replica collecting or evicting now: the quota is enforced again after the next build.
+      const release = await collectorTurn(this.index).catch((err: unknown) => { if (err instanceof CollectionRunning) return undefined; throw err; });
+      if (!release) return undefined;
+      const e = await this.quota.enforce(max, { repo, manifest }).finally(release);
       if (e.images.length) {
         const t = this.gcTotals;
         t.evictions += e.images.length;
@@ -206,7 +228,7 @@ export class Storage {
   /** A client pulled manifest `digest` of `repo`: the quota evicts what is pulled least. */
   notePulled(repo: string, digest: string): void { this.quota.pulled(repo, digest); }
   /** Bytes that only built images use (what --cache-max-bytes bounds). */
-  cacheUsage(): number { return this.quota.usage(); }
+  cacheUsage(): Promise<number> { return this.quota.usage(); }
   /**
    * Marks work in progress that links blobs before a manifest references them (a
    * build): GC and the quota spare whatever is created or linked until it is released.
@@ -219,11 +241,14 @@ export class Storage {
    * Brings index and blob store back into agreement after a crash (reconcile.ts). A
    * local disk is reconciled at open, before any request: at run time it could take a
    * blob published but whose row is not yet written for an orphan. A remote store, which
-   * may take long to list, in the background with a grace period instead.
+   * may take long to list, in the background with a grace period instead; so is any
+   * store of an index other processes share (replicas over PostgreSQL): they may be in
+   * mid-commit at any moment, on the shared store and in a shared tmp/.
    */
   async reconcile(): Promise<{ rowsDropped: number; filesRemoved: number; uploadsPurged: number }> {
     let blobs: Reconciled = { rowsDropped: 0, filesRemoved: 0 };
-    if (this.store.remote) {
+    const shared = this.index.shared;
+    if (this.store.remote || shared) {
       void (async () => {
         try {
           this.opts.onReconcile?.(await reconcileBlobs(this.core, 3600_000));
@@ -236,9 +261,12 @@ export class Storage {
     } else {
       blobs = await reconcileBlobs(this.core, 0);
     }
-    await fs.rm(this.layout.tmpDir, { recursive: true, force: true });
-    await fs.mkdir(this.layout.tmpDir, { recursive: true });
-    const uploadsPurged = this.store.remote ? 0 : await this.purgeStaleUploads();
+    if (shared) await removeOlder(this.layout.tmpDir, 3600_000);
+    else {
+      await fs.rm(this.layout.tmpDir, { recursive: true, force: true });
+      await fs.mkdir(this.layout.tmpDir, { recursive: true });
+    }
+    const uploadsPurged = this.store.remote || shared ? 0 : await this.purgeStaleUploads();
     return { ...blobs, uploadsPurged };
   }
 
@@ -270,8 +298,8 @@ export class Storage {
   // ---------------------------------------------------------------- blobs (files.ts)
 
   /** Size of a blob as visible in `repo`, or undefined if not linked there. */
-  blobSize(repo: string, digest: string): number | undefined {
-    const size = this.files.size(repo, digest);
+  async blobSize(repo: string, digest: string): Promise<number | undefined> {
+    const size = await this.files.size(repo, digest);
     // A client looking at a blob may be about to reference it from a manifest (gc.ts).
     if (size !== undefined) this.core.touch(repo, digest);
     return size;
@@ -291,9 +319,11 @@ export class Storage {
 
   // ---------------------------------------------------------------- uploads (uploads.ts)
 
-  startUpload(repo: string, client?: string): string { return this.uploads.start(repo, client); }
-  /** Unfinished uploads of `repo`, of `client`, and in all (for the limits above). */
-  openUploads(repo: string, client: string) { return this.index.openUploads(repo, client); }
+  /**
+   * Starts an upload; with `limits` (per repository, per client, in all), only while the
+   * unfinished uploads are under them, checked and recorded atomically (TooManyUploads).
+   */
+  startUpload(repo: string, client?: string, limits?: UploadCounts): Promise<string> { return this.uploads.start(repo, client, limits); }
   uploadOffset(repo: string, id: string) { return this.uploads.offset(repo, id); }
   appendUpload(repo: string, id: string, source: Readable, start?: number, length?: number) {
     return this.uploads.append(repo, id, source, start, length);
@@ -303,29 +333,29 @@ export class Storage {
 
   // ---------------------------------------------------------------- manifests and tags (manifests.ts)
 
-  resolveManifest(repo: string, ref: Reference): Descriptor | undefined { return this.manifests.resolve(repo, ref); }
+  resolveManifest(repo: string, ref: Reference): Promise<Descriptor | undefined> { return this.manifests.resolve(repo, ref); }
   readManifest(d: Descriptor): Promise<Buffer> { return this.manifests.read(d); }
   putManifest(repo: string, body: Buffer, info: ManifestInfo, tag?: string, digest?: string): Promise<Descriptor> {
     return this.manifests.put(repo, body, info, tag, digest);
   }
   deleteManifest(repo: string, digest: string) { return this.manifests.delete(repo, digest); }
-  tag(repo: string, tag: string, digest: string): void { this.manifests.tag(repo, tag, digest); }
-  deleteTag(repo: string, tag: string): boolean { return this.manifests.deleteTag(repo, tag); }
-  listTags(repo: string, last: string, n: number): string[] | undefined { return this.manifests.listTags(repo, last, n); }
+  tag(repo: string, tag: string, digest: string): Promise<void> { return this.manifests.tag(repo, tag, digest); }
+  deleteTag(repo: string, tag: string): Promise<boolean> { return this.manifests.deleteTag(repo, tag); }
+  listTags(repo: string, last: string, n: number): Promise<string[] | undefined> { return this.manifests.listTags(repo, last, n); }
   /** One page of the manifests whose subject is `subject`, in digest order, without their annotations. */
-  referrers(repo: string, subject: string, page: ReferrersPage): ReferrerRow[] { return this.manifests.referrers(repo, subject, page); }
+  referrers(repo: string, subject: string, page: ReferrersPage): Promise<ReferrerRow[]> { return this.manifests.referrers(repo, subject, page); }
   /** A referrer's annotations as JSON (megabytes, possibly): read only for the page being answered. */
-  referrerAnnotations(repo: string, digest: string): Buffer | undefined { return this.manifests.referrerAnnotations(repo, digest); }
-  catalog(last: string, n: number): string[] { return this.index.listRepos(last, n); }
-  repositoryExists(repo: string): boolean { return this.index.repoId(repo) !== undefined; }
+  referrerAnnotations(repo: string, digest: string): Promise<Buffer | undefined> { return this.manifests.referrerAnnotations(repo, digest); }
+  catalog(last: string, n: number): Promise<string[]> { return this.index.listRepos(last, n); }
+  async repositoryExists(repo: string): Promise<boolean> { return await this.index.repository(repo) !== undefined; }
 
   /** What storage holds in memory and in flight, for operators and the bounds' tests. */
-  stats() {
+  async stats() {
     return {
       trackedRepositories: this.core.trackedRepositories,
       cachedReferences: this.manifests.cachedReferences,
       liveUploads: this.uploads.liveCount,
-      openUploads: this.index.uploadCount(),
+      openUploads: await this.index.uploadCount(),
       gc: { ...this.gcTotals },
     };
   }
@@ -336,20 +366,24 @@ export class Storage {
   // uses these and never the index or the layout itself.
 
   /** The record of `repo`'s image built for `hash`, evicted or not. */
-  getBuild(repo: string, hash: string): BuildRow | undefined { return this.index.getBuild(repo, hash); }
+  getBuild(repo: string, hash: string): Promise<BuildRow | undefined> { return this.index.getBuild(repo, hash); }
   /** Records a finished build (it counts as pulled now). */
-  putBuild(b: Omit<BuildRow, 'evicted_at'>): void { this.index.putBuild(b); }
+  putBuild(b: Omit<BuildRow, 'evicted_at'>): Promise<void> { return this.index.putBuild(b); }
   /** Whether any image was ever built in `repo`. */
-  hasBuilds(repo: string): boolean { return this.index.hasBuilds(repo); }
+  hasBuilds(repo: string): Promise<boolean> { return this.index.hasBuilds(repo); }
   /** The manifest digest `tag` names in `repo`, without reading the manifest. */
-  tagged(repo: string, tag: string): string | undefined { return this.index.resolveTag(repo, tag); }
+  tagged(repo: string, tag: string): Promise<string | undefined> { return this.index.resolveTag(repo, tag); }
   /** A layer built before with the same contents key, if its blob is still stored. */
-  getLayer(key: string): LayerRow | undefined { return this.index.getLayer(key); }
-  putLayer(key: string, layer: LayerRow): void { this.index.putLayer(key, layer); }
+  getLayer(key: string): Promise<LayerRow | undefined> { return this.index.getLayer(key); }
+  putLayer(key: string, layer: LayerRow): Promise<void> { return this.index.putLayer(key, layer); }
   /** Links a stored blob into `repo`; false if the blob is not stored. */
-  linkBlob(repo: string, digest: string): boolean { return this.index.linkBlob(repo, digest); }
-  /** Waits until this process alone, of all on the index, holds `key` (leases.ts). */
-  lease(key: string, signal?: AbortSignal, waiting?: () => void): Promise<Lease> { return this.leases.acquire(key, signal, waiting); }
+  linkBlob(repo: string, digest: string): Promise<boolean> { return this.index.linkBlob(repo, digest); }
+  /** Waits until this process alone, of all on the index, holds `key`; resolves to its release (Index.lease; one process: at once). */
+  lease(key: string, signal?: AbortSignal, waiting?: () => void): Promise<() => Promise<void>> {
+    if (this.index.lease) return this.index.lease(key, signal, waiting);
+    signal?.throwIfAborted();
+    return Promise.resolve(async () => {});
+  }
   /** The data directory: tells stores in one process apart. */
   get root(): string { return this.layout.root; }
   /** Scratch files of writes, on the blobs' file system (committed with commitFile). */

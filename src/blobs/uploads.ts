@@ -16,7 +16,8 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Digester, algorithmOf } from '../oci/digest.js';
 import type { StoreCore } from './core.js';
-import { DigestMismatch, SizeMismatch, UploadOutOfOrder, UploadUnknown, noSpaceCode } from './errors.js';
+import { DigestMismatch, SizeMismatch, TooManyUploads, UploadOutOfOrder, UploadUnknown, noSpaceCode } from './errors.js';
+import type { UploadCounts } from './index/index.js';
 import { Coalesce, detach, type BlobFiles } from './files.js';
 import { processGone, processName } from './process.js';
 import type { Staged } from './store/blob-store.js';
@@ -53,15 +54,22 @@ export class Uploads {
 
   constructor(private readonly core: StoreCore, private readonly files: BlobFiles, private readonly maxAgeMs: number) {}
 
-  start(repo: string, client = ''): string {
+  /** Starts an upload; with `limits`, only if the unfinished uploads are under them (TooManyUploads). */
+  async start(repo: string, client = '', limits?: UploadCounts): Promise<string> {
     const id = randomUUID();
+    // The row first: a purge removes staged bytes that no row records.
+    let refused: UploadCounts | undefined;
+    try {
+      refused = await this.core.index.createUpload(id, repo, client, limits);
+    } catch (err) {
+      throw this.core.noSpace(err, 'start an upload');
+    }
+    if (refused) throw new TooManyUploads(refused, limits!);
     let staged: Staged;
     try {
-      // The row first: a purge removes staged bytes that no row records.
-      this.core.index.createUpload(id, repo, client);
       staged = this.core.store.staging.create(id);
     } catch (err) {
-      try { this.core.index.deleteUpload(id); } catch { /* a row without its bytes is purged */ }
+      await this.core.index.deleteUpload(id).catch(() => { /* a row without its bytes is purged */ });
       throw this.core.noSpace(err, 'start an upload');
     }
     this.live.set(id, { staged, hash: createHash('sha256'), hashed: 0, busy: false });
@@ -84,12 +92,12 @@ export class Uploads {
   async append(repo: string, id: string, source: Readable, start?: number, length?: number): Promise<number> {
     const st = await this.state(repo, id);
     if (st.busy) throw new UploadOutOfOrder('another chunk of this upload is in progress', st.staged.offset);
-    const release = this.claim(id, st);
+    const release = await this.claimBusy(id, st);
     if (start !== undefined && start !== st.staged.offset) {
       release();
+      st.busy = false;
       throw new UploadOutOfOrder(`chunk starts at ${start}, but the upload has ${st.staged.offset} bytes`, st.staged.offset);
     }
-    st.busy = true;
     // The request feeds staging through a stream of its own (detach), not directly: a
     // cancel then detaches the request instead of destroying it, so the client still gets
     // an answer (404) rather than a reset connection. A client that goes away still fails
@@ -112,11 +120,11 @@ export class Uploads {
         // Staging recorded what it kept of the chunk; the hash has seen more than that.
         st.hash = null;
         // Gone meanwhile (purged, or cancelled between the checks): so is the upload.
-        if (!this.core.index.getUpload(id)) throw new UploadUnknown(id);
+        if (!await this.core.index.getUpload(id)) throw new UploadUnknown(id);
         throw err;
       }
       if (st.cancelled) throw new UploadUnknown(id);
-      record(next);
+      await record(next);
       if (hashing) st.hashed = next.offset;
       if (length !== undefined && counter.bytes !== length) {
         st.hash = null;
@@ -143,35 +151,49 @@ export class Uploads {
   }
 
   /**
+   * Marks the session busy, then claims it (claim): busy first, as the claim awaits the
+   * index and a second chunk arriving meanwhile in this process must find it busy.
+   */
+  private async claimBusy(id: string, st: UploadState): Promise<() => void> {
+    st.busy = true;
+    try {
+      return await this.claim(id, st);
+    } catch (err) {
+      st.busy = false;
+      throw err;
+    }
+  }
+
+  /**
    * Claims the upload for this process's chunk or finish (index.claimUpload), renewing
    * the claim while the work goes on; returns its release. Another process holding it is
    * UploadOutOfOrder, as a second chunk in this one is. Bytes another process appended
    * since this one last looked are taken from the row (and the running hash given up).
    */
-  private claim(id: string, st: UploadState): () => void {
+  private async claim(id: string, st: UploadState): Promise<() => void> {
     const { index } = this.core;
-    if (!index.claimUpload(id, this.owner, Date.now() + CLAIM_MS)) {
-      const row = index.getUpload(id);
+    if (!await index.claimUpload(id, this.owner, Date.now() + CLAIM_MS)) {
+      const row = await index.getUpload(id);
       if (!row) throw new UploadUnknown(id);
       // A claim left by a process killed on this host (a restart after kill -9) is ours to take.
       const holder = row.claimed_by ?? '';
       const gone = processGone(holder.slice(0, holder.lastIndexOf('/')));
-      if (!gone || !index.takeOverClaim(id, holder, this.owner, Date.now() + CLAIM_MS)) {
+      if (!gone || !await index.takeOverClaim(id, holder, this.owner, Date.now() + CLAIM_MS)) {
         throw new UploadOutOfOrder('another chunk of this upload is in progress', this.recorded(row.staged)?.offset ?? st.staged.offset);
       }
     }
-    const recorded = this.recorded(index.getUpload(id)?.staged);
+    const recorded = this.recorded((await index.getUpload(id))?.staged);
     if (recorded && recorded.offset !== st.staged.offset) {
       st.staged = recorded;
       st.hash = null;
     }
     const renew = setInterval(() => {
-      try { index.extendClaim(id, this.owner, Date.now() + CLAIM_MS); } catch { /* a full index: the claim may run out */ }
+      index.extendClaim(id, this.owner, Date.now() + CLAIM_MS).catch(() => { /* a full index: the claim may run out */ });
     }, CLAIM_MS / 3);
     renew.unref();
     return () => {
       clearInterval(renew);
-      try { index.releaseUpload(id, this.owner); } catch { /* it runs out */ }
+      index.releaseUpload(id, this.owner).catch(() => { /* it runs out */ });
     };
   }
 
@@ -180,10 +202,10 @@ export class Uploads {
    * session's last use, for the purge). A full index only leaves the row behind: the
    * next chunk records again, and a row's state is only ever behind, never ahead.
    */
-  private recorder(id: string, st: UploadState): (s: Staged) => void {
-    return (s) => {
+  private recorder(id: string, st: UploadState): (s: Staged) => Promise<void> {
+    return async (s) => {
       st.staged = s;
-      try { this.core.index.touchUpload(id, JSON.stringify(s)); } catch (err) { if (noSpaceCode(err) === undefined) throw err; }
+      try { await this.core.index.touchUpload(id, JSON.stringify(s)); } catch (err) { if (noSpaceCode(err) === undefined) throw err; }
     };
   }
 
@@ -191,8 +213,7 @@ export class Uploads {
   async finish(repo: string, id: string, digest: string): Promise<number> {
     const st = await this.state(repo, id);
     if (st.busy) throw new UploadOutOfOrder('a chunk of this upload is still in progress', st.staged.offset);
-    const release = this.claim(id, st);
-    st.busy = true;
+    const release = await this.claimBusy(id, st);
     const { staging } = this.core.store;
     const record = this.recorder(id, st);
     const work = (async () => {
@@ -213,7 +234,7 @@ export class Uploads {
       this.live.delete(id);
       // The blob is stored: an index too full to drop the row must not fail the upload
       // (its bytes are gone, so the row is purged).
-      try { this.core.index.deleteUpload(id); } catch (err) { if (noSpaceCode(err) === undefined) throw err; }
+      try { await this.core.index.deleteUpload(id); } catch (err) { if (noSpaceCode(err) === undefined) throw err; }
       await staging.remove(id, st.staged).catch(() => { /* left to the purge of orphans */ });
       return pending.size;
     })();
@@ -239,7 +260,7 @@ export class Uploads {
    * exists and this is UploadUnknown, exactly as if the cancel had come a moment later.
    */
   async cancel(repo: string, id: string): Promise<void> {
-    const row = this.core.index.getUpload(id);
+    const row = await this.core.index.getUpload(id);
     if (!row || row.repo !== repo) throw new UploadUnknown(id);
     const st = this.live.get(id);
     if (st?.op) {
@@ -248,22 +269,23 @@ export class Uploads {
         st.op.cut();
       }
       await st.op.done.catch(() => {});
-      if (!this.core.index.getUpload(id)) throw new UploadUnknown(id);
+      if (!await this.core.index.getUpload(id)) throw new UploadUnknown(id);
       st.cancelled = true;
     }
     await this.remove(id);
   }
 
   /**
-   * The row and the session go in one synchronous step, so that no request finds the
-   * session half-removed (a finish would start over from bytes being deleted). The bytes
+   * The row and the session go together, the session once the row is gone, so that no
+   * request finds the session half-removed (a finish would start over from bytes being
+   * deleted). The bytes
    * go whatever the index says: a full index must not keep a dead upload's space (a row
    * left without its bytes is dropped by the next request or purge).
    */
   private async remove(id: string): Promise<void> {
-    const staged = this.live.get(id)?.staged ?? this.recorded(this.core.index.getUpload(id)?.staged);
+    const staged = this.live.get(id)?.staged ?? this.recorded((await this.core.index.getUpload(id))?.staged);
     let rowError: unknown;
-    try { this.core.index.deleteUpload(id); } catch (err) { if (noSpaceCode(err) === undefined) rowError = err; }
+    try { await this.core.index.deleteUpload(id); } catch (err) { if (noSpaceCode(err) === undefined) rowError = err; }
     this.live.delete(id);
     await this.core.store.staging.remove(id, staged);
     if (rowError) throw rowError;
@@ -279,7 +301,7 @@ export class Uploads {
     const { index } = this.core;
     const { staging } = this.core.store;
     const cutoff = Date.now() - this.maxAgeMs;
-    const rows = index.allUploads();
+    const rows = await index.allUploads();
     const known = new Set(rows.map((u) => u.id));
     let purged = 0;
     for (const row of rows) {
@@ -289,7 +311,7 @@ export class Uploads {
       // A live session has its bytes (their loss shows at its next use).
       if (!stale && (st || await staging.resume(row.id, this.recorded(row.staged)))) continue;
       // Re-read: a chunk may have touched it, or a finish removed it, while this awaited.
-      const now = index.getUpload(row.id);
+      const now = await index.getUpload(row.id);
       if (!now || (now.updated_at !== row.updated_at && stale)) continue;
       await this.remove(row.id);
       purged++;
@@ -299,7 +321,7 @@ export class Uploads {
       for (const id of page) {
         // Re-checked now, not against the snapshot: an upload started while this purge
         // awaited has a row (inserted before its bytes) but is not in `rows`.
-        if (!known.has(id) && !index.getUpload(id)) await staging.remove(id, undefined);
+        if (!known.has(id) && !await index.getUpload(id)) await staging.remove(id, undefined);
       }
       if (page.length < PURGE_PAGE) break;
     }
@@ -307,7 +329,7 @@ export class Uploads {
   }
 
   private async state(repo: string, id: string): Promise<UploadState> {
-    const row = this.core.index.getUpload(id);
+    const row = await this.core.index.getUpload(id);
     if (!row || row.repo !== repo) throw new UploadUnknown(id);
     let st = this.live.get(id);
     const recorded = this.recorded(row.staged);
@@ -321,7 +343,7 @@ export class Uploads {
       // staged bytes say; the hash is recomputed at the end.
       const staged = await this.core.store.staging.resume(id, recorded);
       if (!staged) {
-        this.core.index.deleteUpload(id);
+        await this.core.index.deleteUpload(id);
         throw new UploadUnknown(id);
       }
       // A concurrent request may have set the state while this one awaited.
@@ -332,7 +354,7 @@ export class Uploads {
         // The bytes said more than the row (a chunk cut short by a crash reached the disk
         // after the row was written): the row must say it too, or the next request would
         // take the row's older word for it.
-        if (staged.offset !== (recorded?.offset ?? 0)) this.recorder(id, st)(staged);
+        if (staged.offset !== (recorded?.offset ?? 0)) await this.recorder(id, st)(staged);
       }
     }
     return st;

@@ -75,7 +75,7 @@ export class Builder {
    * callers: a job that finds the build under way joins it, its progress and its log).
    */
   async ensureBuilt(ev: Evaluation, job: Job): Promise<BuiltImage> {
-    const done = this.records.lookup(ev.repo, ev.hash);
+    const done = await this.records.lookup(ev.repo, ev.hash);
     if (done) return done;
     const key = `${ev.repo}\0${ev.hash}`;
     const failed = this.failures.get(key);
@@ -108,7 +108,7 @@ export class Builder {
     // find the record; if the builder dies, its lease goes with it and one of them builds.
     // Bounded by the holder's own timeout, with room for it to store what it built.
     const bound = 2 * this.o.buildTimeoutMs + 60_000;
-    const lease = await this.storage.lease(`build\0${ev.repo}\0${ev.hash}`, AbortSignal.timeout(bound),
+    const release = await this.storage.lease(`build\0${ev.repo}\0${ev.hash}`, AbortSignal.timeout(bound),
       () => job.line(`another replica is building ${ev.repo}:${ev.hash}; waiting for it`)).catch((e: unknown) => {
       if ((e as Error).name !== 'TimeoutError') throw e;
       throw new BuildFailed(`building ${ev.repo} failed: another replica's build of ${ev.hash} held it for over ${Math.round(bound / 1000)} s`, {});
@@ -117,7 +117,7 @@ export class Builder {
       const theirs = await this.records.lookup(ev.repo, ev.hash);
       if (theirs) { job.line(`built by another replica: ${theirs.manifest.digest}`); return theirs; }
       return await this.buildHere(ev, job);
-    } finally { await lease.release(); }
+    } finally { await release(); }
   }
 
   private async buildHere(ev: Evaluation, job: Job): Promise<BuiltImage> {
@@ -163,7 +163,7 @@ export class Builder {
         built = await assembleImage(this.storage, ev.repo, { ...ev.spec, contents: outs }, closure, ev.hash, undefined,
           AbortSignal.timeout(Math.max(1000, this.o.buildTimeoutMs - (Date.now() - started))), progress, this.o.compression);
       }
-      this.records.record(ev, built, built.hash === ev.hash ? raw.imagePath : outs[0]!);
+      await this.records.record(ev, built, built.hash === ev.hash ? raw.imagePath : outs[0]!);
       await this.records.enforceQuota(ev.repo, built.manifest.digest);
       ok = true;
       job.line(`stored ${built.manifest.digest} as ${ev.repo}:${built.hash}`);

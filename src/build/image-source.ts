@@ -19,9 +19,9 @@ export interface ImageSource {
    * Whether the source answers pulls of `repo`: what it owns, and with --packages the
    * package lists (which stay open to pushes: a pushed repository is plain storage).
    */
-  serves(repo: string): boolean;
+  serves(repo: string): Promise<boolean>;
   /** What `repo` is built from (the web page says so); undefined: nothing here, plain storage. */
-  madeFrom?(repo: string): 'image file' | 'flake' | 'package list' | undefined;
+  madeFrom?(repo: string): Promise<'image file' | 'flake' | 'package list' | undefined>;
   /** The names it serves that can be listed (image files, the top-level flake's outputs), sorted, built or not. */
   names?(): string[];
   /**
@@ -43,7 +43,7 @@ export interface ImageSource {
    * Starts building `repo:tag` (latest or a hash tag) as a job, or joins the one under
    * way; returns at once. Throws as resolve() does for what cannot be built.
    */
-  startBuild(repo: string, tag: string): JobView;
+  startBuild(repo: string, tag: string): Promise<JobView>;
   /** The log of a running or recent build: its file, and how to wait for it to grow. */
   buildLog(id: string): BuildLogHandle | undefined;
   /** Counters for operators (builds, evaluations, queue, Nix processes). */

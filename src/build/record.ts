@@ -18,47 +18,49 @@ export class Records {
   constructor(private readonly storage: Storage, private readonly format: string, private readonly log?: Logger | undefined) {}
 
   /** An image already built for `hash`, from the index alone (no Nix). */
-  lookup(repo: string, hash: string): BuiltImage | undefined {
-    const row = this.storage.getBuild(repo, hash);
+  async lookup(repo: string, hash: string): Promise<BuiltImage | undefined> {
+    const row = await this.storage.getBuild(repo, hash);
     // Evicted by the cache quota: as if never built (image() says so if it cannot be rebuilt).
     // Built under another --layer-compression: built again (from the store, Nix only realises).
     if (!row || row.evicted_at !== null || (row.layer_format ?? LEGACY_FORMAT) !== this.format) return undefined;
-    const manifest = this.storage.resolveManifest(repo, { digest: row.manifest });
+    const [manifest, alternate] = await Promise.all([
+      this.storage.resolveManifest(repo, { digest: row.manifest }),
+      row.alt_manifest ? this.storage.resolveManifest(repo, { digest: row.alt_manifest }) : undefined,
+    ]);
     if (!manifest) return undefined;
-    const alternate = row.alt_manifest ? this.storage.resolveManifest(repo, { digest: row.alt_manifest }) : undefined;
     // The row of an ingested archive may be filed under the evaluation's hash too; its tag
     // is always the hash part of the store path it records.
     return { hash: hashPart(row.store_path), manifest, alternate };
   }
 
   /** Whether the image of `repo` once built for `hash` was evicted by the cache quota. */
-  evicted(repo: string, hash: string): boolean {
-    return this.storage.getBuild(repo, hash)?.evicted_at != null;
+  async evicted(repo: string, hash: string): Promise<boolean> {
+    return (await this.storage.getBuild(repo, hash))?.evicted_at != null;
   }
 
   /** Files a finished build of `ev` (whose image is the store path `storePath`) and tags it by hash. */
-  record(ev: Evaluation, built: BuiltImage, storePath: string): void {
-    this.storage.putBuild(buildRow(ev.repo, built.hash, storePath, built, this.format));
+  async record(ev: Evaluation, built: BuiltImage, storePath: string): Promise<void> {
+    await this.storage.putBuild(buildRow(ev.repo, built.hash, storePath, built, this.format));
     // An ingested archive is tagged by its own output hash; the evaluation's hash maps
     // to it too so that `latest` finds it without asking Nix again.
-    if (built.hash !== ev.hash) this.storage.putBuild(buildRow(ev.repo, ev.hash, storePath, built, this.format));
-    this.storage.tag(ev.repo, built.hash, built.manifest.digest);
+    if (built.hash !== ev.hash) await this.storage.putBuild(buildRow(ev.repo, ev.hash, storePath, built, this.format));
+    await this.storage.tag(ev.repo, built.hash, built.manifest.digest);
   }
 
   /**
    * Files `built` also under `alias` (a full git commit of a pinned package set), so
    * that the alias is served from the index alone, and tags it: commits are immutable.
    */
-  alias(ev: Evaluation, alias: string, built: BuiltImage): void {
-    if (this.storage.getBuild(ev.repo, alias)?.manifest === built.manifest.digest) return;
+  async alias(ev: Evaluation, alias: string, built: BuiltImage): Promise<void> {
+    if ((await this.storage.getBuild(ev.repo, alias))?.manifest === built.manifest.digest) return;
     const storePath = built.hash === ev.hash ? ev.raw.imagePath : ev.raw.contents[0]!.out;
-    this.storage.putBuild(buildRow(ev.repo, alias, storePath, built, this.format));
-    this.storage.tag(ev.repo, alias, built.manifest.digest);
+    await this.storage.putBuild(buildRow(ev.repo, alias, storePath, built, this.format));
+    await this.storage.tag(ev.repo, alias, built.manifest.digest);
   }
 
   /** `latest` of `repo` moves to `built` (written only if it moves). */
-  tagLatest(repo: string, built: BuiltImage): void {
-    if (this.storage.tagged(repo, 'latest') !== built.manifest.digest) this.storage.tag(repo, 'latest', built.manifest.digest);
+  async tagLatest(repo: string, built: BuiltImage): Promise<void> {
+    if (await this.storage.tagged(repo, 'latest') !== built.manifest.digest) await this.storage.tag(repo, 'latest', built.manifest.digest);
   }
 
   /** Over the cache quota, older built images make room; a failure there fails no build. */

@@ -93,7 +93,7 @@ export class NixImageSource implements ImageSource {
     // A package-list name pushed to (content, but no image built here) is plain storage.
     this.origins = new Origins({
       images, packages: o.packages, evalTtlMs: o.evalTtlMs, nixEnv, log,
-      pushedTo: (repo) => !storage.hasBuilds(repo) && storage.repositoryExists(repo),
+      pushedTo: async (repo) => !await storage.hasBuilds(repo) && await storage.repositoryExists(repo),
     });
     this.evaluator = new Evaluator(storage, health, {
       images, evalTtlMs: o.evalTtlMs, negativeTtlMs: o.negativeTtlMs, timeoutMs: o.buildTimeoutMs, concurrency: Math.max(2, o.maxBuilds), nixEnv, log,
@@ -122,7 +122,7 @@ export class NixImageSource implements ImageSource {
     return this.origins.of(repo) !== undefined;
   }
 
-  serves(repo: string): boolean {
+  serves(repo: string): Promise<boolean> {
     return this.origins.serves(repo);
   }
 
@@ -134,10 +134,10 @@ export class NixImageSource implements ImageSource {
     return this.listed.names;
   }
 
-  madeFrom(repo: string): 'image file' | 'flake' | 'package list' | undefined {
+  async madeFrom(repo: string): Promise<'image file' | 'flake' | 'package list' | undefined> {
     const o = this.origins.of(repo);
     if (o) return o.kind === 'file' ? 'image file' : 'flake';
-    return this.origins.serves(repo) ? 'package list' : undefined;
+    return await this.origins.serves(repo) ? 'package list' : undefined;
   }
 
   async resolve(repo: string, ref: Reference, accepts: (mediaType: string) => boolean): Promise<Descriptor | undefined> {
@@ -179,25 +179,25 @@ export class NixImageSource implements ImageSource {
 
   private async imageFrom(repo: string, tag: string, w: Waiting): Promise<BuiltImage> {
     if (HASH_TAG.test(tag)) {
-      const done = this.records.lookup(repo, tag);
+      const done = await this.records.lookup(repo, tag);
       if (done) return done;
       const running = this.jobs.find(repo, tag);
       if (running) { w.job = running; return running.done; }
       // No job yet: distinct hash tags of one repository share its one evaluation, so a
       // flood of made-up tags costs one nix-instantiate, and no job each.
       const ev = await this.evaluator.evaluate(repo, await this.origins.at(repo, 'latest'));
-      this.checkHashTag(repo, tag, ev);
+      await this.checkHashTag(repo, tag, ev);
       w.job = this.startJob(repo, tag, (job) => this.builder.ensureBuilt(ev, job));
       return w.job.done;
     }
     this.origins.checkTag(repo, tag);
     // A full commit of a pinned package set is immutable: once built, no git, no Nix.
-    const pinned = COMMIT_TAG.test(tag) ? this.records.lookup(repo, tag) : undefined;
+    const pinned = COMMIT_TAG.test(tag) ? await this.records.lookup(repo, tag) : undefined;
     if (pinned) return pinned;
     // The common pull: evaluated a moment ago and built long ago. No job for that.
     const origin = await this.origins.at(repo, tag);
     const ev = this.evaluator.cached(origin);
-    const done = ev && this.records.lookup(repo, ev.hash);
+    const done = ev && await this.records.lookup(repo, ev.hash);
     if (done) return this.tagged(tag, ev, done);
     w.job = this.startJob(repo, tag, (job) => this.buildTag(repo, tag, job));
     return w.job.done;
@@ -210,16 +210,16 @@ export class NixImageSource implements ImageSource {
   }
 
   /** `latest` moves to the image; a pinned package set's commit names it for good. */
-  private tagged(tag: string, ev: Evaluation, built: BuiltImage): BuiltImage {
-    if (tag === 'latest') this.records.tagLatest(ev.repo, built);
+  private async tagged(tag: string, ev: Evaluation, built: BuiltImage): Promise<BuiltImage> {
+    if (tag === 'latest') await this.records.tagLatest(ev.repo, built);
     const rev = ev.origin.args.rev;
-    if (rev !== undefined) this.records.alias(ev, rev, built);
+    if (rev !== undefined) await this.records.alias(ev, rev, built);
     return built;
   }
 
-  private checkHashTag(repo: string, tag: string, ev: Evaluation): void {
+  private async checkHashTag(repo: string, tag: string, ev: Evaluation): Promise<void> {
     if (tag === ev.hash || tag === ev.outHash) return;
-    const evicted = this.records.evicted(repo, tag);
+    const evicted = await this.records.evicted(repo, tag);
     const current = ev.outHash ?? ev.hash;
     throw new TagNotServed(evicted
       ? `image ${repo}:${tag} was evicted from the cache of built images, and ${repo} now evaluates to ${current}, so it cannot be rebuilt; pull ${repo}:latest or ${repo}:${current}`
@@ -236,15 +236,15 @@ export class NixImageSource implements ImageSource {
     }
   }
 
-  startBuild(repo: string, tag: string): JobView {
-    if (!this.serves(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
+  async startBuild(repo: string, tag: string): Promise<JobView> {
+    if (!await this.serves(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
     let job: Job;
     if (HASH_TAG.test(tag)) {
       job = this.startJob(repo, tag, async (j) => {
-        const done = this.records.lookup(repo, tag);
+        const done = await this.records.lookup(repo, tag);
         if (done) return done;
         const ev = await this.evaluator.evaluate(repo, await this.origins.at(repo, 'latest'), j);
-        this.checkHashTag(repo, tag, ev);
+        await this.checkHashTag(repo, tag, ev);
         return this.builder.ensureBuilt(ev, j);
       });
     } else {
@@ -280,7 +280,7 @@ export class NixImageSource implements ImageSource {
           try {
             // Not every .nix file is an image (a shared lib.nix): those fail here quietly.
             const ev = await this.evaluator.evaluate(repo, this.origins.find(repo));
-            if (this.records.lookup(repo, ev.hash)) continue;
+            if (await this.records.lookup(repo, ev.hash)) continue;
             await this.image(repo, 'latest');
             built++;
           } catch (e) {

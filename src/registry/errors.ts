@@ -6,7 +6,7 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import {
-  BlobTooLarge, DigestMismatch, MissingReferences, SizeMismatch, StorageFull, StorageUnavailable, UploadOutOfOrder, UploadUnknown, noSpaceCode,
+  BlobTooLarge, CollectionRunning, DigestMismatch, IndexUnavailable, MissingReferences, SizeMismatch, StorageFull, StorageUnavailable, UploadOutOfOrder, UploadUnknown, noSpaceCode,
 } from '../blobs/errors.js';
 import {
   ArchiveError, BuildFailed, BuildQueueFull, EvaluationFailed, InvalidImageSpec, NixUnavailable, NoImageExpression, StillBuilding,
@@ -50,8 +50,8 @@ type ErrorClass = abstract new (...args: never[]) => Error & { detail: unknown }
  * tells the user what to fix. A full disk is the exception: it is no verdict on the
  * push or the image but a state of the server that may pass any moment, and 507
  * Insufficient Storage (RFC 4918) says exactly that even where only the status line
- * is shown. A blob store (S3) that does not answer is 503 with a Retry-After: the same
- * request may work in a moment. A pull that waited --pull-wait for a build still running
+ * is shown. A blob store (S3) or an index database (PostgreSQL) that does not answer is
+ * 503 with a Retry-After: the same request may work in a moment. A pull that waited --pull-wait for a build still running
  * is 429 with a Retry-After: containerd (so kubelet) retries it, and docker prints its message.
  * A blob over what the store can hold as one object (S3's 10,000 parts) is 413 Payload
  * Too Large with BLOB_UPLOAD_INVALID, the code Distribution gives a refused upload.
@@ -59,6 +59,8 @@ type ErrorClass = abstract new (...args: never[]) => Error & { detail: unknown }
 const DOMAIN: [ErrorClass, ErrorCode, number?][] = [
   [StorageFull, 'UNAVAILABLE', 507],
   [StorageUnavailable, 'UNAVAILABLE', 503],
+  [IndexUnavailable, 'UNAVAILABLE', 503],
+  [CollectionRunning, 'UNAVAILABLE', 503],
   [DigestMismatch, 'DIGEST_INVALID'],
   [MissingReferences, 'MANIFEST_BLOB_UNKNOWN'],
   [UploadUnknown, 'BLOB_UPLOAD_UNKNOWN'],

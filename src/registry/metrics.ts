@@ -43,7 +43,7 @@ export class Metrics {
   private readonly bytes: Counter<'route'>;
   private readonly routes = new Map<string, RouteSeries>();
   private readonly unmatched: RouteSeries;
-  private readonly sync: (() => void)[] = [];
+  private readonly sync: (() => void | Promise<void>)[] = [];
   private defaults = false;
 
   constructor(private readonly o: MetricsOptions) {
@@ -75,7 +75,7 @@ export class Metrics {
     this.counterOf('nixreg_evaluations_total', 'Evaluations of image expressions started', () => num(source().evaluationsStarted));
     let totals = { blobs: 0, bytes: 0 };
     // One query for both gauges, run just before them (a scrape runs `sync` in order).
-    this.sync.push(() => { totals = o.storage.index.totals(); });
+    this.sync.push(async () => { totals = await o.storage.index.totals(); });
     gauge('nixreg_storage_blobs', 'Blobs stored, manifests included (from the index)', () => totals.blobs);
     gauge('nixreg_storage_bytes', 'Bytes of the blobs stored (from the index)', () => totals.bytes);
     // Cumulative since the start, kept by storage (blobs/storage.ts gcTotals).
@@ -144,7 +144,7 @@ export class Metrics {
     // registry that nobody scrapes (a test's, a benchmark's) need not pay.
     if (!this.defaults) { collectDefaultMetrics({ register: this.registry }); this.defaults = true; }
     this.flush();
-    for (const s of this.sync) s();
+    for (const s of this.sync) await s();
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 

@@ -40,13 +40,14 @@ export class Readiness {
     const now = Date.now();
     if (!this.disk || now - this.disk.at >= CACHE_MS) this.disk = { at: now, result: this.checkDisk() };
     const disk = await this.disk.result;
-    const checks = { index: this.checkIndex(), ...disk, nix: this.checkNix() };
+    const checks = { index: await this.checkIndex(), ...disk, nix: this.checkNix() };
     return { status: Object.values(checks).every((c) => c.ok) ? 'ready' : 'not ready', checks };
   }
 
-  private checkIndex(): Check {
+  /** The index's own deadline (a PostgreSQL index's query timeout) bounds this. */
+  private async checkIndex(): Promise<Check> {
     try {
-      this.o.storage.index.ping();
+      await this.o.storage.index.ping();
       return { ok: true };
     } catch (e) {
       return { ok: false, reason: `the index does not answer: ${(e as Error).message.slice(0, 200)}` };

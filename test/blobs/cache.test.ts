@@ -1,8 +1,14 @@
 // The manifest cache is per repository: a write or delete in one repository is seen at
 // once there, and a read in another repository (with every cache warm) never undoes it.
+// Over an index other processes write (shared), tags and existence are not cached at all.
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { after, before, test } from 'node:test';
+import { Storage } from '../../src/blobs/storage.js';
 import { assertError, http, pushImage, putManifest, startReg, type TestRegistry } from '../api/util.js';
+import { tempDir } from '../helpers/registry.js';
+
+const OCI = 'application/vnd.oci.image.manifest.v1+json';
 
 let reg: TestRegistry;
 before(async () => { reg = await startReg(); });
@@ -58,31 +64,28 @@ test('the storage cache itself: resolveManifest is per repository and invalidate
   const img = await pushImage(reg.url, 'cache/e', 't', { salt: 'e' });
   await pushImage(reg.url, 'cache/f', 't', { salt: 'e' });
   for (let i = 0; i < 2; i++) {
-    assert.equal(s.resolveManifest('cache/e', { tag: 't' })?.digest, img.digest);
-    assert.equal(s.resolveManifest('cache/f', { tag: 't' })?.digest, img.digest);
-    assert.equal(s.resolveManifest('cache/f', { digest: img.digest })?.digest, img.digest);
+    assert.equal((await s.resolveManifest('cache/e', { tag: 't' }))?.digest, img.digest);
+    assert.equal((await s.resolveManifest('cache/f', { tag: 't' }))?.digest, img.digest);
+    assert.equal((await s.resolveManifest('cache/f', { digest: img.digest }))?.digest, img.digest);
   }
-  assert.equal(s.deleteTag('cache/e', 't'), true);
-  assert.equal(s.resolveManifest('cache/e', { tag: 't' }), undefined);
-  assert.equal(s.resolveManifest('cache/f', { tag: 't' })?.digest, img.digest);
+  assert.equal(await s.deleteTag('cache/e', 't'), true);
+  assert.equal((await s.resolveManifest('cache/e', { tag: 't' })), undefined);
+  assert.equal((await s.resolveManifest('cache/f', { tag: 't' }))?.digest, img.digest);
   assert.equal(await s.deleteManifest('cache/f', img.digest), true);
-  assert.equal(s.resolveManifest('cache/f', { digest: img.digest }), undefined);
-  assert.equal(s.resolveManifest('cache/e', { digest: img.digest })?.digest, img.digest);
+  assert.equal((await s.resolveManifest('cache/f', { digest: img.digest })), undefined);
+  assert.equal((await s.resolveManifest('cache/e', { digest: img.digest }))?.digest, img.digest);
   // A cached hit answers without SQLite: close the statement path and it still resolves.
-  s.resolveManifest('cache/e', { digest: img.digest });
-  const getManifest = s.index.getManifest;
-  const resolveTag = s.index.resolveTag;
+  await s.resolveManifest('cache/e', { digest: img.digest });
+  const lookup = s.index.lookup;
   let dbCalls = 0;
-  s.index.getManifest = (...args) => { dbCalls++; return getManifest.apply(s.index, args); };
-  s.index.resolveTag = (...args) => { dbCalls++; return resolveTag.apply(s.index, args); };
+  s.index.lookup = (...args) => { dbCalls++; return lookup.apply(s.index, args); };
   try {
-    for (let i = 0; i < 100; i++) assert.equal(s.resolveManifest('cache/e', { digest: img.digest })?.digest, img.digest);
+    for (let i = 0; i < 100; i++) assert.equal((await s.resolveManifest('cache/e', { digest: img.digest }))?.digest, img.digest);
     const r = await http(reg.url, 'GET', `/v2/cache/e/manifests/${img.digest}`);
     assert.equal(r.status, 200);
     assert.equal(dbCalls, 0, 'hot path: no SQLite on a cached manifest GET');
   } finally {
-    s.index.getManifest = getManifest;
-    s.index.resolveTag = resolveTag;
+    s.index.lookup = lookup;
   }
 });
 
@@ -92,11 +95,36 @@ test('per-repository generations are bounded, and evicting one never serves a st
   const two = await pushImage(reg.url, 'cache/evicted', 'w', { salt: 'two' });
   const evict = () => { for (let i = 0; i < 10_050; i++) (s as unknown as { core: { bump(r: string): void } }).core.bump(`cache/filler${i}`); };
   evict();
-  assert.ok(s.stats().trackedRepositories <= 10_000);
+  assert.ok((await s.stats()).trackedRepositories <= 10_000);
   // Cached while the repository's generation was evicted…
-  assert.equal(s.resolveManifest('cache/evicted', { tag: 'v' })?.digest, one.digest);
+  assert.equal((await s.resolveManifest('cache/evicted', { tag: 'v' }))?.digest, one.digest);
   // …then changed (a new generation), then evicted again: the old entry must not return.
-  s.tag('cache/evicted', 'v', two.digest);
+  await s.tag('cache/evicted', 'v', two.digest);
   evict();
-  assert.equal(s.resolveManifest('cache/evicted', { tag: 'v' })?.digest, two.digest);
+  assert.equal((await s.resolveManifest('cache/evicted', { tag: 'v' }))?.digest, two.digest);
+});
+
+test('an index other processes write (shared): every resolve asks it, so a tag moved or a manifest deleted elsewhere is seen at once', async () => {
+  const data = tempDir('nixreg-shared-');
+  // Two storages over one index, as two replicas over one database would be.
+  const here = await Storage.open(data, { gcIntervalMs: 0 });
+  const there = await Storage.open(data, { gcIntervalMs: 0 });
+  try {
+    (here.index as { shared: boolean }).shared = true;
+    const info = { mediaType: OCI, blobs: [], manifests: [] };
+    const one = await there.putManifest('shared/r', Buffer.from('{"one":1}'), info, 't');
+    const two = await there.putManifest('shared/r', Buffer.from('{"two":2}'), info);
+    for (let i = 0; i < 3; i++) assert.equal((await here.resolveManifest('shared/r', { tag: 't' }))?.digest, one.digest);
+    assert.ok(await here.resolveManifest('shared/r', { digest: one.digest }));
+    await there.tag('shared/r', 't', two.digest);
+    assert.equal((await here.resolveManifest('shared/r', { tag: 't' }))?.digest, two.digest, 'the tag moved elsewhere');
+    assert.equal(await there.deleteManifest('shared/r', one.digest), true);
+    assert.equal(await here.resolveManifest('shared/r', { digest: one.digest }), undefined, 'deleted elsewhere');
+    // Bodies stay cached by digest: content-addressed, never stale.
+    assert.deepEqual(await here.readManifest(two), Buffer.from('{"two":2}'));
+  } finally {
+    await here.close();
+    await there.close();
+    rmSync(data, { recursive: true, force: true });
+  }
 });

@@ -69,7 +69,7 @@ test('concurrent push and delete of one blob never leave a row without a file', 
       assert.equal(h.status, 404);
     }
   }
-  const visible = reg.storage.index.blobSize(digest) !== undefined;
+  const visible = (await reg.storage.index.blobSize(digest)) !== undefined;
   assert.equal(blobFiles(reg).includes(digest.slice(7)), visible, 'row present ⇔ file present');
 });
 

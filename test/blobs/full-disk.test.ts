@@ -19,6 +19,7 @@ import { OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, assertError, http, pushBlob, putMa
 import { tempDir } from '../helpers/registry.js';
 import { checkStore, filesIn } from '../helpers/store-check.js';
 import { mountTmpfs, type Tmpfs } from '../helpers/tmpfs.js';
+import type { SqliteIndex } from '../../src/blobs/index/sqlite.js';
 
 const MiB = 1024 * 1024;
 const REPO = 'full/disk';
@@ -130,13 +131,13 @@ test('a full index: a blob or manifest file renamed into place is taken back whe
   const index = s.index as unknown as Record<string, unknown>;
   try {
     // An upload begun while there was room, to be finished when there is none.
-    const id = s.startUpload(REPO);
+    const id = await s.startUpload(REPO);
     const upload = randomBytes(5000);
     await s.appendUpload(REPO, id, Readable.from([upload]));
 
     // The real thing: the index may not grow, and blobs are written until one's row
     // needs a page it cannot have.
-    const db = s.index.db;
+    const db = (s.index as SqliteIndex).db;
     db.pragma(`max_page_count = ${db.pragma('page_count', { simple: true }) as number}`);
     let failure: unknown;
     let last = Buffer.alloc(0);
@@ -146,7 +147,7 @@ test('a full index: a blob or manifest file renamed into place is taken back whe
     }
     assert.ok(failure instanceof StorageFull, `a full index is StorageFull, not ${String(failure)}`);
     assert.equal(failure.reason, 'SQLITE_FULL');
-    assert.equal(s.index.blobSize(sha256(last)), undefined);
+    assert.equal(await s.index.blobSize(sha256(last)), undefined);
     assert.ok(!existsSync(s.blobPath(sha256(last))), 'no blob file without its row');
 
     // The row of a finished upload, and of a manifest, refused the same way.
@@ -172,7 +173,7 @@ test('a full index: a blob or manifest file renamed into place is taken back whe
     await s.putManifest(REPO, body, info, 'v1');
     assert.ok(readFileSync(s.blobPath(sha256(body))).equals(body));
   } finally {
-    s.close();
+    await s.close();
   }
   try {
     await checkStore(data, 'after the full index');

@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, http, pushBlob, pushImage, putManifest, sha256, startReg, type TestRegistry } from '../api/util.js';
+import type { SqliteIndex } from '../../src/blobs/index/sqlite.js';
 
 let reg: TestRegistry;
 before(async () => { reg = await startReg({ storage: { gcGraceMs: 0, gcIntervalMs: 0 } }); });
@@ -229,7 +230,7 @@ test('collections racing pushes, pulls and deletes lose nothing that is referenc
       }
     }
     // Every row has its file, byte for byte.
-    for (const { digest } of racing.storage.index.allBlobs()) {
+    for (const { digest } of await racing.storage.index.blobsAfter('', Number.MAX_SAFE_INTEGER)) {
       assert.equal(sha256(readFileSync(racing.storage.blobPath(digest))), digest);
     }
   } finally { await racing.destroy(); }
@@ -272,8 +273,8 @@ test('a manifest pushed between two transactions of a sweep keeps the old layer 
     const junk = Array.from({ length: 700 }, (_, i) => blob(`junk ${i}`));
     for (let i = 0; i < junk.length; i += 50) await Promise.all(junk.slice(i, i + 50).map((j) => pushBlob(own.url, repo, j)));
     await new Promise((r) => setTimeout(r, 5));
-    const db = own.storage.index.db;
-    const id = own.storage.index.repoId(repo)!;
+    const db = (own.storage.index as SqliteIndex).db;
+    const id = (await own.storage.index.repository(repo))!.id;
     const links = () => (db.prepare('SELECT count(*) AS n FROM repo_blobs WHERE repo_id = ?').get(id) as { n: number }).n;
     const before = links();
     const collecting = http(own.url, 'POST', '/nixreg/gc');

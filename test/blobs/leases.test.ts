@@ -1,19 +1,37 @@
-// Leases across processes (src/blobs/leases.ts) on a real PostgreSQL 15: one holder per
-// key, waiters take over when it releases or when its process dies with kill -9, a
-// waiter gives up when its signal aborts and leaves no session behind.
+// Leases (Storage.lease; Index.lease, postgres-locks.ts) across processes on a real
+// PostgreSQL 15: one holder per key, waiters take over when it releases or when its
+// process dies with kill -9, a waiter gives up when its signal aborts and leaves no
+// session behind. With SQLite (one process) a lease is granted at once.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
-import { PostgresLeases, localLeases } from '../../src/blobs/leases.js';
+import { rmSync } from 'node:fs';
+import { PostgresIndex } from '../../src/blobs/index/postgres.js';
+import { Storage } from '../../src/blobs/storage.js';
 import { startPostgres, type Postgres } from '../helpers/postgres.js';
-import { ROOT } from '../helpers/registry.js';
+import { ROOT, tempDir } from '../helpers/registry.js';
 
-test('with one process (SQLite), a lease is granted at once, and an aborted signal still refuses', async () => {
-  const l = await localLeases.acquire('k');
-  await l.release();
-  await assert.rejects(localLeases.acquire('k', AbortSignal.abort(new Error('gone'))), /gone/);
+test('with one process (SQLite), a lease is granted at once, twice over, and an aborted signal still refuses', async () => {
+  const dir = tempDir('nixreg-leases-');
+  const storage = await Storage.open(dir);
+  try {
+    const a = await storage.lease('k');
+    const b = await storage.lease('k');
+    await Promise.all([a(), b()]);
+    await assert.rejects(storage.lease('k', AbortSignal.abort(new Error('gone'))), /gone/);
+  } finally { await storage.close(); rmSync(dir, { recursive: true, force: true }); }
 });
+
+class PostgresLeases {
+  private index: Promise<PostgresIndex>;
+  constructor(o: { connectionString: string }) { this.index = PostgresIndex.open({ url: o.connectionString, poolSize: 2, timeoutMs: 5000 }); }
+  async acquire(key: string, signal?: AbortSignal, waiting?: () => void) {
+    const release = await (await this.index).lease(key, signal, waiting);
+    return { release };
+  }
+  async close() { await (await this.index).close(); }
+}
 
 describe('PostgresLeases', () => {
   let server: Postgres;
@@ -24,11 +42,11 @@ describe('PostgresLeases', () => {
   });
   after(() => server?.stop());
 
-  const sessions = async (name: string) => {
+  const sessions = async () => {
     const c = new pg.Client({ connectionString: url });
     await c.connect();
     try {
-      return (await c.query<{ n: string }>('SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1', [name])).rows[0]!.n;
+      return (await c.query<{ n: string }>("SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = 'nixreg'")).rows[0]!.n;
     } finally { await c.end(); }
   };
 
@@ -53,23 +71,25 @@ describe('PostgresLeases', () => {
   });
 
   test('a waiter whose signal aborts gives up at once and leaves no session behind', async () => {
-    const name = `nixreg-leases-${process.pid}`;
     const a = new PostgresLeases({ connectionString: url });
-    const b = new PostgresLeases({ connectionString: url, application_name: name });
+    const b = new PostgresLeases({ connectionString: url });
     try {
       const held = await a.acquire('build:abort');
+      await b.acquire('build:other').then((l) => l.release());
+      const before = await sessions();
       const t = Date.now();
       await assert.rejects(b.acquire('build:abort', AbortSignal.timeout(400)), { name: 'TimeoutError' });
       assert.ok(Date.now() - t < 1500, `gave up after ${Date.now() - t} ms`);
-      assert.equal(await sessions(name), '0');
+      assert.equal(await sessions(), before, 'the waiter\'s session is gone');
       await held.release();
     } finally { await Promise.all([a.close(), b.close()]); }
   });
 
   test('kill -9 of the holding process: its session ends and a waiter takes over', { timeout: 30_000 }, async () => {
     const script = `
-      const { PostgresLeases } = await import(${JSON.stringify(`${ROOT}/dist/src/blobs/leases.js`)});
-      await new PostgresLeases({ connectionString: process.env.URL }).acquire('build:killed');
+      const { PostgresIndex } = await import(${JSON.stringify(`${ROOT}/dist/src/blobs/index/postgres.js`)});
+      const index = await PostgresIndex.open({ url: process.env.URL, poolSize: 2, timeoutMs: 5000 });
+      await index.lease('build:killed');
       console.log('held');
       setInterval(() => {}, 1000);`;
     const child = spawn(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, URL: url }, stdio: ['ignore', 'pipe', 'inherit'] });

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
 import { Storage } from '../../src/blobs/storage.js';
-import { SCHEMA_VERSION } from '../../src/blobs/schema.js';
+import { SCHEMA_VERSION } from '../../src/blobs/index/sqlite-schema.js';
+import type { SqliteIndex } from '../../src/blobs/index/sqlite.js';
 import { ROOT, tempDir } from '../helpers/registry.js';
 
 test('schema 1 → current: uploads keep their repository and bytes; empty repositories go', async () => {
@@ -33,13 +34,14 @@ test('schema 1 → current: uploads keep their repository and bytes; empty repos
     const s = await Storage.open(data);
     try {
       assert.equal(await s.uploadOffset('only/uploads', id), 7);
-      assert.equal(s.blobSize('kept/repo', `sha256:${'a'.repeat(64)}`), 1);
-      assert.equal(s.repositoryExists('kept/repo'), true);
-      assert.equal(s.repositoryExists('only/uploads'), false);
-      assert.equal(s.index.db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
-      const plan = s.index.db.prepare(`EXPLAIN QUERY PLAN SELECT digest FROM manifests WHERE repo_id = 1 AND subject = 'x' AND digest > '' ORDER BY digest LIMIT 10`).all() as { detail: string }[];
+      assert.equal(await s.blobSize('kept/repo', `sha256:${'a'.repeat(64)}`), 1);
+      assert.equal(await s.repositoryExists('kept/repo'), true);
+      assert.equal(await s.repositoryExists('only/uploads'), false);
+      const db = (s.index as SqliteIndex).db;
+      assert.equal(db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+      const plan = db.prepare(`EXPLAIN QUERY PLAN SELECT digest FROM manifests WHERE repo_id = 1 AND subject = 'x' AND digest > '' ORDER BY digest LIMIT 10`).all() as { detail: string }[];
       assert.ok(plan.some((p) => /manifests_referrers/.test(p.detail)), JSON.stringify(plan));
-    } finally { s.close(); }
+    } finally { await s.close(); }
   } finally { rmSync(data, { recursive: true, force: true }); }
 });
 
@@ -77,24 +79,24 @@ test('schema 4 → current: referrers\' annotations leave the manifests rows in 
 
     const s = await Storage.open(data);
     try {
-      const idx = s.index.db;
+      const idx = (s.index as SqliteIndex).db;
       assert.equal(idx.pragma('user_version', { simple: true }), SCHEMA_VERSION);
-      // Moved, and NULL behind (the column stays, see schema.ts).
+      // Moved, and NULL behind (the column stays, see sqlite-schema.ts).
       assert.equal((idx.prepare('SELECT count(*) AS n FROM manifests WHERE annotations IS NOT NULL').get() as { n: number }).n, 0);
       assert.equal((idx.prepare('SELECT count(*) AS n FROM manifests').get() as { n: number }).n, 901);
       assert.equal((idx.prepare('SELECT count(*) AS n FROM referrer_annotations').get() as { n: number }).n, 600);
-      assert.equal(s.index.resolveTag('refs/a', 'latest'), subject);
-      const rows = s.referrers('refs/a', subject, { after: '', limit: 1000 });
+      assert.equal(await s.index.resolveTag('refs/a', 'latest'), subject);
+      const rows = await s.referrers('refs/a', subject, { after: '', limit: 1000 });
       assert.deepEqual(rows.map((r) => r.digest), [...annotations.keys()].sort());
       for (const r of rows) {
         const want = annotations.get(r.digest)!;
         assert.equal(r.annotations_bytes, Buffer.byteLength(want));
-        assert.equal(s.referrerAnnotations('refs/a', r.digest)!.toString(), want);
+        assert.equal((await s.referrerAnnotations('refs/a', r.digest))!.toString(), want);
       }
       // Annotations go with their manifest.
       assert.equal(await s.deleteManifest('refs/a', rows[0]!.digest), true);
-      assert.equal(s.referrerAnnotations('refs/a', rows[0]!.digest), undefined);
-    } finally { s.close(); }
+      assert.equal(await s.referrerAnnotations('refs/a', rows[0]!.digest), undefined);
+    } finally { await s.close(); }
     // A nixreg of schema 4 still running on the index writes its annotations where it
     // always did: the next open moves them too.
     const old = new Database(join(data, 'index.db'));
@@ -107,8 +109,8 @@ test('schema 4 → current: referrers\' annotations leave the manifests rows in 
     old.close();
     const again = await Storage.open(data);
     try {
-      assert.equal(again.referrers('refs/a', subject, { after: '', limit: 1000 }).length, 600);
-      assert.equal(again.referrerAnnotations('refs/a', late)!.toString(), '{"late":"yes"}');
-    } finally { again.close(); }
+      assert.equal((await again.referrers('refs/a', subject, { after: '', limit: 1000 })).length, 600);
+      assert.equal((await again.referrerAnnotations('refs/a', late))!.toString(), '{"late":"yes"}');
+    } finally { await again.close(); }
   } finally { rmSync(data, { recursive: true, force: true }); }
 });

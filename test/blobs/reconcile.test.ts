@@ -9,6 +9,7 @@ import { Storage } from '../../src/blobs/storage.js';
 import { registryErrorOf } from '../../src/registry/errors.js';
 import { spawnRegistry, tempDir } from '../helpers/registry.js';
 import { assertError, http, pushBlob, pushImage, sha256, startReg } from '../api/util.js';
+import type { SqliteIndex } from '../../src/blobs/index/sqlite.js';
 
 test('startup: index row without file is dropped, file without row is removed, tmp is cleared', async () => {
   const reg = await startReg();
@@ -32,19 +33,19 @@ test('startup: index row without file is dropped, file without row is removed, t
 
     const s = await Storage.open(data);
     try {
-      assert.equal(s.index.blobSize(lone), undefined);
-      assert.equal(s.index.blobSize(img.digest), undefined);
-      assert.equal(s.resolveManifest('rec/app', { tag: 'v1' }), undefined);
-      assert.equal(s.listTags('rec/app', '', 10)?.length, 0);
+      assert.equal(await s.index.blobSize(lone), undefined);
+      assert.equal(await s.index.blobSize(img.digest), undefined);
+      assert.equal(await s.resolveManifest('rec/app', { tag: 'v1' }), undefined);
+      assert.equal((await s.listTags('rec/app', '', 10))?.length, 0);
       assert.ok(!existsSync(orphanPath), 'orphan file removed');
       assert.deepEqual(readdirSync(join(data, 'tmp')), []);
       // What was consistent survives.
-      assert.equal(s.blobSize('rec/app', sha256(img.config)), img.config.length);
-      assert.equal(s.blobSize('rec/app', sha256(img.layer)), img.layer.length);
+      assert.equal(await s.blobSize('rec/app', sha256(img.config)), img.config.length);
+      assert.equal(await s.blobSize('rec/app', sha256(img.layer)), img.layer.length);
       const again = await s.reconcile();
       assert.deepEqual(again, { rowsDropped: 0, filesRemoved: 0, uploadsPurged: 0 }, 'reconciliation is idempotent');
     } finally {
-      s.close();
+      await s.close();
     }
     // And through HTTP after a restart, the dropped things are clean 404s.
     const reg2 = await startReg({ data });
@@ -64,25 +65,25 @@ test('stale uploads older than uploadMaxAgeMs are purged; fresh ones and unknown
   const data = tempDir('nixreg-rec-');
   try {
     let s = await Storage.open(data, { uploadMaxAgeMs: 60_000 });
-    const stale = s.startUpload('rec/up');
-    const fresh = s.startUpload('rec/up');
-    const gone = s.startUpload('rec/up');
-    s.index.db.prepare('UPDATE uploads SET updated_at = ? WHERE id = ?').run(Date.now() - 120_000, stale);
+    const stale = await s.startUpload('rec/up');
+    const fresh = await s.startUpload('rec/up');
+    const gone = await s.startUpload('rec/up');
+    (s.index as SqliteIndex).db.prepare('UPDATE uploads SET updated_at = ? WHERE id = ?').run(Date.now() - 120_000, stale);
     unlinkSync(s.layout.uploadPath(gone));
     writeFileSync(join(data, 'uploads', 'stray-file'), 'x');
-    s.close();
+    await s.close();
 
     s = await Storage.open(data, { uploadMaxAgeMs: 60_000 });
     try {
-      assert.equal(s.index.getUpload(stale), undefined);
-      assert.equal(s.index.getUpload(gone), undefined, 'an upload whose file is gone is dropped');
-      assert.ok(s.index.getUpload(fresh));
+      assert.equal(await s.index.getUpload(stale), undefined);
+      assert.equal(await s.index.getUpload(gone), undefined, 'an upload whose file is gone is dropped');
+      assert.ok(await s.index.getUpload(fresh));
       assert.deepEqual(readdirSync(join(data, 'uploads')), [fresh]);
       await assert.rejects(s.uploadOffset('rec/up', stale),
         (e) => e instanceof UploadUnknown && registryErrorOf(e)?.code === 'BLOB_UPLOAD_UNKNOWN');
       assert.equal(await s.uploadOffset('rec/up', fresh), 0);
       // An upload in use is never purged under the client's feet, even if old.
-      s.index.db.prepare('UPDATE uploads SET updated_at = ? WHERE id = ?').run(Date.now() - 120_000, fresh);
+      (s.index as SqliteIndex).db.prepare('UPDATE uploads SET updated_at = ? WHERE id = ?').run(Date.now() - 120_000, fresh);
       const { PassThrough } = await import('node:stream');
       const body = new PassThrough();
       const append = s.appendUpload('rec/up', fresh, body);
@@ -92,7 +93,7 @@ test('stale uploads older than uploadMaxAgeMs are purged; fresh ones and unknown
       assert.equal(await append, 4);
       assert.equal(await s.purgeStaleUploads(), 0, 'the append touched it');
     } finally {
-      s.close();
+      await s.close();
     }
   } finally {
     rmSync(data, { recursive: true, force: true });
@@ -104,17 +105,17 @@ test('a purge running while an upload starts never removes the new upload', asyn
   try {
     const s = await Storage.open(data);
     try {
-      s.startUpload('rec/race');
+      await s.startUpload('rec/race');
       // The purge snapshots the upload rows, then awaits; the new upload starts meanwhile.
       const purge = s.purgeStaleUploads();
-      const id = s.startUpload('rec/race');
+      const id = await s.startUpload('rec/race');
       await purge;
       assert.ok(existsSync(s.layout.uploadPath(id)), 'the new upload keeps its file');
       const { Readable } = await import('node:stream');
       assert.equal(await s.appendUpload('rec/race', id, Readable.from([Buffer.from('abc')])), 3);
       assert.equal(await s.finishUpload('rec/race', id, sha256('abc')), 3);
     } finally {
-      s.close();
+      await s.close();
     }
   } finally {
     rmSync(data, { recursive: true, force: true });

@@ -227,11 +227,11 @@ export function blobStoreContract(name: string, backend: () => Backend) {
       let b: Storage;
       let sns: Namespace;
       before(async () => { sns = await backend().namespace(); a = await sns.storage(); b = await sns.storage(); });
-      after(() => { a?.close(); b?.close(); });
+      after(async () => { await a?.close(); await b?.close(); });
 
       test('an upload of many chunks, begun on one instance, finished on another, digest verified', async () => {
         const body = randomBytes(11 * MiB + 333);
-        const id = a.startUpload('lib/app');
+        const id = await a.startUpload('lib/app');
         const parts = chunks(body, [MiB, 17, 4 * MiB, 3 * MiB + 5]);
         let offset = 0;
         for (const [i, p] of parts.entries()) {
@@ -241,7 +241,7 @@ export function blobStoreContract(name: string, backend: () => Backend) {
         assert.equal(offset, body.length);
         assert.equal(await b.uploadOffset('lib/app', id), body.length);
         assert.equal(await b.finishUpload('lib/app', id, sha256(body)), body.length);
-        assert.equal(a.blobSize('lib/app', sha256(body)), body.length);
+        assert.equal(await a.blobSize('lib/app', sha256(body)), body.length);
         assert.equal(sha256(await readAll(await a.openBlob(sha256(body)))), sha256(body));
         assert.deepEqual(await sns.residue(), [`blob ${sha256(body)}`]);
         assert.equal(await a.deleteBlob('lib/app', sha256(body)), true);
@@ -251,7 +251,7 @@ export function blobStoreContract(name: string, backend: () => Backend) {
       test('a chunk in progress on one instance holds the upload: the other gets out-of-order until it ends, then continues', async () => {
         const first = randomBytes(9 * MiB + 3);
         const second = randomBytes(100);
-        const id = a.startUpload('lib/app');
+        const id = await a.startUpload('lib/app');
         const slow = new Readable({ read() {} });
         slow.push(first.subarray(0, MiB));
         const writing = a.appendUpload('lib/app', id, slow);
@@ -272,22 +272,22 @@ export function blobStoreContract(name: string, backend: () => Backend) {
       test('a wrong digest, at finish or monolithic, is refused with nothing left behind', async () => {
         const body = randomBytes(9 * MiB);
         const wrong = sha256(Buffer.from('something else'));
-        const id = a.startUpload('lib/app');
+        const id = await a.startUpload('lib/app');
         await a.appendUpload('lib/app', id, Readable.from([body]));
         await assert.rejects(b.finishUpload('lib/app', id, wrong), DigestMismatch);
-        const id2 = b.startUpload('lib/app');
+        const id2 = await b.startUpload('lib/app');
         await b.appendUpload('lib/app', id2, Readable.from(chunks(body, [MiB])));
         await assert.rejects(b.finishUpload('lib/app', id2, wrong), DigestMismatch);
         await assert.rejects(a.writeBlob('lib/app', Readable.from(chunks(body, [MiB])), wrong), DigestMismatch);
         await assert.rejects(a.writeBlob('lib/app', body, wrong), DigestMismatch);
-        assert.equal(a.blobSize('lib/app', wrong), undefined);
+        assert.equal(await a.blobSize('lib/app', wrong), undefined);
         assert.deepEqual(await sns.residue(), []);
       });
 
       test('abandoned uploads are purged: stale rows and staging no row records', async () => {
         const c = await sns.storage({ uploadMaxAgeMs: 1000 });
         try {
-          const id = c.startUpload('lib/app');
+          const id = await c.startUpload('lib/app');
           await c.appendUpload('lib/app', id, Readable.from([randomBytes(8 * MiB + 7)]));
           const orphan = randomUUID();
           await stage(c.store, orphan, [randomBytes(100)]);
@@ -297,7 +297,7 @@ export function blobStoreContract(name: string, backend: () => Backend) {
           await assert.rejects(c.uploadOffset('lib/app', id), UploadUnknown);
           assert.deepEqual(await sns.residue(), []);
         } finally {
-          c.close();
+          await c.close();
         }
       });
     });

@@ -128,12 +128,12 @@ test('assembleImage stores layers, config and both manifests, consistent with ea
       assert.equal(statSync(storage.blobPath(l.digest)).size, l.size);
       assert.equal(await sha256File(storage.blobPath(l.digest)), l.digest);
       assert.equal(await sha256File(storage.blobPath(l.digest), true), config.rootfs.diff_ids[i]);
-      assert.equal(storage.blobSize('asm/one', l.digest), l.size, 'layer linked into the repository');
+      assert.equal((await storage.blobSize('asm/one', l.digest)), l.size, 'layer linked into the repository');
     }
     // Served like a pushed image: resolvable by digest, nothing tagged.
-    assert.ok(storage.resolveManifest('asm/one', { digest: img.manifest.digest }));
-    assert.ok(storage.resolveManifest('asm/one', { digest: img.alternate!.digest }));
-    assert.deepEqual(storage.listTags('asm/one', '', 100), []);
+    assert.ok((await storage.resolveManifest('asm/one', { digest: img.manifest.digest })));
+    assert.ok((await storage.resolveManifest('asm/one', { digest: img.alternate!.digest })));
+    assert.deepEqual((await storage.listTags('asm/one', '', 100)), []);
     assert.deepEqual(readdirSync(storage.layout.tmpDir), [], 'no temporary files left');
 
     // The same build again reuses every layer and gives the same manifests.
@@ -142,7 +142,7 @@ test('assembleImage stores layers, config and both manifests, consistent with ea
     assert.deepEqual(img2, img);
     assert.equal(again.built, 0);
     assert.equal(again.reused, oci.layers.length);
-  } finally { storage.close(); }
+  } finally { await storage.close(); }
 });
 
 test('the closure is recorded as a referrer of the image manifest: store path → layer, NAR size, references', async () => {
@@ -187,7 +187,7 @@ test('reproducible: a fresh store builds byte-identical blobs and manifests', as
       assert.ok(layers.length <= maxLayers, `maxLayers ${maxLayers}: ${layers.length} layers`);
       if (maxLayers === 1) assert.equal(layers.length, 1);
     }
-  } finally { a.close(); b.close(); }
+  } finally { await a.close(); await b.close(); }
 });
 
 test('two closures sharing store paths share their layer blobs, across repositories', async () => {
@@ -203,8 +203,8 @@ test('two closures sharing store paths share their layer blobs, across repositor
     assert.equal(shared.length, 2, `shared ${shared.length} of ${l1.length}`);
     assert.equal(stats.reused, 2);
     assert.equal(stats.built, 2, 'app2 and the root filesystem');
-    for (const d of shared) assert.ok(storage.blobSize('share/two', d) !== undefined, 'reused layer linked into the new repository');
-  } finally { storage.close(); }
+    for (const d of shared) assert.ok((await storage.blobSize('share/two', d)) !== undefined, 'reused layer linked into the new repository');
+  } finally { await storage.close(); }
 });
 
 test('concurrent builds of the same layers build each layer once', async () => {
@@ -216,9 +216,9 @@ test('concurrent builds of the same layers build each layer once', async () => {
     assert.equal(stats.reduce((n, s) => n + s.built, 0), layers, 'each layer built by one caller only');
     for (const img of imgs) assert.equal(img.manifest.digest, imgs[0]!.manifest.digest);
     for (const [i] of imgs.entries()) {
-      for (const l of json(storage, imgs[0]!.manifest.digest).layers as any[]) assert.ok(storage.blobSize(`conc/${i}`, l.digest) !== undefined);
+      for (const l of json(storage, imgs[0]!.manifest.digest).layers as any[]) assert.ok((await storage.blobSize(`conc/${i}`, l.digest)) !== undefined);
     }
-  } finally { storage.close(); }
+  } finally { await storage.close(); }
 });
 
 test('clients see the Nix closure: skopeo copy + umoci unpack, compared file by file', async () => {
@@ -229,7 +229,7 @@ test('clients see the Nix closure: skopeo copy + umoci unpack, compared file by 
     for (const maxLayers of [1, 4]) {
       const repo = `asm/e2e${maxLayers}`;
       const img = await assembleImage(reg.storage, repo, spec({ maxLayers }), closureApp, 'h');
-      reg.storage.tag(repo, 'latest', img.manifest.digest);
+      await reg.storage.tag(repo, 'latest', img.manifest.digest);
       const host = reg.url.replace(/^http:\/\//, '');
       const work = temp();
       const layout = join(work, 'oci');

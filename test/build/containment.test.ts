@@ -284,7 +284,7 @@ describe('assembleImage under an AbortSignal', () => {
       const stats: AssembleStats = { built: 0, reused: 0, tarBytes: 0 };
       await assembleImage(storage, 'abort/one', spec(contents), closure, 'h', stats);
       assert.deepEqual([stats.built, stats.reused], [3 - committed, committed]);
-    } finally { storage.close(); }
+    } finally { await storage.close(); }
   });
 
   test('a build that times out does not fail another build waiting for the same layers', async () => {
@@ -296,8 +296,8 @@ describe('assembleImage under an AbortSignal', () => {
       const img = await patient;
       const layers = JSON.parse(readFileSync(storage.blobPath(img.manifest.digest), 'utf8')).layers as { digest: string }[];
       assert.equal(layers.length, 3);
-      for (const l of layers) assert.ok(storage.blobSize('abort/patient', l.digest) !== undefined);
+      for (const l of layers) assert.ok((await storage.blobSize('abort/patient', l.digest)) !== undefined);
       assert.deepEqual(readdirSync(storage.layout.tmpDir), []);
-    } finally { storage.close(); }
+    } finally { await storage.close(); }
   });
 });

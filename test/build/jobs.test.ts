@@ -236,7 +236,7 @@ describe('--prebuild', () => {
     const b = s.builder;
     const built = (repo: string) => until(`${repo} to be prebuilt`, async () => {
       const ev = s.evaluator.cached(s.origins.find(repo));
-      return ev && s.records.lookup(repo, ev.hash) ? true : undefined;
+      return ev && await s.records.lookup(repo, ev.hash) ? true : undefined;
     }, 60_000);
     await built('early');
     images.write('later.nix', sleeper('later', 0));

@@ -110,3 +110,14 @@ test('--storage s3://BUCKET[/PREFIX] (NIXREG_STORAGE), --s3-timeout and --s3-red
   assert.equal(serveConfig({ storage: 's3://bk1' }, { NIXREG_S3_REDIRECT: '1' }).s3RedirectSeconds, 1200);
   assert.throws(() => serveConfig({ s3Redirect: true }, {}), /--s3-redirect needs --storage/);
 });
+
+test('--database postgres://… (NIXREG_DATABASE) with --database-pool and --database-timeout; the default is SQLite in --data; a bad URL is refused without echoing it', () => {
+  assert.equal(serveConfig({}, {}).database, undefined);
+  assert.deepEqual(serveConfig({}, { NIXREG_DATABASE: 'postgresql://u:p@db/reg' }).database,
+    { url: 'postgresql://u:p@db/reg', poolSize: 10, timeoutMs: 10_000 });
+  assert.deepEqual(serveConfig({ database: 'postgres://u:p@db:5433/a', databasePool: '4', databaseTimeout: '3' },
+    { NIXREG_DATABASE: 'postgres://x@y/z', NIXREG_DATABASE_POOL: '50' }).database, { url: 'postgres://u:p@db:5433/a', poolSize: 4, timeoutMs: 3000 });
+  assert.throws(() => serveConfig({ database: 'mysql://u:secret@db/a' }, {}), (e: Error) => /PostgreSQL URL/.test(e.message) && !e.message.includes('secret'));
+  assert.throws(() => serveConfig({ database: 'postgres://db/a', databasePool: '1' }, {}), /--database-pool/);
+  assert.throws(() => serveConfig({ database: 'postgres://db/a', databaseTimeout: '0' }, {}), /--database-timeout/);
+});

@@ -43,8 +43,8 @@ before(async () => {
   storage = await Storage.open(join(base, 'data'));
   all = await bases();
 });
-after(() => {
-  storage?.close();
+after(async () => {
+  await storage?.close();
   if (base) rmSync(base, { recursive: true, force: true });
 });
 

@@ -30,7 +30,7 @@ function report(r: Res, status: number, data?: string): Report {
 /** An image source that only answers readiness, as the test says. */
 function fakeSource(nix: () => NixStatus | undefined): ImageSource {
   return {
-    owns: () => false, serves: () => false, resolve: async () => undefined, standingTags: () => [], builds: () => [], build: () => undefined, buildLog: () => undefined, startBuild: () => { throw new Error('no builds'); }, close: async () => {},
+    owns: () => false, serves: async () => false, resolve: async () => undefined, standingTags: () => [], builds: () => [], build: () => undefined, buildLog: () => undefined, startBuild: async () => { throw new Error('no builds'); }, close: async () => {},
     stats: () => ({}), onBuildFinished: () => {}, nixReadiness: nix,
   };
 }
@@ -105,7 +105,7 @@ describe('healthz and readyz', () => {
 
   test('/readyz: 503 when the index does not answer', async () => {
     const r = await start();
-    r.storage.index.close();
+    await r.storage.index.close();
     const body = report(await http(r.url, 'GET', '/readyz'), 503, r.data);
     assert.equal(body.checks.index!.ok, false);
     assert.match(body.checks.index!.reason!, /^the index does not answer: /);

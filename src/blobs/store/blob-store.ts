@@ -46,15 +46,15 @@ export interface UploadStaging {
    */
   resume(id: string, recorded: Staged | undefined): Promise<Staged | undefined>;
   /**
-   * Appends all of `source`. Every state it makes durable is passed to `record` at once
-   * (the caller writes it to the row), so a chunk that fails part way keeps, and reports,
+   * Appends all of `source`. Every state it makes durable is passed to `record` at once,
+   * and awaited before going on (the caller writes it to the row), so a chunk that fails part way keeps, and reports,
    * what reached storage; the promise then rejects with the source's error.
    */
-  append(id: string, staged: Staged, source: Readable, record: (s: Staged) => void): Promise<Staged>;
+  append(id: string, staged: Staged, source: Readable, record: (s: Staged) => void | Promise<void>): Promise<Staged>;
   /** The staged bytes from the start, for a digest check by a process that did not see them all. */
-  read(id: string, staged: Staged, record: (s: Staged) => void): Promise<Readable>;
+  read(id: string, staged: Staged, record: (s: Staged) => void | Promise<void>): Promise<Readable>;
   /** The staged bytes as blob `digest` (verified by the caller), to publish under its lock. */
-  seal(id: string, staged: Staged, digest: string, record: (s: Staged) => void): Promise<PendingBlob>;
+  seal(id: string, staged: Staged, digest: string, record: (s: Staged) => void | Promise<void>): Promise<PendingBlob>;
   /** Removes an upload's bytes; with `staged` unknown (an orphan), finds them. Idempotent. */
   remove(id: string, staged: Staged | undefined): Promise<void>;
   /** Ids of uploads with bytes staged, after `after` in order, at most `limit`. */

@@ -126,7 +126,7 @@ class DiskStaging implements UploadStaging {
     try { return { offset: (await fs.stat(this.layout.uploadPath(id))).size }; } catch { return undefined; }
   }
 
-  async append(id: string, staged: Staged, source: Readable, record: (s: Staged) => void): Promise<Staged> {
+  async append(id: string, staged: Staged, source: Readable, record: (s: Staged) => void | Promise<void>): Promise<Staged> {
     const path = this.layout.uploadPath(id);
     const out = createWriteStream(path, { flags: 'a', highWaterMark: WRITE_BUFFER });
     try {
@@ -135,7 +135,7 @@ class DiskStaging implements UploadStaging {
       // The file may hold part of the chunk: it is the truth from here on. Gone meanwhile
       // (purged, cancelled): the caller finds out by its row.
       const now = await this.resume(id);
-      if (now) record(now);
+      if (now) await record(now);
       throw err;
     }
     return { offset: staged.offset + out.bytesWritten };

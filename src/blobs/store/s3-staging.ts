@@ -71,7 +71,7 @@ export class S3Staging implements UploadStaging {
     try { return Buffer.from(await body.transformToByteArray()); } catch (e) { throw this.s3.unavailable(e); }
   }
 
-  async append(id: string, staged: Staged, source: Readable, record: (s: Staged) => void): Promise<Staged> {
+  async append(id: string, staged: Staged, source: Readable, record: (s: Staged) => void | Promise<void>): Promise<Staged> {
     const s = clone(staged as S3Staged);
     if (s.composed) throw new Error(`upload ${id} is being finished`);
     const { bucket: Bucket } = this.s3;
@@ -81,7 +81,7 @@ export class S3Staging implements UploadStaging {
     const part = async (bytes: Buffer) => {
       if (!s.multipart) {
         s.multipart = (await this.s3.send<{ UploadId?: string }>(new CreateMultipartUploadCommand({ Bucket, Key }))).UploadId;
-        record(clone(s));
+        await record(clone(s));
       }
       const n = s.parts + 1;
       // The tail is copied in as the last part at the finish: whole parts may be all but one.
@@ -94,7 +94,7 @@ export class S3Staging implements UploadStaging {
       s.tail = 0;
       s.offset = base();
       this.tails.delete(id);
-      record(clone(s));
+      await record(clone(s));
     };
     const saveTail = async () => {
       const rest = buf.rest();
@@ -104,7 +104,7 @@ export class S3Staging implements UploadStaging {
       s.tail = rest.length;
       s.offset = end;
       this.tails.set(id, { offset: end, bytes: Buffer.from(rest) });
-      record(clone(s));
+      await record(clone(s));
     };
     try {
       await buf.fill(source, part);
@@ -118,7 +118,7 @@ export class S3Staging implements UploadStaging {
   }
 
   /** Completes the multipart upload onto .../data, the tail copied in as its last part. */
-  private async compose(id: string, s: S3Staged, record: (s: Staged) => void): Promise<void> {
+  private async compose(id: string, s: S3Staged, record: (s: Staged) => void | Promise<void>): Promise<void> {
     if (s.composed) return;
     const { bucket: Bucket } = this.s3;
     const Key = this.dataKey(id);
@@ -133,7 +133,7 @@ export class S3Staging implements UploadStaging {
     // radosgw 16 answers an empty ETag here: nothing relies on it.
     await this.s3.send(new CompleteMultipartUploadCommand({ Bucket, Key, UploadId: s.multipart, MultipartUpload: { Parts } }));
     s.composed = true;
-    record(clone(s));
+    await record(clone(s));
   }
 
   /** The ETags of parts 1…s.parts, from S3 (a page of 1,000 at a time). */
@@ -153,7 +153,7 @@ export class S3Staging implements UploadStaging {
     return Parts;
   }
 
-  async read(id: string, staged: Staged, record: (s: Staged) => void): Promise<Readable> {
+  async read(id: string, staged: Staged, record: (s: Staged) => void | Promise<void>): Promise<Readable> {
     const s = staged as S3Staged;
     if (s.offset === 0) return Readable.from([]);
     if (s.parts === 0) return (await this.s3.getObject(this.tailKey(id, s.offset), `upload ${id}`)).body;
@@ -161,7 +161,7 @@ export class S3Staging implements UploadStaging {
     return (await this.s3.getObject(this.dataKey(id), `upload ${id}`)).body;
   }
 
-  async seal(id: string, staged: Staged, digest: string, record: (s: Staged) => void): Promise<PendingBlob> {
+  async seal(id: string, staged: Staged, digest: string, record: (s: Staged) => void | Promise<void>): Promise<PendingBlob> {
     const s = staged as S3Staged;
     const to = this.s3.blobKey(digest);
     const size = s.offset;

@@ -189,8 +189,8 @@ async function layerFor(
   storage: Storage, repo: string, plan: LayerPlan, signal: AbortSignal, stats?: AssembleStats, progress?: Progress,
 ): Promise<LayerRow> {
   signal.throwIfAborted();
-  const known = storage.getLayer(plan.key);
-  if (known && storage.linkBlob(repo, known.digest)) {
+  const known = await storage.getLayer(plan.key);
+  if (known && await storage.linkBlob(repo, known.digest)) {
     if (stats) stats.reused++;
     return known;
   }
@@ -203,7 +203,7 @@ async function layerFor(
     inflight.set(flightKey, flight = f);
   }
   const row = await board(flight, flightKey, signal);
-  storage.linkBlob(repo, row.digest);
+  await storage.linkBlob(repo, row.digest);
   return row;
 }
 
@@ -255,7 +255,7 @@ async function buildLayer(
     signal.throwIfAborted();
     const row: LayerRow = { digest: compressed.digest(), diff_id: diff.digest(), size: compressed.bytes };
     await storage.commitFile(repo, tmp, row.digest, row.size);
-    storage.putLayer(plan.key, row);
+    await storage.putLayer(plan.key, row);
     if (stats) { stats.built++; stats.tarBytes += diff.bytes; }
     return row;
   } finally {

@@ -315,10 +315,10 @@ async function commit(storage: Storage, repo: string, hash: string, image: Image
     for (const l of image.layers) {
       if (seen.has(l.digest)) continue;
       seen.add(l.digest);
-      if (storage.blobSize(repo, l.digest) === undefined) linked.push(l.digest);
+      if (await storage.blobSize(repo, l.digest) === undefined) linked.push(l.digest);
       await storage.commitFile(repo, l.file, l.digest, l.size);
     }
-    if (storage.blobSize(repo, configDigest) === undefined) linked.push(configDigest);
+    if (await storage.blobSize(repo, configDigest) === undefined) linked.push(configDigest);
     await storage.writeBlob(repo, image.config, configDigest);
     const stored: StoredDescriptor[] = [];
     for (const m of image.manifests) {

@@ -28,7 +28,7 @@ export interface OriginsOptions {
   /** A pinned package set's refs are listed at most this often (--eval-ttl). */
   evalTtlMs: number;
   /** Whether `repo` is plain storage: pushed to, and no image built in it here. */
-  pushedTo: (repo: string) => boolean;
+  pushedTo: (repo: string) => Promise<boolean>;
   nixEnv?: NodeJS.ProcessEnv | undefined;
   log?: Logger | undefined;
 }
@@ -67,23 +67,23 @@ export class Origins {
   }
 
   /** Whether pulls of `repo` are answered here: an image file or flake, or a package list. */
-  serves(repo: string): boolean {
-    return this.of(repo) !== undefined || this.packageList(repo);
+  async serves(repo: string): Promise<boolean> {
+    return this.of(repo) !== undefined || await this.packageList(repo);
   }
 
   /**
    * Whether `repo`, a name no image file or flake serves (the caller has looked), is a
    * package list: --packages is on and nobody pushed to it.
    */
-  private packageList(repo: string): boolean {
-    return this.packages !== undefined && !this.o.pushedTo(repo);
+  private async packageList(repo: string): Promise<boolean> {
+    return this.packages !== undefined && !await this.o.pushedTo(repo);
   }
 
   /** What `repo:tag` is built from now (for a pinned package set, at the commit the tag names). */
   async at(repo: string, tag: string): Promise<Origin> {
     const o = this.of(repo);
     if (o) return o;
-    if (!this.packageList(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
+    if (!await this.packageList(repo)) throw new NoImageExpression(`no image expression for ${repo}`, { name: repo });
     return packagesOrigin(repo, this.packages!, await this.revision(tag));
   }
 

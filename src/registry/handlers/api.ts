@@ -49,7 +49,7 @@ export function apiTags(ctx: Ctx) {
     const repo = name(req);
     const page = pageOf(req, data.TAGS_PAGE, data.PAGE_MAX);
     const r = await data.tags(ctx, req, repo, page);
-    send(req, res, { name: repo, madeFrom: data.madeFrom(ctx, repo), tags: r.items }, r.next, page.n);
+    send(req, res, { name: repo, madeFrom: await data.madeFrom(ctx, repo), tags: r.items }, r.next, page.n);
   };
 }
 

@@ -2,7 +2,7 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Request, Response } from 'express';
-import type { ReferrerRow } from '../../blobs/index.js';
+import type { ReferrerRow } from '../../blobs/index/index.js';
 import { MediaTypes } from '../../oci/media-types.js';
 import { checkDigest } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
@@ -23,15 +23,15 @@ function page(res: Response, path: string, n: number | undefined, items: string[
 }
 
 export function listTags(ctx: Ctx) {
-  return (req: Request, res: Response) => {
+  return async (req: Request, res: Response) => {
     const repo = repoOf(req);
     const { n, last } = parsePage(req.query);
     // Expression-backed repositories exist before their first build.
-    const owned = ctx.source?.serves(repo) ?? false;
-    if (!owned && !ctx.storage.repositoryExists(repo)) {
+    const owned = ctx.source ? await ctx.source.serves(repo) : false;
+    if (!owned && !await ctx.storage.repositoryExists(repo)) {
       throw new RegistryError('NAME_UNKNOWN', `repository ${repo} not known to registry`, { name: repo });
     }
-    let tags = n === 0 ? [] : ctx.storage.listTags(repo, last ?? '', (n ?? MAX_PAGE) + 1) ?? [];
+    let tags = n === 0 ? [] : await ctx.storage.listTags(repo, last ?? '', (n ?? MAX_PAGE) + 1) ?? [];
     const standing = n === 0 || !owned ? [] : (ctx.source?.standingTags?.(repo) ?? []).filter((t) => t > (last ?? '') && !tags.includes(t));
     if (standing.length) tags = [...tags, ...standing].sort();
     page(res, `/v2/${repo}/tags/list`, n, tags, 'tags', { name: repo });
@@ -42,11 +42,11 @@ export function listTags(ctx: Ctx) {
 const CATALOG_SCAN = 10 * MAX_PAGE;
 
 export function catalog(ctx: Ctx) {
-  return (req: Request, res: Response) => {
+  return async (req: Request, res: Response) => {
     const { n, last } = parsePage(req.query);
     const want = (n ?? MAX_PAGE) + 1;
     if (!ctx.gate.enabled || n === 0) {
-      page(res, '/v2/_catalog', n, n === 0 ? [] : ctx.storage.catalog(last ?? '', want), 'repositories', {});
+      page(res, '/v2/_catalog', n, n === 0 ? [] : await ctx.storage.catalog(last ?? '', want), 'repositories', {});
       return;
     }
     // Only what the caller may read. The scan is bounded: a caller who may read few of
@@ -55,7 +55,7 @@ export function catalog(ctx: Ctx) {
     let after = last ?? '';
     let scanned = 0;
     while (repos.length < want && scanned < CATALOG_SCAN) {
-      const batch = ctx.storage.catalog(after, MAX_PAGE);
+      const batch = await ctx.storage.catalog(after, MAX_PAGE);
       for (const r of batch) if (repos.length < want && ctx.gate.visible(req, r)) repos.push(r);
       scanned += batch.length;
       if (batch.length < MAX_PAGE) break;
@@ -86,7 +86,7 @@ const ANNOTATIONS_KEY = ',"annotations":'.length;
  * its manifest's size), however many referrers the subject has and however large.
  */
 export function referrers(ctx: Ctx) {
-  return (req: Request, res: Response) => {
+  return async (req: Request, res: Response) => {
     const repo = repoOf(req);
     const subject = checkDigest(String(req.params.digest));
     const filter = req.query.artifactType;
@@ -94,7 +94,7 @@ export function referrers(ctx: Ctx) {
     const { n, last } = parsePage(req.query);
     const limit = Math.min(n ?? REFERRERS_PAGE, REFERRERS_PAGE);
     if (filter !== undefined) res.set('OCI-Filters-Applied', 'artifactType');
-    const rows = limit === 0 ? [] : ctx.storage.referrers(repo, subject, { after: last ?? '', limit: limit + 1, artifactType: filter });
+    const rows = limit === 0 ? [] : await ctx.storage.referrers(repo, subject, { after: last ?? '', limit: limit + 1, artifactType: filter });
     const page: { row: ReferrerRow; head: string }[] = [];
     let bytes = 0;
     let next: string | undefined;
@@ -115,7 +115,7 @@ export function referrers(ctx: Ctx) {
     // and clients compare this Content-Type exactly.)
     const parts: Buffer[] = [Buffer.from(`{"schemaVersion":2,"mediaType":${JSON.stringify(MediaTypes.ociIndex)},"manifests":[`)];
     for (const [i, { row, head }] of page.entries()) {
-      const annotations = row.annotations_bytes === null ? undefined : ctx.storage.referrerAnnotations(repo, row.digest);
+      const annotations = row.annotations_bytes === null ? undefined : await ctx.storage.referrerAnnotations(repo, row.digest);
       const open = i > 0 ? ',' : '';
       // Spliced in as stored: JSON the index wrote.
       if (annotations === undefined) parts.push(Buffer.from(open + head));

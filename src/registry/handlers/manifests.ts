@@ -40,7 +40,7 @@ export function getManifest(ctx: Ctx) {
     const accept = req.headers.accept;
     const ok = (mt: string) => accepts(accept, mt);
     // serves() looks for the repository's image file on disk: once per request is enough.
-    const owned = ctx.source?.serves(repo) ?? false;
+    const owned = ctx.source ? await ctx.source.serves(repo) : false;
     let d: Descriptor | undefined;
     if (owned) d = await ctx.source!.resolve(repo, ref, ok);
     const mirrored = owned ? undefined : ctx.mirror?.route(repo);
@@ -51,7 +51,7 @@ export function getManifest(ctx: Ctx) {
     }
     d ??= await ctx.storage.resolveManifest(repo, ref);
     if (!d) {
-      if (!owned && !ctx.storage.repositoryExists(repo)) {
+      if (!owned && !await ctx.storage.repositoryExists(repo)) {
         throw new RegistryError('NAME_UNKNOWN', `repository ${repo} not known to registry`, { name: repo });
       }
       throw manifestUnknown(repo, ref);
@@ -97,7 +97,7 @@ export function putManifest(ctx: Ctx) {
       }
       // Moving a tag that points elsewhere is `update`; the route's check was `create`.
       if (ref.tag !== undefined && ctx.gate.enabled) {
-        const current = ctx.storage.resolveManifest(repo, { tag: ref.tag });
+        const current = await ctx.storage.resolveManifest(repo, { tag: ref.tag });
         if (current && current.digest !== digest) ctx.gate.need(req, repo, 'update');
       }
       await ctx.storage.putManifest(repo, body, { ...parsed, byDigest: ref.tag === undefined }, ref.tag, digest);
@@ -119,7 +119,7 @@ export function deleteManifest(ctx: Ctx) {
     const ref = lookupRefOf(req);
     checkWritable(ctx, repo);
     const found = ref.tag !== undefined
-      ? ctx.storage.deleteTag(repo, ref.tag)
+      ? await ctx.storage.deleteTag(repo, ref.tag)
       : await ctx.storage.deleteManifest(repo, ref.digest!);
     if (!found) throw manifestUnknown(repo, ref);
     res.status(202).set('Content-Length', '0').end();

@@ -58,10 +58,10 @@ export function startBuild(ctx: Ctx) {
     });
     // Anyone who may pull the image may make it be built: a pull would build it too.
     ctx.gate.need(req, repository, 'read');
-    if (!source.serves(repository)) {
+    if (!await source.serves(repository)) {
       throw new RegistryError('NAME_UNKNOWN', `${repository} is not built from an expression here: there is nothing to build`, { name: repository });
     }
-    const build = source.startBuild(repository, tag);
+    const build = await source.startBuild(repository, tag);
     res.status(202).set('Location', build.url).json(build);
   };
 }
@@ -123,8 +123,8 @@ export function buildLog(ctx: Ctx) {
 
 /** Counters of the server (always) and of build-on-pull (where enabled). */
 export function stats(ctx: Ctx) {
-  return (_req: Request, res: Response) => {
-    res.json({ ...ctx.source?.stats(), server: { ...ctx.counters(), ...ctx.storage.stats() } });
+  return async (_req: Request, res: Response) => {
+    res.json({ ...ctx.source?.stats(), server: { ...ctx.counters(), ...await ctx.storage.stats() } });
   };
 }
 

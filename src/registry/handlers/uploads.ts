@@ -4,7 +4,7 @@
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { Readable } from 'node:stream';
 import type { Request, Response } from 'express';
-import { DigestMismatch, SizeMismatch, UploadOutOfOrder } from '../../blobs/errors.js';
+import { DigestMismatch, SizeMismatch, TooManyUploads, UploadOutOfOrder } from '../../blobs/errors.js';
 import { checkDigest, checkName } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
 import { isUploadId } from '../grammar.js';
@@ -97,19 +97,24 @@ async function readBody<T>(ctx: Ctx, req: Request, upload: { repo: string; id: s
 /**
  * An upload holds a file and a row until it is finished, cancelled or purged: each
  * client and each repository may hold only so many at once. Checked and started in one
- * synchronous step, so concurrent POSTs cannot both pass the last free slot.
+ * step of the index (Storage.startUpload), so concurrent POSTs cannot both pass the last
+ * free slot.
  */
-function checkUploadLimits(ctx: Ctx, repo: string, client: string): void {
-  const open = ctx.storage.openUploads(repo, client);
+async function startWithinLimits(ctx: Ctx, repo: string, client: string): Promise<string> {
   const { uploadsPerRepo, uploadsPerClient, uploads } = ctx.limits;
+  let open: { repo: number; client: number; total: number };
+  try {
+    return await ctx.storage.startUpload(repo, client, { repo: uploadsPerRepo, client: uploadsPerClient, total: uploads });
+  } catch (err) {
+    if (!(err instanceof TooManyUploads)) throw err;
+    open = err.open;
+  }
   const over = open.client >= uploadsPerClient ? `this client has ${open.client} unfinished uploads (limit ${uploadsPerClient})`
     : open.repo >= uploadsPerRepo ? `${repo} has ${open.repo} unfinished uploads (limit ${uploadsPerRepo})`
     : open.total >= uploads ? `the registry has ${open.total} unfinished uploads (limit ${uploads})`
-    : undefined;
-  if (over) {
-    throw new RegistryError('TOOMANYREQUESTS', `${over}; finish or cancel some, or wait until they are purged`,
-      { repository: repo });
-  }
+    : 'too many unfinished uploads';
+  throw new RegistryError('TOOMANYREQUESTS', `${over}; finish or cancel some, or wait until they are purged`,
+    { repository: repo });
 }
 
 export function startUpload(ctx: Ctx) {
@@ -125,7 +130,7 @@ export function startUpload(ctx: Ctx) {
       // Only from a repository the caller may read (else anyone could copy a blob they
       // know the digest of out of a private repository: zot's CVE-2024-39897), and only a
       // blob really linked there. Otherwise the client gets a normal upload.
-      if (ctx.gate.may(req, from, 'read') && ctx.storage.mountBlob(repo, from, mount) !== undefined) { created(res, repo, mount); return; }
+      if (ctx.gate.may(req, from, 'read') && await ctx.storage.mountBlob(repo, from, mount) !== undefined) { created(res, repo, mount); return; }
     }
     if (digest !== undefined) {
       checkDigest(digest);
@@ -139,8 +144,7 @@ export function startUpload(ctx: Ctx) {
     }
     req.resume();
     const client = ctx.gate.client(req);
-    checkUploadLimits(ctx, repo, client);
-    const id = ctx.storage.startUpload(repo, client);
+    const id = await startWithinLimits(ctx, repo, client);
     inProgress(res, repo, id, 0);
   };
 }

@@ -70,7 +70,7 @@ export async function buildPage(ctx: Ctx, req: Request): Promise<{ title: string
 }
 
 /** The button that builds `repo`'s latest now, for a repository built here (the script posts it). */
-export function buildButton(ctx: Ctx, repo: string): Raw {
-  if (!ctx.source?.serves(repo)) return html``;
+export async function buildButton(ctx: Ctx, repo: string): Promise<Raw> {
+  if (!ctx.source || !await ctx.source.serves(repo)) return html``;
   return html`<p><button type="button" class="build" data-repository="${repo}">Build latest now</button> <span class="note build-note"></span></p>`;
 }

@@ -43,11 +43,11 @@ export function notFound(repo: string): RegistryError {
 /** Throws NAME_UNKNOWN unless `repo` exists (or is served) and the caller may read it. */
 export async function readable(ctx: Ctx, req: Request, repo: string): Promise<void> {
   if (!ctx.gate.visible(req, repo)) throw notFound(repo);
-  if (!(await ctx.storage.repositoryExists(repo)) && !(ctx.source?.serves(repo) ?? false)) throw notFound(repo);
+  if (!(await ctx.storage.repositoryExists(repo)) && !(await ctx.source?.serves(repo) ?? false)) throw notFound(repo);
 }
 
-export function madeFrom(ctx: Ctx, repo: string): MadeFrom {
-  return ctx.source?.madeFrom?.(repo) ?? 'pushed';
+export async function madeFrom(ctx: Ctx, repo: string): Promise<MadeFrom> {
+  return await ctx.source?.madeFrom?.(repo) ?? 'pushed';
 }
 
 /** Repositories the caller may read, after `last`, whose name contains `q`. */
@@ -76,7 +76,7 @@ export async function repositories(ctx: Ctx, req: Request, o: { n: number; last:
   }
   const more = names.length > o.n;
   if (more) names.length = o.n;
-  const items = names.map((name) => ({ name, madeFrom: madeFrom(ctx, name) }));
+  const items = await Promise.all(names.map(async (name) => ({ name, madeFrom: await madeFrom(ctx, name) })));
   if (more) return { items, next: names[names.length - 1] };
   // A search that read its fill of names without filling the page goes on from there.
   return { items, next: after !== '' && scanned >= SEARCH_SCAN ? after : undefined };
@@ -126,7 +126,7 @@ export interface TagSummary {
 export async function tags(ctx: Ctx, req: Request, repo: string, o: { n: number; last: string }): Promise<Page<TagSummary>> {
   await readable(ctx, req, repo);
   let names = (await ctx.storage.listTags(repo, o.last, o.n + 1)) ?? [];
-  const standing = ctx.source?.serves(repo) ? (ctx.source.standingTags(repo) ?? []).filter((t) => t > o.last && !names.includes(t)) : [];
+  const standing = ctx.source && await ctx.source.serves(repo) ? (ctx.source.standingTags(repo) ?? []).filter((t) => t > o.last && !names.includes(t)) : [];
   if (standing.length) names = [...names, ...standing].sort();
   let next: string | undefined;
   if (names.length > o.n) { names = names.slice(0, o.n); next = names[names.length - 1]; }

@@ -70,10 +70,11 @@ export const repositoryPage = page(async (ctx, req) => {
   const names = r.items.map((t) => t.tag);
   const shown = names.includes('latest') ? 'latest' : names[0];
   const [a, b] = names.filter((t) => t !== 'latest');
+  const [made, button] = await Promise.all([data.madeFrom(ctx, repo), buildButton(ctx, repo)]);
   return {
     title: repo,
-    body: html`<nav><a href="/">Repositories</a> / ${repo}</nav><h1>${repo} <span class="kind">${data.madeFrom(ctx, repo)}</span></h1>
-${buildButton(ctx, repo)}
+    body: html`<nav><a href="/">Repositories</a> / ${repo}</nav><h1>${repo} <span class="kind">${made}</span></h1>
+${button}
 ${shown !== undefined ? html`<h2>Pull</h2>${pullCommands(req, repo, shown)}` : ''}
 <h2>Tags</h2>
 ${r.items.length ? html`<table class="list tags"><thead><tr><th>Tag</th><th>Digest</th><th>Size</th><th>Created</th><th>Platform</th></tr></thead><tbody>${r.items.map((t) => html`

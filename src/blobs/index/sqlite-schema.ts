@@ -1,4 +1,5 @@
-// The SQLite schema of the index: the one place that says what is recorded.
+// The SQLite schema of the index, its migrations and its opening: the one place that
+// says what is recorded (postgres-schema.ts mirrors it for PostgreSQL).
 //
 // Blob *files* are the truth for content; this index is the truth for what is visible.
 // A blob row is written only after its file is durably in place, and removed before its
@@ -6,6 +7,8 @@
 // reconciliation in storage.ts repairs the one window a crash can leave).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
+import Database from 'better-sqlite3';
+
 export const SCHEMA_VERSION = 6;
 
 export const SCHEMA = `
@@ -170,7 +173,7 @@ export const MIGRATIONS: Record<number, { before: string; after: string; columns
   3: { before: 'ALTER TABLE builds ADD COLUMN layer_format TEXT;', after: '' },
   // 4 → 5: annotations leave manifests for referrer_annotations. Not in this transaction:
   // they may be gigabytes, which it would hold in the write-ahead log whole. This step
-  // only indexes the rows that still hold some; Index.moveAnnotations moves them at open,
+  // only indexes the rows that still hold some; moveAnnotations moves them at open,
   // a bounded batch per transaction. The column stays (NULL once moved): dropping it
   // would rewrite the table in one go, and would break a nixreg of schema 4 still running
   // on the index (`nixreg gc` of a newer version opens it beside the server), whose
@@ -182,3 +185,70 @@ export const MIGRATIONS: Record<number, { before: string; after: string; columns
   // made anew by SCHEMA.
   5: { before: '', after: '', columns: [['uploads', 'staged', 'TEXT'], ['uploads', 'claimed_by', 'TEXT'], ['uploads', 'claimed_until', 'INTEGER']] },
 };
+
+
+/** One transaction of moveAnnotations: at most this many rows and bytes (one row may be more). */
+const MOVE_ROWS = 256;
+const MOVE_BYTES = 16 * 1024 * 1024;
+
+/** Opens (creating or migrating) the index database at `path`. */
+export function openDatabase(path: string): Database.Database {
+  const db = new Database(path);
+  try {
+    db.pragma('journal_mode = WAL');
+    // NORMAL is durable across process crashes in WAL mode; only an OS crash can lose
+    // the last transactions, and reconciliation then drops rows-without-files.
+    db.pragma('synchronous = NORMAL');
+    db.pragma('foreign_keys = ON');
+    db.pragma('busy_timeout = 5000');
+    const version = db.pragma('user_version', { simple: true }) as number;
+    if (version > SCHEMA_VERSION) throw new Error(`index schema ${version} is newer than this nixreg (${SCHEMA_VERSION})`);
+    db.transaction(() => {
+      // A new database reports version 0 and has no tables yet: nothing to migrate.
+      const fresh = version === 0;
+      for (let v = version; !fresh && v < SCHEMA_VERSION; v++) db.exec(MIGRATIONS[v]!.before);
+      db.exec(SCHEMA);
+      for (let v = version; !fresh && v < SCHEMA_VERSION; v++) {
+        for (const [table, column, type] of MIGRATIONS[v]!.columns ?? []) {
+          const has = db.prepare(`SELECT 1 FROM pragma_table_info('${table}') WHERE name = ?`).get(column);
+          if (!has) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
+        }
+        db.exec(MIGRATIONS[v]!.after);
+      }
+      db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    })();
+    moveAnnotations(db);
+    return db;
+  } catch (e) {
+    db.close();
+    throw e;
+  }
+}
+
+/**
+ * Schema 4 → 5: annotations in manifests rows move to referrer_annotations (only
+ * referrers'; nothing reads the others) and leave NULL behind. A batch of at most
+ * MOVE_ROWS rows and MOVE_BYTES bytes per transaction, so that the write-ahead log and
+ * memory hold no more than a batch however much there is; a crash part way keeps what
+ * was moved. Runs at every open of an index made before schema 5, where the rows left
+ * to move are indexed (manifests_unmoved): nothing, at once, once they are moved.
+ */
+function moveAnnotations(db: Database.Database): void {
+  if (!db.prepare(`SELECT 1 FROM pragma_index_list('manifests') WHERE name = 'manifests_unmoved'`).get()) return;
+  // octet_length reads the size from the record header, not the text (SQLite >= 3.43).
+  const next = db.prepare<[], { repo_id: number; digest: string; bytes: number }>(
+    `SELECT repo_id, digest, octet_length(annotations) AS bytes FROM manifests INDEXED BY manifests_unmoved
+      WHERE annotations IS NOT NULL LIMIT ${MOVE_ROWS}`);
+  const copy = db.prepare(`INSERT INTO referrer_annotations (repo_id, digest, bytes, json)
+    SELECT repo_id, digest, octet_length(annotations), annotations FROM manifests
+     WHERE repo_id = ? AND digest = ? AND subject IS NOT NULL ON CONFLICT (repo_id, digest) DO NOTHING`);
+  const clear = db.prepare('UPDATE manifests SET annotations = NULL WHERE repo_id = ? AND digest = ?');
+  for (let rows = next.all(); rows.length > 0; rows = next.all()) {
+    let bytes = 0;
+    let n = 0;
+    while (n < rows.length && (n === 0 || bytes + rows[n]!.bytes <= MOVE_BYTES)) bytes += rows[n++]!.bytes;
+    db.transaction(() => {
+      for (const r of rows.slice(0, n)) { copy.run(r.repo_id, r.digest); clear.run(r.repo_id, r.digest); }
+    })();
+  }
+}
