@@ -94,7 +94,7 @@ export class Uploads {
     if (st.busy) throw new UploadOutOfOrder('another chunk of this upload is in progress', st.staged.offset);
     const release = await this.claimBusy(id, st);
     if (start !== undefined && start !== st.staged.offset) {
-      release();
+      await release();
       st.busy = false;
       throw new UploadOutOfOrder(`chunk starts at ${start}, but the upload has ${st.staged.offset} bytes`, st.staged.offset);
     }
@@ -143,7 +143,7 @@ export class Uploads {
       throw this.core.noSpace(err, 'store this upload; the upload was ended and nothing of it was kept');
     } finally {
       entry.release();
-      release();
+      await release();
       st.busy = false;
       st.failing = false;
       st.op = undefined;
@@ -154,7 +154,7 @@ export class Uploads {
    * Marks the session busy, then claims it (claim): busy first, as the claim awaits the
    * index and a second chunk arriving meanwhile in this process must find it busy.
    */
-  private async claimBusy(id: string, st: UploadState): Promise<() => void> {
+  private async claimBusy(id: string, st: UploadState): Promise<() => Promise<void>> {
     st.busy = true;
     try {
       return await this.claim(id, st);
@@ -170,7 +170,7 @@ export class Uploads {
    * UploadOutOfOrder, as a second chunk in this one is. Bytes another process appended
    * since this one last looked are taken from the row (and the running hash given up).
    */
-  private async claim(id: string, st: UploadState): Promise<() => void> {
+  private async claim(id: string, st: UploadState): Promise<() => Promise<void>> {
     const { index } = this.core;
     if (!await index.claimUpload(id, this.owner, Date.now() + CLAIM_MS)) {
       const row = await index.getUpload(id);
@@ -191,9 +191,11 @@ export class Uploads {
       index.extendClaim(id, this.owner, Date.now() + CLAIM_MS).catch(() => { /* a full index: the claim may run out */ });
     }, CLAIM_MS / 3);
     renew.unref();
-    return () => {
+    // Awaited before the answer goes out: the client's next request may reach another
+    // replica at once, which must find the upload free, not claimed by a chunk already done.
+    return async () => {
       clearInterval(renew);
-      index.releaseUpload(id, this.owner).catch(() => { /* it runs out */ });
+      await index.releaseUpload(id, this.owner).catch(() => { /* it runs out */ });
     };
   }
 
@@ -248,7 +250,7 @@ export class Uploads {
       await this.remove(id);
       throw err;
     } finally {
-      release();
+      await release();
       st.busy = false;
       st.op = undefined;
     }

@@ -9,7 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { OCI_MANIFEST, http, pushBlob, pushImage, sha256 } from '../api/util.js';
+import { OCI_MANIFEST, http, pushBlob, pushImage, putManifest, sha256 } from '../api/util.js';
 import { startContainerd, type Containerd } from '../helpers/containerd.js';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { requireTool, run } from '../helpers/exec.js';
@@ -165,14 +165,27 @@ test('kill -9 of a replica in the middle of an upload: the client resumes on the
 
 test('collections on one replica race pushes on the other: every acknowledged manifest stays whole', { timeout: 180_000 }, async () => {
   const acked: { repo: string; digest: string }[] = [];
+  let refused = 0;
   let pushing = true;
   const pusher = (async () => {
     for (let i = 0; pushing; i++) {
       const repo = `race/r${i % 4}`;
-      // Tags move, so older manifests and their layers become garbage while pushes go on;
-      // a shared config blob stays referenced by the newest.
-      const img = await pushImage(B().url, repo, 'latest', { salt: `${i}` });
-      acked.push({ repo, digest: img.digest });
+      // Tags move, so older manifests and their layers become garbage while pushes go on.
+      // At --gc-grace 0 a collection may take a layer between its upload and the manifest
+      // that names it: the manifest is then refused (MANIFEST_BLOB_UNKNOWN), never
+      // acknowledged and broken, and a client pushes again.
+      const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] }, salt: i }));
+      const layer = randomBytes(1024);
+      await pushBlob(B().url, repo, config);
+      await pushBlob(B().url, repo, layer);
+      const body = JSON.stringify({
+        schemaVersion: 2, mediaType: OCI_MANIFEST,
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha256(config), size: config.length },
+        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha256(layer), size: layer.length }],
+      });
+      const r = await putManifest(B().url, repo, 'latest', body);
+      if (r.status === 201) acked.push({ repo, digest: sha256(body) });
+      else { assert.equal(r.json().errors[0].code, 'MANIFEST_BLOB_UNKNOWN', r.text()); refused++; }
     }
   })();
   let runs = 0;
@@ -184,7 +197,8 @@ test('collections on one replica race pushes on the other: every acknowledged ma
   }
   pushing = false;
   await pusher;
-  assert.ok(runs >= 3 && acked.length >= 20, `${runs} collections, ${acked.length} pushes`);
+  assert.ok(runs >= 3 && acked.length >= 20, `${runs} collections, ${acked.length} pushes acknowledged, ${refused} refused`);
+  assert.ok(refused < acked.length, `${refused} refused of ${acked.length + refused}`);
   // Each repository's last push is tagged, so whole; earlier ones may be collected, but a
   // collected manifest must be gone, never present with a blob missing.
   const last = new Map(acked.map((a) => [a.repo, a.digest]));
