@@ -1,6 +1,7 @@
 // `nixreg`: the command line.
 //
 // Composition root: may import every room; no room imports it.
+import { StorageError } from './blobs/errors.js';
 import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { buildConfig, limitsConfig, serveConfig, type BuildFlags, type LimitFlags, type ServeFlags } from './config.js';
@@ -136,15 +137,18 @@ program
   .description('collect garbage in a data directory whose server is stopped; --dry-run lists what would go (also while it runs)')
   .option('--data <dir>', 'blob store and index (env NIXREG_DATA, default ./data)')
   .option('--storage <url>', 'the server\'s --storage s3://BUCKET[/PREFIX], if it has one (env NIXREG_STORAGE)')
+  .option('--database <url>', 'the servers\' --database postgres://…, if they have one: then it collects beside running replicas, one collection at a time among them (env NIXREG_DATABASE)')
   .option('--dry-run', 'list what would be removed, and remove nothing')
   .option('--gc-grace <seconds>', 'spare what is younger than this (env NIXREG_GC_GRACE, default 3600)')
-  .action(async (flags: { data?: string; dryRun?: boolean; gcGrace?: string; storage?: string }, cmd: Command) => {
+  .action(async (flags: { data?: string; dryRun?: boolean; gcGrace?: string; storage?: string; database?: string }, cmd: Command) => {
     let cfg;
-    try { cfg = serveConfig({ data: flags.data, gcGrace: flags.gcGrace, storage: flags.storage, listen: '127.0.0.1:0' }); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
+    try { cfg = serveConfig({ data: flags.data, gcGrace: flags.gcGrace, storage: flags.storage, database: flags.database, listen: '127.0.0.1:0' }); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
     try {
-      printReport(await runGc({ data: cfg.data, dryRun: !!flags.dryRun, graceMs: cfg.gcGraceMs, s3: cfg.storage }), (s) => process.stdout.write(s));
+      printReport(await runGc({ data: cfg.data, dryRun: !!flags.dryRun, graceMs: cfg.gcGraceMs, s3: cfg.storage, database: cfg.database }), (s) => process.stdout.write(s));
     } catch (e) {
       if (e instanceof GcRefused) cmd.error(`error: ${e.message}`, { exitCode: 2 });
+      // Another replica collecting, the database or the bucket not answering: said in a line.
+      if (e instanceof StorageError) cmd.error(`error: ${e.message}`, { exitCode: 1 });
       throw e;
     }
   });

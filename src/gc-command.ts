@@ -5,13 +5,15 @@
 // record of writes in flight that only the server process has, so with a server using
 // the directory it refuses to collect and only a dry run is allowed (which reads, and
 // skips the start-up reconciliation that would mistake the server's blob in mid-commit
-// for an orphan).
+// for an orphan). With --database (PostgreSQL) the index is shared by design: the
+// replicas' own collections take the same advisory lock, so this one runs beside them.
 //
 // Composition root: may import every room; no room imports it.
 import { existsSync, readFileSync } from 'node:fs';
 import type { GcReport } from './blobs/gc.js';
 import { Layout } from './blobs/layout.js';
 import { Storage, type StorageOptions } from './blobs/storage.js';
+import type { DatabaseConfig } from './config.js';
 
 /** The pid of a live `nixreg serve` using `data`, if any. */
 export function serverUsing(data: string): number | undefined {
@@ -26,7 +28,17 @@ export function serverUsing(data: string): number | undefined {
 
 export class GcRefused extends Error {}
 
-export async function runGc(opts: { data: string; dryRun: boolean; graceMs: number; s3?: StorageOptions['s3'] }): Promise<GcReport> {
+export async function runGc(opts: { data: string; dryRun: boolean; graceMs: number; s3?: StorageOptions['s3']; database?: DatabaseConfig | undefined }): Promise<GcReport> {
+  if (opts.database) {
+    const storage = await Storage.open(opts.data, {
+      gcIntervalMs: 0, s3: opts.s3, database: opts.database.url, databasePool: opts.database.poolSize, databaseTimeoutMs: opts.database.timeoutMs,
+    });
+    try {
+      return await storage.gc({ dryRun: opts.dryRun, graceMs: opts.graceMs });
+    } finally {
+      await storage.close();
+    }
+  }
   if (!existsSync(new Layout(opts.data).dbPath)) throw new GcRefused(`${opts.data} holds no nixreg data (no index.db)`);
   const pid = serverUsing(opts.data);
   if (pid !== undefined && !opts.dryRun) {

@@ -14,7 +14,7 @@ import { startContainerd, type Containerd } from '../helpers/containerd.js';
 import { startDockerd, type Dockerd } from '../helpers/dockerd.js';
 import { requireTool, run } from '../helpers/exec.js';
 import { startPostgres, type Postgres } from '../helpers/postgres.js';
-import { ROOT, tempDir } from '../helpers/registry.js';
+import { CLI, ROOT, tempDir } from '../helpers/registry.js';
 import { startReplicas, type Replicas } from '../helpers/replicas.js';
 import { startRgw, type Rgw } from '../helpers/rgw.js';
 import { busyboxRoot, multiLayerContext } from '../e2e/fixtures.js';
@@ -23,6 +23,7 @@ const Bucket = 'replicas';
 let pg: Postgres;
 let rgw: Rgw;
 let set: Replicas;
+let database: string;
 let dockerd: Dockerd;
 let containerd: Containerd;
 const cleanup: string[] = [];
@@ -33,8 +34,9 @@ before(async () => {
   const [p, r, d, c] = await Promise.all([startPostgres(), startRgw(), startDockerd(), startContainerd()]);
   [pg, rgw, dockerd, containerd] = [p, r, d, c];
   await rgw.createBucket(Bucket);
+  database = await pg.createDatabase();
   set = await startReplicas({
-    database: await pg.createDatabase(), storage: `s3://${Bucket}/r`, env: rgw.env,
+    database, storage: `s3://${Bucket}/r`, env: rgw.env,
     args: ['--gc-grace', '0', '--gc-interval', '0', '--s3-timeout', '5'],
   });
 });
@@ -224,4 +226,22 @@ test('kill -9 of a replica during a collection: the other collects next, nothing
   await assertWhole(set.url, 'gckill/keep', keep.digest);
   const digest = createHash('sha256').update(keep.layer).digest('hex');
   assert.equal((await http(A().url, 'HEAD', `/v2/gckill/keep/blobs/sha256:${digest}`)).status, 200);
+});
+
+test('nixreg gc --database beside running replicas: a dry run lists, a collection removes, the replicas go on', { timeout: 60_000 }, async () => {
+  const kept = await pushImage(set.url, 'gccli/keep', 'v1');
+  const loose = await pushBlob(set.url, 'gccli/loose', randomBytes(4096));
+  const data = tempDir('nixreg-gc-cli-');
+  cleanup.push(data);
+  const gc = (...extra: string[]) => run(process.execPath, [CLI, 'gc', '--data', data, '--database', database, '--storage', `s3://${Bucket}/r`, '--gc-grace', '0', ...extra],
+    { env: { ...process.env, ...rgw.env } });
+  const dry = await gc('--dry-run');
+  assert.equal(dry.code, 0, dry.stderr);
+  assert.match(dry.stdout, new RegExp(`^blob ${loose} `, 'm'));
+  assert.equal((await http(set.url, 'HEAD', `/v2/gccli/loose/blobs/${loose}`)).status, 200, 'a dry run removes nothing');
+  const real = await gc();
+  assert.equal(real.code, 0, real.stderr);
+  assert.match(real.stdout, /^removed \d+ manifests, \d+ links, [1-9]\d* blobs/m);
+  assert.equal((await http(set.url, 'HEAD', `/v2/gccli/loose/blobs/${loose}`)).status, 404);
+  await assertWhole(set.url, 'gccli/keep', kept.digest);
 });
