@@ -379,10 +379,10 @@ export class Storage {
   /** Links a stored blob into `repo`; false if the blob is not stored. */
   linkBlob(repo: string, digest: string): Promise<boolean> { return this.index.linkBlob(repo, digest); }
   /** Waits until this process alone, of all on the index, holds `key`; resolves to its release (Index.lease; one process: at once). */
-  lease(key: string, signal?: AbortSignal, waiting?: () => void): Promise<() => Promise<void>> {
+  async lease(key: string, signal?: AbortSignal, waiting?: () => void): Promise<() => Promise<void>> {
     if (this.index.lease) return this.index.lease(key, signal, waiting);
     signal?.throwIfAborted();
-    return Promise.resolve(async () => {});
+    return async () => {};
   }
   /** The data directory: tells stores in one process apart. */
   get root(): string { return this.layout.root; }
