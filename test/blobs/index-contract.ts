@@ -304,6 +304,26 @@ export function indexContract(name: string, backend: IndexBackend) {
       assert.equal(await ix.getLayer('key1'), undefined);
     });
 
+    test('times for the web page: when tags moved and their builds were last pulled, when repositories last changed', async () => {
+      const [r, quiet] = [repo('times'), repo('times-quiet')];
+      const t0 = Date.now() - 5_000;
+      const built = await manifest(r, 'built image', 'latest');
+      const pushed = await manifest(r, 'pushed image', 'v1');
+      await ix.putBuild({ repo: r, hash: 'h', manifest: built, media_type: OCI, size: 1, alt_manifest: null, alt_media_type: null, alt_size: null, store_path: '/nix/store/h', layer_format: null });
+      await ix.notePulls([{ repo: r, digest: built, at: Date.now() + 60_000 }]);
+      const times = (await ix.tagTimes(r, ['latest', 'v1', 'absent'])).sort((a, b) => a.tag.localeCompare(b.tag));
+      assert.deepEqual(times.map((t) => t.tag), ['latest', 'v1']);
+      for (const t of times) assert.ok(t.updated >= t0 && t.updated <= Date.now() + 5_000, `${t.tag} moved at ${t.updated}`);
+      assert.ok(times[0]!.pulled! >= Date.now() + 50_000, 'the build\'s last pull');
+      assert.equal(times[1]!.pulled, null, 'a pushed image is never pulled "as built"');
+      assert.ok(pushed);
+      await blob(quiet, 'only a blob');
+      const changes = await ix.repoChanges([r, quiet, 'no/such']);
+      assert.deepEqual(changes.map((c) => c.repo), [r]);
+      assert.ok(changes[0]!.changed >= t0);
+      assert.deepEqual(await ix.tagTimes('no/such', ['latest']), []);
+    });
+
     test('the cache quota: usage of built repositories alone, eviction order by last pull, eviction keeps what another build names', async () => {
       const fresh = await backend.fresh();
       try {

@@ -95,7 +95,9 @@ describe('web API and pages', () => {
     assert.deepEqual(await names('alice', '?q=secret'), ['team/secret/keys']);
     assert.deepEqual(await names('bob', '?q=secret'), []);
     const first = await get(reg, '/nixreg/api/repositories?n=1', 'alice');
-    assert.deepEqual(first.json().repositories, [{ name: 'public/tools', madeFrom: 'pushed' }]);
+    const [only] = first.json().repositories;
+    assert.deepEqual([only.name, only.madeFrom], ['public/tools', 'pushed']);
+    assert.ok(Math.abs(Date.parse(only.changed) - Date.now()) < 600_000, `last changed ${only.changed}`);
     assert.equal(first.json().next, 'public/tools');
     assert.match(first.headers.get('link') ?? '', /last=public%2Ftools.*rel="next"/);
     assert.deepEqual((await get(reg, '/nixreg/api/repositories?n=0', 'alice')).json(), { repositories: [] });
@@ -132,6 +134,11 @@ describe('web API and pages', () => {
       ['v1', v1.digest, v1.config + v1.layers[0]! + v1.layers[1]!, '2024-05-06T07:08:09Z', 'linux/arm64'],
       ['v2', v2.digest, v2.config + v2.layers[0]! + v2.layers[1]!, '2024-05-06T07:08:09Z', 'linux/arm64'],
     ]);
+    // Pushed, so never pulled as a build; when each tag was pushed.
+    for (const x of t.tags) {
+      assert.ok(Math.abs(Date.parse(x.updated) - Date.now()) < 600_000, `pushed ${x.updated}`);
+      assert.equal(x.lastPulled, null);
+    }
     const page = (await get(reg, '/nixreg/api/repositories/public/tools/tags?n=2&last=t1')).json();
     assert.deepEqual(page.tags.map((x: any) => x.tag), ['t2', 't3']);
     assert.equal(page.next, 't3');

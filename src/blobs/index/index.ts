@@ -298,6 +298,10 @@ export interface Index {
   deleteTag(repo: string, tag: string): Promise<boolean>;
   /** Tags after `last`, in byte order, at most `n`; undefined if the repository does not exist. */
   listTags(repo: string, last: string, n: number): Promise<string[] | undefined>;
+  /** For the web page: when each of `tags` last moved, and when a build it names was last pulled (null: none). Missing tags are left out. */
+  tagTimes(repo: string, tags: string[]): Promise<{ tag: string; updated: number; pulled: number | null }[]>;
+  /** For the web page: when each of `repos` last changed (a manifest stored, a tag moved); those without any are left out. */
+  repoChanges(repos: string[]): Promise<{ repo: string; changed: number }[]>;
   /** A page of the manifests whose subject is `subject`, in digest order, without their annotations. */
   referrers(repo: string, subject: string, page: ReferrersPage): Promise<ReferrerRow[]>;
   /** The annotations of referrer `digest` in `repo`, as the JSON bytes recorded; undefined if it has none. */

@@ -219,6 +219,17 @@ export class SqliteIndex implements Index {
     if (id === undefined) return undefined;
     return this.s.listTags.all(id, last, n).map((t) => t.name);
   }
+  async tagTimes(repo: string, tags: string[]): Promise<{ tag: string; updated: number; pulled: number | null }[]> {
+    return this.db.prepare<[string, string], { tag: string; updated: number; pulled: number | null }>(`SELECT t.name AS tag,
+        t.updated_at AS updated, (SELECT max(b.last_pulled) FROM builds b WHERE b.repo = r.name AND (b.manifest = t.digest OR b.alt_manifest = t.digest)) AS pulled
+      FROM repositories r JOIN tags t ON t.repo_id = r.id WHERE r.name = ? AND t.name IN (SELECT value FROM json_each(?))`)
+      .all(repo, JSON.stringify(tags));
+  }
+  async repoChanges(repos: string[]): Promise<{ repo: string; changed: number }[]> {
+    return this.db.prepare<[string], { repo: string; changed: number }>(`SELECT name AS repo, max(
+        coalesce((SELECT max(updated_at) FROM tags WHERE repo_id = r.id), 0), coalesce((SELECT max(created_at) FROM manifests WHERE repo_id = r.id), 0)) AS changed
+      FROM repositories r WHERE name IN (SELECT value FROM json_each(?))`).all(JSON.stringify(repos)).filter((x) => x.changed > 0);
+  }
   async referrers(repo: string, subject: string, page: ReferrersPage): Promise<ReferrerRow[]> {
     const id = this.repoId(repo);
     if (id === undefined) return [];

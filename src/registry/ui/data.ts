@@ -51,7 +51,7 @@ export async function madeFrom(ctx: Ctx, repo: string): Promise<MadeFrom> {
 }
 
 /** Repositories the caller may read, after `last`, whose name contains `q`. */
-export async function repositories(ctx: Ctx, req: Request, o: { n: number; last: string; q: string }): Promise<Page<{ name: string; madeFrom: MadeFrom }>> {
+export async function repositories(ctx: Ctx, req: Request, o: { n: number; last: string; q: string }): Promise<Page<{ name: string; madeFrom: MadeFrom; changed: string | null }>> {
   const q = o.q.toLowerCase();
   if (o.n === 0) return { items: [] };
   const names: string[] = [];
@@ -76,7 +76,8 @@ export async function repositories(ctx: Ctx, req: Request, o: { n: number; last:
   }
   const more = names.length > o.n;
   if (more) names.length = o.n;
-  const items = await Promise.all(names.map(async (name) => ({ name, madeFrom: await madeFrom(ctx, name) })));
+  const changes = new Map((await ctx.storage.index.repoChanges(names)).map((c) => [c.repo, c.changed]));
+  const items = await Promise.all(names.map(async (name) => ({ name, madeFrom: await madeFrom(ctx, name), changed: iso(changes.get(name)) })));
   if (more) return { items, next: names[names.length - 1] };
   // A search that read its fill of names without filling the page goes on from there.
   return { items, next: after !== '' && scanned >= SEARCH_SCAN ? after : undefined };
@@ -120,7 +121,12 @@ export interface TagSummary {
   size?: number;
   created?: string | null;
   platform?: string | null;
+  /** When the tag last moved here, and when the image built for it was last pulled (ISO 8601; null: never, or not built here). */
+  updated?: string | null;
+  lastPulled?: string | null;
 }
+
+const iso = (ms: number | null | undefined) => (ms ? new Date(ms).toISOString() : null);
 
 /** One page of `repo`'s tags, each with its size and creation time. */
 export async function tags(ctx: Ctx, req: Request, repo: string, o: { n: number; last: string }): Promise<Page<TagSummary>> {
@@ -130,11 +136,13 @@ export async function tags(ctx: Ctx, req: Request, repo: string, o: { n: number;
   if (standing.length) names = [...names, ...standing].sort();
   let next: string | undefined;
   if (names.length > o.n) { names = names.slice(0, o.n); next = names[names.length - 1]; }
+  const times = new Map((await ctx.storage.index.tagTimes(repo, names)).map((t) => [t.tag, t]));
   const items = await Promise.all(names.map(async (tag): Promise<TagSummary> => {
     const d = await ctx.storage.resolveManifest(repo, { tag });
     if (!d) return { tag, digest: null };
     const m = await manifestJson(ctx, d);
-    const out: TagSummary = { tag, digest: d.digest, mediaType: d.mediaType, size: sizeOf(m) };
+    const t = times.get(tag);
+    const out: TagSummary = { tag, digest: d.digest, mediaType: d.mediaType, size: sizeOf(m), updated: iso(t?.updated), lastPulled: iso(t?.pulled) };
     if (IMAGE_TYPES.has(d.mediaType)) {
       const c = await configJson(ctx, m);
       out.created = typeof c?.created === 'string' ? c.created : null;

@@ -49,8 +49,8 @@ export const homePage = page(async (ctx, req) => {
     title: 'Repositories',
     body: html`<h1>Repositories</h1>
 <form class="search" method="get" action="/"><input type="search" name="q" value="${q}" placeholder="search names" aria-label="search"><button>Search</button></form>
-${r.items.length ? html`<table class="list"><thead><tr><th>Repository</th><th>Made from</th></tr></thead><tbody>${r.items.map((x) => html`
-<tr><td><a href="${href('/repository', { name: x.name })}">${x.name}</a></td><td><span class="kind">${x.madeFrom}</span></td></tr>`)}</tbody></table>`
+${r.items.length ? html`<table class="list"><thead><tr><th>Repository</th><th>Made from</th><th>Last changed</th></tr></thead><tbody>${r.items.map((x) => html`
+<tr><td><a href="${href('/repository', { name: x.name })}">${x.name}</a></td><td><span class="kind">${x.madeFrom}</span></td><td>${day(x.changed)}</td></tr>`)}</tbody></table>`
     : html`<p class="empty">No repositories${q ? html` matching <b>${q}</b>` : ''}.</p>`}
 ${r.next !== undefined ? html`<p><a class="next" href="${href('/', { q, n: p.n, last: r.next })}">Next page →</a></p>` : ''}`,
   };
@@ -62,6 +62,9 @@ function pullCommands(req: Request, repo: string, tag: string): Raw {
   const rows = [['docker', `docker pull ${ref}`], ['podman', `podman pull ${ref}`], ['nerdctl', `nerdctl pull ${ref}`], ['Kubernetes', `image: ${ref}`]];
   return html`<table class="pull">${rows.map(([k, v]) => html`<tr><th>${k}</th><td><code>${v}</code></td><td><button type="button" class="copy" data-copy="${v}">Copy</button></td></tr>`)}</table>`;
 }
+
+/** An ISO time as the page shows it: to the minute, UTC. */
+const day = (t: string | null | undefined) => (t ? `${t.slice(0, 16).replace('T', ' ')} UTC` : '');
 
 export const repositoryPage = page(async (ctx, req) => {
   const repo = checkName(param(req, 'name'));
@@ -77,9 +80,9 @@ export const repositoryPage = page(async (ctx, req) => {
 ${button}
 ${shown !== undefined ? html`<h2>Pull</h2>${pullCommands(req, repo, shown)}` : ''}
 <h2>Tags</h2>
-${r.items.length ? html`<table class="list tags"><thead><tr><th>Tag</th><th>Digest</th><th>Size</th><th>Created</th><th>Platform</th></tr></thead><tbody>${r.items.map((t) => html`
+${r.items.length ? html`<table class="list tags"><thead><tr><th>Tag</th><th>Digest</th><th>Size</th><th>Created</th><th>Platform</th><th>Pushed or built</th><th>Last pulled</th></tr></thead><tbody>${r.items.map((t) => html`
 <tr><td>${t.digest ? html`<a href="${href('/image', { name: repo, ref: t.tag })}">${t.tag}</a>` : html`${t.tag} <span class="note">not built yet</span>`}</td>
-<td><code>${t.digest ? t.digest.slice(7, 19) : ''}</code></td><td class="num">${t.size !== undefined ? bytes(t.size) : ''}</td><td>${t.created ?? ''}</td><td>${t.platform ?? ''}</td></tr>`)}</tbody></table>`
+<td><code>${t.digest ? t.digest.slice(7, 19) : ''}</code></td><td class="num">${t.size !== undefined ? bytes(t.size) : ''}</td><td>${t.created ?? ''}</td><td>${t.platform ?? ''}</td><td>${day(t.updated)}</td><td>${day(t.lastPulled)}</td></tr>`)}</tbody></table>`
     : html`<p class="empty">No tags.</p>`}
 ${r.next !== undefined ? html`<p><a class="next" href="${href('/repository', { name: repo, n: p.n, last: r.next })}">Next page →</a></p>` : ''}
 <h2>Compare two tags</h2>
