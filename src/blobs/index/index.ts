@@ -233,11 +233,11 @@ export interface Index {
    */
   collectorLock?(onLost?: () => void): Promise<(() => Promise<void>) | undefined>;
   /**
-   * Only where shared: runs `fn` holding digest `digest`'s lock among every process
-   * sharing the index, around a blob's publish and its removal (core.ts's KeyedLock
-   * serialises them within a process).
+   * Only where shared: runs `fn` holding digest `digest`'s lock among every process sharing the
+   * index, around a blob's publish and its removal (core.ts's KeyedLock serialises them in one).
    */
   withDigestLock?<T>(digest: string, fn: () => Promise<T>): Promise<T>;
+  /** Only where shared: the records and logs of build jobs, for every replica to answer for (job-store.ts). */ readonly jobs?: import('./job-store.js').JobStore;
 
   // ------------------------------------------------------------------ blobs and links
 
