@@ -1,8 +1,14 @@
 // The manifest cache is per repository: a write or delete in one repository is seen at
 // once there, and a read in another repository (with every cache warm) never undoes it.
+// Over an index other processes write (shared), tags and existence are not cached at all.
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { after, before, test } from 'node:test';
+import { Storage } from '../../src/blobs/storage.js';
 import { assertError, http, pushImage, putManifest, startReg, type TestRegistry } from '../api/util.js';
+import { tempDir } from '../helpers/registry.js';
+
+const OCI = 'application/vnd.oci.image.manifest.v1+json';
 
 let reg: TestRegistry;
 before(async () => { reg = await startReg(); });
@@ -96,4 +102,29 @@ test('per-repository generations are bounded, and evicting one never serves a st
   await s.tag('cache/evicted', 'v', two.digest);
   evict();
   assert.equal((await s.resolveManifest('cache/evicted', { tag: 'v' }))?.digest, two.digest);
+});
+
+test('an index other processes write (shared): every resolve asks it, so a tag moved or a manifest deleted elsewhere is seen at once', async () => {
+  const data = tempDir('nixreg-shared-');
+  // Two storages over one index, as two replicas over one database would be.
+  const here = await Storage.open(data, { gcIntervalMs: 0 });
+  const there = await Storage.open(data, { gcIntervalMs: 0 });
+  try {
+    (here.index as { shared: boolean }).shared = true;
+    const info = { mediaType: OCI, blobs: [], manifests: [] };
+    const one = await there.putManifest('shared/r', Buffer.from('{"one":1}'), info, 't');
+    const two = await there.putManifest('shared/r', Buffer.from('{"two":2}'), info);
+    for (let i = 0; i < 3; i++) assert.equal((await here.resolveManifest('shared/r', { tag: 't' }))?.digest, one.digest);
+    assert.ok(await here.resolveManifest('shared/r', { digest: one.digest }));
+    await there.tag('shared/r', 't', two.digest);
+    assert.equal((await here.resolveManifest('shared/r', { tag: 't' }))?.digest, two.digest, 'the tag moved elsewhere');
+    assert.equal(await there.deleteManifest('shared/r', one.digest), true);
+    assert.equal(await here.resolveManifest('shared/r', { digest: one.digest }), undefined, 'deleted elsewhere');
+    // Bodies stay cached by digest: content-addressed, never stale.
+    assert.deepEqual(await here.readManifest(two), Buffer.from('{"two":2}'));
+  } finally {
+    await here.close();
+    await there.close();
+    rmSync(data, { recursive: true, force: true });
+  }
 });

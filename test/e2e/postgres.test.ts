@@ -181,8 +181,8 @@ test('a collection on one replica racing pushes on the other never acknowledges 
 });
 
 test('PostgreSQL paused, then down: 503 with Retry-After within the bound, /readyz names the database; back: served again by itself', { timeout: 90_000 }, async () => {
-  const c = await spawnRegistry({ args: ['--database', url, '--database-timeout', String(TIMEOUT_S), '--gc-interval', '0'] });
-  cleanup.push(c.data);
+  // A third replica, of the same database and blobs (a store of its own would not hold what the index names).
+  const c = await spawnRegistry({ data: a.data, args: ['--database', url, '--database-timeout', String(TIMEOUT_S), '--gc-interval', '0'] });
   try { await outage(c); } finally { await c.stop(); }
 });
 

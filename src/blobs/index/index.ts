@@ -12,8 +12,9 @@
 //
 // Times are milliseconds since the epoch, stamped by the implementation when it writes
 // (SQLite: the process's clock; PostgreSQL: clock_timestamp() after the repository's row
-// lock, see gc.ts's header). A row that is missing reads as undefined (or false, or []);
-// no method throws for absence. Failures of the engine (full disk, unreachable server)
+// lock, see gc.ts's header); the `asOf` of a snapshot or of writes is that same clock, as
+// the mark compares the two. A row that is missing reads as undefined (or false, or []);
+// no method throws for absence (putTag excepted: a tag must name a manifest). Failures of the engine (full disk, unreachable server)
 // throw the engine's error, which storage maps (errors.ts noSpaceCode, StorageUnavailable).
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
@@ -227,17 +228,14 @@ export interface Index {
   /** Resolves when the index answers a trivial query; rejects otherwise, within the implementation's own deadline (readiness). */
   ping(): Promise<void>;
   /**
-   * Only where other processes share the index (`shared`): one garbage collection or
-   * cache eviction at a time among all of them. A release, or undefined while another
-   * process holds it; `onLost` if it is lost before the release (its connection failed).
+   * Only where `shared`: one collection or eviction at a time among the processes (a
+   * release, or undefined while another holds it; `onLost` if it is lost first), and a
+   * digest's lock among them around a blob's publish and removal (with core.ts's KeyedLock).
    */
   collectorLock?(onLost?: () => void): Promise<(() => Promise<void>) | undefined>;
-  /**
-   * Only where shared: runs `fn` holding digest `digest`'s lock among every process sharing the
-   * index, around a blob's publish and its removal (core.ts's KeyedLock serialises them in one).
-   */
   withDigestLock?<T>(digest: string, fn: () => Promise<T>): Promise<T>;
-  /** Only where shared: the records and logs of build jobs, for every replica to answer for (job-store.ts). */ readonly jobs?: import('./job-store.js').JobStore;
+  /** Only where shared: the records and logs of build jobs, for every replica to answer for (job-store.ts). */
+  readonly jobs?: import('./job-store.js').JobStore;
 
   // ------------------------------------------------------------------ blobs and links
 

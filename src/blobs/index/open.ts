@@ -17,6 +17,7 @@ export interface IndexOptions {
   sqlitePath: string;
 }
 
+/** Opens (creating or migrating) the index; a postgres:// database's module is loaded only then. */
 export async function openIndex(opts: IndexOptions): Promise<Index> {
   if (opts.database !== undefined) {
     // Loaded on demand: the default never loads pg.
