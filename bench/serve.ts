@@ -10,6 +10,9 @@
 // with nixreg's sendfile turned off as a third column (--blobs-only runs just that one).
 // Then a table from serve/auth.ts: manifest GET with --auth (Bearer token, Basic
 // credentials) against the same build without it (--auth-only runs just that one).
+// With --s3 (serve/s3.ts), instead: nixreg and Distribution both storing on one throwaway
+// radosgw, with nixreg's CPU per request against its local-disk default (--database URL
+// is passed to the S3 nixreg, for a run with the PostgreSQL index).
 // Everything runs on 127.0.0.1 with bounded loops; both servers and all temporary files
 // are removed at the end, also on Ctrl-C.
 import { execFileSync } from 'node:child_process';
@@ -27,6 +30,8 @@ import { alternate, renderTable, row, stat, type Measured, type Row } from './se
 import { startDistribution, startNixreg, type Server } from './serve/servers.js';
 import { runHeadLoad } from './serve/headload.js';
 import { runWrk, type WrkResult } from './serve/wrk.js';
+import { renderS3, runS3Bench } from './serve/s3.js';
+import type { Rgw } from '../test/helpers/rgw.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const MB = 1e6;
@@ -49,6 +54,9 @@ const { values: opt } = parseArgs({
     'blob-concurrency': { type: 'string', default: '32' },
     'blob-rounds': { type: 'string', default: '3' },
     'cpu-prof': { type: 'string' },
+    s3: { type: 'boolean' },
+    database: { type: 'string' },
+    'dist-cache': { type: 'string', default: 'inmemory' },
     json: { type: 'string' },
     help: { type: 'boolean' },
   },
@@ -71,6 +79,11 @@ if (opt.help) {
   --blob-concurrency N  downloads at once in that section [32]
   --blob-rounds N   alternating rounds of that section [3]
   --cpu-prof DIR    write node --cpu-prof profiles of the auth section's two servers to DIR
+                    (with --s3: of the nixreg on S3)
+  --s3              only the S3 section: nixreg --storage s3:// and Distribution's s3
+                    driver on one throwaway radosgw, and nixreg on local disk for CPU
+  --database URL    with --s3: the nixreg on S3 also gets --database URL
+  --dist-cache C    with --s3: Distribution's blob descriptor cache, inmemory or none [inmemory]
   --json FILE       also write the results as JSON
 `);
   process.exit(0);
@@ -109,8 +122,10 @@ async function main() {
 
   const tmp = mkdtempSync(join(tmpdir(), 'nixreg-bench-serve-'));
   const servers: Server[] = [];
+  const rgws: Rgw[] = [];
   const cleanup = async () => {
     await Promise.allSettled(servers.map((s) => s.stop()));
+    await Promise.allSettled(rgws.map((r) => r.stop()));
     closeClient();
     rmSync(tmp, { recursive: true, force: true });
   };
@@ -118,6 +133,22 @@ async function main() {
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
+    if (opt.s3) {
+      mkdirSync(join(tmp, 's3'));
+      const r = await runS3Bench({
+        cli, distribution: opt.distribution!, dir: join(tmp, 's3'), database: opt.database, distCache: distCache(), seconds: cfg.seconds, rounds: cfg.rounds,
+        threads: cfg.threads, connections: cfg.connections, blobBytes: cfg.blobBytes, downloads: cfg.downloads, cpuProfDir,
+        track: (s) => servers.push(s), trackRgw: (x) => rgws.push(x), log,
+      });
+      const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}; load average at end ${loadavg().map((l) => l.toFixed(2)).join(' ')}`;
+      process.stdout.write([`nixreg ${gitRev()} (node ${process.version}); ${r.setup}; ${machine};`
+        + ` wrk -t${cfg.threads} -c${cfg.connections} -d${cfg.seconds}s × ${cfg.rounds} rounds, rotating; ${cfg.downloads} downloads; median (min–max).`,
+      '', renderS3(r), ''].join('\n'));
+      if (opt.json) writeFileSync(opt.json, JSON.stringify({ cfg, s3: r }, null, 2));
+      const failed = r.rows.filter((x) => x.pass === false);
+      if (failed.length) log(`goals missed: ${failed.map((x) => x.metric).join('; ')}`);
+      return;
+    }
     const versus = authOnly ? undefined : await againstPeer(cli, peerCli, tmp, servers);
     // After the other sections, whose servers sit idle from here on.
     mkdirSync(join(tmp, 'auth'));
@@ -281,6 +312,12 @@ function report(versus: Versus | undefined, auth: AuthBenchResult | undefined) {
   if (opt.json) writeFileSync(opt.json, JSON.stringify({ cfg, versus, auth }, null, 2));
   const failed = [...versus?.rows ?? [], ...versus?.blobs.rows ?? [], ...auth?.rows ?? []].filter((r) => r.pass === false);
   if (failed.length) log(`goals missed: ${failed.map((r) => r.metric).join('; ')}`);
+}
+
+function distCache(): 'inmemory' | 'none' {
+  const c = opt['dist-cache'];
+  if (c !== 'inmemory' && c !== 'none') throw new Error('--dist-cache must be inmemory or none');
+  return c;
 }
 
 function gitRev(root = ROOT): string {

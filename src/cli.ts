@@ -6,6 +6,7 @@ import { Command } from 'commander';
 import { buildConfig, limitsConfig, serveConfig, type BuildFlags, type LimitFlags, type ServeFlags } from './config.js';
 import { AuthConfigError } from './registry/auth/config.js';
 import { MetricsTokenError } from './registry/auth/metrics-token.js';
+import { MirrorConfigError } from './registry/mirror/config.js';
 import { BuildCommandFailed, runBuild, runRemoteBuild, withBuildOptions } from './build-command.js';
 import { GcRefused, printReport, runGc } from './gc-command.js';
 import { NixImageSource } from './build/source.js';
@@ -37,6 +38,7 @@ withBuildOptions(program
   .option('--idle-timeout <seconds>', 'close a keep-alive connection idle this long (env NIXREG_IDLE_TIMEOUT, default 60)')
   .option('--body-timeout <seconds>', 'abort a request body or response that makes no progress this long (env NIXREG_BODY_TIMEOUT, default 60)')
   .option('--max-connections <n>', 'connections at once; more get 503 (env NIXREG_MAX_CONNECTIONS, default 4096 or the open-file limit less 256)')
+  .option('--trusted-proxies <list>', 'addresses or CIDR blocks of load balancers whose X-Forwarded-For names the client, for per-client bounds, lockouts and logs (env NIXREG_TRUSTED_PROXIES, default none)')
   .option('--max-connections-per-client <n>', 'connections one client address may hold; more get 503 (env NIXREG_MAX_CONNECTIONS_PER_CLIENT, default a quarter of --max-connections)')
   .option('--manifest-memory <MiB>', 'memory all manifest bodies being read may take together, one client a quarter (at least 4 MiB); more get 429 (env NIXREG_MANIFEST_MEMORY, default 128)')
   .option('--manifest-timeout <seconds>', 'a manifest body must arrive in full within this; else 408 (env NIXREG_MANIFEST_TIMEOUT, default 60)')
@@ -50,7 +52,10 @@ withBuildOptions(program
   .option('--pull-wait <seconds>', 'a pull waits this long for its build, then gets 429 with Retry-After while the build goes on (env NIXREG_PULL_WAIT, default 25)')
   .option('--prebuild', 'at start and after each change under --images, build every image whose expression changed (env NIXREG_PREBUILD=1)')
   .option('--no-sendfile', 'copy blob GET bodies through user space instead of sending them with sendfile(2), for measuring and troubleshooting (env NIXREG_SENDFILE=0)')
+  .option('--ui <on|off>', 'the web page at / (the JSON API under /nixreg/api stays either way) (env NIXREG_UI, default on)')
   .option('--cache-max-bytes <size>', 'bytes that built images may use (60MB, 50GB, …); the least recently pulled are evicted beyond it (env NIXREG_CACHE_MAX_BYTES, default: no limit)')
+  .option('--mirror <prefix=url>', 'pull-through cache: serve <prefix>/<name> from <name> at the upstream registry url, e.g. dockerhub=https://registry-1.docker.io; repeatable (env NIXREG_MIRROR, comma- or space-separated)', (v: string, prev: string[] = []) => [...prev, v])
+  .option('--mirror-config <file>', 'upstream registries with credentials, containerd namespaces, tag freshness and CA, YAML or JSON (see README, "Pull-through cache") (env NIXREG_MIRROR_CONFIG)')
   .action(async (flags: ServeFlags & BuildFlags & LimitFlags, cmd: Command) => {
     let cfg, bcfg, limits;
     try { cfg = serveConfig(flags); bcfg = buildConfig(flags); limits = limitsConfig(flags); } catch (e) { cmd.error(`error: ${(e as Error).message}`, { exitCode: 2 }); }
@@ -68,11 +73,11 @@ withBuildOptions(program
         },
         blobRedirectSeconds: cfg.s3RedirectSeconds,
         tls: cfg.tls, auth: cfg.auth, publicUrl: cfg.publicUrl, metricsAuth: cfg.metricsAuth, minFreeSpace: cfg.minFreeSpace,
-        sendfile: cfg.sendfile, source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, prebuild: cfg.prebuild, log })),
+        sendfile: cfg.sendfile, mirror: { flags: cfg.mirrors, file: cfg.mirrorConfig }, ui: cfg.ui, source: (storage) => (source = new NixImageSource(storage, { images: cfg.images, ...bcfg, prebuild: cfg.prebuild, log })),
       });
     } catch (e) {
       // A faulty auth file or certificate is a configuration error: one line, exit 2.
-      if (e instanceof AuthConfigError || e instanceof TlsError || e instanceof MetricsTokenError) cmd.error(`error: ${e.message}`, { exitCode: 2 });
+      if (e instanceof AuthConfigError || e instanceof TlsError || e instanceof MetricsTokenError || e instanceof MirrorConfigError) cmd.error(`error: ${e.message}`, { exitCode: 2 });
       throw e;
     }
     // Build failure messages link to the build log on this server.

@@ -1,6 +1,7 @@
 // Command-line flags and their environment variables, resolved in one place.
 //
 // Composition root: may import every room; no room imports it.
+import { parseTrustedProxies, type TrustedProxies } from './registry/client-address.js';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { PackageSource } from './build/origins/origins.js';
@@ -38,6 +39,12 @@ export interface ServeConfig {
   storage: (S3Location & { timeoutMs: number }) | undefined;
   /** Blob GETs redirect to presigned S3 URLs valid this long (--s3-redirect, env NIXREG_S3_REDIRECT=1); 0: streamed. */
   s3RedirectSeconds: number;
+  /** Pull-through cache: PREFIX=URL each (--mirror, repeatable; env NIXREG_MIRROR, comma- or space-separated). */
+  mirrors: string[];
+  /** Upstreams with credentials, namespaces, freshness, CA (--mirror-config, env NIXREG_MIRROR_CONFIG). */
+  mirrorConfig: string | undefined;
+  /** The web page at / (--ui on|off, env NIXREG_UI; default on). */
+  ui: boolean;
   /** The index in PostgreSQL (--database postgres://…, env NIXREG_DATABASE); none: SQLite under data. */
   database: DatabaseConfig | undefined;
 }
@@ -55,9 +62,11 @@ export interface ServeFlags {
   listen?: string; data?: string; images?: string; uploadMaxAge?: string; publicUrl?: string;
   tlsCert?: string; tlsKey?: string; auth?: string; gcGrace?: string; gcInterval?: string; cacheMaxBytes?: string;
   metricsAuth?: string; minFreeSpace?: string; prebuild?: boolean; storage?: string; s3Timeout?: string; s3Redirect?: boolean;
+  mirror?: string[]; mirrorConfig?: string;
   database?: string; databasePool?: string; databaseTimeout?: string;
   /** false with --no-sendfile (commander's negated option; true otherwise). */
   sendfile?: boolean;
+  ui?: string;
 }
 
 export const DEFAULTS = {
@@ -149,7 +158,10 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
   const storage = storageConfig(flags, env);
   const redirect = flags.s3Redirect ?? parseSwitch(env.NIXREG_S3_REDIRECT, 'NIXREG_S3_REDIRECT');
   if (redirect && !storage) throw new Error('--s3-redirect needs --storage s3://…: blobs on the local disk have no URL to redirect to');
+  const mirrorConfig = flags.mirrorConfig ?? env.NIXREG_MIRROR_CONFIG;
   return {
+    mirrors: flags.mirror?.length ? flags.mirror : (env.NIXREG_MIRROR ?? '').split(/[\s,]+/).filter((s) => s !== ''),
+    mirrorConfig: mirrorConfig !== undefined && mirrorConfig !== '' ? resolve(mirrorConfig) : undefined,
     storage,
     database: databaseConfig(flags, env),
     s3RedirectSeconds: redirect ? S3_REDIRECT_SECONDS : 0,
@@ -164,6 +176,7 @@ export function serveConfig(flags: ServeFlags, env = process.env): ServeConfig {
     prebuild: flags.prebuild ?? parseSwitch(env.NIXREG_PREBUILD, 'NIXREG_PREBUILD'),
     // Off wins from either side: the flag cannot turn on what the variable turned off.
     sendfile: flags.sendfile !== false && parseSwitch(env.NIXREG_SENDFILE, 'NIXREG_SENDFILE', true),
+    ui: parseSwitch(flags.ui ?? env.NIXREG_UI, flags.ui !== undefined ? '--ui' : 'NIXREG_UI', true),
     ...parseListen(listen),
     data: resolve(flags.data ?? env.NIXREG_DATA ?? DEFAULTS.data),
     images: resolve(flags.images ?? env.NIXREG_IMAGES ?? DEFAULTS.images),
@@ -247,12 +260,14 @@ export interface LimitsConfig {
   uploadRateWindowMs: number;
   /** How long a lingering close may last (src/registry/connections.ts); no flag, tests shorten it. */
   lingerMs?: number;
+  /** Proxies whose X-Forwarded-For names the client (--trusted-proxies; src/registry/client-address.ts). */
+  trustedProxies: TrustedProxies;
 }
 
 export interface LimitFlags {
   headerTimeout?: string; idleTimeout?: string; bodyTimeout?: string; maxConnections?: string; maxConnectionsPerClient?: string;
   manifestMemory?: string; manifestTimeout?: string; maxUploadsPerRepo?: string; maxUploadsPerClient?: string; maxUploads?: string;
-  minUploadRate?: string; uploadRateWindow?: string;
+  minUploadRate?: string; uploadRateWindow?: string; trustedProxies?: string;
 }
 
 export const LIMIT_DEFAULTS = {
@@ -309,5 +324,6 @@ export function limitsConfig(flags: LimitFlags, env = process.env): LimitsConfig
     // "1KiB/s" reads as well as "1KiB": the unit is per second either way.
     minUploadRate: parseSize(pick('minUploadRate', 'NIXREG_MIN_UPLOAD_RATE', LIMIT_DEFAULTS.minUploadRate).replace(/\/s\s*$/i, ''), '--min-upload-rate'),
     uploadRateWindowMs: parseSeconds(pick('uploadRateWindow', 'NIXREG_UPLOAD_RATE_WINDOW', LIMIT_DEFAULTS.uploadRateWindow), '--upload-rate-window'),
+    trustedProxies: parseTrustedProxies(pick('trustedProxies', 'NIXREG_TRUSTED_PROXIES', '')),
   };
 }

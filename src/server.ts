@@ -13,12 +13,15 @@ import { Storage, type StorageOptions } from './blobs/storage.js';
 import type { Logger } from './log.js';
 import { limitsConfig, type LimitsConfig } from './config.js';
 import { createApp } from './registry/app.js';
+import { settleClient } from './registry/client-address.js';
 import { limitConnections } from './registry/connections.js';
 import type { ImageSource } from './build/image-source.js';
 import { AuthGate, openGate } from './registry/auth/gate.js';
 import { MetricsToken, withMetricsToken } from './registry/auth/metrics-token.js';
 import { loadAuthConfig } from './registry/auth/config.js';
 import { Tokens } from './registry/auth/tokens.js';
+import { mirrorUpstreams } from './registry/mirror/config.js';
+import { Mirror } from './registry/mirror/mirror.js';
 
 export interface RunningRegistry {
   server: Server;
@@ -57,6 +60,10 @@ export interface StartOptions {
   sendfile?: boolean | undefined;
   /** Blob GETs redirect to the store's presigned URLs valid this long (--s3-redirect); 0/undefined: streamed. */
   blobRedirectSeconds?: number | undefined;
+  /** Pull-through cache: `PREFIX=URL`s of --mirror, and the --mirror-config file (registry/mirror/config.ts). */
+  mirror?: { flags: string[]; file?: string | undefined } | undefined;
+  /** The web page at /; default true (--ui). */
+  ui?: boolean | undefined;
 }
 
 export async function startRegistry(opts: StartOptions): Promise<RunningRegistry> {
@@ -67,10 +74,13 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   let gate: AuthGate | undefined;
   let metricsToken: MetricsToken | undefined;
   let server: Server;
+  let mirror: Mirror | undefined;
   try {
     // All read before anything listens: a bad file fails the start, not the first request.
     const authConfig = opts.auth !== undefined ? loadAuthConfig(opts.auth) : undefined;
     const secure = tls ? readTls(tls) : undefined;
+    const upstreams = opts.mirror ? mirrorUpstreams(opts.mirror.flags, opts.mirror.file) : [];
+    if (upstreams.length) mirror = new Mirror(upstreams, storage, opts.log);
     if (opts.metricsAuth !== undefined) metricsToken = new MetricsToken(opts.metricsAuth);
     if (authConfig) gate = new AuthGate(authConfig, Tokens.open(storage.layout.tokenKeyPath), (req) => realmBase(req, opts.publicUrl, !!tls), opts.log);
     server = secure
@@ -96,13 +106,14 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
   // come. Not a count in flight: a cached manifest GET starts and ends in one callback.
   let lastRequest = 0;
   server.on('request', (req) => {
+    settleClient(req, limits.trustedProxies);
     // A collection asked for over HTTP is not traffic it should stand back for.
     if (!req.url?.startsWith('/nixreg/gc')) lastRequest = performance.now();
   });
   storage.busy = () => performance.now() - lastRequest < 200;
   server.on('request', createApp({
     storage, source, log: opts.log, limits, counters: () => ({ connections }), minFreeBytes: opts.minFreeSpace, sendfile: opts.sendfile,
-    blobRedirectSeconds: opts.blobRedirectSeconds,
+    blobRedirectSeconds: opts.blobRedirectSeconds, mirror, ui: opts.ui,
     gate: metricsToken ? withMetricsToken(gate ?? openGate, metricsToken) : gate,
   }));
   await new Promise<void>((resolve, reject) => {
@@ -151,6 +162,7 @@ export async function startRegistry(opts: StartOptions): Promise<RunningRegistry
         clearTimeout(force);
         clearInterval(sweep);
         await source?.close();
+        mirror?.close();
         await storage.close();
         rmSync(storage.layout.pidPath, { force: true });
       })();

@@ -177,3 +177,20 @@ test("a module of a build sub-room says which; Nix's own files live with the Nix
   assert.deepEqual(nixFiles, ['build/nix/eval.nix', 'build/nix/probe.nix']);
   assert.match(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'), /^COPY src\/build\/nix\/\*\.nix \.\/src\/build\/nix\/$/m);
 });
+
+test('the web page (src/registry/ui) reads through the handlers\' Ctx only, and makes HTML only in html.ts', () => {
+  const UI = join(SRC, 'registry/ui');
+  const wrong: string[] = [];
+  for (const f of files.filter((x) => x.startsWith(`${UI}/`))) {
+    const text = readFileSync(f, 'utf8');
+    for (const spec of importsOf(text).filter((x) => x.startsWith('.'))) {
+      // Storage and the build room only as the Ctx the JSON API's handlers get (and the
+      // seam's types): one view of what a caller may see.
+      const to = relative(SRC, target(f, spec));
+      if (to.startsWith('blobs/') || (to.startsWith('build/') && to !== 'build/image-source.ts')) wrong.push(`${relative(SRC, f)} imports ${spec}`);
+    }
+    // Markup is made by the escaping template alone; nothing writes a raw string to a response.
+    if (!f.endsWith('/html.ts') && /new Raw\(|\.send\(|res\.end\(\s*[`'"]/.test(text)) wrong.push(`${relative(SRC, f)} makes HTML outside html.ts`);
+  }
+  assert.deepEqual(wrong, []);
+});

@@ -54,6 +54,18 @@ export class SizeMismatch extends StorageError {
 }
 
 /**
+ * A blob or upload larger than the store can hold as one object: S3 allows 10,000 parts
+ * per multipart upload. The client's input, not a failure: answered 413 so that it says
+ * what is wrong instead of a 500. What reached the store before stays recorded.
+ */
+export class BlobTooLarge extends StorageError {
+  constructor(readonly limit: number, readonly offset: number) {
+    super(`a blob in this registry's storage may have at most ${limit} bytes`);
+  }
+  get detail() { return { limit: this.limit, offset: this.offset }; }
+}
+
+/**
  * The disk, or the index on it, has no room left (ENOSPC, EDQUOT, SQLITE_FULL). Neither
  * the client's fault nor a bug, and not for long: an operator or a collection may free
  * space any moment, so nothing remembers it. Whatever the failed write had made is

@@ -1,6 +1,6 @@
-// Content-addressed storage: blobs in a blob store (store/: the local disk, or S3) plus
-// the index (index/: SQLite, or PostgreSQL), behind one API that the HTTP handlers and the image builder both
-// use. This file opens, reconciles and closes storage and is the one entry point; the
+// Content-addressed storage: blobs in a blob store (store/: the local disk, or S3) plus the
+// index (index/: SQLite, or PostgreSQL), behind one API that the HTTP handlers and the image
+// builder both use. This file opens, reconciles and closes storage and is the one entry point; the
 // work is done by its parts: files.ts (blob content), uploads.ts (upload sessions),
 // manifests.ts (manifests, tags, listings), over core.ts (layout, index, store, locks).
 // Nothing here knows HTTP or Nix: failures are the domain errors of errors.ts.
@@ -81,7 +81,6 @@ export class Storage {
   /** Collections and evictions run one at a time: each reasons about the store as a whole. */
   private exclusive: Promise<unknown> = Promise.resolve();
   readonly gcTotals: GcTotals = { runs: 0, freedBytes: 0, freedBlobs: 0, freedManifests: 0, evictions: 0, evictedBytes: 0 };
-
   readonly store: BlobStore;
 
   private constructor(root: string, opts: StorageOptions, store: BlobStore | undefined, index: Index) {
@@ -153,12 +152,8 @@ export class Storage {
     this.closed = true;
     if (this.purgeTimer) clearInterval(this.purgeTimer);
     if (this.gcTimer) clearInterval(this.gcTimer);
-    try {
-      await this.quota.close();
-      await this.index.close();
-    } finally {
-      this.store.close();
-    }
+    // The store last, whatever happened to the rest.
+    try { await this.quota.close(); await this.index.close(); } finally { this.store.close(); }
   }
 
   /** A collection asked for and not yet started, per kind (see gc()). */
@@ -384,6 +379,12 @@ export class Storage {
   putLayer(key: string, layer: LayerRow): Promise<void> { return this.index.putLayer(key, layer); }
   /** Links a stored blob into `repo`; false if the blob is not stored. */
   linkBlob(repo: string, digest: string): Promise<boolean> { return this.index.linkBlob(repo, digest); }
+  /** Waits until this process alone, of all on the index, holds `key`; resolves to its release (Index.lease; one process: at once). */
+  lease(key: string, signal?: AbortSignal, waiting?: () => void): Promise<() => Promise<void>> {
+    if (this.index.lease) return this.index.lease(key, signal, waiting);
+    signal?.throwIfAborted();
+    return Promise.resolve(async () => {});
+  }
   /** The data directory: tells stores in one process apart. */ get root(): string { return this.layout.root; }
   /** Scratch files of writes, on the blobs' file system (committed with commitFile). */
   get tmpDir(): string { return this.layout.tmpDir; }
@@ -396,4 +397,3 @@ export class Storage {
 
 /** The rows of the builder's facade, so that src/build need not import the index. */
 export type { BuildRow, LayerRow, JobRecord, JobStore, LogChunk, StoredJob };
-

@@ -104,6 +104,23 @@ export class Builder {
     // Another caller may have finished this image while we queued.
     const done = await this.records.lookup(ev.repo, ev.hash);
     if (done) return done;
+    // Replicas on one index build an image once: the others wait here for the lease, then
+    // find the record; if the builder dies, its lease goes with it and one of them builds.
+    // Bounded by the holder's own timeout, with room for it to store what it built.
+    const bound = 2 * this.o.buildTimeoutMs + 60_000;
+    const release = await this.storage.lease(`build\0${ev.repo}\0${ev.hash}`, AbortSignal.timeout(bound),
+      () => job.line(`another replica is building ${ev.repo}:${ev.hash}; waiting for it`)).catch((e: unknown) => {
+      if ((e as Error).name !== 'TimeoutError') throw e;
+      throw new BuildFailed(`building ${ev.repo} failed: another replica's build of ${ev.hash} held it for over ${Math.round(bound / 1000)} s`, {});
+    });
+    try {
+      const theirs = await this.records.lookup(ev.repo, ev.hash);
+      if (theirs) { job.line(`built by another replica: ${theirs.manifest.digest}`); return theirs; }
+      return await this.buildHere(ev, job);
+    } finally { await release(); }
+  }
+
+  private async buildHere(ev: Evaluation, job: Job): Promise<BuiltImage> {
     this.buildsStarted++;
     job.buildStarted = Date.now();
     // Layers are linked before the manifest that references them is stored: GC and the

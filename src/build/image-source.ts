@@ -20,6 +20,10 @@ export interface ImageSource {
    * package lists (which stay open to pushes: a pushed repository is plain storage).
    */
   serves(repo: string): Promise<boolean>;
+  /** What `repo` is built from (the web page says so); undefined: nothing here, plain storage. */
+  madeFrom?(repo: string): Promise<'image file' | 'flake' | 'package list' | undefined>;
+  /** The names it serves that can be listed (image files, the top-level flake's outputs), sorted, built or not. */
+  names?(): string[];
   /**
    * Produces (building if needed) the manifest for `ref` in `repo`, already stored and
    * recorded in the blob store. `accepts` tells which manifest media types the client

@@ -131,6 +131,20 @@ export class NixImageSource implements ImageSource {
     return this.origins.serves(repo);
   }
 
+  private listed: { at: number; names: string[] } | undefined;
+
+  names(): string[] {
+    // A directory walk: the web page's list asks on every load, the answer is kept a few seconds.
+    if (!this.listed || Date.now() - this.listed.at > 5000) this.listed = { at: Date.now(), names: this.origins.names().sort() };
+    return this.listed.names;
+  }
+
+  async madeFrom(repo: string): Promise<'image file' | 'flake' | 'package list' | undefined> {
+    const o = this.origins.of(repo);
+    if (o) return o.kind === 'file' ? 'image file' : 'flake';
+    return await this.origins.serves(repo) ? 'package list' : undefined;
+  }
+
   async resolve(repo: string, ref: Reference, accepts: (mediaType: string) => boolean): Promise<Descriptor | undefined> {
     const tag = ref.tag;
     if (tag === undefined) return undefined;

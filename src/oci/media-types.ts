@@ -14,6 +14,9 @@ export const MediaTypes = {
   // Not in Docker's schema2 text, but containerd's and moby's name for these layers.
   dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar',
   ociEmpty: 'application/vnd.oci.empty.v1+json',
+  // nixreg's record of a built image's Nix closure (store path → layer, NAR size,
+  // references): the artifactType of a referrer of the image manifest and its one blob.
+  nixregClosure: 'application/vnd.nixreg.closure.v1+json',
 } as const;
 
 export const IMAGE_TYPES: ReadonlySet<string> = new Set([MediaTypes.ociManifest, MediaTypes.dockerManifest]);

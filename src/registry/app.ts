@@ -6,10 +6,12 @@ import type { Logger } from 'pino';
 import type { Storage } from '../blobs/storage.js';
 import type { ImageSource } from '../build/image-source.js';
 import { openGate, type Gate } from './auth/gate.js';
+import { addressOf } from './client-address.js';
 import { RegistryError, registryErrorOf } from './errors.js';
 import type { Limits } from './handlers/context.js';
 import { MemoryBudget } from './http.js';
 import { Metrics } from './metrics.js';
+import type { Mirror } from './mirror/mirror.js';
 import { Readiness } from './readiness.js';
 import { endpoints } from './routes.js';
 import type { BodyBytes } from './send-file.js';
@@ -30,9 +32,14 @@ export interface AppOptions {
   sendfile?: boolean | undefined;
   /** Redirect blob GETs to the store's presigned URLs valid this long (--s3-redirect). */
   blobRedirectSeconds?: number | undefined;
+  /** The pull-through cache (--mirror, --mirror-config). */
+  mirror?: Mirror | undefined;
+  /** The web page at / (ui/pages.ts); default true. The JSON API is served either way. */
+  ui?: boolean | undefined;
 }
 
-export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile, blobRedirectSeconds }: AppOptions) {
+export function createApp({ storage, source, log, limits, counters, gate = openGate, minFreeBytes, sendfile, blobRedirectSeconds, mirror, ui = true }: AppOptions) {
+  const table = ui ? endpoints : endpoints.filter((e) => !e.page);
   const app = express();
   app.disable('x-powered-by');
   app.disable('etag');
@@ -46,7 +53,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
 
   // On unless NIXREG_METRICS=off, a switch for measuring what metrics cost (bench/metrics.ts).
   const metrics = process.env.NIXREG_METRICS === 'off' ? undefined
-    : new Metrics({ storage, source, routes: endpoints.map((e) => e.id), blobBodies });
+    : new Metrics({ storage, source, routes: table.map((e) => e.id), blobBodies });
   metrics?.countWrites(app.response);
 
   // The access log, at debug level only: a line per request costs ~5 µs, which a busy
@@ -56,7 +63,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
       const start = process.hrtime.bigint();
       res.once('finish', () => log.debug({
         method: req.method, path: req.path.slice(0, 300), status: res.statusCode, user: gate.user(req),
-        client: req.socket.remoteAddress, ms: Number(process.hrtime.bigint() - start) / 1e6,
+        client: addressOf(req), ms: Number(process.hrtime.bigint() - start) / 1e6,
       }, 'request'));
       next();
     });
@@ -75,21 +82,42 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
         { path: req.path.slice(0, 300) }));
       return;
     }
+    // A browser signed in to the web page sends its credentials by itself: another site's
+    // page must not make it write (CSRF). Registry clients send neither header.
+    if (req.method !== 'GET' && req.method !== 'HEAD' && fromElsewhere(req)) {
+      next(new RegistryError('DENIED', 'a request from another site\'s page is refused: nixreg changes nothing for a cross-origin browser request'));
+      return;
+    }
     next();
   });
 
+  // containerd's mirror mode (hosts.toml): `/v2/library/alpine/…?ns=docker.io` is the
+  // upstream's own name; it becomes the local mirror repository `<prefix>/library/alpine`
+  // before routing, so that the gate, the policy and the handlers see one name.
+  if (mirror) {
+    app.use((req, _res, next) => {
+      const ns = req.query.ns;
+      if (typeof ns === 'string' && req.path.startsWith('/v2/') && req.path.length > 4 && !req.path.startsWith('/v2/_catalog')) {
+        const prefix = mirror.prefixFor(ns);
+        if (prefix) req.url = `/v2/${prefix}/${req.url.slice(4)}`;
+      }
+      next();
+    });
+  }
+
   const bodies = new MemoryBudget(limits.manifestMemoryBytes, limits.manifestTimeoutMs);
   const ctx = {
-    storage, source, bodies, limits, gate, metrics, blobBodies, blobRedirectSeconds, readiness: new Readiness({ storage, source, minFreeBytes }),
+    storage, source, bodies, limits, gate, metrics, blobBodies, blobRedirectSeconds, mirror, readiness: new Readiness({ storage, source, minFreeBytes }),
     counters: () => ({
       ...counters?.(),
+      ...(mirror ? { mirror: mirror.counts } : {}),
       manifestMemory: {
         used: bodies.used, limit: bodies.limit, perClient: bodies.perClient, clients: bodies.clients,
         refused: bodies.refused, refusedPerClient: bodies.refusedPerClient, timedOut: bodies.timedOut,
       },
     }),
   };
-  for (const e of endpoints) {
+  for (const e of table) {
     const h = e.handler(ctx);
     const guard = metrics ? metrics.labelled(e.id, gate.guard(e.access)) : gate.guard(e.access);
     for (const m of e.methods) app[m](e.path, guard, h);
@@ -97,7 +125,7 @@ export function createApp({ storage, source, log, limits, counters, gate = openG
 
   // A known path with a method the table lacks is 405; anything else under /v2 is 404.
   app.use((req, _res, next) => {
-    const known = endpoints.some((e) => e.path.test(req.path));
+    const known = table.some((e) => e.path.test(req.path));
     next(known
       ? new RegistryError('UNSUPPORTED', `${req.method} is not supported on ${req.path.slice(0, 300)}`)
       : new RegistryError('NAME_UNKNOWN', `no such endpoint: ${req.path.slice(0, 300)}`, undefined, 404));
@@ -147,6 +175,15 @@ function isClientAbort(err: unknown): boolean {
 function isHttpClientError(err: unknown): boolean {
   const status = (err as { status?: unknown } | null)?.status;
   return typeof status === 'number' && status >= 400 && status < 500;
+}
+
+/** Whether a browser says the request comes from a page of another origin (Fetch Metadata, else Origin). */
+function fromElsewhere(req: Request): boolean {
+  const site = req.headers['sec-fetch-site'];
+  if (site !== undefined) return site === 'cross-site' || site === 'same-site';
+  const origin = req.headers.origin;
+  if (origin === undefined) return false;
+  try { return new URL(origin).host !== req.headers.host; } catch { return true; }
 }
 
 function decodes(path: string): boolean {

@@ -31,6 +31,7 @@
 // LINGER_MS (nginx's `lingering_close` does the same; Go's server waits 500 ms).
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
+import type { TrustedProxies } from './client-address.js';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 
@@ -45,6 +46,8 @@ export interface ConnectionLimits {
   maxConnections: number;
   /** Connections open at once from one address; more are refused as above. No bound unless set. */
   maxConnectionsPerClient?: number | undefined;
+  /** Their connections count towards maxConnections only: a proxy carries many clients' (client-address.ts). */
+  trustedProxies?: TrustedProxies | undefined;
   /**
    * A TLS server: its 'connection' sockets carry the handshake, so a refusal cannot be
    * an HTTP answer there; it is a close, before any handshake work is spent on it.
@@ -91,7 +94,7 @@ export function limitConnections(server: Server, limits: ConnectionLimits): Conn
     // Undefined once the peer has gone already: nothing to count, and nothing to serve.
     const address = socket.remoteAddress ?? '';
     const mine = byAddress.get(address) ?? 0;
-    const overShare = mine >= perClient;
+    const overShare = mine >= perClient && !limits.trustedProxies?.trusts(address);
     if (overShare || stats.open >= limits.maxConnections) {
       if (overShare) stats.refusedPerClient++; else stats.refused++;
       if (limits.tls) socket.destroy(); else refuse(socket, overShare ? REFUSAL_PER_CLIENT : REFUSAL);

@@ -6,13 +6,14 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import {
-  CollectionRunning, DigestMismatch, IndexUnavailable, MissingReferences, SizeMismatch, StorageFull, StorageUnavailable, UploadOutOfOrder, UploadUnknown, noSpaceCode,
+  BlobTooLarge, CollectionRunning, DigestMismatch, IndexUnavailable, MissingReferences, SizeMismatch, StorageFull, StorageUnavailable, UploadOutOfOrder, UploadUnknown, noSpaceCode,
 } from '../blobs/errors.js';
 import {
   ArchiveError, BuildFailed, BuildQueueFull, EvaluationFailed, InvalidImageSpec, NixUnavailable, NoImageExpression, StillBuilding,
   TagNotServed,
 } from '../build/errors.js';
 import { OCI_ERROR_CODES, OciError, type OciErrorCode } from '../oci/errors.js';
+import { UpstreamError } from './mirror/upstream.js';
 
 export type ErrorCode = OciErrorCode;
 
@@ -52,6 +53,8 @@ type ErrorClass = abstract new (...args: never[]) => Error & { detail: unknown }
  * is shown. A blob store (S3) or an index database (PostgreSQL) that does not answer is
  * 503 with a Retry-After: the same request may work in a moment. A pull that waited --pull-wait for a build still running
  * is 429 with a Retry-After: containerd (so kubelet) retries it, and docker prints its message.
+ * A blob over what the store can hold as one object (S3's 10,000 parts) is 413 Payload
+ * Too Large with BLOB_UPLOAD_INVALID, the code Distribution gives a refused upload.
  */
 const DOMAIN: [ErrorClass, ErrorCode, number?][] = [
   [StorageFull, 'UNAVAILABLE', 507],
@@ -63,6 +66,7 @@ const DOMAIN: [ErrorClass, ErrorCode, number?][] = [
   [UploadUnknown, 'BLOB_UPLOAD_UNKNOWN'],
   [UploadOutOfOrder, 'RANGE_INVALID'],
   [SizeMismatch, 'SIZE_INVALID'],
+  [BlobTooLarge, 'BLOB_UPLOAD_INVALID', 413],
   [NoImageExpression, 'NAME_UNKNOWN'],
   [EvaluationFailed, 'MANIFEST_UNKNOWN'],
   [InvalidImageSpec, 'MANIFEST_UNKNOWN'],
@@ -101,6 +105,7 @@ export class RegistryError extends Error {
 export function registryErrorOf(err: unknown): RegistryError | undefined {
   if (err instanceof RegistryError) return err;
   if (err instanceof OciError) return new RegistryError(err.code, err.message, err.detail);
+  if (err instanceof UpstreamError) return upstreamFailure(err);
   for (const [cls, code, status] of DOMAIN) {
     if (!(err instanceof cls)) continue;
     const e = new RegistryError(code, err.message, err.detail, status);
@@ -115,4 +120,19 @@ export function registryErrorOf(err: unknown): RegistryError | undefined {
     return new RegistryError('UNAVAILABLE', full.message, full.detail, 507);
   }
   return undefined;
+}
+
+/**
+ * The answer to a client when the upstream failed it: 429 (with the upstream's
+ * Retry-After) when the upstream limits us, 504 when it was too slow, 502 otherwise;
+ * the message names the upstream and its answer, never the credentials.
+ */
+function upstreamFailure(err: UpstreamError): RegistryError {
+  if (err.answer === 429) {
+    const e = new RegistryError('TOOMANYREQUESTS', err.message, { upstream: err.upstream, status: 429 });
+    if (err.retryAfter && /^\d{1,6}$/.test(err.retryAfter)) e.headers['Retry-After'] = err.retryAfter;
+    return e;
+  }
+  return new RegistryError('UNAVAILABLE', err.message, { upstream: err.upstream, ...(typeof err.answer === 'number' ? { status: err.answer } : { failure: err.answer }) },
+    err.answer === 'timeout' ? 504 : 502);
 }

@@ -10,11 +10,13 @@ import { catalog, listTags, referrers } from './handlers/listing.js';
 import { deleteBlob, getBlob } from './handlers/blobs.js';
 import { deleteManifest, getManifest, putManifest } from './handlers/manifests.js';
 import { buildLog, collect, getBuild, listBuilds, startBuild, stats } from './handlers/nixreg.js';
+import { apiClosure, apiCompare, apiImage, apiRepositories, apiTags } from './handlers/api.js';
 import { healthz, metrics, readyz } from './handlers/monitoring.js';
 import { token } from './handlers/token.js';
 import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } from './handlers/uploads.js';
 import type { Ctx } from './handlers/context.js';
 import type { Access } from './auth/gate.js';
+import { asset, buildPage, buildsPage, comparePage, homePage, imagePage, login, operatorPage, repositoryPage } from './ui/pages.js';
 
 type Method = 'get' | 'head' | 'put' | 'post' | 'patch' | 'delete';
 type Handler = (req: Request, res: Response) => unknown;
@@ -25,6 +27,8 @@ export interface Endpoint {
   path: RegExp;
   access: Access;
   handler: (ctx: Ctx) => Handler;
+  /** A page of the web page: served only with --ui on. */
+  page?: boolean;
 }
 
 const NAME = '(?<name>.+)';
@@ -54,6 +58,23 @@ export const endpoints: Endpoint[] = [
   { id: 'nixreg-build-start', access: 'listing', methods: ['post'], path: /^\/nixreg\/builds$/, handler: startBuild },
   { id: 'nixreg-build', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/builds/${ID}$`), handler: getBuild },
   { id: 'nixreg-build-log', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/builds/${ID}/log$`), handler: buildLog },
+  // The web page's JSON API: 'listing', since a repository the caller may not read answers
+  // as one that does not exist (ui/data.ts), never 401/403, which would say it exists.
+  { id: 'nixreg-api-repositories', access: 'listing', methods: ['get'], path: /^\/nixreg\/api\/repositories$/, handler: apiRepositories },
+  { id: 'nixreg-api-closure', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/api/repositories/${NAME}/images/${REF}/closure$`), handler: apiClosure },
+  { id: 'nixreg-api-image', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/api/repositories/${NAME}/images/${REF}$`), handler: apiImage },
+  { id: 'nixreg-api-compare', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/api/repositories/${NAME}/compare$`), handler: apiCompare },
+  { id: 'nixreg-api-tags', access: 'listing', methods: ['get'], path: new RegExp(`^/nixreg/api/repositories/${NAME}/tags$`), handler: apiTags },
+  // The pages (--ui): a repository is named in the query, where a slash is no separator.
+  { id: 'ui-home', page: true, access: 'listing', methods: ['get', 'head'], path: /^\/$/, handler: homePage },
+  { id: 'ui-repository', page: true, access: 'listing', methods: ['get', 'head'], path: /^\/repository$/, handler: repositoryPage },
+  { id: 'ui-image', page: true, access: 'listing', methods: ['get', 'head'], path: /^\/image$/, handler: imagePage },
+  { id: 'ui-compare', page: true, access: 'listing', methods: ['get', 'head'], path: /^\/compare$/, handler: comparePage },
+  { id: 'ui-builds', page: true, access: 'listing', methods: ['get', 'head'], path: /^\/builds$/, handler: buildsPage },
+  { id: 'ui-build', page: true, access: 'listing', methods: ['get', 'head'], path: /^\/build$/, handler: buildPage },
+  { id: 'ui-operator', page: true, access: 'admin', methods: ['get', 'head'], path: /^\/operator$/, handler: operatorPage },
+  { id: 'ui-login', page: true, access: 'listing', methods: ['get'], path: /^\/login$/, handler: login },
+  { id: 'ui-asset', page: true, access: 'open', methods: ['get', 'head'], path: /^\/static\/(?<file>app\.js|app\.css|icon\.svg)$/, handler: asset },
   { id: 'token', access: 'open', methods: ['get', 'post'], path: /^\/token$/, handler: token },
   { id: 'nixreg-stats', access: 'admin', methods: ['get'], path: /^\/nixreg\/stats$/, handler: stats },
   { id: 'nixreg-gc', access: 'admin', methods: ['post'], path: /^\/nixreg\/gc$/, handler: collect },

@@ -145,6 +145,36 @@ test('assembleImage stores layers, config and both manifests, consistent with ea
   } finally { await storage.close(); }
 });
 
+test('the closure is recorded as a referrer of the image manifest: store path → layer, NAR size, references', async () => {
+  const a = await Storage.open(temp());
+  const b = await Storage.open(temp());
+  try {
+    const img = await assembleImage(a, 'asm/closure', spec(), closureApp, 'h');
+    const rows = await a.referrers('asm/closure', img.manifest.digest, { after: '', limit: 10, artifactType: 'application/vnd.nixreg.closure.v1+json' });
+    assert.equal(rows.length, 1, 'one closure referrer');
+    const ref = json(a, rows[0]!.digest);
+    assert.equal(ref.subject.digest, img.manifest.digest);
+    const doc = json(a, ref.layers[0].digest);
+    const oci = json(a, img.manifest.digest);
+    const config = json(a, oci.config.digest);
+    assert.equal(doc.layers.length, oci.layers.length);
+    assert.deepEqual(doc.paths.map((p: any) => p.path), closureApp.map((p) => p.path).sort());
+    for (const p of doc.paths) {
+      const info = closureApp.find((c) => c.path === p.path)!;
+      assert.equal(p.narSize, info.narSize);
+      assert.ok(config.history[p.layer].comment.includes(p.path), `${p.path} in layer ${p.layer}`);
+    }
+    const at = (path: string) => doc.paths.findIndex((p: any) => p.path === path);
+    assert.deepEqual(doc.roots, [at(built.app!), at(built.lib!)].sort((x, y) => x - y));
+    assert.deepEqual(doc.paths[at(built.app!)].references, [at(built.big!), at(built.lib!)].sort((x, y) => x - y));
+    // Deterministic: another store, the closure in another order, the same referrer.
+    const img2 = await assembleImage(b, 'asm/closure', spec(), [...closureApp].reverse(), 'h');
+    assert.equal(img2.manifest.digest, img.manifest.digest);
+    const rows2 = await b.referrers('asm/closure', img2.manifest.digest, { after: '', limit: 10 });
+    assert.deepEqual(rows2.map((r) => r.digest), [rows[0]!.digest]);
+  } finally { a.close(); b.close(); }
+});
+
 test('reproducible: a fresh store builds byte-identical blobs and manifests', async () => {
   const a = await Storage.open(temp());
   const b = await Storage.open(temp());

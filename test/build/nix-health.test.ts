@@ -67,6 +67,12 @@ test('diagnoses of failures the probe cannot stage here; a failing build of the 
   assert.match(diagnose(nix("error: could not set permissions on '/nix/var/nix/profiles/per-user' to 755: Operation not permitted"))!.problem,
     /cannot write the Nix store/);
   assert.match(diagnose(nix("error: the build users group 'nixbld' has no members"))!.fix, /useradd/);
+  // max-jobs = 0 and no builders, as Nix 2.8 and 2.26 say it; with builders that cannot take one image, none.
+  for (const text of ["error: unable to start any build; either increase '--max-jobs' or enable remote builds.\nhttps://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html",
+    "error:\n       Unable to start any build;\n       either increase '--max-jobs' or enable remote builds.\n       For more information run 'man nix.conf' and search for '/machines'."]) {
+    assert.match(diagnose(nix(text))!.problem, /max-jobs = 0.*no remote builders/, text);
+  }
+  assert.equal(diagnose(nix("error: unable to start any build; remote machines may not have all required system features.")), undefined);
   assert.equal(diagnose(nix("error: opening file '/home/u/x.nix': Permission denied")), undefined, 'a file some expression reads');
   assert.equal(diagnose(nix("error: builder for '/nix/store/abc-x.drv' failed with exit code 1")), undefined);
   assert.equal(diagnose(new Error('not from Nix')), undefined);

@@ -62,6 +62,14 @@ test('sendfile: on by default; --no-sendfile or NIXREG_SENDFILE=0|off|false|no t
   assert.throws(() => serveConfig({}, { NIXREG_SENDFILE: 'maybe' }), /NIXREG_SENDFILE must be 1 or 0/);
 });
 
+test('--ui on|off (NIXREG_UI): the web page is on by default; the flag wins; other values are refused', () => {
+  assert.equal(serveConfig({}, {}).ui, true);
+  assert.equal(serveConfig({ ui: 'off' }, {}).ui, false);
+  assert.equal(serveConfig({}, { NIXREG_UI: 'off' }).ui, false);
+  assert.equal(serveConfig({ ui: 'on' }, { NIXREG_UI: '0' }).ui, true);
+  assert.throws(() => serveConfig({ ui: 'maybe' }, {}), /--ui must be/);
+});
+
 test('per-client bounds: connections a quarter of --max-connections unless set; manifest bodies within 60 s unless set', () => {
   const d = limitsConfig({}, { NIXREG_MAX_CONNECTIONS: '4096' });
   assert.deepEqual([d.maxConnectionsPerClient, d.manifestTimeoutMs], [1024, 60_000]);

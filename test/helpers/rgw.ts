@@ -53,6 +53,8 @@ export interface Rgw extends S3Endpoint {
  * refuses (411 MissingContentLength). Path-style, as any endpoint that is not AWS needs.
  */
 export function s3Client(s3: S3Endpoint, config: S3ClientConfig = {}): S3Client {
+  // The SDK's Node 20 notice, off as nixreg's own client has it (src/blobs/store/s3.ts).
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   return new S3Client({
     endpoint: s3.endpoint,
     region: s3.region,

@@ -6,7 +6,14 @@
 //  - the per-digest lock around a blob's publish and its removal (core.ts's KeyedLock
 //    serialises them within a process; this extends that across processes), taken with
 //    pg_try_advisory_lock and retried with a short backoff, so that one session can hold
-//    many digests at once without a blocked statement stalling the others.
+//    many digests at once without a blocked statement stalling the others;
+//  - leases (Storage.lease): work one replica at a time does, such as a build of one
+//    image that several replicas are asked for at once. Each on a session of its own for
+//    as long as the work lasts, so that a replica that dies (kill -9; a lost machine once
+//    TCP keepalives give up) frees its leases with its session, and a waiter takes over.
+//    Waiters poll pg_try_advisory_lock every LEASE_POLL_MS rather than block in
+//    pg_advisory_lock: a blocked backend cannot be told that its waiter gave up short
+//    of cancelling it, and a few queries a second per waiting build is nothing next to it.
 // A session that fails releases what it held on the server's side. Whoever held a lock
 // then goes on unprotected for the moment left; the index's own transactions keep rows
 // and files consistent without them (a collection re-checks each row under FOR UPDATE,
@@ -14,6 +21,7 @@
 // same work twice and close the window between a file's publish and its row.
 //
 // Room: blobs. May import src/oci; never src/build or src/registry.
+import { createHash } from 'node:crypto';
 import type pg from 'pg';
 import { IndexUnavailable } from '../errors.js';
 import type { PgPool } from './postgres-pool.js';
@@ -25,7 +33,21 @@ const DIGEST_CLASS = 0x6e697872; // "nixr"
 /** A digest's lock is waited for at most this long: a publish holding it may copy a large blob. */
 const DIGEST_WAIT_MS = 60_000;
 
+/** The leases' two-int4 key space: this first key, 32 bits of the key's SHA-256. */
+const LEASE_CLASS = 0x6e697873; // "nixs"
+/** How often a lease's waiter asks again. */
+export const LEASE_POLL_MS = 250;
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function abortable(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) { reject(signal.reason); return; }
+    const t = setTimeout(() => { signal?.removeEventListener('abort', stop); resolve(); }, ms);
+    const stop = () => { clearTimeout(t); reject(signal!.reason); };
+    signal?.addEventListener('abort', stop, { once: true });
+  });
+}
 
 /** The 32 bits of a digest's hex that key its lock (collisions only make two digests wait on each other). */
 function digestKey(digest: string): number {
@@ -106,7 +128,36 @@ export class PgLocks {
     };
   }
 
+  /** Holds `key` among every process of the index; resolves to its release (see the header). */
+  async lease(key: string, signal?: AbortSignal, waiting?: () => void): Promise<() => Promise<void>> {
+    signal?.throwIfAborted();
+    const k = createHash('sha256').update(key).digest().readInt32BE(0);
+    // A session lost while held: the lease is gone with it, and at worst another replica
+    // repeats the work (content-addressed, so the same result).
+    const session = await this.pool.session(() => {});
+    this.leases.add(session);
+    const drop = async () => { this.leases.delete(session); await session.end().catch(() => {}); };
+    try {
+      for (let told = false; ;) {
+        const r = await session.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1, $2) AS ok', [LEASE_CLASS, k]);
+        if (r.rows[0]!.ok) break;
+        if (!told) { told = true; waiting?.(); }
+        await abortable(LEASE_POLL_MS, signal);
+      }
+    } catch (e) {
+      await drop();
+      throw signal?.aborted && e === signal.reason ? e : this.pool.unavailable(e);
+    }
+    let released = false;
+    // Ending the session releases the lock with it, even where the unlock cannot be sent.
+    return async () => { if (!released) { released = true; await drop(); } };
+  }
+
+  private readonly leases = new Set<pg.Client>();
+
   async close(): Promise<void> {
+    await Promise.all([...this.leases].map((c) => c.end().catch(() => {})));
+    this.leases.clear();
     const s = this.session;
     this.session = undefined;
     if (s) await (await s.catch(() => undefined))?.end().catch(() => {});

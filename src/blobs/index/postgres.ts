@@ -131,6 +131,7 @@ export class PostgresIndex implements Index {
   withDigestLock<T>(digest: string, fn: () => Promise<T>): Promise<T> { return this.locks.withDigest(digest, fn); }
   /** One collection at a time among replicas: a release, or undefined while another replica collects. */
   collectorLock(onLost?: () => void): Promise<(() => Promise<void>) | undefined> { return this.locks.collector(onLost); }
+  lease(key: string, signal?: AbortSignal, waiting?: () => void): Promise<() => Promise<void>> { return this.locks.lease(key, signal, waiting); }
   async ping(): Promise<void> { await this.pool.query('SELECT 1'); }
 
   private async one<R extends object>(name: string, text: string, values: unknown[]): Promise<R | undefined> {

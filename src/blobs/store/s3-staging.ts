@@ -28,6 +28,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { LRUCache } from 'lru-cache';
 import { checkUploadId, type PendingBlob, type Staged, type UploadStaging } from './blob-store.js';
+import { BlobTooLarge } from '../errors.js';
 import { PART_BYTES, PartBuffer, notFound, type S3Store } from './s3.js';
 
 interface S3Staged extends Staged {
@@ -43,8 +44,6 @@ interface S3Staged extends Staged {
 
 const fresh = (): S3Staged => ({ offset: 0, parts: 0, tail: 0 });
 const clone = (s: S3Staged): S3Staged => ({ ...s });
-/** S3 allows 10,000 parts: 78 GiB of PART_BYTES parts; the last is the tail. */
-const MAX_PARTS = 9_999;
 
 export class S3Staging implements UploadStaging {
   /** Tails this process wrote, by upload: a chunk then need not read its tail back. */
@@ -68,7 +67,7 @@ export class S3Staging implements UploadStaging {
     if (s.tail === 0) return undefined;
     const cached = this.tails.get(id);
     if (cached && cached.offset === s.offset && cached.bytes.length === s.tail) return cached.bytes;
-    const body = await this.s3.getObject(this.tailKey(id, s.offset), `upload ${id}`);
+    const { body } = await this.s3.getObject(this.tailKey(id, s.offset), `upload ${id}`);
     try { return Buffer.from(await body.transformToByteArray()); } catch (e) { throw this.s3.unavailable(e); }
   }
 
@@ -85,7 +84,8 @@ export class S3Staging implements UploadStaging {
         await record(clone(s));
       }
       const n = s.parts + 1;
-      if (n > MAX_PARTS) throw new Error(`upload ${id} is over ${MAX_PARTS * PART_BYTES} bytes, the most a blob in S3 may have here`);
+      // The tail is copied in as the last part at the finish: whole parts may be all but one.
+      if (n > this.s3.maxParts - 1) throw new BlobTooLarge(this.s3.maxParts * PART_BYTES - 1, s.offset);
       const r = await this.s3.send<{ ETag?: string }>(new UploadPartCommand({
         Bucket, Key, UploadId: s.multipart, PartNumber: n, Body: bytes, ContentLength: bytes.length,
       }));
@@ -156,9 +156,9 @@ export class S3Staging implements UploadStaging {
   async read(id: string, staged: Staged, record: (s: Staged) => void | Promise<void>): Promise<Readable> {
     const s = staged as S3Staged;
     if (s.offset === 0) return Readable.from([]);
-    if (s.parts === 0) return this.s3.getObject(this.tailKey(id, s.offset), `upload ${id}`);
+    if (s.parts === 0) return (await this.s3.getObject(this.tailKey(id, s.offset), `upload ${id}`)).body;
     await this.compose(id, s, record);
-    return this.s3.getObject(this.dataKey(id), `upload ${id}`);
+    return (await this.s3.getObject(this.dataKey(id), `upload ${id}`)).body;
   }
 
   async seal(id: string, staged: Staged, digest: string, record: (s: Staged) => void | Promise<void>): Promise<PendingBlob> {

@@ -15,16 +15,23 @@
 // time, so a write costs at most a part's memory whatever its size; bodies smaller than
 // a part go in one PutObject. Nothing appears under a blob's name before publish.
 //
+// Small blobs (configs, small layers: what every node pulling an image asks for) are kept
+// in memory once read, bounded in all: an S3 GetObject costs a few ms of CPU in the SDK
+// alone (signing, middleware), ten times serving the bytes, and a blob never changes
+// under its digest. Nothing is served from it that the index does not know: callers ask
+// the index first, so a blob deleted anywhere is unknown before the cache is read.
+//
 // Room: blobs. May import src/oci; never src/build or src/registry.
 import { createReadStream } from 'node:fs';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CopyObjectCommand, CreateMultipartUploadCommand,
   DeleteObjectCommand, GetObjectCommand, HeadBucketCommand, HeadObjectCommand, ListObjectsV2Command,
   PutObjectCommand, S3Client, UploadPartCommand, UploadPartCopyCommand, type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
-import { BlobMissing, StorageUnavailable } from '../errors.js';
+import { LRUCache } from 'lru-cache';
+import { BlobMissing, BlobTooLarge, StorageUnavailable } from '../errors.js';
 import { digestParts, type BlobStore, type ByteRange, type ListedBlob, type PendingBlob, type UploadStaging } from './blob-store.js';
 import type { S3Location } from './s3-location.js';
 import { S3Staging } from './s3-staging.js';
@@ -34,17 +41,26 @@ export const PART_BYTES = 8 * 1024 * 1024;
 /** CopyObject copies up to 5 GiB; beyond, a multipart copy in parts of this. */
 const COPY_MAX = 5 * 1024 ** 3;
 const COPY_PART = 1024 ** 3;
+/** S3 allows 10,000 parts per multipart upload. */
+export const MAX_PARTS = 10_000;
+/** Blobs up to this size are kept in memory once read (SMALL_CACHE_BYTES in all). */
+export const SMALL_BLOB_BYTES = 1024 * 1024;
+const SMALL_CACHE_BYTES = 64 * 1024 * 1024;
 
 export interface S3Options extends S3Location {
   /** A call's deadline, to its first response byte and between bytes (ms). */
   timeoutMs: number;
   /** Settings over the SDK's own (tests: an endpoint and keys). */
   client?: S3ClientConfig | undefined;
+  /** Parts a multipart upload may have (default MAX_PARTS; tests set fewer to reach the limit fast). */
+  maxParts?: number | undefined;
 }
 
 const TRANSIENT_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 const TRANSIENT_NAMES = new Set(['TimeoutError', 'SlowDown', 'ServiceUnavailable', 'InternalError', 'RequestTimeout', 'ThrottlingException']);
 
+/** A GetObject body: a stream with the SDK's helpers. */
+type Body = Readable & { transformToByteArray(): Promise<Uint8Array> };
 type SdkError = Error & { code?: string; $metadata?: { httpStatusCode?: number } };
 export const statusOf = (e: unknown) => (e as SdkError).$metadata?.httpStatusCode;
 export const notFound = (e: unknown) => ['NotFound', 'NoSuchKey', 'NoSuchUpload'].includes((e as SdkError).name) || statusOf(e) === 404;
@@ -55,10 +71,18 @@ export class S3Store implements BlobStore {
   readonly staging: UploadStaging;
   readonly bucket: string;
   readonly prefix: string;
+  /** Parts a multipart upload may have: a blob is at most maxParts × PART_BYTES. */
+  readonly maxParts: number;
+  private readonly small = new LRUCache<string, Buffer>({ maxSize: SMALL_CACHE_BYTES, sizeCalculation: (b) => b.length || 1 });
 
   constructor(opts: S3Options) {
     this.bucket = opts.bucket;
     this.prefix = opts.prefix;
+    this.maxParts = opts.maxParts ?? MAX_PARTS;
+    // The SDK's own switch for its one warning that Node 20 will not be supported by its
+    // releases after January 2027 (we pin an earlier one): said at every start, it told an
+    // operator nothing to do. Other warnings are untouched; an operator's setting wins.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const endpoint = opts.client?.endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
     this.client = new S3Client({
       forcePathStyle: endpoint !== undefined,
@@ -131,6 +155,7 @@ export class S3Store implements BlobStore {
     const buf = new PartBuffer();
     let size = 0;
     const upload = async (part: Buffer) => {
+      if (parts.length >= this.maxParts) throw new BlobTooLarge(this.maxParts * PART_BYTES, size);
       UploadId ??= (await this.send<{ UploadId?: string }>(new CreateMultipartUploadCommand({ Bucket, Key }))).UploadId;
       const PartNumber = parts.length + 1;
       const r = await this.send<{ ETag?: string }>(new UploadPartCommand({ Bucket, Key, UploadId, PartNumber, Body: part, ContentLength: part.length }));
@@ -184,20 +209,33 @@ export class S3Store implements BlobStore {
   }
 
   async read(digest: string): Promise<Buffer> {
-    const body = await this.getObject(this.blobKey(digest), digest);
-    try { return Buffer.from(await body.transformToByteArray()); } catch (e) { throw this.unavailable(e); }
+    const hit = this.small.get(digest);
+    if (hit) return hit;
+    const { body, length } = await this.getObject(this.blobKey(digest), digest);
+    return this.keep(digest, body, length);
   }
 
   async open(digest: string, range?: ByteRange): Promise<Readable> {
-    const body = await this.getObject(this.blobKey(digest), digest, range);
-    return body as unknown as Readable;
+    const hit = this.small.get(digest);
+    if (hit) return Readable.from([range ? hit.subarray(range.start, range.end + 1) : hit]);
+    const { body, length } = await this.getObject(this.blobKey(digest), digest, range);
+    if (range || length === undefined || length > SMALL_BLOB_BYTES) return body;
+    return Readable.from([await this.keep(digest, body, length)]);
   }
 
-  /** GetObject's body; BlobMissing for a missing object. */
-  async getObject(Key: string, digest: string, range?: ByteRange): Promise<Readable & { transformToByteArray(): Promise<Uint8Array> }> {
+  /** The whole body in memory, kept when small. */
+  private async keep(digest: string, body: Body, length: number | undefined): Promise<Buffer> {
+    let bytes: Buffer;
+    try { bytes = Buffer.from(await body.transformToByteArray()); } catch (e) { throw this.unavailable(e); }
+    if (length !== undefined && bytes.length === length && length <= SMALL_BLOB_BYTES) this.small.set(digest, bytes);
+    return bytes;
+  }
+
+  /** GetObject's body and its length; BlobMissing for a missing object. */
+  async getObject(Key: string, digest: string, range?: ByteRange): Promise<{ body: Body; length: number | undefined }> {
     try {
       const r = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, ...(range ? { Range: `bytes=${range.start}-${range.end}` } : {}) }));
-      return r.Body as unknown as Readable & { transformToByteArray(): Promise<Uint8Array> };
+      return { body: r.Body as unknown as Body, length: r.ContentLength };
     } catch (e) {
       if (notFound(e)) throw new BlobMissing(digest);
       throw this.unavailable(e);
@@ -215,6 +253,7 @@ export class S3Store implements BlobStore {
   }
 
   async delete(digest: string): Promise<void> {
+    this.small.delete(digest);
     await this.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.blobKey(digest) }));
   }
 

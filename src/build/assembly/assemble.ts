@@ -32,6 +32,7 @@ import { Digester } from '../../oci/digest.js';
 import { parseManifest } from '../../oci/manifest.js';
 import { MediaTypes } from '../../oci/media-types.js';
 import { BuildError, BuildFailed, InvalidImageSpec } from '../errors.js';
+import { closureDocument, storeClosure } from './closure.js';
 import { FARM_FORMAT, rootfsEntries } from './farm.js';
 import { fileSink } from './blocks.js';
 import { compressor, DEFAULT_COMPRESSION, type CompressionSetting } from './compression.js';
@@ -136,6 +137,8 @@ export async function assembleImage(
     const store = async (body: Buffer, mediaType: string) => storage.putManifest(repo, body, parseManifest(body, mediaType));
     const manifest = await store(imageManifest('oci', config, layers), MediaTypes.ociManifest);
     const alternate = await store(imageManifest('docker', config, layers), MediaTypes.dockerManifest);
+    // For the web page (closure.ts): a referrer beside the image, never part of it.
+    await storeClosure(storage, repo, manifest, closureDocument(closure, plans.map((p) => p.paths), spec.contents));
     return { hash, manifest, alternate };
   } catch (e) {
     if (signal?.aborted) throw cancelled(repo, signal);

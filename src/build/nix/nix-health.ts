@@ -59,6 +59,14 @@ const DIAGNOSES: Diagnosis[] = [
     fix: 'start the daemon (`systemctl start nix-daemon.socket`); or, with nixreg running as root, let Nix use the store directly (unset NIX_REMOTE, and no `store = daemon` in nix.conf)',
   },
   {
+    // A build farm's front end (max-jobs = 0) whose farm is missing: no machine in
+    // `builders`. Not when machines exist and none fits one derivation ("remote machines
+    // may not have all required system features"): that is the image's, not the machine's.
+    when: /unable to start any build;\s*either increase '--max-jobs' or enable remote builds/i,
+    problem: () => 'Nix is set to build nothing on this machine (max-jobs = 0) and has no remote builders to send builds to',
+    fix: 'name the build machines in `builders` (or /etc/nix/machines) of the Nix settings nixreg builds with (the daemon\'s, through the daemon), see "Build farm" in the README; or allow local builds with `max-jobs` above 0',
+  },
+  {
     when: /cloning builder process|creating new (?:user )?namespace|CLONE_NEWUSER|unable to (?:start|set up) (?:the )?(?:build|sandbox)|sandbox.*(?:not supported|Operation not permitted)/i,
     problem: () => 'Nix cannot set up its build sandbox here (a container without the privileges for namespaces, for instance)',
     fix: 'set `sandbox = false` in /etc/nix/nix.conf (Debian\'s nix-setup-systemd ships exactly that), or give the container the privileges the sandbox needs',

@@ -15,6 +15,7 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import type { NextFunction, Request, Response } from 'express';
+import { addressOf } from '../client-address.js';
 import type { Logger } from 'pino';
 import { checkName } from '../../oci/reference.js';
 import { RegistryError } from '../errors.js';
@@ -65,11 +66,7 @@ export interface Gate {
   token(req: Request, res: Response, form?: URLSearchParams): Promise<void>;
 }
 
-/** The address a request came from, IPv4-mapped forms folded, so one host is one client. */
-export function addressOf(req: Request): string {
-  const a = req.socket.remoteAddress ?? 'unknown';
-  return a.startsWith('::ffff:') ? a.slice(7) : a;
-}
+export { addressOf };
 
 export const openGate: Gate = {
   enabled: false,

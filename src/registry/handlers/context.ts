@@ -10,6 +10,7 @@ import type { Gate } from '../auth/gate.js';
 import { RegistryError } from '../errors.js';
 import type { MemoryBudget } from '../http.js';
 import type { Metrics } from '../metrics.js';
+import type { Mirror } from '../mirror/mirror.js';
 import type { Readiness } from '../readiness.js';
 import type { BodyBytes } from '../send-file.js';
 
@@ -42,6 +43,8 @@ export interface Ctx {
   blobBodies: { sendfile: boolean; bytes: BodyBytes };
   /** Blob GETs redirect to a URL of the store's valid this long (--s3-redirect); 0 or undefined: served here. */
   blobRedirectSeconds?: number | undefined;
+  /** The pull-through cache (--mirror); undefined when nothing is mirrored. */
+  mirror?: Mirror | undefined;
 }
 
 /** The validated repository name of a request. */
@@ -49,8 +52,13 @@ export function repoOf(req: Request): string {
   return checkName(String(req.params.name));
 }
 
-/** Refuses writes to repositories that are built from expressions. */
+/** Refuses writes to repositories that are built from expressions or mirror an upstream. */
 export function checkWritable(ctx: Ctx, repo: string): void {
+  const mirrored = ctx.mirror?.route(repo);
+  if (mirrored) {
+    throw new RegistryError('DENIED',
+      `repository ${repo} is a pull-through cache of upstream ${mirrored.client.label} and is read-only; push to another name`, { repository: repo });
+  }
   if (ctx.source?.owns(repo)) {
     throw new RegistryError('DENIED',
       `repository ${repo} is built from a Nix expression and is read-only; push to another name`, { repository: repo });

@@ -43,6 +43,12 @@ export function getManifest(ctx: Ctx) {
     const owned = ctx.source ? await ctx.source.serves(repo) : false;
     let d: Descriptor | undefined;
     if (owned) d = await ctx.source!.resolve(repo, ref, ok);
+    const mirrored = owned ? undefined : ctx.mirror?.route(repo);
+    if (mirrored) {
+      const m = await ctx.mirror!.manifest(repo, ref, mirrored);
+      d = m.d;
+      if (m.warning) res.set('Warning', `299 nixreg "${m.warning.replace(/["\\]/g, '')}"`);
+    }
     d ??= await ctx.storage.resolveManifest(repo, ref);
     if (!d) {
       if (!owned && !await ctx.storage.repositoryExists(repo)) {
