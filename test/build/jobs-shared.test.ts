@@ -108,6 +108,8 @@ function contract(name: string, replicas: () => Promise<[Replica, Replica]>) {
         release();
         await job.done;
         ended.push(job.id);
+        // Apart by a few ms: builds ending in the same ms are listed by creation, then id.
+        await delay(3);
       }
       const running = start(a, `running-${name}`);
       const dropped = start(a, `dropped-${name}`, false);

@@ -39,7 +39,7 @@ export class PostgresJobs implements JobStore {
 
   async list(keep: number): Promise<StoredJob[]> {
     const rows = await this.pool.query<Row>(`(SELECT ${COLUMNS} FROM jobs WHERE finished IS NULL ORDER BY created DESC, id DESC)
-      UNION ALL (SELECT ${COLUMNS} FROM jobs WHERE finished IS NOT NULL ORDER BY finished DESC, id DESC LIMIT $1)`, [keep]);
+      UNION ALL (SELECT ${COLUMNS} FROM jobs WHERE finished IS NOT NULL ORDER BY finished DESC, created DESC, id DESC LIMIT $1)`, [keep]);
     return rows.map(stored);
   }
 
@@ -62,7 +62,7 @@ export class PostgresJobs implements JobStore {
   }
 
   async prune(keep: number): Promise<void> {
-    await this.pool.query(`WITH old AS (SELECT id FROM jobs WHERE finished IS NOT NULL ORDER BY finished DESC, id DESC OFFSET $1),
+    await this.pool.query(`WITH old AS (SELECT id FROM jobs WHERE finished IS NOT NULL ORDER BY finished DESC, created DESC, id DESC OFFSET $1),
       d AS (DELETE FROM jobs WHERE id IN (SELECT id FROM old))
       DELETE FROM job_logs WHERE job IN (SELECT id FROM old)`, [keep]);
   }

@@ -160,7 +160,9 @@ export class SharedJobs implements JobWatcher {
     // Started here a moment ago, and not yet written.
     for (const j of jobs.list()) if (j.finished === undefined && !out.has(j.id)) out.set(j.id, j.view());
     const t = (s: string | undefined) => (s ? Date.parse(s) : Infinity);
-    return [...out.values()].sort((a, b) => t(b.finished) - t(a.finished) || Date.parse(b.created) - Date.parse(a.created));
+    // Ended in the same ms (or both running): the later created first, then by id, as the database orders them.
+    return [...out.values()].sort((a, b) => t(b.finished) - t(a.finished) || Date.parse(b.created) - Date.parse(a.created)
+      || (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
   }
 
   async view(id: string): Promise<JobView | undefined> {
@@ -197,7 +199,10 @@ export class SharedJobs implements JobWatcher {
         let told = false;
         return {
           async read() {
-            const chunks = await store.logAfter(id, seq, 1024 * 1024);
+            // A failed read is tried again (once here, then at the next poll); changed() tells
+            // when the database has been away too long.
+            const page = () => store.logAfter(id, seq, 1024 * 1024);
+            const chunks = await page().catch(async () => { await delay(POLL_MS); return page().catch(() => []); });
             if (chunks.length) {
               seq = chunks[chunks.length - 1]!.seq;
               return Buffer.concat(chunks.map((c) => c.bytes));
