@@ -3,11 +3,14 @@
 // replica A is listed by B, its stage read through B, and its log followed live through
 // B (Nix's lines arrive while the build runs); after kill -9 of A the job reads failed on
 // B, saying its replica stopped, within the bound (15 s of silence), and B's follower ends.
+// Access control holds through B as through A: a user who may not read the repository is
+// not shown the build, and gets 404 for it and its log.
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Images, nonce, sleeper } from '../build/helpers.js';
+import { basicAuth, writeAuth } from '../helpers/auth.js';
 import { NIX_TEST_ENV } from '../helpers/nix.js';
 import { startPostgres, type Postgres } from '../helpers/postgres.js';
 import { spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
@@ -20,7 +23,13 @@ const data = tempDir('nixreg-jobs-replicas-');
 
 before(async () => {
   pg = await startPostgres({ durable: false });
-  const args = ['--database', await pg.createDatabase(), '--gc-interval', '0', '--build-timeout', '120'];
+  const auth = writeAuth(data, `htpasswd: ./htpasswd
+accessControl:
+  repositories:
+    "slow": { policies: [ { users: [alice], actions: [read] } ], defaultPolicy: [] }
+    "**": { defaultPolicy: [read] }
+`, { alice: 'alice-pw', bob: 'bob-pw' });
+  const args = ['--database', await pg.createDatabase(), '--gc-interval', '0', '--build-timeout', '120', '--auth', auth];
   a = await spawnRegistry({ data, images: images.dir, env: NIX_TEST_ENV, args });
   b = await spawnRegistry({ data, images: images.dir, env: NIX_TEST_ENV, args });
 });
@@ -55,12 +64,14 @@ async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 60_
   }
 }
 
-const json = async (url: string) => { const r = await fetch(url); return { status: r.status, body: await r.json() as any }; };
+const ALICE = basicAuth('alice', 'alice-pw');
+const BOB = basicAuth('bob', 'bob-pw');
+const json = async (url: string, headers = ALICE) => { const r = await fetch(url, { headers }); return { status: r.status, body: await r.json() as any }; };
 
 test('a build on replica A is listed, read and followed live through B; kill -9 of A and B shows it failed', { timeout: 120_000 }, async () => {
   const name = `slow-${nonce()}`;
   images.write('slow.nix', sleeper(name, 60));
-  const started = await fetch(`${a.url}/nixreg/builds`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ repository: 'slow' }) });
+  const started = await fetch(`${a.url}/nixreg/builds`, { method: 'POST', headers: { 'content-type': 'application/json', ...ALICE }, body: JSON.stringify({ repository: 'slow' }) });
   assert.equal(started.status, 202);
   const id = ((await started.json()) as { id: string }).id;
 
@@ -68,7 +79,7 @@ test('a build on replica A is listed, read and followed live through B; kill -9 
   assert.equal(listed.repository, 'slow');
 
   // B follows the log live: Nix's first line arrives while the build runs.
-  const follow = await fetch(`${b.url}/nixreg/builds/${id}/log?follow=1`);
+  const follow = await fetch(`${b.url}/nixreg/builds/${id}/log?follow=1`, { headers: ALICE });
   assert.equal(follow.status, 200);
   const reader = follow.body!.getReader();
   let text = '';
@@ -86,8 +97,12 @@ test('a build on replica A is listed, read and followed live through B; kill -9 
   assert.ok(during.seconds > 0);
   // A and B say the same of it.
   assert.equal((await json(`${a.url}/nixreg/builds/${id}`)).body.status, 'building');
-  const plain = await (await fetch(`${b.url}/nixreg/builds/${id}/log`)).text();
+  const plain = await (await fetch(`${b.url}/nixreg/builds/${id}/log`, { headers: ALICE })).text();
   assert.match(plain, new RegExp(`${name}: started`));
+  // Bob may not read `slow`: through B the build is none of his business.
+  assert.equal((await json(`${b.url}/nixreg/builds`, BOB)).body.builds.some((v: any) => v.id === id), false);
+  assert.equal((await json(`${b.url}/nixreg/builds/${id}`, BOB)).status, 404);
+  assert.equal((await fetch(`${b.url}/nixreg/builds/${id}/log`, { headers: BOB })).status, 404);
 
   // A dies mid-build.
   const orphans = descendants(a.child.pid!);
