@@ -88,10 +88,17 @@ function contract(name: string, replicas: () => Promise<[Replica, Replica]>) {
       const handle = (await b.log(job.id))!;
       assert.equal(handle.repo, `app-${name}`);
       let live = false;
-      const followed = follow(handle, (t) => { if (t.includes('first line')) live = true; });
+      let second = 0;
+      const followed = follow(handle, (t) => { if (t.includes('first line')) live = true; if (!second && t.includes('second line')) second = Date.now(); });
       await until('the first line while the build runs', async () => (live ? true : undefined));
       assert.equal(handle.finished(), false);
+      const wrote = Date.now();
       job.line('second line');
+      await until('the second line', async () => (second ? true : undefined));
+      // A chunk goes at the next beat (0.5 s) and a follower asks every 0.5 s: about 1 s at most, with margin for a busy machine.
+      const lag = second - wrote;
+      assert.ok(lag < 3_000, `${lag} ms`);
+      console.log(`# ${name}: a log line reached the follower in ${lag} ms`);
       release();
       const text = await followed;
       assert.match(text, /first line\n[^]*second line\n[^]*done: app-/);
