@@ -63,7 +63,7 @@ export async function runBuild(ref: string, opts: { data: string; images: string
     const view = new ProgressView(process.stderr, `${name}:${tag}`);
     const id = (await source.startBuild(name, tag)).id;
     for (;;) {
-      const v = source.build(id)!;
+      const v = (await source.build(id))!;
       if (v.status === 'done' || v.status === 'failed') {
         if (v.status === 'failed') {
           // No server to serve the log link: show its end here.

@@ -18,6 +18,7 @@ import { DiskStore } from './store/disk.js';
 import type { S3Options } from './store/s3.js';
 import { BlobFiles } from './files.js';
 import type { BuildRow, Index, LayerRow, ReferrerRow, ReferrersPage, UploadCounts } from './index/index.js';
+import type { JobRecord, JobStore, LogChunk, StoredJob } from './index/job-store.js';
 import { openIndex } from './index/open.js';
 import { Layout } from './layout.js';
 import { Manifests, type ManifestInfo } from './manifests.js';
@@ -384,16 +385,15 @@ export class Storage {
     signal?.throwIfAborted();
     return async () => {};
   }
-  /** The data directory: tells stores in one process apart. */
-  get root(): string { return this.layout.root; }
+  /** The data directory: tells stores in one process apart. */ get root(): string { return this.layout.root; }
   /** Scratch files of writes, on the blobs' file system (committed with commitFile). */
   get tmpDir(): string { return this.layout.tmpDir; }
-  /** Where builds keep the GC roots of the closures they read. */
-  get gcrootsDir(): string { return this.layout.gcrootsDir; }
+  /** Where builds keep the GC roots of the closures they read. */ get gcrootsDir(): string { return this.layout.gcrootsDir; }
   /** Where build logs go: the directory, and the file of the build `id`. */
   get logsDir(): string { return this.layout.logsDir; }
   logPath(id: string): string { return this.layout.logPath(id); }
+  /** Where replicas share the index: every replica's build jobs (index/job-store.ts). */ get jobStore(): JobStore | undefined { return this.index.jobs; }
 }
 
 /** The rows of the builder's facade, so that src/build need not import the index. */
-export type { BuildRow, LayerRow };
+export type { BuildRow, LayerRow, JobRecord, JobStore, LogChunk, StoredJob };

@@ -35,17 +35,17 @@ export interface ImageSource {
   resolve(repo: string, ref: Reference, accepts: (mediaType: string) => boolean): Promise<Descriptor | undefined>;
   /** Tags `repo` always answers, built or not (listed by tags/list before any build). */
   standingTags(repo: string): string[];
-  /** The running and recent builds, newest first. */
-  builds(): JobView[];
-  /** A running or recent build. */
-  build(id: string): JobView | undefined;
+  /** The running and recent builds, newest first (of every replica, where the index is shared). */
+  builds(): Promise<JobView[]>;
+  /** A running or recent build (of any replica, where the index is shared). */
+  build(id: string): Promise<JobView | undefined>;
   /**
    * Starts building `repo:tag` (latest or a hash tag) as a job, or joins the one under
    * way; returns at once. Throws as resolve() does for what cannot be built.
    */
   startBuild(repo: string, tag: string): Promise<JobView>;
-  /** The log of a running or recent build: its file, and how to wait for it to grow. */
-  buildLog(id: string): BuildLogHandle | undefined;
+  /** The log of a running or recent build: how to read it, and how to wait for it to grow. */
+  buildLog(id: string): Promise<BuildLogHandle | undefined>;
   /** Counters for operators (builds, evaluations, queue, Nix processes). */
   stats(): Record<string, unknown>;
   /** Calls `listener` as each build ends, with its result and how long it took (metrics). */

@@ -22,6 +22,7 @@ import { BuildQueueFull, NoImageExpression, StillBuilding, TagNotServed } from '
 import { Evaluator, type Evaluation } from './evaluate.js';
 import type { BuildLogHandle, ImageSource, NixStatus } from './image-source.js';
 import { Jobs, JobsFull, type Job, type JobView } from './jobs/jobs.js';
+import { SharedJobs } from './jobs/shared.js';
 import { HASH_TAG, nixProcessCount, probeProcessCount } from './nix/nix.js';
 import { NixHealth } from './nix/nix-health.js';
 import { Origins } from './origins/index.js';
@@ -68,6 +69,8 @@ export class NixImageSource implements ImageSource {
   readonly builder: Builder;
   readonly records: Records;
   readonly jobs: Jobs;
+  /** Where the index is shared: every replica's jobs (jobs/shared.ts). */
+  private readonly shared: SharedJobs | undefined;
   readonly watcher: ImagesWatcher | undefined;
 
   private readonly images: string;
@@ -99,7 +102,9 @@ export class NixImageSource implements ImageSource {
       images, evalTtlMs: o.evalTtlMs, negativeTtlMs: o.negativeTtlMs, timeoutMs: o.buildTimeoutMs, concurrency: Math.max(2, o.maxBuilds), nixEnv, log,
     });
     this.records = new Records(storage, formatOf(o.compression), log);
-    this.jobs = new Jobs(storage, o.keepLogs);
+    const store = storage.jobStore;
+    if (store) this.shared = new SharedJobs(store, o.keepLogs ?? 100, storage.logsDir);
+    this.jobs = new Jobs(storage, o.keepLogs, this.shared);
     this.builder = new Builder(storage, health, this.records, {
       images, buildTimeoutMs: o.buildTimeoutMs, maxBuilds: o.maxBuilds, negativeTtlMs: o.negativeTtlMs, compression: o.compression, nixEnv, log,
     });
@@ -297,16 +302,16 @@ export class NixImageSource implements ImageSource {
     return ['latest'];
   }
 
-  builds(): JobView[] {
-    return this.jobs.list().map((j) => j.view());
+  async builds(): Promise<JobView[]> {
+    return this.shared ? this.shared.views(this.jobs) : this.jobs.list().map((j) => j.view());
   }
 
-  build(id: string): JobView | undefined {
-    return this.jobs.get(id)?.view();
+  async build(id: string): Promise<JobView | undefined> {
+    return this.jobs.get(id)?.view() ?? await this.shared?.view(id);
   }
 
-  buildLog(id: string): BuildLogHandle | undefined {
-    return this.jobs.get(id)?.logHandle(this.builder.publicUrl);
+  async buildLog(id: string): Promise<BuildLogHandle | undefined> {
+    return this.jobs.get(id)?.logHandle(this.builder.publicUrl) ?? await this.shared?.handle(id, this.builder.publicUrl);
   }
 
   stats(): Record<string, unknown> {
@@ -341,6 +346,7 @@ export class NixImageSource implements ImageSource {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.shared?.close();
     await this.watcher?.close();
   }
 }

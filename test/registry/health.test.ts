@@ -30,7 +30,7 @@ function report(r: Res, status: number, data?: string): Report {
 /** An image source that only answers readiness, as the test says. */
 function fakeSource(nix: () => NixStatus | undefined): ImageSource {
   return {
-    owns: () => false, serves: async () => false, resolve: async () => undefined, standingTags: () => [], builds: () => [], build: () => undefined, buildLog: () => undefined, startBuild: async () => { throw new Error('no builds'); }, close: async () => {},
+    owns: () => false, serves: async () => false, resolve: async () => undefined, standingTags: () => [], builds: async () => [], build: async () => undefined, buildLog: async () => undefined, startBuild: async () => { throw new Error('no builds'); }, close: async () => {},
     stats: () => ({}), onBuildFinished: () => {}, nixReadiness: nix,
   };
 }

@@ -236,6 +236,8 @@ export interface Index {
   withDigestLock?<T>(digest: string, fn: () => Promise<T>): Promise<T>;
   /** Only where `shared`: `key` held by this process alone among them (its release), after waiting (`waiting` told once) while another holds it or dies; the signal's reason if it aborts first. */
   lease?(key: string, signal?: AbortSignal, waiting?: () => void): Promise<() => Promise<void>>;
+  /** Only where shared: the records and logs of build jobs, for every replica to answer for (job-store.ts). */
+  readonly jobs?: import('./job-store.js').JobStore;
 
   // ------------------------------------------------------------------ blobs and links
 

@@ -128,8 +128,35 @@ CREATE TABLE builds (
 );
 `;
 
+// Build jobs shared by replicas (job-store.ts, postgres-jobs.ts). `view` is the build
+// room's JSON of the job, opaque here; `heartbeat` is the database's clock, so a replica's
+// silence is measured on one clock; `created`/`finished` are the writer's, for order.
+// A log is its chunks by `seq`, each at most 64 KiB.
+const V2 = `
+CREATE TABLE jobs (
+  id          text COLLATE "C" PRIMARY KEY,
+  repo        text COLLATE "C" NOT NULL,
+  tag         text NOT NULL,
+  replica     text NOT NULL,
+  view        text NOT NULL,
+  created     bigint NOT NULL,
+  finished    bigint,
+  heartbeat   bigint NOT NULL,
+  stopped     boolean NOT NULL DEFAULT false
+);
+CREATE INDEX jobs_running ON jobs(created) WHERE finished IS NULL;
+CREATE INDEX jobs_finished ON jobs(finished) WHERE finished IS NOT NULL;
+
+CREATE TABLE job_logs (
+  job         text COLLATE "C" NOT NULL,
+  seq         integer NOT NULL,
+  bytes       bytea NOT NULL,
+  PRIMARY KEY (job, seq)
+);
+`;
+
 /** MIGRATIONS[v - 1] takes the schema from version v - 1 to v (0: an empty database). */
-export const MIGRATIONS: readonly string[] = [V1];
+export const MIGRATIONS: readonly string[] = [V1, V2];
 
 export const PG_SCHEMA_VERSION = MIGRATIONS.length;
 

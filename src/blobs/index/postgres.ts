@@ -25,6 +25,7 @@ import type {
 import { PgPool, type PgOptions, type Tx } from './postgres-pool.js';
 import { PostgresGc } from './postgres-gc.js';
 import { PgLocks } from './postgres-locks.js';
+import { PostgresJobs } from './postgres-jobs.js';
 import { NOW_MS, migrate } from './postgres-schema.js';
 
 /** Key of the advisory lock that starts of uploads under limits take (bigint key space; "nixreg" + 3). */
@@ -76,6 +77,7 @@ export class PostgresIndex implements Index {
   readonly pool: PgPool;
   private readonly gc: PostgresGc;
   private readonly locks: PgLocks;
+  readonly jobs: PostgresJobs;
 
   /** The database's clock less this process's (ms): what a time of ours is on the database's clock. */
   private offset = 0;
@@ -86,6 +88,7 @@ export class PostgresIndex implements Index {
     this.description = pool.description;
     this.gc = new PostgresGc(pool);
     this.locks = new PgLocks(pool);
+    this.jobs = new PostgresJobs(pool);
     this.clockTimer = setInterval(() => { this.measureClock().catch(() => {}); }, CLOCK_EVERY_MS);
     this.clockTimer.unref();
   }

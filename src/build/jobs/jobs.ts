@@ -14,6 +14,7 @@
 // src/blobs and src/oci; never src/registry.
 import { EventEmitter } from 'node:events';
 import { createWriteStream, promises as fs, type WriteStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { BuiltImage } from '../types.js';
@@ -24,10 +25,16 @@ export interface LogFiles {
   logPath(id: string): string;
 }
 
-/** A build's log as the registry follows it (ImageSource.buildLog). */
+/** Reads a log onwards from where it stands: the next bytes, or none when nothing more is there yet. */
+export interface LogReader {
+  read(): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+/** A build's log as the registry follows it (ImageSource.buildLog): this replica's file, or another's through the index (shared.ts). */
 export interface BuildLogHandle {
-  path: string;
   repo: string;
+  reader(): LogReader;
   /** Whether the build has ended, so that its log will not grow any more. */
   finished(): boolean;
   /** Resolves when the log grows or the build ends, or after `ms`. */
@@ -108,6 +115,30 @@ export function stageWords(p: ProgressView): string {
   }
 }
 
+/** A running build's line, from its view (of this replica's job, or another's read through the index). */
+export function describeView(v: JobView, publicUrl: string): string {
+  const p = v.progress;
+  const pct = p.stage === 'assembling' && p.bytes.total ? ` (${Math.floor((100 * p.bytes.done) / p.bytes.total)}%)` : '';
+  return `building ${v.repository}:${v.tag}: ${stageWords(p)}${pct}, ${Math.round(v.seconds)} s so far; log: ${publicUrl}${v.log}`;
+}
+
+/** Reads a log file from its start; a file not there (yet, or pruned) reads as empty. */
+export function fileReader(path: string): LogReader {
+  let file: FileHandle | undefined;
+  let pos = 0;
+  const buf = Buffer.allocUnsafe(64 * 1024);
+  return {
+    async read() {
+      file ??= await open(path, 'r').catch(() => undefined);
+      if (!file) return Buffer.alloc(0);
+      const n = (await file.read(buf, 0, buf.length, pos)).bytesRead;
+      pos += n;
+      return Buffer.from(buf.subarray(0, n));
+    },
+    async close() { await file?.close(); },
+  };
+}
+
 const iso = (t: number | undefined) => (t !== undefined ? new Date(t).toISOString() : undefined);
 const secondsSince = (t: number) => Math.round((Date.now() - t) / 100) / 10;
 
@@ -138,6 +169,8 @@ export class Job {
   /** 'data' when the log grows, 'end' when the job ends: log followers wait on these. */
   readonly events = new EventEmitter();
   private readonly stream: WriteStream;
+  /** Sees every byte written, as it is written (shared.ts: the log's copy in the index). */
+  tap: ((chunk: Buffer) => void) | undefined;
 
   constructor(readonly id: string, readonly repo: string, readonly tag: string, readonly logPath: string) {
     this.events.setMaxListeners(0);
@@ -155,6 +188,7 @@ export class Job {
 
   write(chunk: string | Buffer): void {
     if (this.finished !== undefined) return;
+    this.tap?.(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
     this.stream.write(chunk, () => this.events.emit('data'));
   }
 
@@ -182,8 +216,8 @@ export class Job {
   /** The log as /nixreg/builds/<id>/log serves it (image-source.ts). */
   logHandle(publicUrl: string): BuildLogHandle {
     return {
-      path: this.logPath,
       repo: this.repo,
+      reader: () => fileReader(this.logPath),
       finished: () => this.logClosed,
       changed: (ms) => new Promise<void>((r) => {
         if (this.logClosed) { r(); return; }
@@ -211,11 +245,7 @@ export class Job {
    * What a client that stopped waiting is told: "building hello:latest: assembling
    * layer 12 of 40 (61%), 38 s so far; log: URL".
    */
-  describe(publicUrl: string): string {
-    const p = this.progress.snapshot();
-    const pct = p.stage === 'assembling' && p.bytes.total ? ` (${Math.floor((100 * p.bytes.done) / p.bytes.total)}%)` : '';
-    return `building ${this.repo}:${this.tag}: ${stageWords(p)}${pct}, ${Math.round((Date.now() - this.created) / 1000)} s so far; log: ${publicUrl}${this.logUrl}`;
-  }
+  describe(publicUrl: string): string { return describeView(this.view(), publicUrl); }
 
   /** Seconds a client should wait before asking again: the ETA where one is known. */
   retryAfter(): number {
@@ -234,13 +264,20 @@ export const MAX_RUNNING_JOBS = 256;
 
 export class JobsFull extends Error {}
 
+/** Told of each job as it starts and as it ends (shared.ts: its record and log in the index, for other replicas). */
+export interface JobWatcher {
+  started(job: Job): void;
+  /** After the job's last line is written and `keep` is decided. */
+  ended(job: Job): void;
+}
+
 export class Jobs {
   private readonly running = new Map<string, Job>();
   private readonly byId = new Map<string, Job>();
   /** Finished jobs worth showing, oldest first. */
   private readonly kept: Job[] = [];
 
-  constructor(private readonly layout: LogFiles, private readonly keep = 100) {
+  constructor(private readonly layout: LogFiles, private readonly keep = 100, private readonly watcher?: JobWatcher) {
     void this.prune();
   }
 
@@ -272,6 +309,7 @@ export class Jobs {
     const job = new Job(id, repo, tag, this.layout.logPath(id));
     this.running.set(key, job);
     this.byId.set(id, job);
+    this.watcher?.started(job);
     job.done = (async () => {
       // Not inline: `work` may throw before `job.done` is assigned.
       await Promise.resolve();
@@ -285,6 +323,7 @@ export class Jobs {
       // job moves to the kept ones at once, so no listing made meanwhile misses it.
       const closing = job.finish(r, error);
       this.retire(job);
+      this.watcher?.ended(job);
       return closing;
     };
     job.done.then((r) => end(r, undefined), (e: unknown) => end(undefined, errorText(e)));

@@ -4,8 +4,6 @@
 //
 // Room: registry, the top room. May import src/build, src/blobs and src/oci; no room imports it.
 import { once } from 'node:events';
-import { createReadStream } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
 import type { Request, Response } from 'express';
 import type { ImageSource, JobView } from '../../build/image-source.js';
 import { checkName, isTag } from '../../oci/reference.js';
@@ -19,10 +17,10 @@ function sourceOf(ctx: Ctx, req: Request): ImageSource {
 }
 
 /** A build the caller may see: a build of a repository it may not read is one it cannot know of. */
-function visibleBuild(ctx: Ctx, req: Request): { source: ImageSource; build: JobView } {
+async function visibleBuild(ctx: Ctx, req: Request): Promise<{ source: ImageSource; build: JobView }> {
   const id = String(req.params.id);
   const source = sourceOf(ctx, req);
-  const build = source.build(id);
+  const build = await source.build(id);
   if (!build || !ctx.gate.visible(req, build.repository)) {
     throw new RegistryError('NAME_UNKNOWN', `no build ${id.slice(0, 100)} among the running and recent builds`, undefined, 404);
   }
@@ -30,13 +28,13 @@ function visibleBuild(ctx: Ctx, req: Request): { source: ImageSource; build: Job
 }
 
 export function listBuilds(ctx: Ctx) {
-  return (req: Request, res: Response) => {
-    res.json({ builds: sourceOf(ctx, req).builds().filter((b) => ctx.gate.visible(req, b.repository)) });
+  return async (req: Request, res: Response) => {
+    res.json({ builds: (await sourceOf(ctx, req).builds()).filter((b) => ctx.gate.visible(req, b.repository)) });
   };
 }
 
 export function getBuild(ctx: Ctx) {
-  return (req: Request, res: Response) => { res.json(visibleBuild(ctx, req).build); };
+  return async (req: Request, res: Response) => { res.json((await visibleBuild(ctx, req)).build); };
 }
 
 const BUILD_REQUEST_BYTES = 4096;
@@ -68,56 +66,51 @@ export function startBuild(ctx: Ctx) {
 
 /** Lines a follower gets when the log has been quiet this long: where the build stands. */
 const QUIET_MS = 20_000;
-const CHUNK = 64 * 1024;
 
 /**
  * GET /nixreg/builds/<id>/log[?follow=1]: the log as written so far, or (follow) as it
- * is written, ending when the build does.
+ * is written, ending when the build does. The log is this replica's file, or (a build
+ * another replica runs) its copy in the index: read the same way, piece by piece.
  */
 export function buildLog(ctx: Ctx) {
   return async (req: Request, res: Response) => {
-    const { source, build } = visibleBuild(ctx, req);
-    const handle = source.buildLog(build.id);
+    const { source, build } = await visibleBuild(ctx, req);
+    const handle = await source.buildLog(build.id);
     if (!handle) throw new RegistryError('NAME_UNKNOWN', `no build ${build.id} among the running and recent builds`, undefined, 404);
     const flag = req.query.follow;
     const follow = flag !== undefined && flag !== '0' && flag !== 'false';
     res.status(200).type('text/plain; charset=utf-8').set('Cache-Control', 'no-store');
-    if (!follow) {
-      const s = createReadStream(handle.path);
-      // A log not yet written (or pruned meanwhile) reads as empty rather than failing.
-      s.on('error', () => { if (!res.headersSent) res.end(''); else res.destroy(); });
-      s.pipe(res);
-      return;
-    }
     let gone = false;
     res.on('close', () => { gone = true; });
-    res.flushHeaders();
-    let file: FileHandle | undefined;
-    let pos = 0;
-    const buf = Buffer.allocUnsafe(CHUNK);
+    if (follow) res.flushHeaders();
+    const reader = handle.reader();
+    /** Writes what is there now; whether there was anything. */
+    const drain = async (): Promise<boolean> => {
+      let any = false;
+      for (let b: Buffer; !gone && (b = await reader.read()).length > 0;) {
+        any = true;
+        // Respect a slow reader: the log is not held in memory for it.
+        if (!res.write(b)) await once(res, 'drain').catch(() => {});
+      }
+      return any;
+    };
     try {
+      if (!follow) { await drain(); return; }
+      let heard = Date.now();
       while (!gone) {
         // Read to the end of what is there; then wait for more, unless the build has ended
         // (checked before the read, so nothing written before the end is missed).
         const ended = handle.finished();
-        file ??= await open(handle.path, 'r').catch(() => undefined);
-        let n = 0;
-        if (file) {
-          while (!gone && (n = (await file.read(buf, 0, CHUNK, pos)).bytesRead) > 0) {
-            pos += n;
-            // Respect a slow reader: the log is not held in memory for it.
-            if (!res.write(Buffer.from(buf.subarray(0, n)))) await once(res, 'drain').catch(() => {});
-          }
-        }
+        if (await drain()) heard = Date.now();
         if (ended || gone) break;
-        const before = pos;
-        await handle.changed(QUIET_MS);
-        if (!handle.finished() && (await file?.stat())?.size === before) res.write(`[nixreg] ${handle.describe()}\n`);
+        await handle.changed(Math.max(1, QUIET_MS - (Date.now() - heard)));
+        if (await drain()) heard = Date.now();
+        else if (!handle.finished() && Date.now() - heard >= QUIET_MS) { res.write(`[nixreg] ${handle.describe()}\n`); heard = Date.now(); }
       }
     } finally {
-      await file?.close();
+      await reader.close();
+      res.end();
     }
-    res.end();
   };
 }
 

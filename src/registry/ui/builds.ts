@@ -34,11 +34,11 @@ function fraction(b: JobView): { value: number; max: number } {
   return { value: 0, max: 1 };
 }
 
-const visible = (ctx: Ctx, req: Request) => (ctx.source?.builds() ?? []).filter((b) => ctx.gate.visible(req, b.repository));
+const visible = async (ctx: Ctx, req: Request) => (await ctx.source?.builds() ?? []).filter((b) => ctx.gate.visible(req, b.repository));
 
 export async function buildsPage(ctx: Ctx, req: Request): Promise<{ title: string; body: Raw }> {
   if (!ctx.source) return { title: 'Builds', body: html`<h1>Builds</h1><p class="empty">Build on pull is off on this registry.</p>` };
-  const builds = visible(ctx, req);
+  const builds = await visible(ctx, req);
   return {
     title: 'Builds',
     body: html`<nav><a href="/">Repositories</a> / builds</nav><h1>Builds</h1>
@@ -51,7 +51,7 @@ ${builds.length ? html`<table class="list builds"><thead><tr><th>Build</th><th>I
 
 export async function buildPage(ctx: Ctx, req: Request): Promise<{ title: string; body: Raw }> {
   const id = typeof req.query.id === 'string' ? req.query.id.slice(0, 100) : '';
-  const b = ctx.source?.build(id);
+  const b = await ctx.source?.build(id);
   // As /nixreg/builds/<id> answers: a build of a repository one may not read is unknown.
   if (!b || !ctx.gate.visible(req, b.repository)) throw new RegistryError('NAME_UNKNOWN', `no build ${id} among the running and recent builds`, undefined, 404);
   const f = fraction(b);
