@@ -227,11 +227,7 @@ export interface Index {
   close(): Promise<void>;
   /** Resolves when the index answers a trivial query; rejects otherwise, within the implementation's own deadline (readiness). */
   ping(): Promise<void>;
-  /**
-   * Only where `shared`: one collection or eviction at a time among the processes (a
-   * release, or undefined while another holds it; `onLost` if it is lost first), and a
-   * digest's lock among them around a blob's publish and removal (with core.ts's KeyedLock).
-   */
+  /** Only where `shared`: one collection or eviction at a time among the processes (a release, or undefined while another holds it; `onLost` if lost first), and a digest's lock among them around a blob's publish and removal (with core.ts's KeyedLock). */
   collectorLock?(onLost?: () => void): Promise<(() => Promise<void>) | undefined>;
   withDigestLock?<T>(digest: string, fn: () => Promise<T>): Promise<T>;
   /** Only where `shared`: `key` held by this process alone among them (its release), after waiting (`waiting` told once) while another holds it or dies; the signal's reason if it aborts first. */

@@ -281,14 +281,12 @@ export class PostgresIndex implements Index {
     return r.filter((x) => x.name !== null).map((x) => x.name!);
   }
   async tagTimes(repo: string, tags: string[]): Promise<{ tag: string; updated: number; pulled: number | null }[]> {
-    return this.pool.query(`SELECT t.name AS tag, t.updated_at::float8 AS updated, (SELECT max(b.last_pulled)::float8 FROM builds b
-        WHERE b.repo = r.name AND (b.manifest = t.digest OR b.alt_manifest = t.digest)) AS pulled
-      FROM repositories r JOIN tags t ON t.repo_id = r.id WHERE r.name = $1 AND t.name = ANY($2::text[])`, [repo, tags]);
+    return this.pool.query(`SELECT t.name AS tag, t.updated_at::float8 AS updated, (SELECT max(b.last_pulled)::float8 FROM builds b WHERE b.repo = r.name
+        AND (b.manifest = t.digest OR b.alt_manifest = t.digest)) AS pulled FROM repositories r JOIN tags t ON t.repo_id = r.id WHERE r.name = $1 AND t.name = ANY($2::text[])`, [repo, tags]);
   }
   async repoChanges(repos: string[]): Promise<{ repo: string; changed: number }[]> {
-    return this.pool.query(`SELECT name AS repo, greatest((SELECT max(updated_at) FROM tags WHERE repo_id = r.id),
-        (SELECT max(created_at) FROM manifests WHERE repo_id = r.id))::float8 AS changed
-      FROM repositories r WHERE name = ANY($1::text[]) AND (EXISTS (SELECT 1 FROM tags WHERE repo_id = r.id) OR EXISTS (SELECT 1 FROM manifests WHERE repo_id = r.id))`, [repos]);
+    return this.pool.query(`SELECT * FROM (SELECT name AS repo, greatest((SELECT max(updated_at) FROM tags WHERE repo_id = r.id),
+      (SELECT max(created_at) FROM manifests WHERE repo_id = r.id))::float8 AS changed FROM repositories r WHERE name = ANY($1::text[])) x WHERE changed IS NOT NULL`, [repos]);
   }
   async referrers(repo: string, subject: string, page: ReferrersPage): Promise<ReferrerRow[]> {
     return this.pool.query<ReferrerRow>(`SELECT m.digest, m.media_type, m.size, m.artifact_type, a.bytes AS annotations_bytes
