@@ -1,8 +1,9 @@
 // Image fixtures for the end-to-end tests, made from host files only (no Docker Hub):
 // a build context around the static busybox, and small registry API helpers.
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { run } from '../helpers/exec.js';
 import { tempDir } from '../helpers/registry.js';
 
 /** Escapes a string for use inside a RegExp. */
@@ -56,4 +57,37 @@ export async function getManifest(url: string, repo: string, ref: string): Promi
   const r = await fetch(`${url}/v2/${repo}/manifests/${ref}`, { headers: { Accept: MANIFEST_ACCEPT } });
   const text = await r.text();
   return { status: r.status, digest: r.headers.get('docker-content-digest'), body: text ? JSON.parse(text) as Manifest : {} };
+}
+
+/** What skopeoRoundTrip pushed and pulled back. */
+export interface RoundTrip {
+  /** The manifest digest of the image pushed, and of the one pulled back. */
+  pushed: string;
+  pulled: string;
+  /** The pulled image's layers, as the digests its manifest names and the bytes that came. */
+  layers: { digest: string; bytes: Buffer }[];
+  /** Temporary directories, for the caller to remove. */
+  dirs: string[];
+}
+
+/**
+ * A busybox image made with umoci, pushed by skopeo to `push` (`host/repo:tag`) and
+ * pulled back from `pull` (the same name at another server, or the same one).
+ */
+export async function skopeoRoundTrip(push: string, pull: string): Promise<RoundTrip> {
+  const work = tempDir('nixreg-skopeo-');
+  const root = busyboxRoot();
+  const layout = join(work, 'layout');
+  await run('umoci', ['init', '--layout', layout], { check: true });
+  await run('umoci', ['new', '--image', `${layout}:v1`], { check: true });
+  await run('umoci', ['insert', '--image', `${layout}:v1`, join(root, 'bin'), '/bin'], { check: true });
+  const skopeo = (args: string[]) => run('skopeo', ['--insecure-policy', ...args], { check: true });
+  await skopeo(['copy', '--dest-tls-verify=false', `oci:${layout}:v1`, `docker://${push}`]);
+  const out = join(work, 'out');
+  await skopeo(['copy', '--src-tls-verify=false', `docker://${pull}`, `oci:${out}:copy`]);
+  const idx = (dir: string) => JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
+  const blob = (d: string) => readFileSync(join(out, 'blobs/sha256', d.slice(7)));
+  const pulled = idx(out).manifests[0]!.digest;
+  const manifest = JSON.parse(blob(pulled).toString('utf8')) as { layers: { digest: string }[] };
+  return { pushed: idx(layout).manifests[0]!.digest, pulled, layers: manifest.layers.map((l) => ({ digest: l.digest, bytes: blob(l.digest) })), dirs: [work, root] };
 }

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { after, before, test } from 'node:test';
-import { setTimeout as delay } from 'node:timers/promises';
+import { waitFor } from '../helpers/exec.js';
 import { Images, nonce, sleeper } from '../build/helpers.js';
 import { basicAuth, writeAuth } from '../helpers/auth.js';
 import { NIX_TEST_ENV } from '../helpers/nix.js';
@@ -54,16 +54,6 @@ function descendants(pid: number): number[] {
   return out;
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await delay(200);
-  }
-}
-
 const ALICE = basicAuth('alice', 'alice-pw');
 const BOB = basicAuth('bob', 'bob-pw');
 const json = async (url: string, headers = ALICE) => { const r = await fetch(url, { headers }); return { status: r.status, body: await r.json() as any }; };
@@ -75,7 +65,7 @@ test('a build on replica A is listed, read and followed live through B; kill -9 
   assert.equal(started.status, 202);
   const id = ((await started.json()) as { id: string }).id;
 
-  const listed = await until('B lists the build', async () => (await json(`${b.url}/nixreg/builds`)).body.builds.find((v: any) => v.id === id));
+  const listed = await waitFor('B lists the build', async () => (await json(`${b.url}/nixreg/builds`)).body.builds.find((v: any) => v.id === id));
   assert.equal(listed.repository, 'slow');
 
   // B follows the log live: Nix's first line arrives while the build runs.
@@ -90,7 +80,7 @@ test('a build on replica A is listed, read and followed live through B; kill -9 
       text += Buffer.from(value).toString();
     }
   })();
-  await until('the build\'s first line through B', async () => (text.includes(`${name}: started`) ? true : undefined));
+  await waitFor('the build\'s first line through B', async () => (text.includes(`${name}: started`) ? true : undefined));
   const during = (await json(`${b.url}/nixreg/builds/${id}`)).body;
   assert.equal(during.status, 'building', JSON.stringify(during));
   assert.equal(during.id, id);
@@ -109,7 +99,7 @@ test('a build on replica A is listed, read and followed live through B; kill -9 
   const killed = Date.now();
   await a.stop('SIGKILL');
   for (const p of orphans) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
-  const failed = await until('B shows the build failed', async () => {
+  const failed = await waitFor('B shows the build failed', async () => {
     const v = (await json(`${b.url}/nixreg/builds/${id}`)).body;
     return v.status === 'failed' ? v : undefined;
   }, 40_000);

@@ -8,15 +8,15 @@
 // service resumed by itself. And the statements one manifest GET costs.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
-import { OCI_MANIFEST, http, pushBlob, pushImage, sha256 } from '../api/util.js';
+import { OCI_MANIFEST, http, pushImage, sha256 } from '../api/util.js';
 import { requireTool, run } from '../helpers/exec.js';
 import { startPostgres, type Postgres } from '../helpers/postgres.js';
 import { ROOT, spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
-import { busyboxRoot } from './fixtures.js';
+import { skopeoRoundTrip } from './fixtures.js';
 
 let server: Postgres;
 let url: string;
@@ -59,24 +59,10 @@ test('the OCI conformance suite passes against a replica over PostgreSQL', { tim
 });
 
 test('skopeo pushes through one replica and pulls through the other', { timeout: 120_000 }, async () => {
-  const work = tempDir('nixreg-pg-skopeo-');
-  const root = busyboxRoot();
-  cleanup.push(work, root);
-  const layout = join(work, 'layout');
-  await run('umoci', ['init', '--layout', layout], { check: true });
-  await run('umoci', ['new', '--image', `${layout}:v1`], { check: true });
-  await run('umoci', ['insert', '--image', `${layout}:v1`, join(root, 'bin'), '/bin'], { check: true });
-  const skopeo = (args: string[]) => run('skopeo', ['--insecure-policy', ...args], { check: true });
-  await skopeo(['copy', '--dest-tls-verify=false', `oci:${layout}:v1`, `docker://${a.host}/pg/busybox:v1`]);
-  const out = join(work, 'out');
-  await skopeo(['copy', '--src-tls-verify=false', `docker://${b.host}/pg/busybox:v1`, `oci:${out}:copy`]);
-  const idx = (dir: string) => JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
-  const digest = idx(out).manifests[0]!.digest;
-  assert.equal(digest, idx(layout).manifests[0]!.digest);
-  const manifest = JSON.parse(readFileSync(join(out, 'blobs/sha256', digest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
-  for (const l of manifest.layers) {
-    assert.equal(`sha256:${createHash('sha256').update(readFileSync(join(out, 'blobs/sha256', l.digest.slice(7)))).digest('hex')}`, l.digest);
-  }
+  const trip = await skopeoRoundTrip(`${a.host}/pg/busybox:v1`, `${b.host}/pg/busybox:v1`);
+  cleanup.push(...trip.dirs);
+  assert.equal(trip.pulled, trip.pushed);
+  for (const l of trip.layers) assert.equal(`sha256:${createHash('sha256').update(l.bytes).digest('hex')}`, l.digest);
   const tags = await http(b.url, 'GET', '/v2/pg/busybox/tags/list');
   assert.deepEqual((tags.json() as { tags: string[] }).tags, ['v1']);
 });

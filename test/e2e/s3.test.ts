@@ -14,11 +14,11 @@ import { after, before, test } from 'node:test';
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { OCI_MANIFEST, http, pushBlob, pushImage, sha256 } from '../api/util.js';
 import { requireTool, run } from '../helpers/exec.js';
-import { CLI, ROOT, spawnRegistry, tempDir, type RegistryProcess } from '../helpers/registry.js';
+import { CLI, ROOT, spawnRegistry, type RegistryProcess } from '../helpers/registry.js';
 import { startRgw, type Rgw } from '../helpers/rgw.js';
 import { Images, nonce } from '../build/helpers.js';
 import { NIX_TEST_ENV } from '../helpers/nix.js';
-import { busyboxRoot } from './fixtures.js';
+import { skopeoRoundTrip } from './fixtures.js';
 import { MiB, Pattern, digestOfGet, send } from './stream.js';
 
 const Bucket = 'nixreg';
@@ -72,24 +72,11 @@ test('the OCI conformance suite passes against nixreg on S3, with nothing of blo
 });
 
 test('skopeo pushes an image and pulls it back intact', { timeout: 120_000 }, async () => {
-  const work = tempDir('nixreg-s3-skopeo-');
-  const root = busyboxRoot();
-  cleanup.push(work, root);
-  const layout = join(work, 'layout');
-  await run('umoci', ['init', '--layout', layout], { check: true });
-  await run('umoci', ['new', '--image', `${layout}:v1`], { check: true });
-  await run('umoci', ['insert', '--image', `${layout}:v1`, join(root, 'bin'), '/bin'], { check: true });
-  const skopeo = (args: string[]) => run('skopeo', ['--insecure-policy', ...args], { check: true });
-  await skopeo(['copy', '--dest-tls-verify=false', `oci:${layout}:v1`, `docker://${reg.host}/s3/busybox:v1`]);
-  const out = join(work, 'out');
-  await skopeo(['copy', '--src-tls-verify=false', `docker://${reg.host}/s3/busybox:v1`, `oci:${out}:copy`]);
-  const idx = (dir: string) => JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
-  const digest = idx(out).manifests[0]!.digest;
-  assert.equal(digest, idx(layout).manifests[0]!.digest, 'the manifest digest survives the round trip');
-  const manifest = JSON.parse(readFileSync(join(out, 'blobs/sha256', digest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
-  for (const l of manifest.layers) {
-    const bytes = readFileSync(join(out, 'blobs/sha256', l.digest.slice(7)));
-    assert.equal(`sha256:${createHash('sha256').update(bytes).digest('hex')}`, l.digest);
+  const trip = await skopeoRoundTrip(`${reg.host}/s3/busybox:v1`, `${reg.host}/s3/busybox:v1`);
+  cleanup.push(...trip.dirs);
+  assert.equal(trip.pulled, trip.pushed, 'the manifest digest survives the round trip');
+  for (const l of trip.layers) {
+    assert.equal(`sha256:${createHash('sha256').update(l.bytes).digest('hex')}`, l.digest);
     assert.ok((await keys(blobKey(l.digest))).length === 1, 'the layer is an object in the bucket');
   }
 });

@@ -6,7 +6,7 @@
 // pushes on the other: no acknowledged manifest may ever lose a blob.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { OCI_MANIFEST, http, pushBlob, pushImage, putManifest, sha256 } from '../api/util.js';
@@ -17,7 +17,7 @@ import { startPostgres, type Postgres } from '../helpers/postgres.js';
 import { CLI, ROOT, tempDir } from '../helpers/registry.js';
 import { startReplicas, type Replicas } from '../helpers/replicas.js';
 import { startRgw, type Rgw } from '../helpers/rgw.js';
-import { busyboxRoot, multiLayerContext } from '../e2e/fixtures.js';
+import { multiLayerContext, skopeoRoundTrip } from '../e2e/fixtures.js';
 
 const Bucket = 'replicas';
 let pg: Postgres;
@@ -73,19 +73,9 @@ test('the OCI conformance suite passes through the round-robin', { timeout: 180_
 });
 
 test('skopeo pushes through one replica and pulls through the other', { timeout: 120_000 }, async () => {
-  const work = tempDir('nixreg-replicas-skopeo-');
-  const root = busyboxRoot();
-  cleanup.push(work, root);
-  const layout = join(work, 'layout');
-  await run('umoci', ['init', '--layout', layout], { check: true });
-  await run('umoci', ['new', '--image', `${layout}:v1`], { check: true });
-  await run('umoci', ['insert', '--image', `${layout}:v1`, join(root, 'bin'), '/bin'], { check: true });
-  const skopeo = (args: string[]) => run('skopeo', ['--insecure-policy', ...args], { check: true });
-  await skopeo(['copy', '--dest-tls-verify=false', `oci:${layout}:v1`, `docker://${A().host}/rep/skopeo:v1`]);
-  const out = join(work, 'out');
-  await skopeo(['copy', '--src-tls-verify=false', `docker://${B().host}/rep/skopeo:v1`, `oci:${out}:copy`]);
-  const idx = (dir: string) => JSON.parse(readFileSync(join(dir, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
-  assert.equal(idx(out).manifests[0]!.digest, idx(layout).manifests[0]!.digest);
+  const trip = await skopeoRoundTrip(`${A().host}/rep/skopeo:v1`, `${B().host}/rep/skopeo:v1`);
+  cleanup.push(...trip.dirs);
+  assert.equal(trip.pulled, trip.pushed);
 });
 
 test('docker pushes through one replica and pulls through the other; ctr pulls through the balancer', { timeout: 240_000 }, async () => {
